@@ -95,7 +95,7 @@ def _dicom_series(folder: Path) -> list[str]:
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as e:
-        raise InputError(f"{folder}: cannot scan the folder for DICOM series ({_first_line(e)})") from None
+        raise InputError(f"{folder}: cannot scan the folder for DICOM series ({first_line(e)})") from None
     if not series_ids:
         raise InputError(f"{folder}: folder holds no DICOM series")
     files = {sid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids}
@@ -106,7 +106,7 @@ def _dicom_series(folder: Path) -> list[str]:
     return files[chosen]
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """The first non-empty line of an exception message (SimpleITK's are long)."""
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     text = lines[0] if lines else type(e).__name__
@@ -123,7 +123,7 @@ def read_image(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise InputError(f"{path}: unreadable image ({_first_line(e)})") from None
+        raise InputError(f"{path}: unreadable image ({first_line(e)})") from None
 
 
 def check_values(data: np.ndarray, where: str) -> None:
@@ -158,7 +158,7 @@ def read_ct(path: str | Path) -> Volume:
         try:
             image = reader.Execute()
         except RuntimeError as e:
-            raise InputError(f"{p}: unreadable DICOM series ({_first_line(e)})") from None
+            raise InputError(f"{p}: unreadable DICOM series ({first_line(e)})") from None
     else:
         image = read_image(p)
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -198,15 +198,17 @@ def image_suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def write_atomic(image: sitk.Image, path: str | Path, compress: bool = True) -> None:
+def write_atomic(image: sitk.Image, path: str | Path, compress: bool = True,
+                 suffixes: Sequence[str] = SINGLE_FILE_SUFFIXES) -> None:
     """Write ``image`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 
-    A failed write leaves neither a partial ``path`` nor the temporary file behind.
+    ``suffixes`` lists the extensions accepted (single-file formats only). A failed write leaves
+    neither a partial ``path`` nor the temporary file behind.
     """
     p = Path(path)
     suffix = image_suffix(p)
-    if suffix not in SINGLE_FILE_SUFFIXES:
-        raise InputError(f"{p}: cannot write this format; use one of {', '.join(SINGLE_FILE_SUFFIXES)}")
+    if suffix not in suffixes:
+        raise InputError(f"{p}: cannot write this format; use one of {', '.join(suffixes)}")
     if not p.parent.is_dir():
         raise InputError(f"{p}: output folder {p.parent} does not exist")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name[: -len(suffix)]}.", suffix=suffix, dir=p.parent)
@@ -215,7 +217,20 @@ def write_atomic(image: sitk.Image, path: str | Path, compress: bool = True) -> 
         sitk.WriteImage(image, tmp_name, compress)
         os.replace(tmp_name, p)
     except RuntimeError as e:
-        raise InputError(f"{p}: cannot write image ({_first_line(e)})") from None
+        raise InputError(f"{p}: cannot write image ({first_line(e)})") from None
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write a text file through a temporary file in the same folder and ``os.replace``."""
+    p = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp_name, p)
     finally:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
