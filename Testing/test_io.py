@@ -566,3 +566,19 @@ def test_sample_ct_is_fetched_and_reads_in_ras(tmp_path_factory):
     assert mask.shape_ijk == (512, 512, 133)
     np.testing.assert_allclose(mask.ijk_to_ras, vol.ijk_to_ras)
     assert mask.data.min() == 0 and mask.data.max() > 10 and np.all(mask.data == np.round(mask.data))
+
+
+def test_auto_kind_on_a_body_filling_the_detector(tmp_path):
+    """No air in view: the raw image is still recognised (edges thinner than the middle), the DRR is left alone."""
+    from XRayCTRegistrationLib.volume import hu_to_mu
+
+    vol = chest_phantom((48, 40, 40), spacing=(4.0, 4.0, 4.0))
+    mu = Volume(hu_to_mu(vol.data), vol.ijk_to_ras)
+    camera = Camera(1000.0, 32, 32, 3.0, 3.0)  # ~67 mm at the isocentre: inside the body
+    image = render(mu, camera, ReferenceView.ap(mu.center, 1000.0).world_from_camera, n_samples=96)
+    assert image.min() > 0.5  # every ray crosses the body
+    att = read_xray(write_array(tmp_path / "drr.nrrd", image))
+    np.testing.assert_array_equal(att.image, image)
+    raw = read_xray(write_array(tmp_path / "raw.nrrd", (1000 * np.exp(-image)).astype(np.float32)))
+    assert any(line.startswith("air-bright raw image") for line in raw.report), raw.report
+    assert np.corrcoef(raw.image.ravel(), image.ravel())[0, 1] > 0.99

@@ -25,7 +25,11 @@ Attenuation-bright conversion (``kind``):
   other files a border-versus-centre test decides: the image is taken as air bright when the
   median of the outer 5 % frame exceeds the median of the central half by more than 10 % of
   the 1-99 percentile range and lies at or above the 75th percentile of the image (the air
-  around a patient is the brightest part of a raw image); otherwise as attenuation-bright.
+  around a patient is the brightest part of a raw image), or when the border median is more
+  than 1.5 times the centre median (``(b - c) / (|b| + |c|) > 0.2``: a raw image of a body that
+  fills the detector, thinner at the edges than in the middle); otherwise as attenuation-bright.
+  Attenuation images (DRRs) are brighter in the middle and are never log-converted by this
+  test; a collimated display image stored outside DICOM can fool it: give ``kind`` then.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ EPS_FRACTION = 1e-4
 """``eps = EPS_FRACTION * I0`` in ``-log((I + eps) / I0)``: caps the attenuation of dark pixels near 9.2."""
 
 _DICOM_KEY = re.compile(r"[0-9a-fA-F]{4}\|[0-9a-fA-F]{4}")
+
+RELATIVE_BORDER_EXCESS = 0.2
+"""``(border - centre) / (|border| + |centre|)`` above which ``kind='auto'`` takes an image as air-bright."""
 
 TAG_SDD = "0018|1110"
 TAG_SID = "0018|1111"
@@ -178,7 +185,10 @@ def air_is_bright(arr: np.ndarray) -> tuple[bool, str]:
     border_med = float(np.median(arr[frame]))
     centre_med = float(np.median(centre))
     lo, p75, hi = np.percentile(arr, [1, 75, 99])
-    bright = border_med - centre_med > 0.1 * (hi - lo) and border_med >= p75
+    air_at_border = border_med - centre_med > 0.1 * (hi - lo) and border_med >= p75
+    denom = abs(border_med) + abs(centre_med)
+    border_much_brighter = denom > 0 and (border_med - centre_med) / denom > RELATIVE_BORDER_EXCESS
+    bright = air_at_border or border_much_brighter
     why = f"border median {border_med:.4g} vs centre median {centre_med:.4g}"
     return bool(bright), why
 
