@@ -1,0 +1,515 @@
+"""Training the stage-1 initialisers on the patient's own CT, and the model files they live in.
+
+:func:`train` trains a :class:`networks.PoseRegressor` (``method='regressor'``) or a
+:class:`networks.RTPI` (``method='rtpi'``) on DRRs of one CT rendered on the fly at random poses
+(:mod:`training_data`), with incremental learning: the pose range grows linearly from
+``curriculum_start`` times the full range to the full range over the first ``curriculum_end``
+fraction of training, then the learning rate decays (cosine) to 5 %. Training length is
+``iterations`` steps and/or ``time_budget_s`` seconds of training time, both counted over the
+whole training including resumed runs; whichever is reached first ends it.
+
+The model file (a ``torch.save`` dictionary, loadable with ``weights_only=True``) is also the
+checkpoint: it is written atomically every ``checkpoint_every_s`` seconds and at the end, and
+holds the weights, the optimiser state, the step counter, the training time, the loss and
+validation history, and what the model is valid for: the CT (SHA-256 of the HU voxels and
+``ijk_to_ras``), the detector geometry, the reference view, the pose range, the method and the
+library version. :func:`load_initialiser` reads it back; :meth:`Initialiser.check_ct` and
+:meth:`Initialiser.check_camera` refuse another CT or geometry with an :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import __version__
+from .errors import InputError
+from .geometry import Camera, ReferenceView, euler_xyz
+from .networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
+from .networks.losses import gradient_difference_loss, l2_weights, rotation_loss
+from .networks.rotations import geodesic_deg, params_to_target, target_to_params
+from .training_data import (
+    Augmentation,
+    DRRSource,
+    PoseRange,
+    RenderSettings,
+    augment,
+    ct_hash,
+    normalise,
+    prepare_image,
+    to_input,
+)
+from .volume import Volume
+
+METHODS = ("regressor", "rtpi")
+"""Initialiser kinds :func:`train` knows."""
+
+FILE_FORMAT = "xrayctreg-initialiser"
+"""``format`` entry of a model file."""
+
+FORMAT_VERSION = 1
+"""``format_version`` entry of a model file."""
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines a training run (saved in the model file).
+
+    Attributes:
+        method: ``'regressor'`` or ``'rtpi'``.
+        iterations: total training steps (``None``: no step limit).
+        time_budget_s: total training time, seconds (``None``: no time limit). With neither,
+            ``DEFAULT_ITERATIONS`` steps.
+        batch_size: DRRs per step.
+        lr, weight_decay: AdamW settings (the RTPI uses its explicit L2 term ``lam`` instead).
+        pose_range: the full training range.
+        render: resolutions of the training DRRs.
+        augmentation: X-ray-likeness augmentation.
+        incremental: grow the pose range over training (else the full range from the start).
+        curriculum_start: initial fraction of the range.
+        curriculum_end: fraction of training after which the full range is used.
+        rot_weight, trans_weight, ae_weight: regressor loss weights (rotation matrix MSE,
+            normalised translation MSE, autoencoder reconstruction MSE).
+        width, depth, autoencoder, attention: regressor architecture (see :class:`RegressorConfig`).
+        alpha, beta, lam: RTPI loss weights (gradient difference between the X-ray and the DRR at
+            the predicted pose, MSE of normalised parameters, L2 of the weights).
+        gd_start: fraction of training after which the RTPI's gradient-difference term is on.
+        val_size: validation DRRs (fixed poses over the full range, fixed augmentation).
+        val_every: steps between validations.
+        checkpoint_every_s: seconds between checkpoints.
+        seed: random seed.
+    """
+
+    method: str = "regressor"
+    iterations: int | None = None
+    time_budget_s: float | None = None
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    pose_range: PoseRange = field(default_factory=PoseRange)
+    render: RenderSettings = field(default_factory=RenderSettings)
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    incremental: bool = True
+    curriculum_start: float = 0.2
+    curriculum_end: float = 0.5
+    rot_weight: float = 1.0
+    trans_weight: float = 1.0
+    ae_weight: float = 0.5
+    width: float = 0.5
+    depth: float = 0.34
+    autoencoder: bool = True
+    attention: bool = True
+    alpha: float = 0.1
+    beta: float = 1.0
+    lam: float = 1e-5
+    gd_start: float = 0.5
+    val_size: int = 64
+    val_every: int = 25
+    checkpoint_every_s: float = 60.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Check the method and the limits."""
+        if self.method not in METHODS:
+            raise InputError(f"--model: unknown initialiser '{self.method}'; use one of {', '.join(METHODS)}")
+        if self.iterations is not None and self.iterations < 1:
+            raise InputError(f"--iterations: must be at least 1, got {self.iterations}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise InputError(f"--time-budget: must be positive, got {self.time_budget_s}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary."""
+        d = asdict(self)
+        d["pose_range"] = self.pose_range.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainOptions:
+        """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["pose_range"] = PoseRange.from_dict(d["pose_range"])
+        kw["render"] = RenderSettings(**d["render"])
+        aug = dict(d["augmentation"])
+        kw["augmentation"] = Augmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        return cls(**kw)
+
+
+DEFAULT_ITERATIONS = 3000
+"""Steps when neither ``iterations`` nor ``time_budget_s`` is given."""
+
+
+def build_network(options: TrainOptions) -> torch.nn.Module:
+    """The untrained network of ``options.method``."""
+    size = options.render.input_size
+    if options.method == "regressor":
+        return PoseRegressor(RegressorConfig(input_size=size, width=options.width, depth=options.depth,
+                                             autoencoder=options.autoencoder, attention=options.attention))
+    return RTPI(RTPIConfig(input_size=size))
+
+
+def predict_params(net: torch.nn.Module, x: torch.Tensor, pose_range: PoseRange) -> torch.Tensor:
+    """Pose parameters ``[B, 6]`` (degrees, mm) predicted by ``net`` for inputs ``[B, 1, S, S]``."""
+    hw = torch.as_tensor(pose_range.half_widths, dtype=torch.float32, device=x.device)
+    out = net(x)
+    if "params" in out:
+        return out["params"] * hw
+    return target_to_params(out["rot6d"], out["trans"], hw[3:])
+
+
+@dataclass
+class TrainState:
+    """Progress of a training run."""
+
+    step: int = 0
+    train_time_s: float = 0.0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    """One training run: data, network, optimiser, validation set and checkpoints.
+
+    Args:
+        ct_hu: the patient's CT in HU.
+        camera: the full-resolution detector geometry the model will be used with.
+        options: what to train and how.
+        reference: the view the pose parameters are relative to (default AP about the CT centre).
+        device: torch device for rendering and training.
+        ct_source: the CT's file name, recorded in the model file.
+    """
+
+    def __init__(self, ct_hu: Volume, camera: Camera, options: TrainOptions, reference: ReferenceView | None = None,
+                 device: str | torch.device = "cpu", ct_source: str = "") -> None:
+        """Prepare the renderer, the network, the optimiser and the validation set."""
+        self.options = options
+        self.camera = camera
+        self.reference = reference or ReferenceView.ap(ct_hu.center, camera.sdd)
+        self.device = torch.device(device)
+        self.ct_info = {"sha256": ct_hash(ct_hu), "shape_ijk": list(ct_hu.shape_ijk),
+                        "ijk_to_ras": ct_hu.ijk_to_ras.tolist(), "source": str(ct_source)}
+        self.source = DRRSource(ct_hu, camera, self.reference, options.render, self.device)
+        torch.manual_seed(options.seed)
+        self.net = build_network(options).to(self.device)
+        if isinstance(self.net, RTPI):
+            self.net.set_volume(torch.as_tensor(self.source.volume.data))
+        decay = options.weight_decay if options.method == "regressor" else 0.0
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr, weight_decay=decay)
+        self.state = TrainState()
+        self.half_widths = torch.as_tensor(options.pose_range.half_widths, dtype=torch.float32, device=self.device)
+        self._make_validation()
+
+    # -- data ---------------------------------------------------------------------------------
+    def _make_validation(self) -> None:
+        """Fixed validation poses over the full range and their augmented DRRs."""
+        rng = np.random.default_rng(10_000 + self.options.seed)
+        params = self.options.pose_range.sample(rng, self.options.val_size)
+        gen = torch.Generator(device=self.device).manual_seed(10_000 + self.options.seed)
+        drr = self.source.render(params)
+        self.val_params = torch.as_tensor(params, dtype=torch.float32, device=self.device)
+        self.val_x = to_input(augment(drr, gen, self.options.augmentation), self.options.render.input_size)
+
+    def batch(self, scale: float, rng: np.random.Generator, gen: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch at ``scale`` times the range: (inputs ``[B, 1, S, S]``, params ``[B, 6]``, clean DRRs)."""
+        params = self.options.pose_range.sample(rng, self.options.batch_size, scale)
+        drr = self.source.render(params)
+        x = to_input(augment(drr, gen, self.options.augmentation), self.options.render.input_size)
+        return x, torch.as_tensor(params, dtype=torch.float32, device=self.device), drr
+
+    # -- schedule -----------------------------------------------------------------------------
+    def fraction(self) -> float:
+        """Fraction of the training done, from the step counter and the training time."""
+        o, s = self.options, self.state
+        if o.iterations is None and o.time_budget_s is None:
+            return s.step / DEFAULT_ITERATIONS
+        f = 0.0
+        if o.iterations is not None:
+            f = max(f, s.step / o.iterations)
+        if o.time_budget_s is not None:
+            f = max(f, s.train_time_s / o.time_budget_s)
+        return min(f, 1.0)
+
+    def range_scale(self, fraction: float) -> float:
+        """Fraction of the pose range used at a training fraction (incremental learning)."""
+        o = self.options
+        if not o.incremental:
+            return 1.0
+        return min(1.0, o.curriculum_start + (1 - o.curriculum_start) * fraction / max(o.curriculum_end, 1e-9))
+
+    def learning_rate(self, fraction: float) -> float:
+        """Constant until the curriculum ends, then a cosine decay to 5 %."""
+        o = self.options
+        start = o.curriculum_end if o.incremental else 0.0
+        if fraction <= start:
+            return o.lr
+        u = min(1.0, (fraction - start) / max(1 - start, 1e-9))
+        return o.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * u)))
+
+    # -- losses -------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor, fraction: float
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of a batch and its parts."""
+        o = self.options
+        out = self.net(x)
+        parts: dict[str, torch.Tensor] = {}
+        if o.method == "regressor":
+            r_true = euler_xyz(params[:, :3])
+            _, t_true = params_to_target(params, self.half_widths[3:])
+            parts["rot"] = o.rot_weight * rotation_loss(out["rot6d"], r_true).mean()
+            parts["trans"] = o.trans_weight * F.mse_loss(out["trans"], t_true)
+            if "recon" in out and o.ae_weight > 0:
+                parts["ae"] = o.ae_weight * F.mse_loss(out["recon"], x)
+        else:
+            pred = out["params"]
+            parts["mse"] = o.beta * F.mse_loss(pred, params / self.half_widths)
+            if o.alpha > 0 and fraction >= o.gd_start:
+                moving = self.source.render(pred * self.half_widths, grad=True)
+                fixed = to_input(drr, o.render.input_size)
+                parts["gd"] = o.alpha * gradient_difference_loss(fixed, to_input(moving, o.render.input_size)).mean()
+            parts["l2"] = o.lam * l2_weights(self.net)
+        total = torch.stack(list(parts.values())).sum()
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def fixed_batch_loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor) -> float:
+        """Loss of a given batch with the network in evaluation mode (for tests and diagnostics)."""
+        self.net.eval()
+        with torch.no_grad():
+            value = float(self.loss(x, params, drr, 0.0)[0])
+        self.net.train()
+        return value
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Mean rotation error (geodesic, degrees) and translation error (mm) on the validation set."""
+        self.net.eval()
+        with torch.no_grad():
+            pred = torch.cat([predict_params(self.net, xb, self.options.pose_range)
+                              for xb in self.val_x.split(64)])
+        self.net.train()
+        rot = geodesic_deg(euler_xyz(pred[:, :3].double()), euler_xyz(self.val_params[:, :3].double()))
+        trans = (pred[:, 3:] - self.val_params[:, 3:]).norm(dim=1)
+        return {"rot_deg": float(rot.mean()), "trans_mm": float(trans.mean())}
+
+    # -- training -----------------------------------------------------------------------------
+    def step(self, rng: np.random.Generator, gen: torch.Generator) -> dict[str, float]:
+        """One optimisation step; returns the loss parts and ``loss``."""
+        fraction = self.fraction()
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.learning_rate(fraction)
+        x, params, drr = self.batch(self.range_scale(fraction), rng, gen)
+        loss, parts = self.loss(x, params, drr, fraction)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+        self.optimizer.step()
+        self.state.step += 1
+        parts["loss"] = float(loss)
+        return parts
+
+    def run(self, out_path: str | Path, progress: Callable[[float, str], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> dict:
+        """Train until the options' limits (or ``should_stop()``), checkpointing to ``out_path``.
+
+        Returns a summary: steps, training time, last loss, final validation errors, stopped early.
+        """
+        o = self.options
+        rng = np.random.default_rng([o.seed, self.state.step])
+        gen = torch.Generator(device=self.device).manual_seed(o.seed * 1_000_003 + self.state.step)
+        last_ckpt = time.perf_counter()
+        val = self.validate()
+        loss_avg = None
+        stopped = False
+        while self.fraction() < 1.0:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            parts = self.step(rng, gen)
+            self.state.train_time_s += time.perf_counter() - t0
+            loss_avg = parts["loss"] if loss_avg is None else 0.9 * loss_avg + 0.1 * parts["loss"]
+            done = self.fraction() >= 1.0
+            if self.state.step % o.val_every == 0 or done:
+                val = self.validate()
+                self.state.history.append([self.state.step, round(self.state.train_time_s, 3), loss_avg,
+                                           val["rot_deg"], val["trans_mm"]])
+            if progress is not None:
+                progress(self.fraction(), f"step {self.state.step} loss {loss_avg:.4f} val {val['rot_deg']:.2f} deg "
+                                          f"{val['trans_mm']:.1f} mm range {100 * self.range_scale(self.fraction()):.0f}%")
+            if time.perf_counter() - last_ckpt >= o.checkpoint_every_s and not done:
+                self.save(out_path, complete=False)
+                last_ckpt = time.perf_counter()
+        self.save(out_path, complete=self.fraction() >= 1.0)
+        return {"steps": self.state.step, "train_time_s": self.state.train_time_s, "loss": loss_avg,
+                "val_rot_deg": val["rot_deg"], "val_trans_mm": val["trans_mm"], "stopped": stopped}
+
+    # -- files --------------------------------------------------------------------------------
+    def model_dict(self, complete: bool) -> dict:
+        """The model file's dictionary."""
+        return {
+            "format": FILE_FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
+            "method": self.options.method, "options": self.options.to_dict(),
+            "network": self.net.config.to_dict(), "ct": self.ct_info, "geometry": self.camera.to_dict(),
+            "reference": self.reference.to_dict(), "pose_range": self.options.pose_range.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "step": self.state.step,
+            "train_time_s": self.state.train_time_s, "history": self.state.history, "complete": complete,
+        }
+
+    def save(self, path: str | Path, complete: bool = False) -> None:
+        """Write the model file atomically (temporary file in the same folder, then rename)."""
+        p = Path(path)
+        tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
+        try:
+            torch.save(self.model_dict(complete), tmp)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def restore(self, d: dict) -> None:
+        """Continue from a model file's dictionary (weights, optimiser, step counter, history)."""
+        self.net.load_state_dict(d["state_dict"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.state = TrainState(int(d["step"]), float(d["train_time_s"]), list(d["history"]))
+
+
+def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Read a model file's dictionary, raising :class:`InputError` naming the file on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: model file not found")
+    try:
+        d = torch.load(p, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem means the file is not a model
+        raise InputError(f"{p}: not an initialiser model file ({type(e).__name__})") from None
+    if not isinstance(d, dict) or d.get("format") != FILE_FORMAT:
+        raise InputError(f"{p}: not an initialiser model file (no '{FILE_FORMAT}' format tag)")
+    if int(d.get("format_version", 0)) > FORMAT_VERSION:
+        raise InputError(f"{p}: model file format {d['format_version']} is newer than this library reads "
+                         f"({FORMAT_VERSION}); update xrayctreg")
+    return d
+
+
+def check_ct_match(d: dict, ct_hu: Volume, model_name: str, ct_name: str = "the CT") -> None:
+    """Raise :class:`InputError` unless the model dictionary ``d`` was trained on ``ct_hu``."""
+    digest = ct_hash(ct_hu)
+    if digest != d["ct"]["sha256"]:
+        raise InputError(f"{model_name}: model was trained on another CT ({d['ct'].get('source') or 'unnamed'}, "
+                         f"{'x'.join(map(str, d['ct']['shape_ijk']))} voxels, hash {d['ct']['sha256'][:12]}), "
+                         f"not on {ct_name} ({'x'.join(map(str, ct_hu.shape_ijk))} voxels, hash {digest[:12]}); "
+                         f"train one for this CT with 'xrayctreg train'")
+
+
+def check_camera_match(d: dict, camera: Camera, model_name: str) -> None:
+    """Raise :class:`InputError` unless ``camera`` equals the geometry the model was trained for."""
+    trained = d["geometry"]
+    given = camera.to_dict()
+    same = all(math.isclose(float(trained[k]), float(given[k]), rel_tol=1e-6, abs_tol=1e-6) for k in given)
+    if not same:
+        def show(g: dict) -> str:
+            return (f"sdd {g['sdd']:g} mm, {g['rows']}x{g['cols']} px of {g['row_spacing']:g}x{g['col_spacing']:g} mm, "
+                    f"offset ({g['x0']:g}, {g['y0']:g}) mm")
+        raise InputError(f"{model_name}: model was trained for another detector geometry ({show(trained)}), "
+                         f"not this X-ray's ({show(given)}); train one for this geometry with 'xrayctreg train'")
+
+
+def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOptions | None = None, *,
+          reference: ReferenceView | None = None, resume: bool = False, device: str | torch.device = "cpu",
+          ct_source: str = "", progress: Callable[[float, str], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train an initialiser on ``ct_hu`` for ``camera`` and write the model file ``out_path``.
+
+    With ``resume`` and an existing ``out_path``, training continues from it (same CT, geometry and
+    method required; the new ``options``' limits apply to the total). Returns :meth:`Trainer.run`'s summary.
+    """
+    options = options or TrainOptions()
+    out = Path(out_path)
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: output folder {out.parent} does not exist")
+    previous = None
+    if resume and out.exists():
+        previous = read_model_file(out, device)
+        check_ct_match(previous, ct_hu, str(out), ct_source or "the CT")
+        check_camera_match(previous, camera, str(out))
+        if previous["method"] != options.method:
+            raise InputError(f"{out}: cannot resume a '{previous['method']}' model as '{options.method}'")
+        saved = TrainOptions.from_dict(previous["options"])
+        saved.iterations, saved.time_budget_s = options.iterations, options.time_budget_s
+        options = saved
+        reference = ReferenceView.from_dict(previous["reference"])
+    trainer = Trainer(ct_hu, camera, options, reference, device, ct_source)
+    if previous is not None:
+        trainer.restore(previous)
+    return trainer.run(out, progress, should_stop)
+
+
+@dataclass
+class Initialiser:
+    """A trained initialiser ready to predict poses (see :func:`load_initialiser`).
+
+    Attributes:
+        net: the network (evaluation mode).
+        method: ``'regressor'`` or ``'rtpi'``.
+        reference: the view the predicted parameters are relative to.
+        camera: the detector geometry it was trained for.
+        render: the resolutions of its training DRRs.
+        pose_range: its training range.
+        info: the model file's dictionary without the weights.
+        name: where it was read from.
+    """
+
+    net: torch.nn.Module
+    method: str
+    reference: ReferenceView
+    camera: Camera
+    render: RenderSettings
+    pose_range: PoseRange
+    info: dict
+    name: str = "model"
+
+    def check_ct(self, ct_hu: Volume, ct_name: str = "the CT") -> None:
+        """Raise :class:`InputError` unless the model was trained on ``ct_hu`` (HU voxels and geometry)."""
+        check_ct_match(self.info, ct_hu, self.name, ct_name)
+
+    def check_camera(self, camera: Camera) -> None:
+        """Raise :class:`InputError` unless ``camera`` is the geometry the model was trained for."""
+        check_camera_match(self.info, camera, self.name)
+
+    def predict_params(self, image: np.ndarray) -> np.ndarray:
+        """Pose parameters ``[6]`` (degrees, mm, relative to :attr:`reference`) for an X-ray ``[rows, cols]``."""
+        if np.shape(image) != (self.camera.rows, self.camera.cols):
+            raise InputError(f"{self.name}: X-ray is {np.shape(image)} pixels but the model's geometry is "
+                             f"{self.camera.rows}x{self.camera.cols}")
+        device = next(self.net.parameters()).device
+        x = prepare_image(image, self.camera, self.render).to(device)
+        with torch.no_grad():
+            return predict_params(self.net, x, self.pose_range)[0].double().cpu().numpy()
+
+
+def load_initialiser(path: str | Path, device: str | torch.device = "cpu") -> Initialiser:
+    """Read a model file written by :func:`train` (a finished or an interrupted one)."""
+    d = read_model_file(path, device)
+    options = TrainOptions.from_dict(d["options"])
+    net = build_network(options)
+    net.load_state_dict(d["state_dict"])
+    net.to(device).eval()
+    info = {k: v for k, v in d.items() if k not in ("state_dict", "optimizer")}
+    return Initialiser(net, d["method"], ReferenceView.from_dict(d["reference"]), Camera.from_dict(d["geometry"]),
+                       options.render, options.pose_range, info, str(path))
+
+
+def initialise(model: Initialiser, xray: np.ndarray, camera: Camera) -> np.ndarray:
+    """Predict the initial ``world_from_camera`` (4x4) of an attenuation-bright X-ray ``[rows, cols]``.
+
+    Raises:
+        InputError: ``camera`` is not the geometry the model was trained for, or the image size differs.
+    """
+    model.check_camera(camera)
+    return model.reference.pose(model.predict_params(xray))
