@@ -170,7 +170,6 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .fusion import before_after, save_rgb
     from .geometry import load_pose
     from .projector import Projector
-    from .registration import register
     from .volume import read_ct
     from .xray import read_xray
 
@@ -184,11 +183,23 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise InputError(f"{args.xray}: no geometry: give --geometry G.json (or a sidecar {Path(args.xray).stem}.json)")
     camera = xr.camera
     reference = _reference(ct, camera, args)
-    init = load_pose(args.init) if args.init else reference.world_from_camera
+    if args.init and args.init_model:
+        raise InputError("give either --init or --init-model, not both")
+    if args.no_refine and not args.init_model:
+        raise InputError("--no-refine needs --init-model")
+    init_time = 0.0
+    if args.init_model:
+        init, reference, init_time = _initialise_from_model(args, ct, xr.image, camera)
+        if args.no_refine:
+            return _write_initialisation(args, mu, xr.image, camera, init, reference, init_time)
+    else:
+        init = load_pose(args.init) if args.init else reference.world_from_camera
     labels = read_ct(args.labels) if args.labels else None
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
     outs = [args.out] + ([args.fusion] if args.fusion else [])
+    from .registration import register
+
     progress = Progress("register", enabled=not args.quiet)
     try:
         result = register(mu, xr.image, camera, init, reference=reference, method=args.method,
@@ -204,6 +215,8 @@ def cmd_register(args: argparse.Namespace) -> int:
                 before = proj(torch.as_tensor(init)).numpy()
                 after = proj(torch.as_tensor(result.world_from_camera)).numpy()
             save_rgb(before_after(xr.image, before, after), tmp[1])
+    if args.init_model:
+        print(f"initialisation {init_time:.2f} s + refinement {result.wall_time_s:.2f} s")
     state = "converged" if result.success else "FAILED"
     print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
           f"{result.wall_time_s:.2f} s; {result.message}")
@@ -211,6 +224,80 @@ def cmd_register(args: argparse.Namespace) -> int:
                                                                  result.params, strict=True)))
     print(f"wrote {', '.join(outs)}")
     return 0 if result.success else 1
+
+
+def _initialise_from_model(args: argparse.Namespace, ct, image: np.ndarray, camera) -> tuple:
+    """Predict the initial pose with ``--init-model``: (world_from_camera, the model's reference view, seconds)."""
+    from .training import initialise, load_initialiser
+
+    model = load_initialiser(args.init_model, device=args.device)
+    model.check_ct(ct, args.ct)
+    t0 = time.perf_counter()
+    pose = initialise(model, image, camera)
+    seconds = time.perf_counter() - t0
+    print(f"initialised with {args.init_model} ({model.method}) in {seconds:.2f} s")
+    return pose, model.reference, seconds
+
+
+def _write_initialisation(args: argparse.Namespace, mu, image: np.ndarray, camera, pose: np.ndarray,
+                          reference, seconds: float) -> int:
+    """Write the result JSON (and fusion picture) of an initialisation without refinement."""
+    import torch
+
+    from .fusion import before_after, save_rgb
+    from .geometry import PARAM_NAMES
+    from .projector import Projector
+
+    with torch.no_grad():
+        drr = Projector(mu, camera)(torch.as_tensor(pose)).numpy()
+    a, b = drr - drr.mean(), image - image.mean()
+    ncc = float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
+    params = reference.params(pose)
+    result = {"world_from_camera": pose.tolist(), "params": dict(zip(PARAM_NAMES, params.tolist(), strict=True)),
+              "similarity": ncc, "similarity_name": "ncc", "iterations": 0, "wall_time_s": seconds,
+              "method": f"init-model:{Path(args.init_model).name}", "success": True,
+              "message": "initialisation only (--no-refine)"}
+    outs = [args.out] + ([args.fusion] if args.fusion else [])
+    with staged_outputs(*outs) as tmp:
+        Path(tmp[0]).write_text(json.dumps(result, indent=2) + "\n")
+        if args.fusion:
+            save_rgb(before_after(image, drr, drr), tmp[1])
+    print(f"initialised: NCC {ncc:.4f}, {seconds:.2f} s")
+    print("pose: " + ", ".join(f"{n}={v:.2f}" for n, v in zip(PARAM_NAMES, params, strict=True)))
+    print(f"wrote {', '.join(outs)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a patient-specific initialiser on DRRs of the CT and write the model file."""
+    from .geometry import Camera
+    from .training import TrainOptions, train
+    from .training_data import PoseRange
+    from .volume import read_ct
+
+    ct = read_ct(args.ct)
+    camera = Camera.load(args.geometry)
+    options = TrainOptions(method=args.model, iterations=args.iterations, time_budget_s=args.time_budget,
+                           batch_size=args.batch_size, pose_range=PoseRange(args.rot_range, args.trans_range),
+                           checkpoint_every_s=args.checkpoint_every, seed=args.seed)
+    if args.iterations is None and args.time_budget is None:
+        options.time_budget_s = 900.0
+    bar = Progress(f"train {args.model}", enabled=not args.quiet)
+
+    def progress(fraction: float, message: str) -> None:
+        bar(fraction, message)
+        if args.progress_lines:
+            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
+
+    try:
+        summary = train(ct, camera, args.out, options, reference=_reference(ct, camera, args), resume=args.resume,
+                        device=args.device, ct_source=str(args.ct), progress=progress)
+    finally:
+        bar.close()
+    print(f"trained {summary['steps']} steps in {summary['train_time_s']:.1f} s: validation error "
+          f"{summary['val_rot_deg']:.2f} deg, {summary['val_trans_mm']:.1f} mm")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -299,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xray", required=True, help="X-ray image (NRRD, NIfTI, MHA, PNG/TIFF, DICOM)")
     p.add_argument("--geometry", help="geometry JSON (default: the X-ray's sidecar JSON or DICOM tags)")
     p.add_argument("--init", help="initial pose JSON (default: the AP reference view)")
+    p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
+    p.add_argument("--no-refine", action="store_true", help="with --init-model: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--method", default="opt-ncc", help="opt-ncc, opt-mncc, opt-gc, opt-ngi or opt-gd")
     p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
@@ -309,6 +398,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("train", help="train a patient-specific pose initialiser on DRRs of the CT",
+                       description="Train a pose initialiser (the pose regressor or SOPI's RTPI) on DRRs of the CT "
+                                   "rendered at random poses around the AP view, for one detector geometry. The "
+                                   "model file is a checkpoint written periodically and at the end; --resume "
+                                   "continues it. --iterations and --time-budget count the whole training.")
+    p.add_argument("--ct", required=True, help="CT image, HU")
+    p.add_argument("--geometry", required=True, help="detector geometry JSON of the X-rays to register")
+    p.add_argument("--model", choices=("regressor", "rtpi"), default="regressor", help="initialiser kind")
+    p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="total training time, seconds (default 900 when --iterations is not given)")
+    p.add_argument("--iterations", type=int, default=None, help="total training steps")
+    p.add_argument("--resume", action="store_true", help="continue the training in --out if it exists")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--batch-size", type=int, default=32, help="DRRs per step")
+    p.add_argument("--rot-range", type=float, default=30.0, help="training poses: rotations in +-this, degrees")
+    p.add_argument("--trans-range", type=float, default=50.0, help="training poses: translations in +-this, mm")
+    p.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--progress-lines", action="store_true",
+                   help="print 'PROGRESS <fraction> <message>' lines to stdout for another process to parse")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="errors of an estimated pose against the ground truth",
                        description="Print (and write) mTRE, mPD, mRPD, rotation and translation errors.")

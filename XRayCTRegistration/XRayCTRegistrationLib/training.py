@@ -43,7 +43,6 @@ from .training_data import (
     RenderSettings,
     augment,
     ct_hash,
-    normalise,
     prepare_image,
     to_input,
 )
@@ -82,6 +81,10 @@ class TrainOptions:
         alpha, beta, lam: RTPI loss weights (gradient difference between the X-ray and the DRR at
             the predicted pose, MSE of normalised parameters, L2 of the weights).
         gd_start: fraction of training after which the RTPI's gradient-difference term is on.
+        pool_size: DRRs kept in the replay pool that batches are drawn from (each is augmented anew
+            every time it is drawn).
+        fresh_per_step: new DRRs rendered into the pool (replacing the oldest) at every step, at the
+            current pose range; ``fresh_per_step == pool_size == batch_size`` renders every batch afresh.
         val_size: validation DRRs (fixed poses over the full range, fixed augmentation).
         val_every: steps between validations.
         checkpoint_every_s: seconds between checkpoints.
@@ -111,6 +114,8 @@ class TrainOptions:
     beta: float = 1.0
     lam: float = 1e-5
     gd_start: float = 0.5
+    pool_size: int = 512
+    fresh_per_step: int = 8
     val_size: int = 64
     val_every: int = 25
     checkpoint_every_s: float = 60.0
@@ -203,6 +208,9 @@ class Trainer:
         decay = options.weight_decay if options.method == "regressor" else 0.0
         self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr, weight_decay=decay)
         self.state = TrainState()
+        self.pool_params: torch.Tensor | None = None
+        self.pool_drr: torch.Tensor | None = None
+        self.pool_next = 0
         self.half_widths = torch.as_tensor(options.pose_range.half_widths, dtype=torch.float32, device=self.device)
         self._make_validation()
 
@@ -216,13 +224,38 @@ class Trainer:
         self.val_params = torch.as_tensor(params, dtype=torch.float32, device=self.device)
         self.val_x = to_input(augment(drr, gen, self.options.augmentation), self.options.render.input_size)
 
+    def _refresh_pool(self, scale: float, rng: np.random.Generator) -> None:
+        """Render ``fresh_per_step`` DRRs at ``scale`` times the range into the pool (filling it on first use)."""
+        o = self.options
+        if self.pool_params is None:
+            params = o.pose_range.sample(rng, o.pool_size, scale)
+            self.pool_drr = torch.cat([self.source.render(p) for p in np.array_split(params, -(-o.pool_size // 64))])
+            self.pool_params = torch.as_tensor(params, dtype=torch.float32, device=self.device)
+            self.pool_next = 0
+            return
+        n = min(o.fresh_per_step, o.pool_size)
+        params = o.pose_range.sample(rng, n, scale)
+        idx = (self.pool_next + torch.arange(n, device=self.device)) % o.pool_size
+        self.pool_drr[idx] = self.source.render(params)
+        self.pool_params[idx] = torch.as_tensor(params, dtype=torch.float32, device=self.device)
+        self.pool_next = int(idx[-1] + 1) % o.pool_size
+
     def batch(self, scale: float, rng: np.random.Generator, gen: torch.Generator
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A training batch at ``scale`` times the range: (inputs ``[B, 1, S, S]``, params ``[B, 6]``, clean DRRs)."""
-        params = self.options.pose_range.sample(rng, self.options.batch_size, scale)
-        drr = self.source.render(params)
-        x = to_input(augment(drr, gen, self.options.augmentation), self.options.render.input_size)
-        return x, torch.as_tensor(params, dtype=torch.float32, device=self.device), drr
+        """A training batch: (inputs ``[B, 1, S, S]``, params ``[B, 6]``, clean DRRs ``[B, rows, cols]``).
+
+        The pool is refreshed at ``scale`` times the range, then ``batch_size`` entries are drawn and augmented.
+        """
+        o = self.options
+        self._refresh_pool(scale, rng)
+        if o.pool_size == o.batch_size:
+            idx = torch.arange(o.batch_size, device=self.device)
+        else:
+            idx = torch.as_tensor(rng.choice(o.pool_size, o.batch_size, replace=o.batch_size > o.pool_size),
+                                  device=self.device)
+        drr = self.pool_drr[idx]
+        x = to_input(augment(drr, gen, o.augmentation), o.render.input_size)
+        return x, self.pool_params[idx], drr
 
     # -- schedule -----------------------------------------------------------------------------
     def fraction(self) -> float:
@@ -266,7 +299,7 @@ class Trainer:
             parts["rot"] = o.rot_weight * rotation_loss(out["rot6d"], r_true).mean()
             parts["trans"] = o.trans_weight * F.mse_loss(out["trans"], t_true)
             if "recon" in out and o.ae_weight > 0:
-                parts["ae"] = o.ae_weight * F.mse_loss(out["recon"], x)
+                parts["ae"] = o.ae_weight * F.mse_loss(out["recon"], F.avg_pool2d(x, 2))
         else:
             pred = out["params"]
             parts["mse"] = o.beta * F.mse_loss(pred, params / self.half_widths)
@@ -279,11 +312,11 @@ class Trainer:
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def fixed_batch_loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor) -> float:
-        """Loss of a given batch with the network in evaluation mode (for tests and diagnostics)."""
-        self.net.eval()
+        """Loss of a given batch (training-mode batch statistics, no update; for tests and diagnostics)."""
+        saved = {k: v.clone() for k, v in self.net.state_dict().items()}
         with torch.no_grad():
-            value = float(self.loss(x, params, drr, 0.0)[0])
-        self.net.train()
+            value = float(self.loss(x, params, drr, 1.0)[0])
+        self.net.load_state_dict(saved)  # undo the batch-norm running-statistics update
         return value
 
     # -- validation ---------------------------------------------------------------------------
@@ -311,7 +344,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
         self.optimizer.step()
         self.state.step += 1
-        parts["loss"] = float(loss)
+        parts["loss"] = float(loss.detach())
         return parts
 
     def run(self, out_path: str | Path, progress: Callable[[float, str], None] | None = None,
@@ -341,8 +374,9 @@ class Trainer:
                 self.state.history.append([self.state.step, round(self.state.train_time_s, 3), loss_avg,
                                            val["rot_deg"], val["trans_mm"]])
             if progress is not None:
+                scale = 100 * self.range_scale(self.fraction())
                 progress(self.fraction(), f"step {self.state.step} loss {loss_avg:.4f} val {val['rot_deg']:.2f} deg "
-                                          f"{val['trans_mm']:.1f} mm range {100 * self.range_scale(self.fraction()):.0f}%")
+                                          f"{val['trans_mm']:.1f} mm range {scale:.0f}%")
             if time.perf_counter() - last_ckpt >= o.checkpoint_every_s and not done:
                 self.save(out_path, complete=False)
                 last_ckpt = time.perf_counter()

@@ -79,10 +79,10 @@ class RenderSettings:
         step_vox: ray-marching step in (resampled) voxels.
     """
 
-    ct_spacing_mm: float = 3.0
+    ct_spacing_mm: float = 4.0
     detector_size: int = 64
     input_size: int = 64
-    step_vox: float = 1.0
+    step_vox: float = 1.5
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""

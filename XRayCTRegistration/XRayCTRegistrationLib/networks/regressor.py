@@ -1,5 +1,4 @@
-"""The patient-specific pose regressor (after Zhang et al., "A patient-specific self-supervised model
-for automatic X-ray/CT registration").
+"""The patient-specific pose regressor (after Zhang et al.'s self-supervised X-ray/CT registration model).
 
 An EfficientNet-B0-like CNN backbone (scaled down) extracts a feature map from the X-ray; a
 regularising autoencoder branch reconstructs the input from that map (its loss constrains the
@@ -85,7 +84,7 @@ class AttentionBlock(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Upsampling decoder from the backbone's feature map to an image of the input's size."""
+    """Upsampling decoder from the backbone's feature map to an image of half the input's size."""
 
     def __init__(self, c_in: int, stride: int) -> None:
         """One x2 upsampling stage per factor of two in ``stride``."""
@@ -93,7 +92,7 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = [ConvBNAct(c_in, 32, 1)]
         c = 32
         s = 1
-        while s < stride:
+        while 2 * s < stride:
             c_out = max(8, c // 2)
             layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), ConvBNAct(c, c_out, 3)]
             c, s = c_out, s * 2
@@ -111,7 +110,7 @@ class PoseRegressor(nn.Module):
 
     ``forward(x)`` takes normalised images ``[B, 1, S, S]`` and returns a dictionary with
     ``rot6d`` ``[B, 6]``, ``trans`` ``[B, 3]`` (translation / range), and, when enabled,
-    ``recon`` ``[B, 1, S, S]`` (autoencoder) and ``attention`` ``[B, N, N]``.
+    ``recon`` ``[B, 1, S/2, S/2]`` (autoencoder, the input average-pooled by 2) and ``attention`` ``[B, N, N]``.
     """
 
     def __init__(self, config: RegressorConfig | None = None) -> None:
@@ -140,7 +139,7 @@ class PoseRegressor(nn.Module):
         f = self.backbone(x)  # [B, C, h, w]
         out: dict[str, torch.Tensor] = {}
         if self.decoder is not None:
-            out["recon"] = self.decoder(f, tuple(x.shape[-2:]))
+            out["recon"] = self.decoder(f, (x.shape[-2] // 2, x.shape[-1] // 2))
         g = self.neck(f)  # [B, D, h, w]
         b, d, h, w = g.shape
         if self.config.attention:

@@ -73,7 +73,8 @@ class RTPI(nn.Module):
         c_cat = c2 + c3 * (v // 4)
         c = config.loc_channels
         self.localisation = nn.Sequential(
-            ResidualBlock2d(c_cat, c), ResidualBlock2d(c, c), ResidualBlock2d(c, 2 * c, 2), ResidualBlock2d(2 * c, 2 * c))
+            ResidualBlock2d(c_cat, c), ResidualBlock2d(c, c),
+            ResidualBlock2d(c, 2 * c, 2), ResidualBlock2d(2 * c, 2 * c))
         self.heads = nn.ModuleList(
             nn.Sequential(nn.Linear(2 * c, 32), nn.ReLU(inplace=True), nn.Linear(32, 1)) for _ in range(6))
         with torch.no_grad():
