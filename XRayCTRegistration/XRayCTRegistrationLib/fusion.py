@@ -1,0 +1,69 @@
+"""Pictures of a registration: the X-ray with the DRR overlaid, before and after.
+
+All images are ``[rows, cols]`` attenuation-bright arrays; pictures are 8-bit RGB ``[rows, cols, 3]``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+OVERLAY_COLOUR = np.array([1.0, 0.55, 0.0])
+"""Colour of the DRR overlay (orange): bone of the DRR shows in it over the grey X-ray."""
+
+
+def window(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Scale an image to [0, 1] between two percentiles (robust to outliers)."""
+    img = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(img, [low, high])
+    return np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
+
+
+def overlay(xray: np.ndarray, drr: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """X-ray in grey with the DRR's edges and bright structures in orange; 8-bit RGB ``[rows, cols, 3]``."""
+    x = window(xray)
+    d = window(drr)
+    gy, gx = np.gradient(d)
+    edges = np.sqrt(gx * gx + gy * gy)
+    edges = np.clip(edges / max(float(np.percentile(edges, 99)), 1e-12), 0, 1)
+    weight = alpha * np.clip(0.5 * d + edges, 0, 1)[..., None]
+    rgb = (1 - weight) * x[..., None] + weight * OVERLAY_COLOUR
+    return (255 * np.clip(rgb, 0, 1)).astype(np.uint8)
+
+
+def checkerboard(xray: np.ndarray, drr: np.ndarray, tiles: int = 8) -> np.ndarray:
+    """Checkerboard of the X-ray and the DRR (each windowed), 8-bit RGB ``[rows, cols, 3]``."""
+    x, d = window(xray), window(drr)
+    rows, cols = x.shape
+    r = (np.arange(rows) * tiles // rows)[:, None]
+    c = (np.arange(cols) * tiles // cols)[None, :]
+    img = np.where((r + c) % 2 == 0, x, d)
+    return np.repeat((255 * img).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def before_after(xray: np.ndarray, drr_before: np.ndarray, drr_after: np.ndarray,
+                 labels: tuple[str, str, str] = ("X-ray", "before", "after")) -> np.ndarray:
+    """Three panels side by side: the X-ray, the overlay at the initial pose, the overlay at the result."""
+    x = window(xray)
+    panels = [np.repeat((255 * x).astype(np.uint8)[..., None], 3, -1), overlay(xray, drr_before),
+              overlay(xray, drr_after)]
+    gap = np.full((x.shape[0], 4, 3), 255, np.uint8)
+    img = Image.fromarray(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
+    draw = ImageDraw.Draw(img)
+    for k, text in enumerate(labels):
+        draw.text((k * (x.shape[1] + 4) + 4, 2), text, fill=(255, 255, 0))
+    return np.asarray(img)
+
+
+def save_rgb(rgb: np.ndarray, path: str | Path) -> None:
+    """Write an RGB picture to a PNG file atomically (no partial file on failure)."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
