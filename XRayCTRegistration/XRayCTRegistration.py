@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 POSE_PARAMETER_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
 """Pose parameters, degrees (rx, ry, rz) and mm (tx, ty, tz); see CONVENTIONS.md."""
 
-REGISTRATION_METHODS = ["opt-ncc", "opt-gc", "opt-ngi"]
+REGISTRATION_METHODS = ["opt-ncc", "opt-mncc", "opt-gc", "opt-ngi", "opt-gd"]
 """Registration methods offered in the GUI (names of the library's ``register(method=...)``)."""
 
 PREVIEW_SIZE = 128
@@ -118,7 +118,7 @@ class XRayCTRegistrationParameterNode:
     """The module's state.
 
     ctVolume: the CT, in Hounsfield units.
-    xrayVolume: the X-ray, a single-slice scalar volume.
+    xrayVolume: the X-ray, a single-slice scalar volume, attenuation-bright (bone bright, as a DRR).
     sdd, rowSpacing, colSpacing: source-to-detector distance and detector pixel size (mm);
         0 means "take it from the X-ray's DICOM tags".
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
