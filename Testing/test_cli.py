@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from XRayCTRegistrationLib.cli import main
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView, load_pose, save_pose
 from XRayCTRegistrationLib.phantoms import chest_phantom

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import (
     Camera,

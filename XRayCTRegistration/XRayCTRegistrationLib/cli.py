@@ -22,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+from .files import write_text_atomic
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -81,6 +82,13 @@ class Progress:
         self.bar.close()
 
 
+def format_params(params: Sequence[float]) -> str:
+    """``rx=.., ry=.., ...`` (degrees, mm) for printing."""
+    from .geometry import PARAM_NAMES
+
+    return ", ".join(f"{n}={v:.2f}" for n, v in zip(PARAM_NAMES, params, strict=True))
+
+
 # -- loading helpers ----------------------------------------------------------------------------
 def _load_ct_mu(path: str):
     """Read a CT in HU and return (hu_volume, attenuation_volume)."""
@@ -100,11 +108,11 @@ def _reference(ct, camera, args) -> object:
 # -- sub-commands -------------------------------------------------------------------------------
 def cmd_render(args: argparse.Namespace) -> int:
     """Render a DRR of a CT at a pose."""
+    import torch
+
     from .geometry import Camera, load_pose
     from .projector import Projector
     from .xray import save_png, write_image
-
-    import torch
 
     _, mu = _load_ct_mu(args.ct)
     camera = Camera.load(args.geometry)
@@ -127,12 +135,12 @@ def _samples(args: argparse.Namespace) -> dict:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate an X-ray (noisy DRR) with its geometry and ground-truth pose."""
+    import torch
+
     from .geometry import Camera, load_pose, save_pose
     from .projector import Projector
     from .simulate import NoiseModel, random_params, xray_from_drr
     from .xray import save_png, write_image
-
-    import torch
 
     ct, mu = _load_ct_mu(args.ct)
     camera = Camera.load(args.geometry)
@@ -153,7 +161,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         save_png(xray, tmp / "xray.png")
     params = reference.params(pose)
     print(f"wrote {args.out_dir}/xray.nrrd, xray.json (geometry), pose.json (ground truth), xray.png")
-    print("pose: " + ", ".join(f"{n}={v:.2f}" for n, v in zip(("rx", "ry", "rz", "tx", "ty", "tz"), params, strict=True)))
+    print(f"pose: {format_params(params)}")
     return 0
 
 
@@ -167,13 +175,13 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def cmd_register(args: argparse.Namespace) -> int:
     """Register an X-ray to a CT and write the result JSON (and a fusion picture)."""
+    import torch
+
     from .fusion import before_after, save_rgb
     from .geometry import load_pose
     from .projector import Projector
     from .volume import read_ct
     from .xray import read_xray
-
-    import torch
 
     ct, mu = _load_ct_mu(args.ct)
     xr = read_xray(args.xray, geometry=args.geometry)
@@ -208,7 +216,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     with staged_outputs(*outs) as tmp:
-        Path(tmp[0]).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", tmp[0])
         if args.fusion:
             with torch.no_grad():
                 proj = Projector(mu, camera)
@@ -220,8 +228,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     state = "converged" if result.success else "FAILED"
     print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
           f"{result.wall_time_s:.2f} s; {result.message}")
-    print("pose: " + ", ".join(f"{n}={v:.2f}" for n, v in zip(("rx", "ry", "rz", "tx", "ty", "tz"),
-                                                                 result.params, strict=True)))
+    print(f"pose: {format_params(result.params)}")
     print(f"wrote {', '.join(outs)}")
     return 0 if result.success else 1
 
@@ -316,7 +323,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
     if args.out:
         with staged_outputs(args.out) as tmp:
-            Path(tmp[0]).write_text(json.dumps(metrics, indent=2) + "\n")
+            write_text_atomic(json.dumps(metrics, indent=2) + "\n", tmp[0])
         print(f"wrote {args.out}")
     return 0
 

@@ -5,21 +5,22 @@ All images are ``[rows, cols]`` attenuation-bright arrays; pictures are 8-bit RG
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from PIL import Image, ImageDraw
+
+from .files import write_atomic
+from .xray import to_uint8
 
 OVERLAY_COLOUR = np.array([1.0, 0.55, 0.0])
 """Colour of the DRR overlay (orange): bone of the DRR shows in it over the grey X-ray."""
 
 
-def window(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Scale an image to [0, 1] between two percentiles (robust to outliers)."""
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(img, [low, high])
-    return np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
+def window(image: np.ndarray) -> np.ndarray:
+    """Scale an image to [0, 1] between its 1st and 99th percentiles (see :func:`xray.to_uint8`)."""
+    return to_uint8(image).astype(np.float32) / 255.0
 
 
 def overlay(xray: np.ndarray, drr: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -60,10 +61,5 @@ def before_after(xray: np.ndarray, drr_before: np.ndarray, drr_after: np.ndarray
 
 def save_rgb(rgb: np.ndarray, path: str | Path) -> None:
     """Write an RGB picture to a PNG file atomically (no partial file on failure)."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    image = sitk.GetImageFromArray(np.asarray(rgb, dtype=np.uint8), isVector=True)
+    write_atomic(image, Path(path), compress=False, suffixes=(".png",))

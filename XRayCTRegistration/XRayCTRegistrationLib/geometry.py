@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .files import write_text_atomic
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Homogeneous 4x4 change of frame RAS <-> LPS (its own inverse)."""
@@ -104,7 +105,7 @@ class Camera:
 
     def save(self, path: str | Path) -> None:
         """Write the geometry sidecar JSON file."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_text_atomic(json.dumps(self.to_dict(), indent=2) + "\n", path)
 
     # -- derived cameras ----------------------------------------------------------------------
     def downsampled(self, factor: float) -> Camera:
@@ -318,4 +319,4 @@ def pose_dict(world_from_camera: np.ndarray, reference: ReferenceView | None = N
 
 def save_pose(path: str | Path, world_from_camera: np.ndarray, reference: ReferenceView | None = None) -> None:
     """Write a pose JSON file."""
-    Path(path).write_text(json.dumps(pose_dict(world_from_camera, reference), indent=2) + "\n")
+    write_text_atomic(json.dumps(pose_dict(world_from_camera, reference), indent=2) + "\n", path)

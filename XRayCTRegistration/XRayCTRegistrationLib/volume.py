@@ -12,8 +12,6 @@ size while keeping the physical extent.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .files import first_line, write_atomic
 from .geometry import LPS_FROM_RAS
 
 log = logging.getLogger(__name__)
@@ -106,14 +105,6 @@ def _dicom_series(folder: Path) -> list[str]:
     return files[chosen]
 
 
-def first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception message (SimpleITK's are long)."""
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    text = lines[0] if lines else type(e).__name__
-    # SimpleITK prefixes messages with the source location; keep the readable end.
-    return text.split(": ", 1)[-1] if text.startswith("Exception thrown in SimpleITK") else text
-
-
 def read_image(path: Path) -> sitk.Image:
     """Read one image file with SimpleITK, raising :class:`InputError` naming the file on failure."""
     if not path.exists():
@@ -186,54 +177,6 @@ def _is_dicom(path: Path) -> bool:
             return f.read(4) == b"DICM"
     except OSError:
         return False
-
-
-SINGLE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
-"""Formats that :func:`write_volume` and the X-ray writer accept: one file each, so writes can be atomic."""
-
-
-def image_suffix(path: Path) -> str:
-    """The image file extension of ``path`` in lower case, ``.nii.gz`` counted as one."""
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def write_atomic(image: sitk.Image, path: str | Path, compress: bool = True,
-                 suffixes: Sequence[str] = SINGLE_FILE_SUFFIXES) -> None:
-    """Write ``image`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    ``suffixes`` lists the extensions accepted (single-file formats only). A failed write leaves
-    neither a partial ``path`` nor the temporary file behind.
-    """
-    p = Path(path)
-    suffix = image_suffix(p)
-    if suffix not in suffixes:
-        raise InputError(f"{p}: cannot write this format; use one of {', '.join(suffixes)}")
-    if not p.parent.is_dir():
-        raise InputError(f"{p}: output folder {p.parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name[: -len(suffix)]}.", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp_name, compress)
-        os.replace(tmp_name, p)
-    except RuntimeError as e:
-        raise InputError(f"{p}: cannot write image ({first_line(e)})") from None
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write a text file through a temporary file in the same folder and ``os.replace``."""
-    p = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp_name, p)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
 
 
 def volume_to_sitk(volume: Volume) -> sitk.Image:

@@ -43,8 +43,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .files import SINGLE_FILE_SUFFIXES, first_line, image_suffix, write_atomic, write_text_atomic
 from .geometry import Camera
-from .volume import SINGLE_FILE_SUFFIXES, check_values, first_line, image_suffix, write_atomic, write_text_atomic
+from .volume import check_values
 
 KINDS = ("auto", "attenuation", "intensity")
 """Accepted values of ``read_xray(kind=...)``."""

@@ -1,0 +1,94 @@
+"""The module's .ui file: loads with Qt's QUiLoader, has every widget the code uses, and its
+SlicerParameterName properties match the parameter node's fields."""
+
+import os
+import re
+import typing
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "XRayCTRegistration" / "XRayCTRegistration.py"
+UI = ROOT / "XRayCTRegistration" / "Resources" / "UI" / "XRayCTRegistration.ui"
+
+
+@pytest.fixture(scope="module")
+def ui_root():
+    from PySide6.QtCore import QFile
+    from PySide6.QtUiTools import QUiLoader
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    f = QFile(str(UI))
+    assert f.open(QFile.ReadOnly)
+    loader = QUiLoader()
+    widget = loader.load(f)
+    f.close()
+    assert widget is not None, loader.errorString()
+    yield widget
+    widget.deleteLater()
+    del app
+
+
+def parameter_fields():
+    from mrml_scene import install
+
+    install()
+    import XRayCTRegistration as M
+
+    return set(typing.get_type_hints(M.XRayCTRegistrationParameterNode, include_extras=True))
+
+
+def code_widget_names():
+    names = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    # sliders reached as getattr(self.ui, f"{name}Slider") for each pose parameter
+    if 'getattr(self.ui, f"{name}Slider")' in MODULE.read_text():
+        names |= {f"{n}Slider" for n in ("rx", "ry", "rz", "tx", "ty", "tz")}
+    return names
+
+
+def test_every_widget_used_in_code_exists(ui_root):
+    from PySide6.QtWidgets import QWidget
+
+    names = code_widget_names()
+    assert {"registerButton", "cancelButton", "progressBar", "resultLabel", "rxSlider"} <= names
+    missing = sorted(n for n in names if ui_root.findChild(QWidget, n) is None)
+    assert missing == []
+
+
+def test_parameter_names_match_parameter_node(ui_root):
+    from PySide6.QtWidgets import QWidget
+
+    bound = {}
+    for w in ui_root.findChildren(QWidget):
+        value = w.property("SlicerParameterName")
+        if value:
+            assert value not in bound, f"{value} bound twice ({bound.get(value)}, {w.objectName()})"
+            bound[value] = w.objectName()
+    fields = parameter_fields()
+    assert set(bound) - fields == set(), "SlicerParameterName without a parameter-node field"
+    assert fields - set(bound) == set(), "parameter-node field without a widget"
+    assert bound["rx"] == "rxSlider" and bound["method"] == "methodComboBox"
+
+
+def test_method_choices_match_combo_box(ui_root):
+    from mrml_scene import install
+    from PySide6.QtWidgets import QComboBox
+
+    install()
+    import XRayCTRegistration as M
+
+    combo = ui_root.findChild(QComboBox, "methodComboBox")
+    assert [combo.itemText(i) for i in range(combo.count())] == M.REGISTRATION_METHODS
+
+
+def test_pose_slider_ranges_match_parameter_ranges():
+    # ranges in the .ui and in the parameter node's WithinRange must agree (checked on the XML text)
+    text = UI.read_text()
+    for name, lo, hi in [("rx", -180, 180), ("rz", -180, 180), ("tx", -300, 300), ("tz", -300, 300)]:
+        block = text[text.index(f'name="{name}Slider"'):]
+        block = block[:block.index("</widget>")]
+        assert re.search(rf"<double>{lo}\.0</double>", block) and re.search(rf"<double>{hi}\.0</double>", block)
