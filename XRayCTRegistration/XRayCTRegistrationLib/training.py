@@ -115,7 +115,7 @@ class TrainOptions:
     lam: float = 1e-5
     gd_start: float = 0.5
     pool_size: int = 512
-    fresh_per_step: int = 8
+    fresh_per_step: int = 4
     val_size: int = 64
     val_every: int = 25
     checkpoint_every_s: float = 60.0

@@ -80,8 +80,8 @@ class RenderSettings:
     """
 
     ct_spacing_mm: float = 4.0
-    detector_size: int = 64
-    input_size: int = 64
+    detector_size: int = 48
+    input_size: int = 48
     step_vox: float = 1.5
 
     def to_dict(self) -> dict:
