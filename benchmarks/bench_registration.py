@@ -16,7 +16,6 @@ import time
 import numpy as np
 import SimpleITK as sitk
 import torch
-
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.metrics import mtre, param_errors, rotation_error_deg, target_points, translation_error_mm
 from XRayCTRegistrationLib.projector import render

@@ -161,7 +161,7 @@ def ngi(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) ->
     sa = (wi * na).sum((-2, -1), keepdim=True) / sw + EPS
     sb = (wi * nb).sum((-2, -1), keepdim=True) / sw + EPS
     na, nb = na / sa, nb / sb
-    cos2 = ((ax * bx + ay * by) / (sa * sb)) ** 2 / (na * na * nb * nb + EPS)
+    cos2 = ((ax * bx + ay * by) / (sa * sb)) ** 2 / (na * na * nb * nb + 1e-12)
     gi = (wi * cos2 * torch.minimum(na, nb)).sum((-2, -1))
     norm = torch.sqrt((wi * na).sum((-2, -1)) * (wi * nb).sum((-2, -1))).clamp(min=EPS)
     return gi / norm
