@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import InputError
-from .geometry import Camera, ReferenceView, check_rigid, invert_rigid, transform_points
+from .geometry import Camera, ReferenceView, check_rigid, invert_rigid, read_json, transform_points
 from .volume import Volume
 
 BONE_HU = 250.0
@@ -220,3 +220,45 @@ def target_points(volume_hu: Volume, n: int = 100, threshold_hu: float = BONE_HU
         pick = np.unique(np.linspace(0, len(kji) - 1, min(n, len(kji))).round().astype(int))
         ijk = kji[pick][:, ::-1].astype(np.float64)
     return transform_points(volume_hu.ijk_to_ras, ijk)
+
+
+# -- one pose against the ground truth ------------------------------------------------------------------
+def evaluate_pose(points_world: np.ndarray, world_from_camera_gt: np.ndarray, world_from_camera_est: np.ndarray,
+                  camera: Camera | None = None, reference: ReferenceView | None = None) -> dict[str, float]:
+    """Every error of one estimated pose (mm, degrees) in a JSON-ready dictionary.
+
+    Always: ``mtre_mm``, ``mrpd_mm``, ``rotation_error_deg``, success at mTRE < 2 mm. With a camera:
+    ``mpd_mm``. With a reference view: ``translation_error_mm`` (isocentre distance), the
+    per-parameter errors and SOPI's success (rotation < 3 degrees and translation < 3 mm).
+    """
+    out: dict[str, float] = {
+        "mtre_mm": mtre(points_world, world_from_camera_gt, world_from_camera_est),
+        "mrpd_mm": mrpd(points_world, world_from_camera_gt, world_from_camera_est),
+        "rotation_error_deg": rotation_error_deg(world_from_camera_gt, world_from_camera_est),
+    }
+    if camera is not None:
+        out["mpd_mm"] = mpd(points_world, world_from_camera_gt, world_from_camera_est, camera)
+    out["success_mtre_lt_2mm"] = bool(success(mtre_mm=out["mtre_mm"]))
+    if reference is not None:
+        out["translation_error_mm"] = translation_error_mm(world_from_camera_gt, world_from_camera_est,
+                                                           reference.isocenter)
+        for name, err in zip(("rx", "ry", "rz", "tx", "ty", "tz"),
+                             param_errors(reference, world_from_camera_gt, world_from_camera_est), strict=True):
+            out[f"{name}_error"] = float(err)
+        out["success_rot_lt_3deg_trans_lt_3mm"] = bool(
+            success(rotation_deg=out["rotation_error_deg"], translation_mm=out["translation_error_mm"]))
+    out["n_points"] = int(_points(points_world).shape[0])
+    return out
+
+
+def load_points(path: str) -> np.ndarray:
+    """Target points ``[n, 3]`` (world RAS, mm) from a JSON file: a list of ``[x, y, z]`` or ``{"points": [...]}``."""
+    d = read_json(path)
+    pts = d.get("points") if isinstance(d, dict) else d
+    try:
+        arr = np.asarray(pts, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: target points must be a list of [x, y, z]") from None
+    if arr.ndim != 2 or arr.shape[1] != 3 or len(arr) == 0 or not np.all(np.isfinite(arr)):
+        raise InputError(f"{path}: target points must be a non-empty list of finite [x, y, z]")
+    return arr
