@@ -15,9 +15,9 @@ from XRayCTRegistrationLib.xray import read_xray
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    ct = chest_phantom((40, 32, 32), (5.0, 5.0, 5.0))
+    ct = chest_phantom((48, 40, 40), (4.0, 4.0, 4.0))
     write_volume(ct, d / "ct.nrrd")
-    cam = Camera(1000.0, 48, 40, 6.0, 6.0)
+    cam = Camera(1000.0, 64, 56, 4.0, 4.0)
     cam.save(d / "geom.json")
     ref = ReferenceView.ap(ct.center, cam.sdd)
     save_pose(d / "pose.json", ref.pose([5, -3, 10, 4, -6, 12]), ref)
@@ -40,7 +40,7 @@ def test_render_writes_drr_and_png(case, tmp_path):
     assert run("render", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--pose", d / "pose.json",
                "--out", tmp_path / "drr.nrrd", "--png", tmp_path / "drr.png") == 0
     img = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "drr.nrrd")))
-    assert img.squeeze().shape == (48, 40)
+    assert img.squeeze().shape == (64, 56)
     assert img.max() > 0.5  # bone and body attenuate
     assert (tmp_path / "drr.png").stat().st_size > 100
 
@@ -53,7 +53,7 @@ def test_simulate_writes_xray_geometry_and_pose(case, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["pose.json", "xray.json", "xray.nrrd", "xray.png"]
     xr = read_xray(out / "xray.nrrd")
     assert xr.camera == cam  # the sidecar next to the image is picked up
-    assert xr.image.shape == (48, 40)
+    assert xr.image.shape == (64, 56)
     pose = json.loads((out / "pose.json").read_text())
     params = np.array([pose["params"][k] for k in ("rx", "ry", "rz", "tx", "ty", "tz")])
     assert np.all(np.abs(params[:3]) <= 10) and np.all(np.abs(params[3:]) <= 20)
@@ -109,3 +109,46 @@ def test_simulate_failure_leaves_no_folder(case, tmp_path, capsys):
                             "--pose", tmp_path / "p.json", "--out-dir", tmp_path / "sim")
     assert not (tmp_path / "sim").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
+
+
+def test_register_and_evaluate_round_trip(case, tmp_path, capsys):
+    d, ct, cam, ref = case
+    sim = tmp_path / "sim"
+    assert run("simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--pose", d / "pose.json",
+               "--out-dir", sim, "--noise", "0") == 0
+    gt_params = ref.params(load_pose(d / "pose.json"))
+    save_pose(tmp_path / "init.json", ref.pose(gt_params + [3, -2, 2, 4, -3, 5]), ref)
+    code = run("register", "--ct", d / "ct.nrrd", "--xray", sim / "xray.nrrd", "--init", tmp_path / "init.json",
+               "--out", tmp_path / "r.json", "--fusion", tmp_path / "f.png", "--quiet")
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    for key in ("world_from_camera", "similarity", "iterations", "wall_time_s", "method", "success"):
+        assert key in result
+    assert result["method"] == "opt-ncc" and result["success"] is True
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert run("evaluate", "--gt", d / "pose.json", "--est", tmp_path / "r.json", "--ct", d / "ct.nrrd",
+               "--geometry", d / "geom.json", "--out", tmp_path / "m.json") == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["mtre_mm"] < 2.0 and metrics["success_mtre_lt_2mm"] is True
+    assert "mpd_mm" in metrics and "tz_error" in metrics
+    assert "mtre_mm" in capsys.readouterr().out
+
+
+def test_register_failure_and_missing_geometry(case, tmp_path, capsys):
+    d, ct, cam, ref = case
+    sim = tmp_path / "sim"
+    assert run("simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--pose", d / "pose.json",
+               "--out-dir", sim) == 0
+    # a start where the CT projects outside the detector: a failed result, exit 1
+    save_pose(tmp_path / "far.json", ref.pose([0, 0, 0, 400, 0, 0]), ref)
+    code = run("register", "--ct", d / "ct.nrrd", "--xray", sim / "xray.nrrd", "--init", tmp_path / "far.json",
+               "--out", tmp_path / "r.json", "--quiet")
+    assert code == 1
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["success"] is False and result["message"]
+    # no geometry anywhere: exit 2, no result file
+    (sim / "xray.json").unlink()
+    assert "geometry" in _bad(capsys, "register", "--ct", d / "ct.nrrd", "--xray", sim / "xray.nrrd",
+                              "--out", tmp_path / "r2.json", "--quiet")
+    assert not (tmp_path / "r2.json").exists()

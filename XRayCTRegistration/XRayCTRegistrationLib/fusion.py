@@ -14,25 +14,19 @@ from PIL import Image, ImageDraw
 from .files import write_atomic
 from .xray import to_uint8
 
-OVERLAY_COLOUR = np.array([1.0, 0.55, 0.0])
-"""Colour of the DRR overlay (orange): bone of the DRR shows in it over the grey X-ray."""
-
 
 def window(image: np.ndarray) -> np.ndarray:
     """Scale an image to [0, 1] between its 1st and 99th percentiles (see :func:`xray.to_uint8`)."""
     return to_uint8(image).astype(np.float32) / 255.0
 
 
-def overlay(xray: np.ndarray, drr: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """X-ray in grey with the DRR's edges and bright structures in orange; 8-bit RGB ``[rows, cols, 3]``."""
-    x = window(xray)
-    d = window(drr)
-    gy, gx = np.gradient(d)
-    edges = np.sqrt(gx * gx + gy * gy)
-    edges = np.clip(edges / max(float(np.percentile(edges, 99)), 1e-12), 0, 1)
-    weight = alpha * np.clip(0.5 * d + edges, 0, 1)[..., None]
-    rgb = (1 - weight) * x[..., None] + weight * OVERLAY_COLOUR
-    return (255 * np.clip(rgb, 0, 1)).astype(np.uint8)
+def overlay(xray: np.ndarray, drr: np.ndarray) -> np.ndarray:
+    """Colour fusion, 8-bit RGB ``[rows, cols, 3]``: the DRR in magenta, the X-ray in green.
+
+    Where the two agree the picture is grey; a misaligned DRR shows magenta and green fringes.
+    """
+    x, d = window(xray), window(drr)
+    return (255 * np.stack([d, x, d], axis=-1)).astype(np.uint8)
 
 
 def checkerboard(xray: np.ndarray, drr: np.ndarray, tiles: int = 8) -> np.ndarray:

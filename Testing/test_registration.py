@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pytest
+from XRayCTRegistrationLib.errors import InputError
+from XRayCTRegistrationLib.geometry import Camera, ReferenceView
+from XRayCTRegistrationLib.metrics import mtre, target_points
+from XRayCTRegistrationLib.phantoms import chest_phantom
+from XRayCTRegistrationLib.projector import render
+from XRayCTRegistrationLib.registration import RegistrationResult, block_average, register
+from XRayCTRegistrationLib.volume import Volume, hu_to_mu
+
+SDD = 1000.0
+CAM = Camera(SDD, 48, 48, 6.0, 6.0)
+GT = np.array([2.0, -3.0, 4.0, 5.0, -6.0, 8.0])
+START = GT + np.array([3.0, -2.0, 2.0, -6.0, 5.0, 4.0])  # ~4 deg, ~9 mm
+FAST = dict(levels=(2, 1), max_iterations=(60, 30))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    hu = chest_phantom((48, 40, 40), (4.0, 4.0, 4.0))
+    vol = Volume(hu_to_mu(hu.data), hu.ijk_to_ras)
+    ref = ReferenceView.ap(vol.center, SDD)
+    xray = render(vol, CAM, ref.pose(GT), n_samples=160)
+    return hu, vol, ref, xray, target_points(hu, 60)
+
+
+@pytest.mark.parametrize("method", ["opt-ncc", "opt-gc"])
+def test_recovers_known_pose(scene, method):
+    hu, vol, ref, xray, pts = scene
+    w_gt, w0 = ref.pose(GT), ref.pose(START)
+    assert mtre(pts, w_gt, w0) > 8
+    res = register(vol, xray, CAM, w0, reference=ref, method=method, **FAST)
+    assert isinstance(res, RegistrationResult)
+    assert res.success, res.message
+    assert mtre(pts, w_gt, res.world_from_camera) < 2.0
+    assert res.similarity > res.initial_similarity
+    np.testing.assert_allclose(res.params, ref.params(res.world_from_camera), atol=1e-6)
+    assert res.iterations == len(res.history) > 0
+    assert {lv for lv, _, _ in res.history} == {0, 1}
+    d = json.loads(json.dumps(res.to_dict()))
+    for key in ("world_from_camera", "similarity", "iterations", "wall_time_s", "method", "params", "success",
+                "message"):
+        assert key in d
+    assert d["method"] == method and set(d["params"]) == {"rx", "ry", "rz", "tx", "ty", "tz"}
+
+
+@pytest.mark.parametrize("method", ["opt-mncc", "opt-ngi", "opt-gd"])
+def test_other_methods_improve(scene, method):
+    hu, vol, ref, xray, pts = scene
+    w_gt, w0 = ref.pose(GT), ref.pose(START)
+    res = register(vol, xray, CAM, w0, reference=ref, method=method, levels=(2, 1), max_iterations=(40, 10))
+    assert res.success, res.message
+    assert mtre(pts, w_gt, res.world_from_camera) < 0.5 * mtre(pts, w_gt, w0)
+
+
+def test_biplane(scene):
+    hu, vol, ref, xray0, pts = scene
+    # view 1: the camera turned 90 degrees about the isocentre around the patient's long axis
+    iso_cam = ref.isocenter_camera
+    turn = np.eye(4)
+    turn[:3, :3] = [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]
+    to_iso, back = np.eye(4), np.eye(4)
+    to_iso[:3, 3], back[:3, 3] = iso_cam, -iso_cam
+    rel1 = to_iso @ turn @ back  # camera0_from_camera1
+    w_gt = ref.pose(GT)
+    xray1 = render(vol, CAM, w_gt @ rel1, n_samples=160)
+    res = register(vol, [xray0, xray1], [CAM, CAM], ref.pose(START), reference=ref,
+                   relative_views=[np.eye(4), rel1], **FAST)
+    assert res.success, res.message
+    assert mtre(pts, w_gt, res.world_from_camera) < 1.5
+    with pytest.raises(InputError):
+        register(vol, [xray0, xray1], [CAM, CAM], ref.pose(START), reference=ref)
+
+
+def test_label_mask_restricts_to_structures(scene):
+    hu, vol, ref, xray, pts = scene
+    labels = Volume((hu.data > 250).astype(np.float32), hu.ijk_to_ras)
+    other = vol.data.copy()
+    other[hu.data <= 250] *= 3.0  # change everything but the bone
+    vol2 = Volume(other, vol.ijk_to_ras)
+    kw = dict(reference=ref, labels=labels, label_ids=[1], levels=(2, 1), max_iterations=(15, 5))
+    r1 = register(vol, xray, CAM, ref.pose(START), **kw)
+    r2 = register(vol2, xray, CAM, ref.pose(START), **kw)
+    np.testing.assert_allclose(r1.world_from_camera, r2.world_from_camera, atol=1e-9)
+    assert r1.similarity == pytest.approx(r2.similarity, abs=1e-9)
+    r3 = register(vol2, xray, CAM, ref.pose(START), reference=ref, levels=(2, 1), max_iterations=(15, 5))
+    assert not np.allclose(r1.world_from_camera, r3.world_from_camera, atol=1e-6)
+    with pytest.raises(InputError, match="no voxel"):
+        register(vol, xray, CAM, ref.pose(START), reference=ref, labels=labels, label_ids=[7])
+    with pytest.raises(InputError):
+        register(vol, xray, CAM, ref.pose(START), reference=ref, labels=labels)
+
+
+def test_image_mask(scene):
+    hu, vol, ref, xray, pts = scene
+    with pytest.raises(InputError, match="no pixels"):
+        register(vol, xray, CAM, ref.pose(START), reference=ref, mask=np.zeros_like(xray))
+    mask = np.zeros_like(xray)
+    mask[8:40, 8:40] = 1
+    res = register(vol, xray, CAM, ref.pose(START), reference=ref, mask=mask, **FAST)
+    assert res.success, res.message
+    assert mtre(pts, ref.pose(GT), res.world_from_camera) < 2.0
+
+
+def test_non_overlapping_start_fails_with_message(scene):
+    hu, vol, ref, xray, pts = scene
+    far = ref.pose(GT + np.array([0, 0, 0, 600.0, 0, 0]))
+    res = register(vol, xray, CAM, far, reference=ref, **FAST)
+    assert not res.success
+    assert "does not project" in res.message
+    np.testing.assert_allclose(res.world_from_camera, far, atol=1e-9)
+    assert res.iterations == 0
+
+
+def test_bad_inputs(scene):
+    hu, vol, ref, xray, pts = scene
+    bad = xray.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        register(vol, bad, CAM, ref.pose(START), reference=ref)
+    with pytest.raises(InputError, match="shape"):
+        register(vol, xray[:-1], CAM, ref.pose(START), reference=ref)
+    with pytest.raises(InputError, match="constant"):
+        register(vol, np.ones_like(xray), CAM, ref.pose(START), reference=ref)
+    with pytest.raises(InputError, match="method"):
+        register(vol, xray, CAM, ref.pose(START), reference=ref, method="opt-xyz")
+    with pytest.raises(InputError):
+        register(vol, xray, CAM, np.eye(3), reference=ref)
+    with pytest.raises(InputError):
+        register(vol, xray, CAM, ref.pose(START), reference=ref, step_sizes=(1.0, -2.0))
+
+
+def test_inputs_unchanged_and_callbacks(scene):
+    hu, vol, ref, xray, pts = scene
+    x0, v0, w0 = xray.copy(), vol.data.copy(), ref.pose(START)
+    w0_copy = w0.copy()
+    calls = []
+    res = register(vol, xray, CAM, w0, reference=ref, levels=(2, 1), max_iterations=(5, 2),
+                   progress=lambda f, m: calls.append((f, m)))
+    np.testing.assert_array_equal(xray, x0)
+    np.testing.assert_array_equal(vol.data, v0)
+    np.testing.assert_array_equal(w0, w0_copy)
+    assert calls and all(0.0 <= f <= 1.0 for f, _ in calls) and calls[-1][0] == 1.0
+    assert res.iterations <= 7
+    stopped = register(vol, xray, CAM, w0, reference=ref, should_stop=lambda: True, **FAST)
+    assert not stopped.success and "stopped" in stopped.message and stopped.iterations == 0
+
+
+def test_time_budget(scene):
+    hu, vol, ref, xray, pts = scene
+    res = register(vol, xray, CAM, ref.pose(START), reference=ref, time_budget_s=0.0, **FAST)
+    assert res.iterations == 0 and "time budget" in res.message
+
+
+def test_block_average_geometry():
+    data = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    m = np.eye(4)
+    m[:3, :3] = np.diag([0.5, 1.0, 2.0])
+    m[:3, 3] = [10.0, 20.0, 30.0]
+    v = Volume(data, m)
+    d = block_average(v, (2, 3, 2))
+    assert d.shape_ijk == (4, 2, 2)
+    assert d.data[0, 0, 0] == pytest.approx(data[:2, :3, :2].mean())
+    # the first new voxel sits at the centre of its block
+    np.testing.assert_allclose(d.ijk_to_ras[:3, 3], [10.25, 21.0, 31.0])
+    np.testing.assert_allclose(d.spacing, [1.0, 3.0, 4.0])

@@ -1,0 +1,211 @@
+"""Differentiable image similarities for intensity-based 2D/3D registration.
+
+Every function compares a batch of moving images (DRRs) ``x`` ``[B, H, W]`` with a fixed image
+(the X-ray) ``y`` ``[B, H, W]`` or ``[H, W]`` (broadcast over the batch), optionally weighted by
+``weight`` ``[H, W]`` or ``[B, H, W]`` (non-negative; a binary mask restricts the comparison to
+its pixels), and returns a similarity ``[B]`` where **higher is better**. A 2D ``x`` counts as
+a batch of one. All are invariant to a positive affine change of intensity of either image
+(gradient difference only to a scale of the moving image, which it fits in closed form).
+
+Gradient-based measures use 3x3 Sobel derivatives on the interior pixels; there the weight of
+a pixel is the minimum weight over its 3x3 neighbourhood, so pixels outside a binary mask never
+influence the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+
+EPS = 1e-8
+"""Guard added to variances and norms (images are compared after centring, so scale matters little)."""
+
+Similarity = Callable[..., torch.Tensor]
+"""``f(x [B,H,W], y [B,H,W] | [H,W], weight=None) -> [B]``."""
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _prepare(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch, broadcast and check shapes; returns ``x, y, w`` each ``[B, H, W]``."""
+    x = torch.as_tensor(x)
+    if x.dim() == 2:
+        x = x[None]
+    if x.dim() != 3:
+        raise InputError(f"similarity: moving image must be [B, H, W] or [H, W], got shape {tuple(x.shape)}")
+    y = torch.as_tensor(y, dtype=x.dtype, device=x.device)
+    if y.dim() == 2:
+        y = y[None]
+    if y.shape[-2:] != x.shape[-2:]:
+        raise InputError(f"similarity: image shapes differ: {tuple(x.shape[-2:])} vs {tuple(y.shape[-2:])}")
+    y = y.expand_as(x)
+    if weight is None:
+        w = torch.ones_like(x)
+    else:
+        w = torch.as_tensor(weight, dtype=x.dtype, device=x.device)
+        if w.dim() == 2:
+            w = w[None]
+        if w.shape[-2:] != x.shape[-2:]:
+            raise InputError(f"similarity: weight shape {tuple(w.shape)} does not match images {tuple(x.shape)}")
+        w = w.expand_as(x)
+    return x, y, w
+
+
+def _weighted_ncc(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Weighted Pearson correlation over ``dims``."""
+    sw = w.sum(dims, keepdim=True).clamp(min=EPS)
+    mx = (w * x).sum(dims, keepdim=True) / sw
+    my = (w * y).sum(dims, keepdim=True) / sw
+    dx, dy = x - mx, y - my
+    cov = (w * dx * dy).sum(dims)
+    vx = (w * dx * dx).sum(dims)
+    vy = (w * dy * dy).sum(dims)
+    return cov / torch.sqrt(vx * vy + EPS * EPS)
+
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+_SOBEL_Y = _SOBEL_X.T.contiguous()
+
+
+def sobel(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel derivatives along columns (x) and rows (y) of ``img`` ``[B, H, W]`` -> two ``[B, H-2, W-2]``."""
+    k = torch.stack([_SOBEL_X, _SOBEL_Y])[:, None].to(img.dtype).to(img.device)  # [2, 1, 3, 3]
+    g = F.conv2d(img[:, None], k)  # [B, 2, H-2, W-2]
+    return g[:, 0], g[:, 1]
+
+
+def _interior_weight(w: torch.Tensor) -> torch.Tensor:
+    """Weight of the Sobel outputs: the minimum of ``w`` over each 3x3 neighbourhood, ``[B, H-2, W-2]``."""
+    return -F.max_pool2d(-w[:, None], 3, stride=1)[:, 0]
+
+
+# -- intensity measures ---------------------------------------------------------------------------------
+def ncc(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised cross-correlation (weighted Pearson correlation) over the whole image, in [-1, 1]."""
+    x, y, w = _prepare(x, y, weight)
+    return _weighted_ncc(x, y, w, (-2, -1))
+
+
+def patch_ncc(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+              patch_size: int = 8) -> torch.Tensor:
+    """Mean NCC over non-overlapping ``patch_size`` x ``patch_size`` patches (the remainder at the edges is unused).
+
+    Patches are averaged with the weight they hold, so a patch outside the mask counts for nothing.
+    """
+    x, y, w = _prepare(x, y, weight)
+    p = int(patch_size)
+    b, h, wd = x.shape
+    if p < 2 or p > min(h, wd):
+        raise InputError(f"patch_ncc: patch_size must be in [2, {min(h, wd)}], got {patch_size}")
+    hh, ww = (h // p) * p, (wd // p) * p
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:  # [B, H, W] -> [B, nh, nw, p*p]
+        t = t[:, :hh, :ww].reshape(b, hh // p, p, ww // p, p)
+        return t.permute(0, 1, 3, 2, 4).reshape(b, hh // p, ww // p, p * p)
+
+    xb, yb, wb = blocks(x), blocks(y), blocks(w)
+    local = _weighted_ncc(xb, yb, wb, (-1,))  # [B, nh, nw]
+    pw = wb.sum(-1)
+    return (local * pw).sum((-2, -1)) / pw.sum((-2, -1)).clamp(min=EPS)
+
+
+def default_patch_sizes(h: int, w: int) -> tuple[int, ...]:
+    """Patch sizes used by :func:`mncc`: a quarter and an eighth of the shorter side (at least 3 pixels)."""
+    n = min(h, w)
+    return tuple(sorted({max(3, n // 4), max(3, n // 8)}, reverse=True))
+
+
+def mncc(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+         patch_sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """Multiscale NCC: the mean of the global NCC and :func:`patch_ncc` at each of ``patch_sizes``.
+
+    ``patch_sizes`` defaults to :func:`default_patch_sizes` of the image, so the measure means the
+    same thing at every level of an image pyramid.
+    """
+    x, y, w = _prepare(x, y, weight)
+    sizes = default_patch_sizes(*x.shape[-2:]) if patch_sizes is None else tuple(patch_sizes)
+    terms = [_weighted_ncc(x, y, w, (-2, -1))] + [patch_ncc(x, y, w, s) for s in sizes]
+    return torch.stack(terms).mean(0)
+
+
+# -- gradient measures ------------------------------------------------------------------------------------
+def gradient_correlation(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient correlation (GC): the mean of the NCCs of the x- and y-Sobel derivatives, in [-1, 1]."""
+    x, y, w = _prepare(x, y, weight)
+    gxx, gxy = sobel(x)
+    gyx, gyy = sobel(y)
+    wi = _interior_weight(w)
+    return 0.5 * (_weighted_ncc(gxx, gyx, wi, (-2, -1)) + _weighted_ncc(gxy, gyy, wi, (-2, -1)))
+
+
+def ngi(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised gradient information, in [0, 1] (1 for images equal up to a positive scale and offset).
+
+    Gradient information after Pluim et al.: each pixel contributes ``cos^2(a) * min(|gx|, |gy|)``
+    where ``a`` is the angle between the two gradients (so opposite gradients count as aligned,
+    as edges do in a DRR and an X-ray of different contrast). Both gradient fields are first divided
+    by their weighted mean magnitude, and the sum is normalised by the geometric mean of the two
+    total magnitudes: ``NGI = sum w cos^2 min(|gx|, |gy|) / sqrt(sum w |gx| * sum w |gy|)``.
+    """
+    x, y, w = _prepare(x, y, weight)
+    ax, ay = sobel(x)
+    bx, by = sobel(y)
+    wi = _interior_weight(w)
+    sw = wi.sum((-2, -1), keepdim=True).clamp(min=EPS)
+    na = torch.sqrt(ax * ax + ay * ay + EPS * EPS)
+    nb = torch.sqrt(bx * bx + by * by + EPS * EPS)
+    sa = (wi * na).sum((-2, -1), keepdim=True) / sw + EPS
+    sb = (wi * nb).sum((-2, -1), keepdim=True) / sw + EPS
+    na, nb = na / sa, nb / sb
+    cos2 = ((ax * bx + ay * by) / (sa * sb)) ** 2 / (na * na * nb * nb + 1e-12)
+    gi = (wi * cos2 * torch.minimum(na, nb)).sum((-2, -1))
+    norm = torch.sqrt((wi * na).sum((-2, -1)) * (wi * nb).sum((-2, -1))).clamp(min=EPS)
+    return gi / norm
+
+
+def gradient_difference(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient difference (Penney et al.), normalised to a weighted mean in (0, 1] (1 = identical gradients).
+
+    With the fixed image's Sobel derivatives ``fx, fy``, the moving image's ``mx, my`` and the scale
+    ``s`` that best matches them in the least-squares sense (fitted in closed form, per batch item),
+    each pixel contributes ``Ax / (Ax + (fx - s mx)^2) + Ay / (Ay + (fy - s my)^2)``, halved, where
+    ``Ax, Ay`` are the weighted variances of ``fx, fy``.
+    """
+    x, y, w = _prepare(x, y, weight)
+    mx, my = sobel(x)
+    fx, fy = sobel(y)
+    wi = _interior_weight(w)
+    dims = (-2, -1)
+    sw = wi.sum(dims, keepdim=True).clamp(min=EPS)
+    s = (wi * (fx * mx + fy * my)).sum(dims, keepdim=True) / ((wi * (mx * mx + my * my)).sum(dims, keepdim=True) + EPS)
+
+    def var(t: torch.Tensor) -> torch.Tensor:
+        m = (wi * t).sum(dims, keepdim=True) / sw
+        return (wi * (t - m) ** 2).sum(dims, keepdim=True) / sw + EPS
+
+    ax, ay = var(fx), var(fy)
+    term = ax / (ax + (fx - s * mx) ** 2) + ay / (ay + (fy - s * my) ** 2)
+    return 0.5 * (wi * term).sum(dims) / sw[..., 0, 0]
+
+
+SIMILARITIES: dict[str, Similarity] = {
+    "ncc": ncc,
+    "mncc": mncc,
+    "patch_ncc": patch_ncc,
+    "gc": gradient_correlation,
+    "ngi": ngi,
+    "gd": gradient_difference,
+}
+"""Similarity functions by name; each ``f(x, y, weight=None) -> [B]``, higher is better."""
+
+
+def get_similarity(name: str) -> Similarity:
+    """The similarity called ``name`` (see :data:`SIMILARITIES`); ``KeyError`` names the choices."""
+    try:
+        return SIMILARITIES[name]
+    except KeyError:
+        raise KeyError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}") from None
