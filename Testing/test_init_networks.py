@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView, euler_xyz
 from XRayCTRegistrationLib.networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
 from XRayCTRegistrationLib.networks.blocks import EfficientBackbone, MBConv

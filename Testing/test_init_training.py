@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.phantoms import chest_phantom

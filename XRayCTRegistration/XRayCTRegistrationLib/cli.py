@@ -180,6 +180,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     from .fusion import before_after, save_rgb
     from .geometry import load_pose
     from .projector import Projector
+    from .registration import register
     from .volume import read_ct
     from .xray import read_xray
 
@@ -206,8 +207,6 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
     outs = [args.out] + ([args.fusion] if args.fusion else [])
-    from .registration import register
-
     progress = Progress("register", enabled=not args.quiet)
     try:
         result = register(mu, xr.image, camera, init, reference=reference, method=args.method,
@@ -252,25 +251,23 @@ def _write_initialisation(args: argparse.Namespace, mu, image: np.ndarray, camer
     import torch
 
     from .fusion import before_after, save_rgb
-    from .geometry import PARAM_NAMES
+    from .metrics import image_ncc
     from .projector import Projector
+    from .registration import RegistrationResult
 
     with torch.no_grad():
         drr = Projector(mu, camera)(torch.as_tensor(pose)).numpy()
-    a, b = drr - drr.mean(), image - image.mean()
-    ncc = float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-12))
-    params = reference.params(pose)
-    result = {"world_from_camera": pose.tolist(), "params": dict(zip(PARAM_NAMES, params.tolist(), strict=True)),
-              "similarity": ncc, "similarity_name": "ncc", "iterations": 0, "wall_time_s": seconds,
-              "method": f"init-model:{Path(args.init_model).name}", "success": True,
-              "message": "initialisation only (--no-refine)"}
+    ncc = image_ncc(drr, image)
+    result = RegistrationResult(pose, reference.params(pose), ncc, ncc, 0, seconds,
+                                f"init-model ({Path(args.init_model).name})", True,
+                                "initialisation only (--no-refine); similarity is the NCC", reference=reference)
     outs = [args.out] + ([args.fusion] if args.fusion else [])
     with staged_outputs(*outs) as tmp:
-        Path(tmp[0]).write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", tmp[0])
         if args.fusion:
             save_rgb(before_after(image, drr, drr), tmp[1])
     print(f"initialised: NCC {ncc:.4f}, {seconds:.2f} s")
-    print("pose: " + ", ".join(f"{n}={v:.2f}" for n, v in zip(PARAM_NAMES, params, strict=True)))
+    print(f"pose: {format_params(result.params)}")
     print(f"wrote {', '.join(outs)}")
     return 0
 

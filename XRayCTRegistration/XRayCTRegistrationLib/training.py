@@ -211,6 +211,9 @@ class Trainer:
         self.pool_params: torch.Tensor | None = None
         self.pool_drr: torch.Tensor | None = None
         self.pool_next = 0
+        # no more DRRs than a short run can use
+        self.pool_size = min(options.pool_size, options.batch_size * options.iterations) if options.iterations \
+            else options.pool_size
         self.half_widths = torch.as_tensor(options.pose_range.half_widths, dtype=torch.float32, device=self.device)
         self._make_validation()
 
@@ -228,17 +231,17 @@ class Trainer:
         """Render ``fresh_per_step`` DRRs at ``scale`` times the range into the pool (filling it on first use)."""
         o = self.options
         if self.pool_params is None:
-            params = o.pose_range.sample(rng, o.pool_size, scale)
-            self.pool_drr = torch.cat([self.source.render(p) for p in np.array_split(params, -(-o.pool_size // 64))])
+            params = o.pose_range.sample(rng, self.pool_size, scale)
+            self.pool_drr = torch.cat([self.source.render(p) for p in np.array_split(params, -(-self.pool_size // 64))])
             self.pool_params = torch.as_tensor(params, dtype=torch.float32, device=self.device)
             self.pool_next = 0
             return
-        n = min(o.fresh_per_step, o.pool_size)
+        n = min(o.fresh_per_step, self.pool_size)
         params = o.pose_range.sample(rng, n, scale)
-        idx = (self.pool_next + torch.arange(n, device=self.device)) % o.pool_size
+        idx = (self.pool_next + torch.arange(n, device=self.device)) % self.pool_size
         self.pool_drr[idx] = self.source.render(params)
         self.pool_params[idx] = torch.as_tensor(params, dtype=torch.float32, device=self.device)
-        self.pool_next = int(idx[-1] + 1) % o.pool_size
+        self.pool_next = int(idx[-1] + 1) % self.pool_size
 
     def batch(self, scale: float, rng: np.random.Generator, gen: torch.Generator
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -248,10 +251,10 @@ class Trainer:
         """
         o = self.options
         self._refresh_pool(scale, rng)
-        if o.pool_size == o.batch_size:
+        if self.pool_size == o.batch_size:
             idx = torch.arange(o.batch_size, device=self.device)
         else:
-            idx = torch.as_tensor(rng.choice(o.pool_size, o.batch_size, replace=o.batch_size > o.pool_size),
+            idx = torch.as_tensor(rng.choice(self.pool_size, o.batch_size, replace=o.batch_size > self.pool_size),
                                   device=self.device)
         drr = self.pool_drr[idx]
         x = to_input(augment(drr, gen, o.augmentation), o.render.input_size)

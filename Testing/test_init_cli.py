@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from XRayCTRegistrationLib.cli import main
+from XRayCTRegistrationLib.geometry import Camera, ReferenceView
+from XRayCTRegistrationLib.phantoms import chest_phantom
+from XRayCTRegistrationLib.projector import Projector
+from XRayCTRegistrationLib.training import read_model_file
+from XRayCTRegistrationLib.volume import Volume, hu_to_mu, write_volume
+from XRayCTRegistrationLib.xray import write_image
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    d = tmp_path_factory.mktemp("init_cli")
+    ct = chest_phantom((40, 32, 32), (5.0, 5.0, 5.0))
+    write_volume(ct, d / "ct.nrrd")
+    cam = Camera(1000.0, 48, 40, 6.0, 6.0)
+    cam.save(d / "geom.json")
+    ref = ReferenceView.ap(ct.center, cam.sdd)
+    with torch.no_grad():
+        drr = Projector(Volume(hu_to_mu(ct.data), ct.ijk_to_ras), cam, n_samples=64)(
+            torch.as_tensor(ref.pose([4, -3, 6, 5, -4, 10]))).numpy()
+    write_image(drr, d / "xray.nrrd", cam)
+    cam.save(d / "xray.json")
+    return d
+
+
+def test_train_end_to_end_with_progress_lines_and_resume(case, capsys):
+    d = case
+    model = d / "model.pt"
+    rc = main(["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--model", "regressor",
+               "--out", str(model), "--iterations", "3", "--batch-size", "8", "--progress-lines", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("PROGRESS ")]
+    assert len(lines) == 3
+    fractions = [float(ln.split()[1]) for ln in lines]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert "val" in lines[-1] and "loss" in lines[-1]
+    info = read_model_file(model)
+    assert info["step"] == 3 and info["method"] == "regressor" and info["complete"]
+    assert info["geometry"] == Camera.load(d / "geom.json").to_dict()
+    assert info["ct"]["source"].endswith("ct.nrrd")
+    rc = main(["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--out", str(model),
+               "--iterations", "5", "--batch-size", "8", "--resume", "--quiet"])
+    assert rc == 0 and read_model_file(model)["step"] == 5
+
+
+def test_register_with_init_model_no_refine(case, tmp_path, capsys):
+    d = case
+    model = tmp_path / "rtpi.pt"
+    assert main(["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--model", "rtpi",
+                 "--out", str(model), "--iterations", "2", "--batch-size", "4", "--quiet"]) == 0
+    out = tmp_path / "result.json"
+    rc = main(["register", "--ct", str(d / "ct.nrrd"), "--xray", str(d / "xray.nrrd"), "--init-model", str(model),
+               "--no-refine", "--out", str(out), "--quiet"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    w = np.array(res["world_from_camera"])
+    np.testing.assert_allclose(w[:3, :3].T @ w[:3, :3], np.eye(3), atol=1e-6)
+    assert res["iterations"] == 0 and res["method"].startswith("init-model")
+    assert -1 <= res["similarity"] <= 1
+    assert "initialised" in capsys.readouterr().out
+
+
+def test_register_refuses_model_of_another_ct(case, tmp_path, capsys):
+    d = case
+    model = tmp_path / "m.pt"
+    assert main(["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--out", str(model),
+                 "--iterations", "1", "--batch-size", "4", "--quiet"]) == 0
+    other = chest_phantom((40, 32, 32), (5.0, 5.0, 5.0), center=(0.0, 0.0, 10.0))
+    write_volume(other, tmp_path / "other.nrrd")
+    capsys.readouterr()
+    out = tmp_path / "r.json"
+    rc = main(["register", "--ct", str(tmp_path / "other.nrrd"), "--xray", str(d / "xray.nrrd"),
+               "--init-model", str(model), "--no-refine", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "trained on another CT" in err and "m.pt" in err and "xrayctreg train" in err
+    # another geometry is refused too
+    Camera(1100.0, 48, 40, 6.0, 6.0).save(tmp_path / "g2.json")
+    rc = main(["register", "--ct", str(d / "ct.nrrd"), "--xray", str(d / "xray.nrrd"), "--geometry",
+               str(tmp_path / "g2.json"), "--init-model", str(model), "--no-refine", "--out", str(out), "--quiet"])
+    assert rc == 2 and "another detector geometry" in capsys.readouterr().err
+
+
+def test_bad_train_and_register_arguments(case, tmp_path, capsys):
+    d = case
+    rc = main(["register", "--ct", str(d / "ct.nrrd"), "--xray", str(d / "xray.nrrd"), "--no-refine",
+               "--out", str(tmp_path / "r.json")])
+    assert rc == 2 and "--no-refine needs --init-model" in capsys.readouterr().err
+    rc = main(["register", "--ct", str(d / "ct.nrrd"), "--xray", str(d / "xray.nrrd"), "--init-model",
+               str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r.json")])
+    assert rc == 2 and "model file not found" in capsys.readouterr().err
+    rc = main(["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--out",
+               str(tmp_path / "m.pt"), "--iterations", "0"])
+    assert rc == 2 and "--iterations" in capsys.readouterr().err
