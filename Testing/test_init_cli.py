@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from XRayCTRegistrationLib.cli import main
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.phantoms import chest_phantom

@@ -196,10 +196,13 @@ def main() -> None:
     ap.add_argument("--ablation", default="A,A+B,A+C,A+B+C,[A+B+C]*,RTPI*")
     ap.add_argument("--n-test", type=int, default=40)
     ap.add_argument("--max-refine", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 avoids spinning threads fighting other work on a shared 2-core machine)")
     ap.add_argument("--work", default="/tmp/bench_init")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "init.md"))
     args = ap.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")

@@ -274,11 +274,17 @@ def _write_initialisation(args: argparse.Namespace, mu, image: np.ndarray, camer
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a patient-specific initialiser on DRRs of the CT and write the model file."""
+    import torch
+
     from .geometry import Camera
     from .training import TrainOptions, train
     from .training_data import PoseRange
     from .volume import read_ct
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads: must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     ct = read_ct(args.ct)
     camera = Camera.load(args.geometry)
     options = TrainOptions(method=args.model, iterations=args.iterations, time_budget_s=args.time_budget,
@@ -422,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trans-range", type=float, default=50.0, help="training poses: translations in +-this, mm")
     p.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared machine)")
     p.add_argument("--progress-lines", action="store_true",
                    help="print 'PROGRESS <fraction> <message>' lines to stdout for another process to parse")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
