@@ -36,7 +36,7 @@ def test_train_end_to_end_with_progress_lines_and_resume(case, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if ln.startswith("PROGRESS ")]
-    assert len(lines) == 3
+    assert 2 <= len(lines) <= 3
     fractions = [float(ln.split()[1]) for ln in lines]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert "val" in lines[-1] and "loss" in lines[-1]

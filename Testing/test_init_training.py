@@ -93,9 +93,13 @@ def test_checkpoint_resume_continues_step_counter_and_weights(ct, tmp_path):
 
 def test_stop_request_saves_incomplete_checkpoint(ct, tmp_path):
     out = tmp_path / "m.pt"
-    calls = []
-    s = train(ct, CAM, out, tiny(iterations=50), should_stop=lambda: len(calls) >= 2,
-              progress=lambda f, m: calls.append((f, m)))
+    calls, asked = [], []
+
+    def stop():
+        asked.append(1)
+        return len(asked) > 2
+
+    s = train(ct, CAM, out, tiny(iterations=50), should_stop=stop, progress=lambda f, m: calls.append((f, m)))
     assert s["stopped"] and s["steps"] == 2
     d = read_model_file(out)
     assert not d["complete"] and d["step"] == 2

@@ -354,12 +354,16 @@ class Trainer:
             should_stop: Callable[[], bool] | None = None) -> dict:
         """Train until the options' limits (or ``should_stop()``), checkpointing to ``out_path``.
 
+        ``progress(fraction, message)`` is called after the first step, then at most every 0.5 s, and
+        after the last step.
+
         Returns a summary: steps, training time, last loss, final validation errors, stopped early.
         """
         o = self.options
         rng = np.random.default_rng([o.seed, self.state.step])
         gen = torch.Generator(device=self.device).manual_seed(o.seed * 1_000_003 + self.state.step)
-        last_ckpt = time.perf_counter()
+        last_ckpt = last_report = time.perf_counter()
+        reported = 0
         val = self.validate()
         loss_avg = None
         stopped = False
@@ -376,7 +380,9 @@ class Trainer:
                 val = self.validate()
                 self.state.history.append([self.state.step, round(self.state.train_time_s, 3), loss_avg,
                                            val["rot_deg"], val["trans_mm"]])
-            if progress is not None:
+            if progress is not None and (done or reported == 0 or time.perf_counter() - last_report >= 0.5):
+                last_report = time.perf_counter()
+                reported += 1
                 scale = 100 * self.range_scale(self.fraction())
                 progress(self.fraction(), f"step {self.state.step} loss {loss_avg:.4f} val {val['rot_deg']:.2f} deg "
                                           f"{val['trans_mm']:.1f} mm range {scale:.0f}%")
