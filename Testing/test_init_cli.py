@@ -98,3 +98,19 @@ def test_bad_train_and_register_arguments(case, tmp_path, capsys):
     rc = main(["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--out",
                str(tmp_path / "m.pt"), "--iterations", "0"])
     assert rc == 2 and "--iterations" in capsys.readouterr().err
+
+
+def test_register_with_init_model_then_refinement(case, tmp_path, capsys):
+    d = case
+    model = tmp_path / "m.pt"
+    assert main(["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--out", str(model),
+                 "--iterations", "1", "--batch-size", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "r.json"
+    rc = main(["register", "--ct", str(d / "ct.nrrd"), "--xray", str(d / "xray.nrrd"), "--init-model", str(model),
+               "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc in (0, 1) and out.exists()  # an untrained model may leave the refinement unconverged
+    res = json.loads(out.read_text())
+    assert res["method"] == "opt-ncc" and res["iterations"] > 0
+    assert "initialised with" in text and "refinement" in text
