@@ -138,6 +138,35 @@ def test_bead_appears_where_camera_projects_it():
         assert (img * cc).sum() / img.sum() == pytest.approx(col, abs=0.1)
 
 
+def box_chords(vol, cam, w):
+    """Length (mm) of each source-to-pixel segment inside the volume's box [-0.5, n - 0.5] (slab method)."""
+    ijk_from_cam = np.linalg.inv(vol.ijk_to_ras) @ w
+    d = cam.pixel_centers() @ ijk_from_cam[:3, :3].T  # [rows, cols, 3]
+    o = ijk_from_cam[:3, 3]
+    with np.errstate(divide="ignore"):
+        t0 = (-0.5 - o) / d
+        t1 = (np.array(vol.shape_ijk) - 0.5 - o) / d
+    near = np.clip(np.minimum(t0, t1).max(-1), 0, 1)
+    far = np.clip(np.maximum(t0, t1).min(-1), 0, 1)
+    return np.maximum(far - near, 0) * np.linalg.norm(cam.pixel_centers(), axis=-1)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_constant_volume_gives_chord_lengths(backend):
+    # a constant volume is constant up to its faces (voxel boxes), so each pixel is value * chord through the box
+    vol = Volume(np.full((20, 24, 28), 0.05, np.float32), np.diag([2.0, 1.5, 2.5, 1.0]))
+    cam = Camera(1000.0, 32, 32, 3.0, 3.0)
+    ref = ReferenceView.ap(vol.center, cam.sdd)
+    proj = Projector(vol, cam, n_samples=16, backend=backend)
+    for params in [(0, 0, 0, 0, 0, 0), (35, -50, 20, 3, -4, 25)]:
+        w = ref.pose(params)
+        with torch.no_grad():
+            img = proj(torch.as_tensor(w)).numpy()
+        exact = 0.05 * box_chords(vol, cam, w)
+        assert exact.max() > 0.05 * 30 and np.count_nonzero(exact) > 200
+        assert np.abs(img - exact).max() < 1e-5 * exact.max(), params
+
+
 # -- backends ------------------------------------------------------------------------------------------
 def test_backends_agree_and_batch_equals_single():
     vol = chest()

@@ -19,7 +19,7 @@ $PIP install -q --no-deps "diffdrr==0.6.1"
 # The packages DiffDRR's render path imports. kornia and torchio declare torch as a dependency: install them
 # without dependencies so no second torch can come in, then their own light dependencies explicitly.
 $PIP install -q --no-deps kornia kornia_rs torchio roma
-$PIP install -q nibabel fastcore pandas einops scipy tqdm deprecated humanize typer rich packaging
+$PIP install -q nibabel fastcore pandas einops scipy tqdm deprecated humanize typer rich packaging jaxtyping numpy
 # Fail loudly if anything replaced the pinned torch.
 $VENV/bin/python - <<'PY'
 import torch

@@ -7,9 +7,13 @@ centre ``d`` (camera frame, mm) runs along ``A d``, so sample points are ``p(t) 
 ``[-0.5, n - 0.5]`` and takes ``n_samples`` midpoint samples between its entry and exit; the pixel
 is ``sum_i mu(p_i) * step`` with ``step`` in mm, so the result is a line integral of attenuation.
 
-The volume passed to the kernels is zero-padded by one voxel on every side (see
-:func:`pad_volume`), so trilinear lookups never test bounds and the interpolant is the one of
-``grid_sample(..., padding_mode="zeros", align_corners=True)``.
+The volume is the box ``[-0.5, n - 0.5]`` of its voxels: attenuation is zero outside it and trilinear
+inside, clamped to the edge voxels in the outer half-voxel shell (the interpolant of
+``grid_sample(..., padding_mode="border", align_corners=True)`` on points in the box). A ray through
+the shell of a face that cuts through tissue so sees the edge voxel's value, as an exact (Siddon)
+integral of the voxel boxes does, instead of a ramp down to zero. The kernels read a copy of the
+volume padded by one voxel on every side with its edge values (see :func:`pad_volume`), so lookups
+never test bounds.
 
 Pose gradient: ``t_near`` and ``t_far`` are held constant (stop-gradient), so with ``g_i`` the exact
 gradient of the trilinear interpolant at ``p_i`` (index space), ``dI/db = sum_i g_i step`` and
@@ -28,11 +32,8 @@ __all__ = ["march", "march_with_jacobian", "pad_volume"]
 
 
 def pad_volume(data_kji: np.ndarray) -> np.ndarray:
-    """Copy ``[K, J, I]`` into a C-contiguous float32 ``[K + 2, J + 2, I + 2]`` array with a zero border."""
-    k, j, i = data_kji.shape
-    out = np.zeros((k + 2, j + 2, i + 2), dtype=np.float32)
-    out[1:-1, 1:-1, 1:-1] = data_kji
-    return out
+    """Copy ``[K, J, I]`` into a C-contiguous float32 ``[K + 2, J + 2, I + 2]`` array, repeating the edge voxels."""
+    return np.ascontiguousarray(np.pad(np.asarray(data_kji, dtype=np.float32), 1, mode="edge"))
 
 
 @njit(fastmath=True, cache=True, inline="always")
@@ -70,7 +71,7 @@ def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples
     """Line integrals for every pose and ray.
 
     Args:
-        vol: zero-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm.
+        vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm.
         ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
         dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
         n_samples: samples per ray.
@@ -140,7 +141,7 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
     """:func:`march` plus, per ray, the two 3-vectors of the pose gradient.
 
     Args:
-        vol: zero-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm.
+        vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm.
         ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
         dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
         n_samples: samples per ray.

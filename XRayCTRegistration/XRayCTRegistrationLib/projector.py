@@ -3,8 +3,10 @@
 A DRR pixel is the line integral of attenuation along the ray from the source to the pixel
 centre: ``I = sum_i mu(p_i) * step``. Rays are clipped to the volume's box ``[-0.5, n - 0.5]``
 (voxel indices), so samples are spent only where a ray crosses the volume; each ray takes
-``n_samples`` equally spaced midpoint samples between its entry and exit. Outside the voxel
-grid the volume is zero, and between voxel centres it is trilinear.
+``n_samples`` equally spaced midpoint samples between its entry and exit. The volume is the box of its voxels:
+zero outside, trilinear between voxel centres and equal to the edge voxels in the outer half-voxel
+shell (so a face that cuts through tissue is not blurred to zero, as in an exact integral of the
+voxel boxes).
 
 Two backends compute the same thing:
 
@@ -81,8 +83,9 @@ class Projector(torch.nn.Module):
         self.max_samples_per_chunk = int(max_samples_per_chunk)
         self.backend = backend
         if dev.type == "cpu":
-            # One allocation serves both backends: the zero-bordered array for the kernels and a view
-            # of its interior for grid_sample.
+            # One allocation serves both backends: the edge-padded array for the kernels and a view of
+            # its interior for grid_sample. Change the volume by replacing ``mu``, not in place (the
+            # padding would go stale).
             self._padded = _raymarch.pad_volume(volume.data)  # [K + 2, J + 2, I + 2]
             mu = torch.from_numpy(self._padded)[1:-1, 1:-1, 1:-1]
         else:
@@ -129,7 +132,7 @@ class Projector(torch.nn.Module):
 
     # -- numba backend ---------------------------------------------------------------------------
     def _padded_volume(self) -> np.ndarray:
-        """The zero-bordered volume for the kernels, rebuilt if ``mu`` was replaced since the last call."""
+        """The edge-padded volume for the kernels, rebuilt if ``mu`` was replaced since the last call."""
         if self._padded is None or self.mu.data_ptr() != self._padded_ptr:
             self._padded = _raymarch.pad_volume(self.mu.detach()[0, 0].cpu().numpy())
             self._padded_ptr = self.mu.data_ptr()
@@ -166,7 +169,7 @@ class Projector(torch.nn.Module):
         grid = 2 * p / (self.shape_ijk - 1).clamp(min=1) - 1  # align_corners=True
         bsz = p.shape[0]
         vals = F.grid_sample(self.mu.expand(bsz, -1, -1, -1, -1), grid[:, None], mode="bilinear",
-                             padding_mode="zeros", align_corners=True)  # [B, 1, 1, R, N]
+                             padding_mode="border", align_corners=True)  # [B, 1, 1, R, N]
         step_mm = length * dirs.norm(dim=-1) / self.n_samples  # [B, R]
         return vals[:, 0, 0].sum(-1) * step_mm
 
