@@ -102,8 +102,9 @@ class XRayCTRegistration(ScriptedLoadableModule):
 Registers an intra-operative X-ray image to a pre-operative CT: finds the pose of the C-arm that sees
 the CT as in the X-ray, renders the CT at that pose as a digitally reconstructed radiograph (DRR) and
 shows the DRR fused over the X-ray, with the X-ray placed at its detector position in 3D.
-Choose the CT and the X-ray (a single-slice volume), check the imaging geometry (filled in from DICOM
-tags when present), move the pose sliders until the DRR roughly matches, then press Register.
+Choose the CT and the X-ray (a single-slice volume) and what the X-ray's values are (raw intensities are
+converted to attenuation), check the imaging geometry (filled in from DICOM tags when present), move
+the pose sliders until the DRR roughly matches, then press Register.
 """)
         self.parent.acknowledgementText = _("""
 The methods follow: SOPI, a two-stage (initialisation, then fine) 2D/3D registration framework;
