@@ -77,7 +77,7 @@ DICOM_SDD_ATTRIBUTE = "DICOM.DistanceSourceToDetector"
 DICOM_SPACING_ATTRIBUTE = "DICOM.ImagerPixelSpacing"
 """Node attribute holding the DICOM tag ImagerPixelSpacing (0018,1164): "row\\column" spacing, mm."""
 
-PYTHON_PACKAGES = {"numba": "numba>=0.59", "skimage": "scikit-image"}
+PYTHON_PACKAGES = {"numba": "numba>=0.59", "tqdm": "tqdm"}
 """Import name -> pip requirement of the packages installed on first use (torch comes from PyTorchUtils)."""
 
 PROGRESS_PREFIX = "PROGRESS"
