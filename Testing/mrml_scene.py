@@ -43,6 +43,28 @@ def make_scene(cache_dir: Path, slice_dims=(96, 96)):
                                  keep=[colors, remote_io, data_io])
 
 
+def load_node(scene, path, name: str):
+    """Read an image file into a new scalar volume node through a vtkMRMLVolumeArchetypeStorageNode."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        raise OSError(f"{path}: cannot be read")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    return node
+
+
+def blank_xray_node(scene, module, size: int, width_mm: float = 400.0, sdd: float = 1020.0):
+    """A square single-slice X-ray node of zeros, ``size`` pixels a side over ``width_mm``, with DICOM geometry tags."""
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "X-ray")
+    slicer.util.updateVolumeFromArray(node, np.zeros((1, size, size), np.float32))
+    node.SetAttribute(module.DICOM_SDD_ATTRIBUTE, f"{sdd:g}")
+    node.SetAttribute(module.DICOM_SPACING_ATTRIBUTE, f"{width_mm / size}\\{width_mm / size}")
+    return node
+
+
 def render_slice(slice_logic) -> np.ndarray:
     """The slice view's RGBA image ``[rows, cols, 4]`` (uint8), row 0 at the top."""
     import vtk.util.numpy_support as ns

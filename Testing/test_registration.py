@@ -7,8 +7,8 @@ from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.metrics import mtre, target_points
 from XRayCTRegistrationLib.phantoms import chest_phantom
 from XRayCTRegistrationLib.projector import render
-from XRayCTRegistrationLib.registration import RegistrationResult, block_average, register
-from XRayCTRegistrationLib.volume import Volume, hu_to_mu
+from XRayCTRegistrationLib.registration import RegistrationResult, register
+from XRayCTRegistrationLib.volume import Volume, block_average, hu_to_mu, pad
 
 SDD = 1000.0
 CAM = Camera(SDD, 48, 48, 6.0, 6.0)
@@ -166,3 +166,16 @@ def test_block_average_geometry():
     # the first new voxel sits at the centre of its block
     np.testing.assert_allclose(d.ijk_to_ras[:3, 3], [10.25, 21.0, 31.0])
     np.testing.assert_allclose(d.spacing, [1.0, 3.0, 4.0])
+
+
+def test_pad_keeps_world_geometry():
+    data = np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)
+    m = np.eye(4)
+    m[:3, :3] = np.diag([0.5, 1.0, 2.0])
+    m[:3, 3] = [10.0, 20.0, 30.0]
+    p = pad(Volume(data, m), 2)
+    assert p.shape_ijk == (9, 8, 7)
+    assert p.data[2:-2, 2:-2, 2:-2] == pytest.approx(data) and p.data[0].max() == 0
+    # voxel (i, j, k) of the original is voxel (i + 2, j + 2, k + 2) of the padded one, at the same RAS point
+    np.testing.assert_allclose(p.ijk_to_ras @ [3, 4, 5, 1], m @ [1, 2, 3, 1])
+    np.testing.assert_allclose(p.center, Volume(data, m).center)

@@ -1,92 +1,15 @@
 """The Slicer module's logic on a real MRML scene (slicer-core), headless.
 
-Volumes are written with SimpleITK (LPS on disk) and read back through Slicer's own storage nodes,
-so the tests also check the RAS/LPS handling between the library and Slicer.
+The CT and X-ray of the ``inputs`` fixture are files read through Slicer's own storage nodes
+(see slicer_inputs), so the tests also check the RAS/LPS handling between the library and Slicer.
 """
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from mrml_scene import make_scene, render_slice, scene_state
+from mrml_scene import load_node, make_scene, render_slice, scene_state
+from slicer_inputs import POSE, SDD, simulated_xray, write_volume
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
-from XRayCTRegistrationLib.phantoms import chest_phantom
-from XRayCTRegistrationLib.projector import render
-from XRayCTRegistrationLib.volume import Volume, hu_to_mu
-
-SDD = 1000.0
-XRAY_SPACING = 6.0
-POSE = np.array([6.0, -4.0, 8.0, 5.0, -7.0, 12.0])
-
-
-# -- helpers -----------------------------------------------------------------------------------
-def write_volume(path, data_kji, ijk_to_ras):
-    """Write a 3D array with a RAS ijk_to_ras as an LPS image file (NRRD, NIfTI...)."""
-    ijk_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    img = sitk.GetImageFromArray(np.asarray(data_kji))
-    img.SetSpacing(spacing.tolist())
-    img.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
-    img.SetOrigin(ijk_to_lps[:3, 3].tolist())
-    sitk.WriteImage(img, str(path))
-
-
-def write_image2d(path, image, spacing):
-    img = sitk.GetImageFromArray(np.asarray(image, dtype=np.float32))
-    img.SetSpacing((spacing, spacing))
-    sitk.WriteImage(img, str(path))
-
-
-def load_node(ns, path, name):
-    """Read an image file into a new scalar volume node through a vtkMRMLVolumeArchetypeStorageNode."""
-    scene = ns.scene
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node), f"could not read {path}"
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    return node
-
-
-def ct_phantom():
-    return chest_phantom(shape_ijk=(48, 40, 40), spacing=(4.0, 4.0, 4.0), center=(10.0, -20.0, 30.0))
-
-
-def xray_camera(rows=48, cols=40):
-    return Camera(sdd=SDD, rows=rows, cols=cols, row_spacing=XRAY_SPACING, col_spacing=XRAY_SPACING)
-
-
-def simulated_xray(volume_hu, camera, params):
-    mu = Volume(hu_to_mu(volume_hu.data), volume_hu.ijk_to_ras)
-    pose = ReferenceView.ap(mu.center, camera.sdd).pose(params)
-    return render(mu, camera, pose, n_samples=128), pose
-
-
-@pytest.fixture
-def ns(tmp_path):
-    return make_scene(tmp_path / "cache")
-
-
-@pytest.fixture
-def module(ns):
-    import XRayCTRegistration as M
-
-    return M
-
-
-@pytest.fixture
-def inputs(ns, module, tmp_path):
-    """CT phantom (NRRD) and an X-ray simulated at POSE (NIfTI, 2D) with DICOM geometry attributes."""
-    volume = ct_phantom()
-    write_volume(tmp_path / "ct.nrrd", volume.data.astype(np.int16), volume.ijk_to_ras)
-    camera = xray_camera()
-    image, pose = simulated_xray(volume, camera, POSE)
-    write_image2d(tmp_path / "xray.nii.gz", image, XRAY_SPACING)
-    ct = load_node(ns, tmp_path / "ct.nrrd", "CT")
-    xray = load_node(ns, tmp_path / "xray.nii.gz", "X-ray")
-    xray.SetAttribute(module.DICOM_SDD_ATTRIBUTE, str(SDD))
-    xray.SetAttribute(module.DICOM_SPACING_ATTRIBUTE, f"{XRAY_SPACING}\\{XRAY_SPACING}")
-    return ct, xray, volume, camera, image, pose
 
 
 # -- conversions -------------------------------------------------------------------------------
@@ -136,7 +59,7 @@ def test_known_point_projects_to_right_pixel_and_lands_on_detector(ns, module, t
     data[bead_ijk[2] - 1:bead_ijk[2] + 2, bead_ijk[1] - 1:bead_ijk[1] + 2, bead_ijk[0] - 1:bead_ijk[0] + 2] = 3000
     write_volume(tmp_path / "bead.nii.gz", data, ijk_to_ras)
     bead_world = (ijk_to_ras @ np.append(bead_ijk, 1.0))[:3]
-    ct = load_node(ns, tmp_path / "bead.nii.gz", "bead")
+    ct = load_node(ns.scene, tmp_path / "bead.nii.gz", "bead")
     xray = ns.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "X-ray")
     ns.slicer.util.updateVolumeFromArray(xray, np.zeros((1, 64, 56), np.float32))
     camera = Camera(sdd=SDD, rows=64, cols=56, row_spacing=2.0, col_spacing=2.5)
@@ -327,10 +250,14 @@ def test_train_command_and_progress_lines(module):
 
 def test_parameter_node_defaults_and_ranges(ns, module):
     params = module.XRayCTRegistrationLogic().getParameterNode()
-    assert (params.sdd, params.method, params.fusionOpacity) == (0.0, "opt-ncc", 0.5)
+    assert (params.sdd, params.method, params.fusionOpacity, params.xrayKind) == (0.0, "opt-ncc", 0.5, "auto")
     np.testing.assert_array_equal(module.poseParameters(params), np.zeros(6))
     params.tz = -300.0
     with pytest.raises(ValueError):
         params.rx = 181.0
     with pytest.raises(ValueError):
         params.method = "no-such-method"
+    params.xrayKind = "intensity"
+    assert params.xrayKind == "intensity"
+    with pytest.raises(ValueError):
+        params.xrayKind = "raw"

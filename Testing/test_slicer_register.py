@@ -1,115 +1,106 @@
-"""Registration through the module's logic: the wiring (progress, cancel, failure, outputs) with a
-scripted library result, and the module's own self-test running the real registration headless."""
-
-import sys
-import types
-from dataclasses import dataclass
+"""Registration through the module's logic with the library's real registration on the small phantom:
+recovered pose written to the scene, progress, cancel, failure and bad input (scene unchanged), raw
+X-rays converted to attenuation, and the module's own self-test run headless."""
 
 import numpy as np
 import pytest
-from mrml_scene import make_scene, scene_state
-from test_slicer_logic import POSE, inputs  # noqa: F401  (fixture)
+from mrml_scene import scene_state
+from slicer_inputs import POSE
 from XRayCTRegistrationLib.errors import InputError
+from XRayCTRegistrationLib.geometry import ReferenceView
+from XRayCTRegistrationLib.metrics import mtre, target_points
+from XRayCTRegistrationLib.xray import intensity_to_attenuation
+
+START = POSE + np.array([3.0, -2.0, 2.0, -6.0, 5.0, 4.0])  # ~4 deg, ~9 mm from the truth
+FAST = dict(levels=(2, 1), max_iterations=(60, 30))  # library options, passed through the logic
 
 
-@dataclass
-class _Result:
-    world_from_camera: np.ndarray
-    params: np.ndarray
-    similarity: float
-    iterations: int
-    wall_time_s: float
-    method: str
-    success: bool
-    message: str
+def mtre_of(volume, camera, pose_gt, params):
+    reference = ReferenceView.ap(volume.center, camera.sdd)
+    return mtre(target_points(volume, 60), pose_gt, reference.pose(params))
 
 
-@pytest.fixture
-def ns(tmp_path):
-    return make_scene(tmp_path / "cache")
-
-
-@pytest.fixture
-def module(ns):
-    import XRayCTRegistration as M
-
-    return M
-
-
-@pytest.fixture
-def scripted_register(monkeypatch):
-    """Replace the library's register with one that returns a given pose and records its call."""
-    calls = {}
-
-    def register(volume_mu, xray, camera, init_world_from_camera, reference=None, method="opt-ncc",
-                 progress=None, should_stop=None, **options):
-        calls.update(volume_mu=volume_mu, xray=xray, camera=camera, init=init_world_from_camera,
-                     reference=reference, method=method, options=options)
-        for i in range(3):
-            if progress is not None:
-                progress(i / 3, f"step {i}")
-            if should_stop is not None and should_stop():
-                break
-        pose = calls["answer"]
-        return _Result(pose, reference.params(pose), 0.97, 3, 0.01, method, calls.get("success", True), "done")
-
-    mod = types.ModuleType("XRayCTRegistrationLib.registration")
-    mod.register = register
-    monkeypatch.setitem(sys.modules, "XRayCTRegistrationLib.registration", mod)
-    return calls
-
-
-def test_register_writes_the_library_result(ns, module, inputs, scripted_register):  # noqa: F811
+def test_register_recovers_pose_and_writes_scene(ns, module, inputs):
     ct, xray, volume, camera, image, pose = inputs
     logic = module.XRayCTRegistrationLogic()
-    scripted_register["answer"] = pose
+    assert mtre_of(volume, camera, pose, START) > 8
     seen = []
-    out = logic.register(ct, xray, np.zeros(6), method="opt-gc", progress=lambda f, m: seen.append((f, m)),
-                         shouldStop=lambda: False, maxIterations=5)
-    # what the library got: attenuation volume, the X-ray array, the DICOM camera, the AP reference view
-    assert scripted_register["method"] == "opt-gc" and scripted_register["options"] == {"maxIterations": 5}
-    np.testing.assert_allclose(scripted_register["xray"], image, rtol=1e-6)
-    assert scripted_register["camera"] == camera
-    assert scripted_register["volume_mu"].data.max() < 0.1  # 1/mm, not HU
-    np.testing.assert_allclose(scripted_register["init"], scripted_register["reference"].world_from_camera)
-    assert seen == [(0.0, "step 0"), (1 / 3, "step 1"), (2 / 3, "step 2")]
-    # what the scene got
-    assert not out.cancelled
-    np.testing.assert_allclose(out.params, POSE, atol=1e-6)
-    np.testing.assert_allclose(ns.slicer.util.arrayFromTransformMatrix(out.transformNode), pose, atol=1e-6)
-    np.testing.assert_allclose(logic.ijkToWorld(xray)[:3, 3],
-                               (pose @ [*(camera.pixel_centers()[0, 0]), 1.0])[:3], atol=1e-6)
+    out = logic.register(ct, xray, START, method="opt-ncc", progress=lambda f, m: seen.append((f, m)), **FAST)
+    assert not out.cancelled and out.result.success, out.result.message
+    assert out.xrayConversion.startswith("attenuation-bright")  # a DRR: used as it is
+    assert mtre_of(volume, camera, pose, out.params) < 2.0
+    # progress: fractions in [0, 1] that never go back, from 0 to 1, with messages
+    fractions = [f for f, _ in seen]
+    assert len(seen) >= 4 and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(b >= a for a, b in zip(fractions, fractions[1:], strict=False))
+    assert len(set(fractions)) >= 3 and all(isinstance(m, str) and m for _, m in seen)
+    # the scene: transform = world_from_camera of the result, X-ray on the detector, DRR matching the X-ray
+    np.testing.assert_allclose(ns.slicer.util.arrayFromTransformMatrix(out.transformNode),
+                               out.result.world_from_camera, atol=1e-5)
+    w = out.result.world_from_camera
+    np.testing.assert_allclose(logic.ijkToWorld(xray)[:3, 3], (w @ [*(camera.pixel_centers()[0, 0]), 1.0])[:3],
+                               atol=1e-4)
     drr = ns.slicer.util.arrayFromVolume(out.drrNode)[0]
     assert drr.shape == image.shape  # final DRR at the X-ray's size (below FINAL_SIZE)
-    assert np.corrcoef(drr.ravel(), image.ravel())[0, 1] > 0.995
+    assert np.corrcoef(drr.ravel(), image.ravel())[0, 1] > 0.99
 
 
-def test_register_cancelled_leaves_scene_unchanged(ns, module, inputs, scripted_register):  # noqa: F811
+def test_register_raw_xray_is_converted(ns, module, inputs):
     ct, xray, volume, camera, image, pose = inputs
     logic = module.XRayCTRegistrationLogic()
-    scripted_register["answer"] = pose
+    raw = 4000.0 * np.exp(-image)  # detector intensities: air bright
+    ns.slicer.util.updateVolumeFromArray(xray, raw[None].astype(np.float32))
+    converted, report = logic.attenuationImageFromNode(xray, "auto")
+    np.testing.assert_array_equal(converted, intensity_to_attenuation(raw.astype(np.float32))[0])
+    assert report.startswith("air bright (border median") and "-log(I/I0)" in report
+    assert np.corrcoef(converted.ravel(), image.ravel())[0, 1] > 0.999
+    forced, report = logic.attenuationImageFromNode(xray, "intensity")
+    np.testing.assert_array_equal(forced, converted)
+    assert report.startswith("raw intensities, as chosen")
+    as_is, report = logic.attenuationImageFromNode(xray, "attenuation")
+    np.testing.assert_array_equal(as_is, raw.astype(np.float32))
+    # the registration sees attenuation: it recovers the pose from the raw image
+    out = logic.register(ct, xray, START, xrayKind="auto", **FAST)
+    assert out.result.success and out.xrayConversion.startswith("air bright")
+    assert mtre_of(volume, camera, pose, out.params) < 2.0
+    np.testing.assert_array_equal(ns.slicer.util.arrayFromVolume(xray)[0], raw.astype(np.float32))  # node as it was
+    with pytest.raises(InputError, match="X-ray kind: 'raw'"):
+        logic.register(ct, xray, START, xrayKind="raw")
+
+
+def test_register_cancelled_leaves_scene_unchanged(ns, module, inputs):
+    ct, xray, volume, camera, image, pose = inputs
+    logic = module.XRayCTRegistrationLogic()
     before = scene_state(ns.scene)
-    cancel = {"flag": False}
+    calls = {"progress": 0, "polls_after": 0}
 
     def progress(fraction, message):
-        cancel["flag"] = fraction > 0.2  # the user presses Cancel during the run
+        calls["progress"] += 1
 
-    out = logic.register(ct, xray, np.zeros(6), progress=progress, shouldStop=lambda: cancel["flag"])
+    def should_stop():  # the user presses Cancel as soon as the first progress is shown
+        calls["polls_after"] += calls["progress"] > 0
+        return calls["progress"] > 0
+
+    out = logic.register(ct, xray, START, progress=progress, shouldStop=should_stop, **FAST)
     assert out.cancelled and out.transformNode is None and out.drrNode is None
+    assert out.result.iterations == 0 and "stopped on request" in out.result.message
+    assert calls["polls_after"] >= 1
     assert scene_state(ns.scene) == before
 
 
-def test_register_failure_and_bad_input_leave_scene_unchanged(ns, module, inputs, scripted_register):  # noqa: F811
+def test_register_failure_and_bad_input_leave_scene_unchanged(ns, module, inputs):
     ct, xray, volume, camera, image, pose = inputs
     logic = module.XRayCTRegistrationLogic()
-    scripted_register.update(answer=pose, success=False)
     before = scene_state(ns.scene)
-    with pytest.raises(RuntimeError, match="did not succeed: done"):
-        logic.register(ct, xray, np.zeros(6))
-    with pytest.raises(InputError, match="method: 'simplex'"):
-        logic.register(ct, xray, np.zeros(6), method="simplex")
+    off_detector = [0.0, 0.0, 0.0, 300.0, 0.0, 0.0]  # 300 mm sideways: the CT projects beside the detector
+    with pytest.raises(RuntimeError, match="did not succeed: the CT does not project onto the X-ray at the initial"):
+        logic.register(ct, xray, off_detector, **FAST)
+    with pytest.raises(InputError, match="method: 'simplex' is not one of opt-ncc"):
+        logic.register(ct, xray, START, method="simplex")
     with pytest.raises(InputError, match="3D volume"):
-        logic.register(ct, ct, np.zeros(6))
+        logic.register(ct, ct, START)
+    with pytest.raises(InputError, match="pose parameters"):
+        logic.register(ct, xray, [0, 0, np.nan, 0, 0, 0])
     assert scene_state(ns.scene) == before
 
 

@@ -72,17 +72,24 @@ def test_parameter_names_match_parameter_node(ui_root):
     assert set(bound) - fields == set(), "SlicerParameterName without a parameter-node field"
     assert fields - set(bound) == set(), "parameter-node field without a widget"
     assert bound["rx"] == "rxSlider" and bound["method"] == "methodComboBox"
+    assert bound["xrayKind"] == "xrayKindComboBox" and bound["xrayVolume"] == "xrayVolumeSelector"
 
 
-def test_method_choices_match_combo_box(ui_root):
+def test_choices_match_combo_boxes_and_library(ui_root):
     from mrml_scene import install
     from PySide6.QtWidgets import QComboBox
+    from XRayCTRegistrationLib.registration import METHODS
+    from XRayCTRegistrationLib.xray import KINDS
 
     install()
     import XRayCTRegistration as M
 
-    combo = ui_root.findChild(QComboBox, "methodComboBox")
-    assert [combo.itemText(i) for i in range(combo.count())] == M.REGISTRATION_METHODS
+    def items(name):
+        combo = ui_root.findChild(QComboBox, name)
+        return [combo.itemText(i) for i in range(combo.count())]
+
+    assert items("methodComboBox") == M.REGISTRATION_METHODS == list(METHODS)
+    assert items("xrayKindComboBox") == M.XRAY_KINDS == list(KINDS)
 
 
 def test_pose_slider_ranges_match_parameter_ranges():

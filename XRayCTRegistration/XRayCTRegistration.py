@@ -23,6 +23,7 @@ The library (and torch) is imported only when needed, so the module loads before
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shlex
 import sys
@@ -56,6 +57,11 @@ POSE_PARAMETER_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
 REGISTRATION_METHODS = ["opt-ncc", "opt-mncc", "opt-gc", "opt-ngi", "opt-gd"]
 """Registration methods offered in the GUI (names of the library's ``register(method=...)``)."""
 
+XRAY_KINDS = ["auto", "attenuation", "intensity"]
+"""What the X-ray's grey levels are (the library's ``xray.KINDS``): ``attenuation`` = bone bright, as a DRR,
+used as they are; ``intensity`` = raw detector intensities (air bright), converted with ``-log(I / I0)``;
+``auto`` = decided by the library's border-versus-centre test (``xray.air_is_bright``)."""
+
 PREVIEW_SIZE = 128
 """Longest side, in pixels, of the DRR rendered while a pose slider moves."""
 
@@ -71,7 +77,7 @@ DICOM_SDD_ATTRIBUTE = "DICOM.DistanceSourceToDetector"
 DICOM_SPACING_ATTRIBUTE = "DICOM.ImagerPixelSpacing"
 """Node attribute holding the DICOM tag ImagerPixelSpacing (0018,1164): "row\\column" spacing, mm."""
 
-PYTHON_PACKAGES = {"numba": "numba>=0.59", "skimage": "scikit-image"}
+PYTHON_PACKAGES = {"numba": "numba>=0.59", "tqdm": "tqdm"}
 """Import name -> pip requirement of the packages installed on first use (torch comes from PyTorchUtils)."""
 
 PROGRESS_PREFIX = "PROGRESS"
@@ -96,8 +102,9 @@ class XRayCTRegistration(ScriptedLoadableModule):
 Registers an intra-operative X-ray image to a pre-operative CT: finds the pose of the C-arm that sees
 the CT as in the X-ray, renders the CT at that pose as a digitally reconstructed radiograph (DRR) and
 shows the DRR fused over the X-ray, with the X-ray placed at its detector position in 3D.
-Choose the CT and the X-ray (a single-slice volume), check the imaging geometry (filled in from DICOM
-tags when present), move the pose sliders until the DRR roughly matches, then press Register.
+Choose the CT and the X-ray (a single-slice volume) and what the X-ray's values are (raw intensities are
+converted to attenuation), check the imaging geometry (filled in from DICOM tags when present), move
+the pose sliders until the DRR roughly matches, then press Register.
 """)
         self.parent.acknowledgementText = _("""
 The methods follow: SOPI, a two-stage (initialisation, then fine) 2D/3D registration framework;
@@ -118,7 +125,9 @@ class XRayCTRegistrationParameterNode:
     """The module's state.
 
     ctVolume: the CT, in Hounsfield units.
-    xrayVolume: the X-ray, a single-slice scalar volume, attenuation-bright (bone bright, as a DRR).
+    xrayVolume: the X-ray, a single-slice scalar volume.
+    xrayKind: what the X-ray's grey levels are (see XRAY_KINDS); raw images are converted to attenuation
+        for the registration.
     sdd, rowSpacing, colSpacing: source-to-detector distance and detector pixel size (mm);
         0 means "take it from the X-ray's DICOM tags".
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
@@ -130,6 +139,7 @@ class XRayCTRegistrationParameterNode:
 
     ctVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
+    xrayKind: Annotated[str, Choice(XRAY_KINDS)] = "auto"
     sdd: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
     rowSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     colSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
@@ -398,7 +408,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._updateButtons()
             try:
                 output = self.logic.register(
-                    p.ctVolume, p.xrayVolume, poseParameters(p), method=p.method, sdd=p.sdd,
+                    p.ctVolume, p.xrayVolume, poseParameters(p), method=p.method, xrayKind=p.xrayKind, sdd=p.sdd,
                     rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, outputTransform=p.outputTransform,
                     outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested)
             finally:
@@ -417,6 +427,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             result = output.result
             self.ui.resultLabel.text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
                 similarity=result.similarity, iterations=result.iterations, time=result.wall_time_s)
+            self.ui.resultLabel.toolTip = _("X-ray: {conversion}").format(conversion=output.xrayConversion)
 
     @staticmethod
     def _parameterRange(name: str) -> tuple[float, float]:
@@ -437,6 +448,7 @@ class RegistrationOutput:
     params: pose parameters of the result (degrees, mm) relative to the AP reference view.
     transformNode, drrNode: the output nodes written (None when cancelled).
     cancelled: True when ``shouldStop`` asked to stop; then nothing in the scene was changed.
+    xrayConversion: what was done to the X-ray's grey levels before registering (one sentence).
     """
 
     result: Any
@@ -444,6 +456,7 @@ class RegistrationOutput:
     transformNode: vtkMRMLLinearTransformNode | None
     drrNode: vtkMRMLScalarVolumeNode | None
     cancelled: bool = False
+    xrayConversion: str = ""
 
 
 class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -552,6 +565,33 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         if not np.all(np.isfinite(data)):
             raise self._inputError(f"X-ray volume '{xrayNode.GetName()}': holds NaN or infinite values")
         return data
+
+    def attenuationImageFromNode(self, xrayNode, kind: str = "auto") -> tuple[np.ndarray, str]:
+        """The X-ray as the library's attenuation-bright image ``[rows, cols]`` (float32), and what was done.
+
+        ``kind`` is one of :data:`XRAY_KINDS`. Raw intensities (air bright) are converted with the
+        library's ``xray.intensity_to_attenuation``; ``auto`` decides with ``xray.air_is_bright``.
+        The node itself is not changed.
+        """
+        from XRayCTRegistrationLib.errors import InputError
+        from XRayCTRegistrationLib.xray import air_is_bright, intensity_to_attenuation
+
+        if kind not in XRAY_KINDS:
+            raise self._inputError(f"X-ray kind: {kind!r} is not one of {', '.join(XRAY_KINDS)}")
+        image = self.xrayImageFromNode(xrayNode)
+        if kind == "attenuation":
+            return image, "used as attenuation (bone bright), as chosen"
+        why = "raw intensities, as chosen"
+        if kind == "auto":
+            airBright, test = air_is_bright(image)
+            if not airBright:
+                return image, f"attenuation-bright ({test}): used as it is"
+            why = f"air bright ({test})"
+        try:
+            attenuation, i0 = intensity_to_attenuation(image)
+        except InputError as e:
+            raise self._inputError(f"X-ray volume '{xrayNode.GetName()}': {e}") from None
+        return attenuation, f"{why}: converted with -log(I/I0), I0={i0:.6g}"
 
     @staticmethod
     def geometryFromAttributes(xrayNode) -> dict[str, float]:
@@ -740,13 +780,15 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # -- registration -------------------------------------------------------------------------
     def register(self, ctNode, xrayNode, initialParams: Sequence[float], method: str = "opt-ncc",
-                 sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0, outputTransform=None,
-                 outputDrr=None, progress: Callable[[float, str], None] | None = None,
+                 xrayKind: str = "auto", sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
+                 outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
                  shouldStop: Callable[[], bool] | None = None, **options) -> RegistrationOutput:
         """Register the X-ray to the CT from initial pose parameters (degrees, mm) and write the outputs.
 
         Runs the library's ``register`` in this process; ``progress(fraction, message)`` is called as
-        it goes and ``shouldStop()`` is polled to cancel. ``options`` go to the library unchanged. On
+        it goes and ``shouldStop()`` is polled to cancel. ``xrayKind`` (:data:`XRAY_KINDS`) says how the
+        X-ray's grey levels become attenuation (see :meth:`attenuationImageFromNode`; what was done is
+        logged and returned). ``options`` go to the library unchanged. On
         success the output transform gets ``world_from_camera``, the DRR is rendered at the result
         (at most ``FINAL_SIZE`` pixels a side) and the X-ray and DRR are placed on the detector. When
         cancelled the scene is not changed; when the registration fails a RuntimeError is raised.
@@ -756,20 +798,21 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         if method not in REGISTRATION_METHODS:
             raise self._inputError(f"method: {method!r} is not one of {', '.join(REGISTRATION_METHODS)}")
         volume = self.attenuationVolume(ctNode)
-        image = self.xrayImageFromNode(xrayNode)
+        image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
         reference = self.referenceView(volume, camera)
         init = reference.pose(self._checkParams(initialParams))
+        logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}")
         result = register(volume, image, camera, init, reference=reference, method=method, progress=progress,
                           should_stop=shouldStop, **options)
         params = reference.params(result.world_from_camera)
         if shouldStop is not None and shouldStop():
-            return RegistrationOutput(result, params, None, None, cancelled=True)
+            return RegistrationOutput(result, params, None, None, cancelled=True, xrayConversion=conversion)
         if not result.success:
             raise RuntimeError(_("Registration did not succeed: {message}").format(message=result.message))
         transformNode, drrNode = self._writeOutputs(volume, camera, np.asarray(result.world_from_camera), xrayNode,
                                                     outputTransform, outputDrr, FINAL_SIZE)
-        return RegistrationOutput(result, params, transformNode, drrNode)
+        return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion)
 
     # -- fusion -------------------------------------------------------------------------------
     @staticmethod

@@ -28,22 +28,14 @@ def main() -> None:
 
         args.ct = str(data.sample_ct_path())
 
-    from mrml_scene import make_scene, write_png
+    from mrml_scene import blank_xray_node, load_node, make_scene, write_png
 
     ns = make_scene(Path(tempfile.mkdtemp()) / "cache", slice_dims=(512, 512))
     import XRayCTRegistration as M
 
     scene, util = ns.scene, ns.slicer.util
-    ct = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(args.ct)
-    if not storage.ReadData(ct):
-        raise SystemExit(f"{args.ct}: cannot be read")
-    n = args.size
-    xray = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "X-ray")
-    util.updateVolumeFromArray(xray, np.zeros((1, n, n), np.float32))
-    xray.SetAttribute(M.DICOM_SDD_ATTRIBUTE, "1020")
-    xray.SetAttribute(M.DICOM_SPACING_ATTRIBUTE, f"{400 / n}\\{400 / n}")
+    ct = load_node(scene, args.ct, "CT")
+    xray = blank_xray_node(scene, M, args.size)
     logic = M.XRayCTRegistrationLogic()
     truth = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     simulated = logic.renderDrr(ct, xray, truth, maxSize=None)

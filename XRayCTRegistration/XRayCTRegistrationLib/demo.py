@@ -19,8 +19,8 @@ from .simulate import NoiseModel, perturb_params, random_params, xray_from_drr
 from .volume import Volume, hu_to_mu, read_ct
 from .xray import write_image
 
-DEMO_CAMERA = Camera(sdd=1020.0, rows=256, cols=256, row_spacing=2.0, col_spacing=2.0)
-"""Detector of the demo: 256 x 256 pixels of 2 mm, 1020 mm from the source."""
+DEMO_CAMERA = Camera(sdd=1020.0, rows=128, cols=128, row_spacing=4.0, col_spacing=4.0)
+"""Detector of the demo, as in the registration benchmark: 128 x 128 pixels of 4 mm, 1020 mm from the source."""
 
 
 def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = "opt-ncc",
@@ -71,7 +71,8 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = "opt
     write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", out / "result.json")
     metrics = {"before": before, "after": after}
     write_text_atomic(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
-    save_rgb(before_after(xray, drr_init, drr_after, ("X-ray", "start", f"{method}")), out / "fusion.png")
+    picture = before_after(xray, drr_init, drr_after, ("X-ray", "start", f"{method}"), zoom=2)
+    save_rgb(picture, out / "fusion.png")
 
     print(f"result:       {format_params(result.params)}")
     print(f"{method}: {'converged' if result.success else 'FAILED'} in {result.iterations} iterations, "

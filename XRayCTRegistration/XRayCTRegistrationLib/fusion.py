@@ -40,11 +40,17 @@ def checkerboard(xray: np.ndarray, drr: np.ndarray, tiles: int = 8) -> np.ndarra
 
 
 def before_after(xray: np.ndarray, drr_before: np.ndarray, drr_after: np.ndarray,
-                 labels: tuple[str, str, str] = ("X-ray", "before", "after")) -> np.ndarray:
-    """Three panels side by side: the X-ray, the overlay at the initial pose, the overlay at the result."""
+                 labels: tuple[str, str, str] = ("X-ray", "before", "after"), zoom: int = 1) -> np.ndarray:
+    """Three panels side by side: the X-ray, the overlay at the initial pose, the overlay at the result.
+
+    ``zoom`` enlarges every panel by pixel repetition (for small detectors).
+    """
     x = window(xray)
     panels = [np.repeat((255 * x).astype(np.uint8)[..., None], 3, -1), overlay(xray, drr_before),
               overlay(xray, drr_after)]
+    if zoom > 1:
+        panels = [p.repeat(zoom, axis=0).repeat(zoom, axis=1) for p in panels]
+        x = panels[0][..., 0]
     gap = np.full((x.shape[0], 4, 3), 255, np.uint8)
     img = Image.fromarray(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
     draw = ImageDraw.Draw(img)

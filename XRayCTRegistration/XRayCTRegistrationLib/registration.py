@@ -32,7 +32,7 @@ from .errors import InputError
 from .geometry import PARAM_NAMES, Camera, ReferenceView, check_rigid, invert_rigid, transform_points
 from .projector import Projector
 from .similarity import get_similarity
-from .volume import Volume
+from .volume import Volume, block_average, pad
 
 METHODS: dict[str, str] = {
     "opt-ncc": "ncc",
@@ -125,26 +125,6 @@ class RegistrationResult:
 
 
 # -- pyramids -----------------------------------------------------------------------------------------
-def block_average(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
-    """Average ``volume`` over blocks of ``factors_ijk`` voxels (along i, j, k).
-
-    Voxels left over at the far end of an axis are dropped; the new ``ijk_to_ras`` puts each new
-    voxel at the centre of its block, so the geometry stays exact.
-    """
-    fi, fj, fk = (max(1, int(f)) for f in factors_ijk)
-    if (fi, fj, fk) == (1, 1, 1):
-        return volume
-    a = volume.data
-    nk, nj, ni = a.shape[0] // fk, a.shape[1] // fj, a.shape[2] // fi
-    if min(nk, nj, ni) < 1:
-        raise InputError(f"volume: too small ({volume.shape_ijk}) to downsample by {(fi, fj, fk)}")
-    a = a[:nk * fk, :nj * fj, :ni * fi].reshape(nk, fk, nj, fj, ni, fi).mean(axis=(1, 3, 5), dtype=np.float32)
-    s = np.eye(4)
-    s[:3, :3] = np.diag([fi, fj, fk])
-    s[:3, 3] = [(fi - 1) / 2, (fj - 1) / 2, (fk - 1) / 2]
-    return Volume(a, volume.ijk_to_ras @ s)
-
-
 def downsample_image(image: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Area-average an image ``[H, W]`` to ``[rows, cols]``."""
     if image.shape == (rows, cols):
@@ -540,7 +520,7 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
             pix = min(c.row_spacing, c.col_spacing) * sid / c.sdd  # detector pixel at the isocentre, mm
             pixel_iso = pix if pixel_iso is None else pixel_iso
             vf = [max(1, round(pix / s)) for s in volume.spacing]
-            vol_l = block_average(volume, vf)
+            vol_l = pad(block_average(volume, vf))
             n_samples = int(math.ceil(max(vol_l.shape_ijk) * SAMPLES_PER_VOXEL))
             proj = Projector(vol_l, c, n_samples=n_samples, device=dev)
             image = downsample_image(torch.as_tensor(np.asarray(img, dtype=np.float32)), c.rows, c.cols).to(dev)
@@ -549,7 +529,7 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
                 weight = downsample_image(torch.as_tensor(m), c.rows, c.cols).to(dev)
             label_proj = None
             if label_volume is not None:
-                lab = block_average(label_volume, vf)
+                lab = pad(block_average(label_volume, vf))
                 label_proj = Projector(lab, c, n_samples=n_samples, device=dev)
             views.append(_View(proj, image, weight, torch.as_tensor(rel, dtype=torch.float64), label_proj))
         out.append(_Level(factor, views, _scales(step_sizes, pixel_iso, coarse, factor), n_it))

