@@ -167,3 +167,12 @@ def test_options_validation():
         TrainOptions(iterations=0)
     o = tiny(iterations=4)
     assert TrainOptions.from_dict(o.to_dict()) == o
+
+
+def test_refine_schedule_adds_a_finer_level():
+    from XRayCTRegistrationLib.training import refine_schedule
+
+    assert refine_schedule(Camera(1000.0, 256, 256, 1.6, 1.6)) == {"levels": (8.0, 4.0, 2.0),
+                                                                    "max_iterations": (80, 40, 20)}
+    small = refine_schedule(Camera(1000.0, 48, 40, 6.0, 6.0))
+    assert small["levels"][-1] == 1.0 and len(small["levels"]) == len(small["max_iterations"])

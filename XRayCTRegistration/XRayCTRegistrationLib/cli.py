@@ -197,10 +197,14 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.no_refine and not args.init_model:
         raise InputError("--no-refine needs --init-model")
     init_time = 0.0
+    schedule: dict = {}
     if args.init_model:
+        from .training import refine_schedule
+
         init, reference, init_time = _initialise_from_model(args, ct, xr.image, camera)
         if args.no_refine:
             return _write_initialisation(args, mu, xr.image, camera, init, reference, init_time)
+        schedule = refine_schedule(camera)
     else:
         init = load_pose(args.init) if args.init else reference.world_from_camera
     labels = read_ct(args.labels) if args.labels else None
@@ -211,7 +215,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     try:
         result = register(mu, xr.image, camera, init, reference=reference, method=args.method,
                           labels=labels, label_ids=args.label_ids, progress=progress,
-                          time_budget_s=args.time_budget, device=args.device)
+                          time_budget_s=args.time_budget, device=args.device, **schedule)
     finally:
         progress.close()
     with staged_outputs(*outs) as tmp:
