@@ -191,7 +191,8 @@ def write_report(rows: dict, args: argparse.Namespace, out: Path) -> None:
             lines.append(table_row(name, row["refined"]))
     lines += ["", "Rotation error: geodesic angle; translation error: norm of the difference of the (tx, ty, tz) "
               "pose parameters. Time: initialisation (network forward on the 48x48 input) and, where given, "
-              "initialisation + refinement (`registration.register`, method opt-ncc, default levels)."]
+              "initialisation + refinement (`registration.register`, opt-ncc, with the schedule named in the row); "
+              "times vary with the load from other work on the shared cores."]
     notes = Path(__file__).with_name("bench_init_notes.md")
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
