@@ -117,6 +117,12 @@ def test_summary_capture_range_and_bins():
     rows = [row(2, True, 1), row(7, True, 2), row(12, True, 3), row(13, False, 4), row(27, True, 10)]
     s = ev.summarize(rows, name="m")
     assert s["capture_range"] == 10.0  # bin [10, 15) succeeds at 50 %
+    assert s["capture_range_loose"] == 10.0  # the failure's final mTRE is 30 mm
+    rows[3]["mtre"] = 4.0  # a failure at 2 mm that reached the basin
+    assert ev.summarize(rows)["capture_range_loose"] == 30.0
+    assert ev.summarize(rows)["capture_range"] == 10.0
+    assert "≥ 30 (all bins)" in ev.markdown_table([ev.summarize(rows)])
+    np.testing.assert_allclose(ev.success_by_bin(rows, mtre_threshold=5.0)[1], [1, 1, 1, 1])
     assert s["time_median"] == 3 and s["time_mean"] == 4
     assert s["failure_rate"] == pytest.approx(0.2)
     assert s["rotation_mean"] == pytest.approx((0.5 * 4 + 9) / 5)
