@@ -25,7 +25,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import pathlib
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,6 +78,9 @@ DICOM_SDD_ATTRIBUTE = "DICOM.DistanceSourceToDetector"
 
 DICOM_SPACING_ATTRIBUTE = "DICOM.ImagerPixelSpacing"
 """Node attribute holding the DICOM tag ImagerPixelSpacing (0018,1164): "row\\column" spacing, mm."""
+
+INITIALISER_METHODS = ["regressor", "rtpi"]
+"""Learned initialisers offered in the GUI (``xrayctreg train --model``)."""
 
 PYTHON_PACKAGES = {"numba": "numba>=0.59", "tqdm": "tqdm"}
 """Import name -> pip requirement of the packages installed on first use (torch comes from PyTorchUtils)."""
@@ -135,6 +140,10 @@ class XRayCTRegistrationParameterNode:
     outputTransform: receives world_from_camera (matrix to parent).
     outputDrr: receives the DRR at the current pose, placed on the detector.
     fusionOpacity: opacity of the DRR over the X-ray in the fusion view.
+    initialiserModel: model file of the learned initialiser (written by Train initialiser, read by
+        Initialise and Register); empty or "." means none.
+    initialiserMethod: kind of initialiser trained (see INITIALISER_METHODS).
+    trainingMinutes: training time budget, minutes.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
@@ -153,6 +162,16 @@ class XRayCTRegistrationParameterNode:
     outputTransform: vtkMRMLLinearTransformNode
     outputDrr: vtkMRMLScalarVolumeNode
     fusionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    initialiserModel: pathlib.Path
+    initialiserMethod: Annotated[str, Choice(INITIALISER_METHODS)] = "regressor"
+    trainingMinutes: Annotated[float, WithinRange(0.1, 1440.0)] = 15.0
+
+
+def modelPath(parameterNode: XRayCTRegistrationParameterNode) -> str:
+    """The initialiser model file of a parameter node as a string, "" when none is set."""
+    path = parameterNode.initialiserModel
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
 
 
 def poseParameters(parameterNode: XRayCTRegistrationParameterNode) -> np.ndarray:
@@ -449,6 +468,8 @@ class RegistrationOutput:
     transformNode, drrNode: the output nodes written (None when cancelled).
     cancelled: True when ``shouldStop`` asked to stop; then nothing in the scene was changed.
     xrayConversion: what was done to the X-ray's grey levels before registering (one sentence).
+    initialParams: the pose parameters the refinement started from (the model's prediction when
+        registering with an initialiser model, else the given initial parameters).
     """
 
     result: Any
@@ -457,6 +478,7 @@ class RegistrationOutput:
     drrNode: vtkMRMLScalarVolumeNode | None
     cancelled: bool = False
     xrayConversion: str = ""
+    initialParams: np.ndarray | None = None
 
 
 class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -470,6 +492,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._projectorCache: dict = {}
         self._volumeCache: dict = {}
+        self._initialiserCache: dict = {}
 
     def getParameterNode(self) -> XRayCTRegistrationParameterNode:
         """The module's parameter node, typed."""
@@ -782,8 +805,13 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
     def register(self, ctNode, xrayNode, initialParams: Sequence[float], method: str = "opt-ncc",
                  xrayKind: str = "auto", sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
                  outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
-                 shouldStop: Callable[[], bool] | None = None, **options) -> RegistrationOutput:
+                 shouldStop: Callable[[], bool] | None = None, initialiserModel: str | os.PathLike | None = None,
+                 **options) -> RegistrationOutput:
         """Register the X-ray to the CT from initial pose parameters (degrees, mm) and write the outputs.
+
+        With ``initialiserModel`` (a model file from ``xrayctreg train``), the initial pose is predicted by
+        the model instead (``initialParams`` is then ignored, see :meth:`initialise`) and the refinement
+        uses the library's ``refine_schedule`` (options given here override it).
 
         Runs the library's ``register`` in this process; ``progress(fraction, message)`` is called as
         it goes and ``shouldStop()`` is polled to cancel. ``xrayKind`` (:data:`XRAY_KINDS`) says how the
@@ -801,18 +829,87 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
         reference = self.referenceView(volume, camera)
-        init = reference.pose(self._checkParams(initialParams))
+        if initialiserModel:
+            from XRayCTRegistrationLib.training import refine_schedule
+
+            startParams = self.initialise(ctNode, xrayNode, initialiserModel, xrayKind, sdd, rowSpacing, colSpacing)
+            options = {**refine_schedule(camera), **options}
+        else:
+            startParams = self._checkParams(initialParams)
+        init = reference.pose(startParams)
         logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}")
         result = register(volume, image, camera, init, reference=reference, method=method, progress=progress,
                           should_stop=shouldStop, **options)
         params = reference.params(result.world_from_camera)
         if shouldStop is not None and shouldStop():
-            return RegistrationOutput(result, params, None, None, cancelled=True, xrayConversion=conversion)
+            return RegistrationOutput(result, params, None, None, cancelled=True, xrayConversion=conversion,
+                                      initialParams=startParams)
         if not result.success:
             raise RuntimeError(_("Registration did not succeed: {message}").format(message=result.message))
         transformNode, drrNode = self._writeOutputs(volume, camera, np.asarray(result.world_from_camera), xrayNode,
                                                     outputTransform, outputDrr, FINAL_SIZE)
-        return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion)
+        return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion,
+                                  initialParams=startParams)
+
+    # -- learned initialiser ------------------------------------------------------------------
+    def loadInitialiser(self, modelPath: str | os.PathLike):
+        """The library's ``Initialiser`` of a model file; cached until the file changes (path, mtime, size)."""
+        from XRayCTRegistrationLib.training import load_initialiser
+
+        text = str(modelPath) if modelPath is not None else ""
+        if text in ("", "."):
+            raise self._inputError("initialiser model: no model file chosen; train one first (Train initialiser)")
+        path = os.path.abspath(text)
+        if not os.path.isfile(path):
+            raise self._inputError(f"{path}: model file not found")
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        cached = self._initialiserCache.get("model")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        model = load_initialiser(path)
+        self._initialiserCache = {"model": (key, model)}
+        return model
+
+    def initialise(self, ctNode, xrayNode, modelPath: str | os.PathLike, xrayKind: str = "auto", sdd: float = 0.0,
+                   rowSpacing: float = 0.0, colSpacing: float = 0.0) -> np.ndarray:
+        """Pose parameters ``[6]`` (degrees, mm, relative to this logic's AP reference view) predicted by a model.
+
+        The model must have been trained on this CT (same HU voxels and geometry) and for this X-ray's
+        detector geometry, else an ``InputError`` says so. Its prediction (``world_from_camera``) is
+        converted to the parameters of :meth:`referenceView`, the view the sliders use, so the result
+        is right even when the model was trained with another reference view. The scene is not changed.
+        """
+        from XRayCTRegistrationLib.training import initialise
+
+        model = self.loadInitialiser(modelPath)
+        model.check_ct(self.volumeFromNode(ctNode), f"CT volume '{ctNode.GetName()}'")
+        image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
+        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
+        worldFromCamera = initialise(model, image, camera)
+        logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}; initialised with {model.name} ({model.method})")
+        return self.referenceView(self.attenuationVolume(ctNode), camera).params(worldFromCamera)
+
+    def writeTrainingInputs(self, ctNode, xrayNode, folder: str | os.PathLike, sdd: float = 0.0,
+                            rowSpacing: float = 0.0, colSpacing: float = 0.0) -> tuple[str, str]:
+        """Write the CT (HU, ``ct.nrrd``) and the X-ray's detector geometry (``geometry.json``) for training.
+
+        The folder is created when needed. Returns ``(ctPath, geometryPath)``. The CT on disk holds the
+        node's voxels as float32 with its world geometry (parent transforms included), so a model trained
+        on it matches the node (see :meth:`initialise`).
+        """
+        from XRayCTRegistrationLib.volume import write_volume
+
+        volume = self.volumeFromNode(ctNode)
+        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
+        if not folder:
+            raise self._inputError("training folder: empty path")
+        os.makedirs(folder, exist_ok=True)
+        ctPath = os.path.join(str(folder), "ct.nrrd")
+        geometryPath = os.path.join(str(folder), "geometry.json")
+        write_volume(volume, ctPath)
+        camera.save(geometryPath)
+        return ctPath, geometryPath
 
     # -- fusion -------------------------------------------------------------------------------
     @staticmethod
@@ -886,20 +983,45 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # -- training out of process --------------------------------------------------------------
     @staticmethod
-    def trainCommand(ctPath: str, geometryPath: str, outputDir: str, python: str | None = None,
+    def pythonExecutable() -> str:
+        """Python that runs the training: PythonSlicer inside Slicer (found on PATH), else this interpreter."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    @staticmethod
+    def trainCommand(ctPath: str, geometryPath: str, modelPath: str, method: str = "regressor",
+                     timeBudgetS: float | None = None, iterations: int | None = None, resume: bool = False,
+                     threads: int | None = None, python: str | None = None,
                      extraArgs: Sequence[str] = ()) -> list[str]:
         """Command line that trains the initialiser out of process: ``xrayctreg train ...`` run by Python.
 
-        The program is ``python`` (default: this interpreter, i.e. PythonSlicer inside Slicer) running
-        the library's CLI module, so no console script needs to be on PATH. The process prints
-        ``PROGRESS <fraction> <message>`` lines (see :meth:`parseProgressLine`).
+        The program is ``python`` (default: :meth:`pythonExecutable`) running the library's CLI module, so
+        no console script needs to be on PATH. The process prints ``PROGRESS <fraction> <message>`` lines
+        on stdout (see :meth:`parseProgressLine`) and writes the model file ``modelPath`` (checkpoints
+        while it runs, so a killed training can be continued with ``resume``). ``timeBudgetS`` is the
+        total training time in seconds, ``iterations`` the total number of steps (either or both).
         """
-        for name, value in (("ctPath", ctPath), ("geometryPath", geometryPath), ("outputDir", outputDir)):
+        for name, value in (("ctPath", ctPath), ("geometryPath", geometryPath), ("modelPath", modelPath)):
             if not value:
                 raise XRayCTRegistrationLogic._inputError(f"train: '{name}' is empty")
-        program = python or sys.executable
-        return [program, "-m", "XRayCTRegistrationLib.cli", "train", "--ct", str(ctPath), "--geometry",
-                str(geometryPath), "--out-dir", str(outputDir), "--progress-lines", *map(str, extraArgs)]
+        if method not in INITIALISER_METHODS:
+            raise XRayCTRegistrationLogic._inputError(
+                f"train: method {method!r} is not one of {', '.join(INITIALISER_METHODS)}")
+        if timeBudgetS is not None and not (np.isfinite(timeBudgetS) and timeBudgetS > 0):
+            raise XRayCTRegistrationLogic._inputError(f"train: time budget must be > 0 s, got {timeBudgetS}")
+        if iterations is not None and iterations < 1:
+            raise XRayCTRegistrationLogic._inputError(f"train: iterations must be >= 1, got {iterations}")
+        command = [python or XRayCTRegistrationLogic.pythonExecutable(), "-m", "XRayCTRegistrationLib.cli", "train",
+                   "--ct", str(ctPath), "--geometry", str(geometryPath), "--model", method, "--out", str(modelPath),
+                   "--progress-lines", "--quiet"]
+        if timeBudgetS is not None:
+            command += ["--time-budget", f"{float(timeBudgetS):g}"]
+        if iterations is not None:
+            command += ["--iterations", str(int(iterations))]
+        if resume:
+            command.append("--resume")
+        if threads is not None:
+            command += ["--threads", str(int(threads))]
+        return command + [str(a) for a in extraArgs]
 
     @staticmethod
     def trainEnvironment() -> dict[str, str]:
