@@ -109,7 +109,8 @@ the CT as in the X-ray, renders the CT at that pose as a digitally reconstructed
 shows the DRR fused over the X-ray, with the X-ray placed at its detector position in 3D.
 Choose the CT and the X-ray (a single-slice volume) and what the X-ray's values are (raw intensities are
 converted to attenuation), check the imaging geometry (filled in from DICOM tags when present), move
-the pose sliders until the DRR roughly matches, then press Register.
+the pose sliders until the DRR roughly matches, then press Register. Or train a patient-specific
+initialiser once for this CT and geometry (Train initialiser), then Register starts from its prediction.
 """)
         self.parent.acknowledgementText = _("""
 The methods follow: SOPI, a two-stage (initialisation, then fine) 2D/3D registration framework;
@@ -225,8 +226,10 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     Registration runs in Slicer's process: the logic calls back with progress, the callback updates
     the progress bar and calls ``slicer.app.processEvents()`` so the GUI stays responsive, and the
     Cancel button sets a flag that the library polls between iterations (it then stops and the scene
-    is left as it was). Training (when the initialiser is available) runs out of process through the
-    ``xrayctreg train`` command and a ``qt.QProcess`` that streams its progress lines.
+    is left as it was). Training runs out of process through the ``xrayctreg train`` command and a
+    ``qt.QProcess`` that streams its progress lines; Cancel kills it and its last checkpoint stays, so
+    pressing Train initialiser again continues it (``--resume``). Initialise sets the sliders to the
+    model's prediction; Register initialises with the model (when one is set), then refines.
     """
 
     def __init__(self, parent=None) -> None:
@@ -238,6 +241,11 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._cancelRequested = False
         self._busy = False
         self.previewTimer = None
+        self._trainProcess = None
+        self._trainOutput = ""
+        self._trainLog: list[str] = []
+        self._trainModelPath = ""
+        self._trainCancelled = False
 
     def setup(self) -> None:
         """Build the GUI from the .ui file and connect it."""
@@ -268,11 +276,11 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.showFusionButton.connect("clicked(bool)", self.onShowFusion)
 
-        notAvailable = _("The learned initialiser is not available yet: set the initial pose with the sliders.")
-        for button in (self.ui.initialiseButton, self.ui.trainButton):
-            button.enabled = False
-            button.toolTip = notAvailable
-        self.ui.registerButton.toolTip = _("Register from the pose of the sliders (initialise, then refine).")
+        self.ui.initialiseButton.toolTip = _("Set the pose sliders to the pose predicted by the initialiser model.")
+        self.ui.trainButton.toolTip = _("Train the initialiser on DRRs of this CT for this X-ray's geometry, in a "
+                                        "separate process (continues a cancelled training of the same model file).")
+        self.ui.registerButton.toolTip = _("Register: initialise with the model when one is set (else start from the "
+                                           "sliders' pose), then refine.")
         self.ui.refineButton.toolTip = _("Refine the pose of the sliders by intensity-based optimisation.")
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setVisible(False)
@@ -281,7 +289,11 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Remove observers when the module is closed."""
+        """Remove observers when the module is closed; stop a running training."""
+        if self._trainProcess is not None:
+            self._trainCancelled = True
+            self._trainProcess.kill()
+            self._trainProcess.waitForFinished(3000)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -325,11 +337,14 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        ready = bool(p and p.ctVolume and p.xrayVolume) and not self._busy
-        for button in (self.ui.refineButton, self.ui.registerButton):
+        training = self._trainProcess is not None
+        ready = bool(p and p.ctVolume and p.xrayVolume) and not self._busy and not training
+        for button in (self.ui.refineButton, self.ui.registerButton, self.ui.trainButton):
             button.enabled = ready
+        hasModel = bool(p and modelPath(p) and os.path.isfile(modelPath(p)))
+        self.ui.initialiseButton.enabled = ready and hasModel
         self.ui.showFusionButton.enabled = bool(p and p.xrayVolume and p.outputDrr)
-        self.ui.cancelButton.enabled = self._busy
+        self.ui.cancelButton.enabled = self._busy or training
 
     # -- live pose ------------------------------------------------------------------------------
     def onPoseChanged(self, value=None) -> None:
@@ -386,26 +401,128 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     # -- registration ---------------------------------------------------------------------------
     def onInitialise(self) -> None:
-        """Learned initialisation (not available yet)."""
+        """Set the pose sliders to the pose predicted by the initialiser model."""
+        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Initialisation failed."), waitCursor=True):
-            raise NotImplementedError(_("The learned initialiser is not available yet."))
+            if not ensureDependencies(askConfirmation=True):
+                return
+            params = self.logic.initialise(p.ctVolume, p.xrayVolume, modelPath(p), xrayKind=p.xrayKind, sdd=p.sdd,
+                                           rowSpacing=p.rowSpacing, colSpacing=p.colSpacing)
+            self._setPose(params)
+            self.ui.resultLabel.text = _("Initialised with {model}.").format(model=os.path.basename(modelPath(p)))
+            self.onPoseChanged()
+
+    def _setPose(self, params: Sequence[float]) -> None:
+        p = self._parameterNode
+        with slicer.util.NodeModify(p.parameterNode):
+            for name, value in zip(POSE_PARAMETER_NAMES, params, strict=True):
+                setattr(p, name, float(np.clip(value, *(self._parameterRange(name)))))
+
+    def defaultModelPath(self) -> str:
+        """Where a new model is written when none is chosen: Slicer's temporary folder, named after the CT."""
+        p = self._parameterNode
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in p.ctVolume.GetName()) or "CT"
+        return os.path.join(slicer.app.temporaryPath, "XRayCTRegistration", f"{name}-{p.initialiserMethod}.pt")
 
     def onTrain(self) -> None:
-        """Train the patient-specific initialiser (not available yet)."""
+        """Train the initialiser out of process (``xrayctreg train``), streaming its progress into the bar."""
+        p = self._parameterNode
+        if self._trainProcess is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Training failed to start."), waitCursor=True):
-            raise NotImplementedError(_("The learned initialiser is not available yet."))
+            if not ensureDependencies(askConfirmation=True):
+                return
+            model = modelPath(p) or self.defaultModelPath()
+            os.makedirs(os.path.dirname(os.path.abspath(model)), exist_ok=True)
+            folder = os.path.join(slicer.app.temporaryPath, "XRayCTRegistration", "training")
+            ctPath, geometryPath = self.logic.writeTrainingInputs(p.ctVolume, p.xrayVolume, folder, p.sdd,
+                                                                  p.rowSpacing, p.colSpacing)
+            command = self.logic.trainCommand(ctPath, geometryPath, model, method=p.initialiserMethod,
+                                              timeBudgetS=60.0 * p.trainingMinutes, resume=os.path.isfile(model))
+            logging.info(f"Training the initialiser: {self.logic.commandText(command)}")
+            process = qt.QProcess()
+            environment = qt.QProcessEnvironment.systemEnvironment()
+            for key, value in self.logic.trainEnvironment().items():
+                environment.insert(key, value)
+            process.setProcessEnvironment(environment)
+            process.setProcessChannelMode(qt.QProcess.MergedChannels)
+            process.connect("readyReadStandardOutput()", self._onTrainOutput)
+            process.connect("finished(int,QProcess::ExitStatus)", self._onTrainFinished)
+            self._trainProcess, self._trainOutput, self._trainLog = process, "", []
+            self._trainModelPath, self._trainCancelled = model, False
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.format = _("Training") + " %p%"
+            self.ui.progressBar.setVisible(True)
+            self.ui.resultLabel.text = _("Training the initialiser ({minutes:g} min)...").format(
+                minutes=p.trainingMinutes)
+            self._updateButtons()
+            process.start(command[0], command[1:])
+            if not process.waitForStarted(10000):
+                self._trainProcess = None
+                self.ui.progressBar.setVisible(False)
+                self._updateButtons()
+                raise RuntimeError(_("Could not start {program}: {error}").format(program=command[0],
+                                                                                  error=process.errorString()))
+
+    def _onTrainOutput(self) -> None:
+        """Read the training's output as it comes; progress lines move the bar, others are kept for errors."""
+        process = self._trainProcess
+        if process is None:
+            return
+        self._trainOutput += process.readAllStandardOutput().data().decode("utf-8", errors="replace")
+        *lines, self._trainOutput = self._trainOutput.split("\n")
+        for line in lines:
+            parsed = self.logic.parseProgressLine(line)
+            if parsed is None:
+                if line.strip():
+                    self._trainLog = (self._trainLog + [line.rstrip()])[-20:]
+                continue
+            fraction, message = parsed
+            self.ui.progressBar.value = int(round(100 * fraction))
+            self.ui.progressBar.format = _("Training") + f" %p% {message}"
+
+    def _onTrainFinished(self, exitCode: int, exitStatus) -> None:
+        """The training process ended: use the model, or say why not."""
+        self._onTrainOutput()
+        if self._trainOutput.strip():
+            self._trainLog.append(self._trainOutput.rstrip())
+        self._trainProcess = None
+        self.ui.progressBar.setVisible(False)
+        self._updateButtons()
+        model = self._trainModelPath
+        if self._trainCancelled:
+            if os.path.isfile(model):
+                self.ui.resultLabel.text = _("Training cancelled; its last checkpoint {model} is kept: press Train "
+                                             "initialiser again to continue it.").format(model=model)
+            else:
+                self.ui.resultLabel.text = _("Training cancelled before its first checkpoint.")
+            return
+        if exitCode != 0 or exitStatus != qt.QProcess.NormalExit:
+            self.ui.resultLabel.text = _("Training failed.")
+            slicer.util.errorDisplay(_("Training the initialiser failed (exit code {code}).").format(code=exitCode),
+                                     detailedText="\n".join(self._trainLog))
+            return
+        self._parameterNode.initialiserModel = pathlib.Path(model)
+        summary = next((line for line in reversed(self._trainLog) if line.startswith("trained ")), "")
+        self.ui.resultLabel.text = _("Initialiser trained: {model}").format(model=model) + (
+            f"\n{summary}" if summary else "")
+        self._updateButtons()
 
     def onRefine(self) -> None:
         """Refine the sliders' pose."""
         self._runRegistration(_("Refining"))
 
     def onRegister(self) -> None:
-        """Register: initialise (when available), then refine."""
-        # Until the learned initialiser is available, registration starts from the sliders' pose.
-        self._runRegistration(_("Registering"))
+        """Register: initialise with the model when one is set (else from the sliders' pose), then refine."""
+        self._runRegistration(_("Registering"), initialiserModel=modelPath(self._parameterNode) or None)
 
     def onCancel(self) -> None:
-        """Ask the running registration to stop."""
+        """Ask the running registration to stop, or kill the running training (its checkpoint stays)."""
+        if self._trainProcess is not None:
+            self._trainCancelled = True
+            self.ui.resultLabel.text = _("Cancelling the training...")
+            self._trainProcess.kill()
+            return
         self._cancelRequested = True
         self.ui.resultLabel.text = _("Cancelling...")
 
@@ -414,7 +531,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.progressBar.format = f"{message} %p%"
         slicer.app.processEvents()  # keeps the GUI responsive and lets Cancel be clicked
 
-    def _runRegistration(self, what: str) -> None:
+    def _runRegistration(self, what: str, initialiserModel: str | None = None) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=False):
             if not ensureDependencies(askConfirmation=True):
@@ -429,7 +546,8 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 output = self.logic.register(
                     p.ctVolume, p.xrayVolume, poseParameters(p), method=p.method, xrayKind=p.xrayKind, sdd=p.sdd,
                     rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, outputTransform=p.outputTransform,
-                    outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested)
+                    outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested,
+                    initialiserModel=initialiserModel)
             finally:
                 self._busy = False
                 self.ui.progressBar.setVisible(False)
@@ -440,8 +558,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             with slicer.util.NodeModify(p.parameterNode):
                 p.outputTransform = output.transformNode
                 p.outputDrr = output.drrNode
-                for name, value in zip(POSE_PARAMETER_NAMES, output.params, strict=True):
-                    setattr(p, name, float(np.clip(value, *(self._parameterRange(name)))))
+                self._setPose(output.params)
             self.logic.showFusion(p.xrayVolume, p.outputDrr, p.fusionOpacity)
             result = output.result
             self.ui.resultLabel.text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
