@@ -139,3 +139,28 @@ def test_register_with_model_initialises_then_refines(ns, module, inputs, traine
     reference = ReferenceView.ap(volume.center, camera.sdd)
     np.testing.assert_allclose(ns.slicer.util.arrayFromTransformMatrix(out.transformNode),
                                reference.pose(out.params), atol=1e-4)
+
+
+def test_killed_training_keeps_a_checkpoint_that_resumes(module, inputs, tmp_path):
+    ct, xray, *_ = inputs
+    logic = module.XRayCTRegistrationLogic()
+    ctPath, geometryPath = logic.writeTrainingInputs(ct, xray, tmp_path / "training")
+    modelPath = tmp_path / "model.pt"
+    command = logic.trainCommand(ctPath, geometryPath, str(modelPath), iterations=1000, threads=1,
+                                 extraArgs=[*TINY, "--checkpoint-every", "0"])
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, **logic.trainEnvironment()))
+    for line in proc.stdout:  # Cancel as the widget does (kill) once a checkpoint after step 2 exists
+        parsed = logic.parseProgressLine(line)
+        if parsed is not None and modelPath.exists() and load_initialiser(modelPath).info["step"] >= 2:
+            break
+    proc.kill()
+    proc.wait(timeout=30)
+    partial = load_initialiser(modelPath)
+    assert not partial.info["complete"] and 2 <= partial.info["step"] < 1000
+    resumed = logic.trainCommand(ctPath, geometryPath, str(modelPath), iterations=partial.info["step"] + 1,
+                                 resume=True, threads=1, extraArgs=TINY)
+    progress, _ = run_training(logic, resumed)
+    assert progress[-1][0] == 1.0
+    done = load_initialiser(modelPath)
+    assert done.info["complete"] and done.info["step"] == partial.info["step"] + 1
