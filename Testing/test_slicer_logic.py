@@ -233,14 +233,15 @@ def test_bad_inputs_raise_and_leave_scene_unchanged(ns, module, inputs):
 # -- training helper ----------------------------------------------------------------------------
 def test_train_command_and_progress_lines(module):
     logic = module.XRayCTRegistrationLogic
-    cmd = logic.trainCommand("/data/ct.nrrd", "/data/geom.json", "/out dir", python="/opt/PythonSlicer",
-                             extraArgs=["--epochs", 3])
+    cmd = logic.trainCommand("/data/ct.nrrd", "/data/geom.json", "/out dir/m.pt", python="/opt/PythonSlicer",
+                             iterations=3, extraArgs=["--seed", 3])
     assert cmd[:5] == ["/opt/PythonSlicer", "-m", "XRayCTRegistrationLib.cli", "train", "--ct"]
-    assert cmd[cmd.index("--out-dir") + 1] == "/out dir" and cmd[-2:] == ["--epochs", "3"]
-    assert "'/out dir'" in logic.commandText(cmd)
+    assert cmd[cmd.index("--out") + 1] == "/out dir/m.pt" and cmd[-2:] == ["--seed", "3"]
+    assert cmd[cmd.index("--iterations") + 1] == "3" and "--time-budget" not in cmd
+    assert "'/out dir/m.pt'" in logic.commandText(cmd)
     assert logic.trainEnvironment()["PYTHONPATH"].split(":")[0].endswith("XRayCTRegistration")
     with pytest.raises(InputError, match="ctPath"):
-        logic.trainCommand("", "g.json", "out")
+        logic.trainCommand("", "g.json", "out.pt")
     assert logic.parseProgressLine("PROGRESS 0.25 epoch 3/12 loss 0.41\n") == (0.25, "epoch 3/12 loss 0.41")
     assert logic.parseProgressLine("PROGRESS 1.7") == (1.0, "")
     assert logic.parseProgressLine("PROGRESS -1 start") == (0.0, "start")
@@ -251,6 +252,11 @@ def test_train_command_and_progress_lines(module):
 def test_parameter_node_defaults_and_ranges(ns, module):
     params = module.XRayCTRegistrationLogic().getParameterNode()
     assert (params.sdd, params.method, params.fusionOpacity, params.xrayKind) == (0.0, "opt-ncc", 0.5, "auto")
+    assert (params.initialiserMethod, params.trainingMinutes, module.modelPath(params)) == ("regressor", 15.0, "")
+    params.initialiserModel = module.pathlib.Path("/models/ct model.pt")
+    assert module.modelPath(params) == "/models/ct model.pt"
+    with pytest.raises(ValueError):
+        params.initialiserMethod = "cnn"
     np.testing.assert_array_equal(module.poseParameters(params), np.zeros(6))
     params.tz = -300.0
     with pytest.raises(ValueError):

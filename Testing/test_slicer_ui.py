@@ -73,6 +73,10 @@ def test_parameter_names_match_parameter_node(ui_root):
     assert fields - set(bound) == set(), "parameter-node field without a widget"
     assert bound["rx"] == "rxSlider" and bound["method"] == "methodComboBox"
     assert bound["xrayKind"] == "xrayKindComboBox" and bound["xrayVolume"] == "xrayVolumeSelector"
+    assert bound["initialiserModel"] == "initialiserModelPathLineEdit"
+    assert bound["initialiserMethod"] == "initialiserMethodComboBox"
+    assert bound["trainingMinutes"] == "trainingMinutesSpinBox"
+    assert ui_root.findChild(QWidget, "initialiserModelPathLineEdit").metaObject().className() != "QLineEdit"
 
 
 def test_choices_match_combo_boxes_and_library(ui_root):
@@ -90,6 +94,9 @@ def test_choices_match_combo_boxes_and_library(ui_root):
 
     assert items("methodComboBox") == M.REGISTRATION_METHODS == list(METHODS)
     assert items("xrayKindComboBox") == M.XRAY_KINDS == list(KINDS)
+    from XRayCTRegistrationLib.training import METHODS as INIT_METHODS
+
+    assert items("initialiserMethodComboBox") == M.INITIALISER_METHODS == list(INIT_METHODS)
 
 
 def test_pose_slider_ranges_match_parameter_ranges():

@@ -25,7 +25,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import pathlib
 import shlex
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,6 +79,9 @@ DICOM_SDD_ATTRIBUTE = "DICOM.DistanceSourceToDetector"
 DICOM_SPACING_ATTRIBUTE = "DICOM.ImagerPixelSpacing"
 """Node attribute holding the DICOM tag ImagerPixelSpacing (0018,1164): "row\\column" spacing, mm."""
 
+INITIALISER_METHODS = ["regressor", "rtpi"]
+"""Learned initialisers offered in the GUI (``xrayctreg train --model``)."""
+
 PYTHON_PACKAGES = {"numba": "numba>=0.59", "tqdm": "tqdm"}
 """Import name -> pip requirement of the packages installed on first use (torch comes from PyTorchUtils)."""
 
@@ -104,7 +109,8 @@ the CT as in the X-ray, renders the CT at that pose as a digitally reconstructed
 shows the DRR fused over the X-ray, with the X-ray placed at its detector position in 3D.
 Choose the CT and the X-ray (a single-slice volume) and what the X-ray's values are (raw intensities are
 converted to attenuation), check the imaging geometry (filled in from DICOM tags when present), move
-the pose sliders until the DRR roughly matches, then press Register.
+the pose sliders until the DRR roughly matches, then press Register. Or train a patient-specific
+initialiser once for this CT and geometry (Train initialiser), then Register starts from its prediction.
 """)
         self.parent.acknowledgementText = _("""
 The methods follow: SOPI, a two-stage (initialisation, then fine) 2D/3D registration framework;
@@ -135,6 +141,10 @@ class XRayCTRegistrationParameterNode:
     outputTransform: receives world_from_camera (matrix to parent).
     outputDrr: receives the DRR at the current pose, placed on the detector.
     fusionOpacity: opacity of the DRR over the X-ray in the fusion view.
+    initialiserModel: model file of the learned initialiser (written by Train initialiser, read by
+        Initialise and Register); empty or "." means none.
+    initialiserMethod: kind of initialiser trained (see INITIALISER_METHODS).
+    trainingMinutes: training time budget, minutes.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
@@ -153,6 +163,16 @@ class XRayCTRegistrationParameterNode:
     outputTransform: vtkMRMLLinearTransformNode
     outputDrr: vtkMRMLScalarVolumeNode
     fusionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    initialiserModel: pathlib.Path
+    initialiserMethod: Annotated[str, Choice(INITIALISER_METHODS)] = "regressor"
+    trainingMinutes: Annotated[float, WithinRange(0.1, 1440.0)] = 15.0
+
+
+def modelPath(parameterNode: XRayCTRegistrationParameterNode) -> str:
+    """The initialiser model file of a parameter node as a string, "" when none is set."""
+    path = parameterNode.initialiserModel
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
 
 
 def poseParameters(parameterNode: XRayCTRegistrationParameterNode) -> np.ndarray:
@@ -206,8 +226,10 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     Registration runs in Slicer's process: the logic calls back with progress, the callback updates
     the progress bar and calls ``slicer.app.processEvents()`` so the GUI stays responsive, and the
     Cancel button sets a flag that the library polls between iterations (it then stops and the scene
-    is left as it was). Training (when the initialiser is available) runs out of process through the
-    ``xrayctreg train`` command and a ``qt.QProcess`` that streams its progress lines.
+    is left as it was). Training runs out of process through the ``xrayctreg train`` command and a
+    ``qt.QProcess`` that streams its progress lines; Cancel kills it and its last checkpoint stays, so
+    pressing Train initialiser again continues it (``--resume``). Initialise sets the sliders to the
+    model's prediction; Register initialises with the model (when one is set), then refines.
     """
 
     def __init__(self, parent=None) -> None:
@@ -219,6 +241,11 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._cancelRequested = False
         self._busy = False
         self.previewTimer = None
+        self._trainProcess = None
+        self._trainOutput = ""
+        self._trainLog: list[str] = []
+        self._trainModelPath = ""
+        self._trainCancelled = False
 
     def setup(self) -> None:
         """Build the GUI from the .ui file and connect it."""
@@ -249,11 +276,11 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.showFusionButton.connect("clicked(bool)", self.onShowFusion)
 
-        notAvailable = _("The learned initialiser is not available yet: set the initial pose with the sliders.")
-        for button in (self.ui.initialiseButton, self.ui.trainButton):
-            button.enabled = False
-            button.toolTip = notAvailable
-        self.ui.registerButton.toolTip = _("Register from the pose of the sliders (initialise, then refine).")
+        self.ui.initialiseButton.toolTip = _("Set the pose sliders to the pose predicted by the initialiser model.")
+        self.ui.trainButton.toolTip = _("Train the initialiser on DRRs of this CT for this X-ray's geometry, in a "
+                                        "separate process (continues a cancelled training of the same model file).")
+        self.ui.registerButton.toolTip = _("Register: initialise with the model when one is set (else start from the "
+                                           "sliders' pose), then refine.")
         self.ui.refineButton.toolTip = _("Refine the pose of the sliders by intensity-based optimisation.")
         self.ui.cancelButton.enabled = False
         self.ui.progressBar.setVisible(False)
@@ -262,7 +289,11 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Remove observers when the module is closed."""
+        """Remove observers when the module is closed; stop a running training."""
+        if self._trainProcess is not None:
+            self._trainCancelled = True
+            self._trainProcess.kill()
+            self._trainProcess.waitForFinished(3000)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -306,11 +337,14 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        ready = bool(p and p.ctVolume and p.xrayVolume) and not self._busy
-        for button in (self.ui.refineButton, self.ui.registerButton):
+        training = self._trainProcess is not None
+        ready = bool(p and p.ctVolume and p.xrayVolume) and not self._busy and not training
+        for button in (self.ui.refineButton, self.ui.registerButton, self.ui.trainButton):
             button.enabled = ready
+        hasModel = bool(p and modelPath(p) and os.path.isfile(modelPath(p)))
+        self.ui.initialiseButton.enabled = ready and hasModel
         self.ui.showFusionButton.enabled = bool(p and p.xrayVolume and p.outputDrr)
-        self.ui.cancelButton.enabled = self._busy
+        self.ui.cancelButton.enabled = self._busy or training
 
     # -- live pose ------------------------------------------------------------------------------
     def onPoseChanged(self, value=None) -> None:
@@ -367,26 +401,128 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     # -- registration ---------------------------------------------------------------------------
     def onInitialise(self) -> None:
-        """Learned initialisation (not available yet)."""
+        """Set the pose sliders to the pose predicted by the initialiser model."""
+        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Initialisation failed."), waitCursor=True):
-            raise NotImplementedError(_("The learned initialiser is not available yet."))
+            if not ensureDependencies(askConfirmation=True):
+                return
+            params = self.logic.initialise(p.ctVolume, p.xrayVolume, modelPath(p), xrayKind=p.xrayKind, sdd=p.sdd,
+                                           rowSpacing=p.rowSpacing, colSpacing=p.colSpacing)
+            self._setPose(params)
+            self.ui.resultLabel.text = _("Initialised with {model}.").format(model=os.path.basename(modelPath(p)))
+            self.onPoseChanged()
+
+    def _setPose(self, params: Sequence[float]) -> None:
+        p = self._parameterNode
+        with slicer.util.NodeModify(p.parameterNode):
+            for name, value in zip(POSE_PARAMETER_NAMES, params, strict=True):
+                setattr(p, name, float(np.clip(value, *(self._parameterRange(name)))))
+
+    def defaultModelPath(self) -> str:
+        """Where a new model is written when none is chosen: Slicer's temporary folder, named after the CT."""
+        p = self._parameterNode
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in p.ctVolume.GetName()) or "CT"
+        return os.path.join(slicer.app.temporaryPath, "XRayCTRegistration", f"{name}-{p.initialiserMethod}.pt")
 
     def onTrain(self) -> None:
-        """Train the patient-specific initialiser (not available yet)."""
+        """Train the initialiser out of process (``xrayctreg train``), streaming its progress into the bar."""
+        p = self._parameterNode
+        if self._trainProcess is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Training failed to start."), waitCursor=True):
-            raise NotImplementedError(_("The learned initialiser is not available yet."))
+            if not ensureDependencies(askConfirmation=True):
+                return
+            model = modelPath(p) or self.defaultModelPath()
+            os.makedirs(os.path.dirname(os.path.abspath(model)), exist_ok=True)
+            folder = os.path.join(slicer.app.temporaryPath, "XRayCTRegistration", "training")
+            ctPath, geometryPath = self.logic.writeTrainingInputs(p.ctVolume, p.xrayVolume, folder, p.sdd,
+                                                                  p.rowSpacing, p.colSpacing)
+            command = self.logic.trainCommand(ctPath, geometryPath, model, method=p.initialiserMethod,
+                                              timeBudgetS=60.0 * p.trainingMinutes, resume=os.path.isfile(model))
+            logging.info(f"Training the initialiser: {self.logic.commandText(command)}")
+            process = qt.QProcess()
+            environment = qt.QProcessEnvironment.systemEnvironment()
+            for key, value in self.logic.trainEnvironment().items():
+                environment.insert(key, value)
+            process.setProcessEnvironment(environment)
+            process.setProcessChannelMode(qt.QProcess.MergedChannels)
+            process.connect("readyReadStandardOutput()", self._onTrainOutput)
+            process.connect("finished(int,QProcess::ExitStatus)", self._onTrainFinished)
+            self._trainProcess, self._trainOutput, self._trainLog = process, "", []
+            self._trainModelPath, self._trainCancelled = model, False
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.format = _("Training") + " %p%"
+            self.ui.progressBar.setVisible(True)
+            self.ui.resultLabel.text = _("Training the initialiser ({minutes:g} min)...").format(
+                minutes=p.trainingMinutes)
+            self._updateButtons()
+            process.start(command[0], command[1:])
+            if not process.waitForStarted(10000):
+                self._trainProcess = None
+                self.ui.progressBar.setVisible(False)
+                self._updateButtons()
+                raise RuntimeError(_("Could not start {program}: {error}").format(program=command[0],
+                                                                                  error=process.errorString()))
+
+    def _onTrainOutput(self) -> None:
+        """Read the training's output as it comes; progress lines move the bar, others are kept for errors."""
+        process = self._trainProcess
+        if process is None:
+            return
+        self._trainOutput += process.readAllStandardOutput().data().decode("utf-8", errors="replace")
+        *lines, self._trainOutput = self._trainOutput.split("\n")
+        for line in lines:
+            parsed = self.logic.parseProgressLine(line)
+            if parsed is None:
+                if line.strip():
+                    self._trainLog = (self._trainLog + [line.rstrip()])[-20:]
+                continue
+            fraction, message = parsed
+            self.ui.progressBar.value = int(round(100 * fraction))
+            self.ui.progressBar.format = _("Training") + f" %p% {message}"
+
+    def _onTrainFinished(self, exitCode: int, exitStatus) -> None:
+        """The training process ended: use the model, or say why not."""
+        self._onTrainOutput()
+        if self._trainOutput.strip():
+            self._trainLog.append(self._trainOutput.rstrip())
+        self._trainProcess = None
+        self.ui.progressBar.setVisible(False)
+        self._updateButtons()
+        model = self._trainModelPath
+        if self._trainCancelled:
+            if os.path.isfile(model):
+                self.ui.resultLabel.text = _("Training cancelled; its last checkpoint {model} is kept: press Train "
+                                             "initialiser again to continue it.").format(model=model)
+            else:
+                self.ui.resultLabel.text = _("Training cancelled before its first checkpoint.")
+            return
+        if exitCode != 0 or exitStatus != qt.QProcess.NormalExit:
+            self.ui.resultLabel.text = _("Training failed.")
+            slicer.util.errorDisplay(_("Training the initialiser failed (exit code {code}).").format(code=exitCode),
+                                     detailedText="\n".join(self._trainLog))
+            return
+        self._parameterNode.initialiserModel = pathlib.Path(model)
+        summary = next((line for line in reversed(self._trainLog) if line.startswith("trained ")), "")
+        self.ui.resultLabel.text = _("Initialiser trained: {model}").format(model=model) + (
+            f"\n{summary}" if summary else "")
+        self._updateButtons()
 
     def onRefine(self) -> None:
         """Refine the sliders' pose."""
         self._runRegistration(_("Refining"))
 
     def onRegister(self) -> None:
-        """Register: initialise (when available), then refine."""
-        # Until the learned initialiser is available, registration starts from the sliders' pose.
-        self._runRegistration(_("Registering"))
+        """Register: initialise with the model when one is set (else from the sliders' pose), then refine."""
+        self._runRegistration(_("Registering"), initialiserModel=modelPath(self._parameterNode) or None)
 
     def onCancel(self) -> None:
-        """Ask the running registration to stop."""
+        """Ask the running registration to stop, or kill the running training (its checkpoint stays)."""
+        if self._trainProcess is not None:
+            self._trainCancelled = True
+            self.ui.resultLabel.text = _("Cancelling the training...")
+            self._trainProcess.kill()
+            return
         self._cancelRequested = True
         self.ui.resultLabel.text = _("Cancelling...")
 
@@ -395,7 +531,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.progressBar.format = f"{message} %p%"
         slicer.app.processEvents()  # keeps the GUI responsive and lets Cancel be clicked
 
-    def _runRegistration(self, what: str) -> None:
+    def _runRegistration(self, what: str, initialiserModel: str | None = None) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=False):
             if not ensureDependencies(askConfirmation=True):
@@ -410,7 +546,8 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 output = self.logic.register(
                     p.ctVolume, p.xrayVolume, poseParameters(p), method=p.method, xrayKind=p.xrayKind, sdd=p.sdd,
                     rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, outputTransform=p.outputTransform,
-                    outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested)
+                    outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested,
+                    initialiserModel=initialiserModel)
             finally:
                 self._busy = False
                 self.ui.progressBar.setVisible(False)
@@ -421,8 +558,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             with slicer.util.NodeModify(p.parameterNode):
                 p.outputTransform = output.transformNode
                 p.outputDrr = output.drrNode
-                for name, value in zip(POSE_PARAMETER_NAMES, output.params, strict=True):
-                    setattr(p, name, float(np.clip(value, *(self._parameterRange(name)))))
+                self._setPose(output.params)
             self.logic.showFusion(p.xrayVolume, p.outputDrr, p.fusionOpacity)
             result = output.result
             self.ui.resultLabel.text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
@@ -449,6 +585,8 @@ class RegistrationOutput:
     transformNode, drrNode: the output nodes written (None when cancelled).
     cancelled: True when ``shouldStop`` asked to stop; then nothing in the scene was changed.
     xrayConversion: what was done to the X-ray's grey levels before registering (one sentence).
+    initialParams: the pose parameters the refinement started from (the model's prediction when
+        registering with an initialiser model, else the given initial parameters).
     """
 
     result: Any
@@ -457,6 +595,7 @@ class RegistrationOutput:
     drrNode: vtkMRMLScalarVolumeNode | None
     cancelled: bool = False
     xrayConversion: str = ""
+    initialParams: np.ndarray | None = None
 
 
 class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -470,6 +609,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._projectorCache: dict = {}
         self._volumeCache: dict = {}
+        self._initialiserCache: dict = {}
 
     def getParameterNode(self) -> XRayCTRegistrationParameterNode:
         """The module's parameter node, typed."""
@@ -782,8 +922,13 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
     def register(self, ctNode, xrayNode, initialParams: Sequence[float], method: str = "opt-ncc",
                  xrayKind: str = "auto", sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
                  outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
-                 shouldStop: Callable[[], bool] | None = None, **options) -> RegistrationOutput:
+                 shouldStop: Callable[[], bool] | None = None, initialiserModel: str | os.PathLike | None = None,
+                 **options) -> RegistrationOutput:
         """Register the X-ray to the CT from initial pose parameters (degrees, mm) and write the outputs.
+
+        With ``initialiserModel`` (a model file from ``xrayctreg train``), the initial pose is predicted by
+        the model instead (``initialParams`` is then ignored, see :meth:`initialise`) and the refinement
+        uses the library's ``refine_schedule`` (options given here override it).
 
         Runs the library's ``register`` in this process; ``progress(fraction, message)`` is called as
         it goes and ``shouldStop()`` is polled to cancel. ``xrayKind`` (:data:`XRAY_KINDS`) says how the
@@ -801,18 +946,87 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
         reference = self.referenceView(volume, camera)
-        init = reference.pose(self._checkParams(initialParams))
+        if initialiserModel:
+            from XRayCTRegistrationLib.training import refine_schedule
+
+            startParams = self.initialise(ctNode, xrayNode, initialiserModel, xrayKind, sdd, rowSpacing, colSpacing)
+            options = {**refine_schedule(camera), **options}
+        else:
+            startParams = self._checkParams(initialParams)
+        init = reference.pose(startParams)
         logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}")
         result = register(volume, image, camera, init, reference=reference, method=method, progress=progress,
                           should_stop=shouldStop, **options)
         params = reference.params(result.world_from_camera)
         if shouldStop is not None and shouldStop():
-            return RegistrationOutput(result, params, None, None, cancelled=True, xrayConversion=conversion)
+            return RegistrationOutput(result, params, None, None, cancelled=True, xrayConversion=conversion,
+                                      initialParams=startParams)
         if not result.success:
             raise RuntimeError(_("Registration did not succeed: {message}").format(message=result.message))
         transformNode, drrNode = self._writeOutputs(volume, camera, np.asarray(result.world_from_camera), xrayNode,
                                                     outputTransform, outputDrr, FINAL_SIZE)
-        return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion)
+        return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion,
+                                  initialParams=startParams)
+
+    # -- learned initialiser ------------------------------------------------------------------
+    def loadInitialiser(self, modelPath: str | os.PathLike):
+        """The library's ``Initialiser`` of a model file; cached until the file changes (path, mtime, size)."""
+        from XRayCTRegistrationLib.training import load_initialiser
+
+        text = str(modelPath) if modelPath is not None else ""
+        if text in ("", "."):
+            raise self._inputError("initialiser model: no model file chosen; train one first (Train initialiser)")
+        path = os.path.abspath(text)
+        if not os.path.isfile(path):
+            raise self._inputError(f"{path}: model file not found")
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)
+        cached = self._initialiserCache.get("model")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        model = load_initialiser(path)
+        self._initialiserCache = {"model": (key, model)}
+        return model
+
+    def initialise(self, ctNode, xrayNode, modelPath: str | os.PathLike, xrayKind: str = "auto", sdd: float = 0.0,
+                   rowSpacing: float = 0.0, colSpacing: float = 0.0) -> np.ndarray:
+        """Pose parameters ``[6]`` (degrees, mm, relative to this logic's AP reference view) predicted by a model.
+
+        The model must have been trained on this CT (same HU voxels and geometry) and for this X-ray's
+        detector geometry, else an ``InputError`` says so. Its prediction (``world_from_camera``) is
+        converted to the parameters of :meth:`referenceView`, the view the sliders use, so the result
+        is right even when the model was trained with another reference view. The scene is not changed.
+        """
+        from XRayCTRegistrationLib.training import initialise
+
+        model = self.loadInitialiser(modelPath)
+        model.check_ct(self.volumeFromNode(ctNode), f"CT volume '{ctNode.GetName()}'")
+        image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
+        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
+        worldFromCamera = initialise(model, image, camera)
+        logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}; initialised with {model.name} ({model.method})")
+        return self.referenceView(self.attenuationVolume(ctNode), camera).params(worldFromCamera)
+
+    def writeTrainingInputs(self, ctNode, xrayNode, folder: str | os.PathLike, sdd: float = 0.0,
+                            rowSpacing: float = 0.0, colSpacing: float = 0.0) -> tuple[str, str]:
+        """Write the CT (HU, ``ct.nrrd``) and the X-ray's detector geometry (``geometry.json``) for training.
+
+        The folder is created when needed. Returns ``(ctPath, geometryPath)``. The CT on disk holds the
+        node's voxels as float32 with its world geometry (parent transforms included), so a model trained
+        on it matches the node (see :meth:`initialise`).
+        """
+        from XRayCTRegistrationLib.volume import write_volume
+
+        volume = self.volumeFromNode(ctNode)
+        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
+        if not folder:
+            raise self._inputError("training folder: empty path")
+        os.makedirs(folder, exist_ok=True)
+        ctPath = os.path.join(str(folder), "ct.nrrd")
+        geometryPath = os.path.join(str(folder), "geometry.json")
+        write_volume(volume, ctPath)
+        camera.save(geometryPath)
+        return ctPath, geometryPath
 
     # -- fusion -------------------------------------------------------------------------------
     @staticmethod
@@ -886,20 +1100,45 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # -- training out of process --------------------------------------------------------------
     @staticmethod
-    def trainCommand(ctPath: str, geometryPath: str, outputDir: str, python: str | None = None,
+    def pythonExecutable() -> str:
+        """Python that runs the training: PythonSlicer inside Slicer (found on PATH), else this interpreter."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    @staticmethod
+    def trainCommand(ctPath: str, geometryPath: str, modelPath: str, method: str = "regressor",
+                     timeBudgetS: float | None = None, iterations: int | None = None, resume: bool = False,
+                     threads: int | None = None, python: str | None = None,
                      extraArgs: Sequence[str] = ()) -> list[str]:
         """Command line that trains the initialiser out of process: ``xrayctreg train ...`` run by Python.
 
-        The program is ``python`` (default: this interpreter, i.e. PythonSlicer inside Slicer) running
-        the library's CLI module, so no console script needs to be on PATH. The process prints
-        ``PROGRESS <fraction> <message>`` lines (see :meth:`parseProgressLine`).
+        The program is ``python`` (default: :meth:`pythonExecutable`) running the library's CLI module, so
+        no console script needs to be on PATH. The process prints ``PROGRESS <fraction> <message>`` lines
+        on stdout (see :meth:`parseProgressLine`) and writes the model file ``modelPath`` (checkpoints
+        while it runs, so a killed training can be continued with ``resume``). ``timeBudgetS`` is the
+        total training time in seconds, ``iterations`` the total number of steps (either or both).
         """
-        for name, value in (("ctPath", ctPath), ("geometryPath", geometryPath), ("outputDir", outputDir)):
+        for name, value in (("ctPath", ctPath), ("geometryPath", geometryPath), ("modelPath", modelPath)):
             if not value:
                 raise XRayCTRegistrationLogic._inputError(f"train: '{name}' is empty")
-        program = python or sys.executable
-        return [program, "-m", "XRayCTRegistrationLib.cli", "train", "--ct", str(ctPath), "--geometry",
-                str(geometryPath), "--out-dir", str(outputDir), "--progress-lines", *map(str, extraArgs)]
+        if method not in INITIALISER_METHODS:
+            raise XRayCTRegistrationLogic._inputError(
+                f"train: method {method!r} is not one of {', '.join(INITIALISER_METHODS)}")
+        if timeBudgetS is not None and not (np.isfinite(timeBudgetS) and timeBudgetS > 0):
+            raise XRayCTRegistrationLogic._inputError(f"train: time budget must be > 0 s, got {timeBudgetS}")
+        if iterations is not None and iterations < 1:
+            raise XRayCTRegistrationLogic._inputError(f"train: iterations must be >= 1, got {iterations}")
+        command = [python or XRayCTRegistrationLogic.pythonExecutable(), "-m", "XRayCTRegistrationLib.cli", "train",
+                   "--ct", str(ctPath), "--geometry", str(geometryPath), "--model", method, "--out", str(modelPath),
+                   "--progress-lines", "--quiet"]
+        if timeBudgetS is not None:
+            command += ["--time-budget", f"{float(timeBudgetS):g}"]
+        if iterations is not None:
+            command += ["--iterations", str(int(iterations))]
+        if resume:
+            command.append("--resume")
+        if threads is not None:
+            command += ["--threads", str(int(threads))]
+        return command + [str(a) for a in extraArgs]
 
     @staticmethod
     def trainEnvironment() -> dict[str, str]:
