@@ -149,3 +149,16 @@ def test_bad_shapes():
         ncc(torch.zeros(4, 4), torch.zeros(4, 4), torch.ones(3, 3))
     with pytest.raises(InputError):
         ncc(torch.zeros(4), torch.zeros(4))
+
+
+def test_local_ncc_is_one_for_affine_change_and_tolerates_gamma():
+    from XRayCTRegistrationLib.similarity import local_ncc, ncc
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(64, 64, generator=g, dtype=torch.float64)
+    smooth = torch.nn.functional.avg_pool2d(base[None, None], 5, 1, 2)[0, 0] + torch.linspace(0, 2, 64)[None, :]
+    assert local_ncc(smooth, 3.0 * smooth + 1.0).item() == pytest.approx(1.0, abs=1e-9)
+    assert local_ncc(smooth, -smooth).item() == pytest.approx(-1.0, abs=1e-9)
+    # a non-linear (gamma) contrast change: affine within small patches, not across the image
+    gamma = smooth ** 2.5
+    assert 1 - local_ncc(smooth, gamma).item() < 0.5 * (1 - ncc(smooth, gamma).item())

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 POSE_PARAMETER_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
 """Pose parameters, degrees (rx, ry, rz) and mm (tx, ty, tz); see CONVENTIONS.md."""
 
-REGISTRATION_METHODS = ["opt-ncc", "opt-mncc", "opt-gc", "opt-ngi", "opt-gd"]
+REGISTRATION_METHODS = ["opt-ncc", "opt-mncc", "opt-lncc", "opt-gc", "opt-ngi", "opt-gd"]
 """Registration methods offered in the GUI (names of the library's ``register(method=...)``)."""
 
 XRAY_KINDS = ["auto", "attenuation", "intensity"]

@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
     p.add_argument("--no-refine", action="store_true", help="with --init-model: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
-    p.add_argument("--method", default="opt-ncc", help="opt-ncc, opt-mncc, opt-gc, opt-ngi or opt-gd")
+    p.add_argument("--method", default="opt-ncc", help="opt-ncc, opt-mncc, opt-lncc, opt-gc, opt-ngi or opt-gd")
     p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
     p.add_argument("--labels", help="label map aligned with the CT: register on chosen structures only")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")

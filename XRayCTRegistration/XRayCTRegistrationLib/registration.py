@@ -37,6 +37,7 @@ from .volume import Volume, block_average, pad
 METHODS: dict[str, str] = {
     "opt-ncc": "ncc",
     "opt-mncc": "mncc",
+    "opt-lncc": "lncc",
     "opt-gc": "gc",
     "opt-ngi": "ngi",
     "opt-gd": "gd",
@@ -174,7 +175,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         init_world_from_camera: 4x4 initial pose of view 0 (world RAS from camera).
         reference: view the parameters are relative to; default the AP view of the CT's centre at
             the camera's ``sdd``.
-        method: one of :data:`METHODS` (``opt-ncc``, ``opt-mncc``, ``opt-gc``, ``opt-ngi``, ``opt-gd``).
+        method: one of :data:`METHODS` (``opt-ncc``, ``opt-mncc``, ``opt-lncc``, ``opt-gc``,
+            ``opt-ngi``, ``opt-gd``).
         levels: detector downsampling factors, coarse to fine (a factor is lowered where the
             detector would have fewer than :data:`MIN_LEVEL_PIXELS` pixels); default
             :func:`default_levels` of the first camera.

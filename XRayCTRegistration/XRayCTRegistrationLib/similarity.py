@@ -132,6 +132,20 @@ def mncc(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
     return torch.stack(terms).mean(0)
 
 
+def local_ncc(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+              patch_sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """Local NCC: the mean of :func:`patch_ncc` at each of ``patch_sizes`` (no global term).
+
+    NCC is invariant to an affine intensity change only; between an X-ray and a DRR the change is
+    often non-linear (gamma, scatter, the detector's response), but close to affine within a patch,
+    so this measure is less biased than :func:`ncc` and :func:`mncc`, above all in depth (the
+    magnification). ``patch_sizes`` defaults to :func:`default_patch_sizes`.
+    """
+    x, y, w = _prepare(x, y, weight)
+    sizes = default_patch_sizes(*x.shape[-2:]) if patch_sizes is None else tuple(patch_sizes)
+    return torch.stack([patch_ncc(x, y, w, s) for s in sizes]).mean(0)
+
+
 # -- gradient measures ------------------------------------------------------------------------------------
 def gradient_correlation(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient correlation (GC): the mean of the NCCs of the x- and y-Sobel derivatives, in [-1, 1]."""
@@ -196,6 +210,7 @@ SIMILARITIES: dict[str, Similarity] = {
     "ncc": ncc,
     "mncc": mncc,
     "patch_ncc": patch_ncc,
+    "lncc": local_ncc,
     "gc": gradient_correlation,
     "ngi": ngi,
     "gd": gradient_difference,
