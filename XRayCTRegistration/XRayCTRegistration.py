@@ -159,7 +159,7 @@ class XRayCTRegistrationParameterNode:
     tx: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
     ty: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
     tz: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
-    method: Annotated[str, Choice(REGISTRATION_METHODS)] = "opt-ncc"
+    method: Annotated[str, Choice(REGISTRATION_METHODS)] = "opt-lncc"
     outputTransform: vtkMRMLLinearTransformNode
     outputDrr: vtkMRMLScalarVolumeNode
     fusionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
@@ -919,7 +919,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         return outputTransform, drrNode
 
     # -- registration -------------------------------------------------------------------------
-    def register(self, ctNode, xrayNode, initialParams: Sequence[float], method: str = "opt-ncc",
+    def register(self, ctNode, xrayNode, initialParams: Sequence[float], method: str = "opt-lncc",
                  xrayKind: str = "auto", sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
                  outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
                  shouldStop: Callable[[], bool] | None = None, initialiserModel: str | os.PathLike | None = None,

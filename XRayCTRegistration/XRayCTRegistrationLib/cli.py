@@ -403,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
     p.add_argument("--no-refine", action="store_true", help="with --init-model: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
-    p.add_argument("--method", default="opt-ncc", help="opt-ncc, opt-mncc, opt-lncc, opt-gc, opt-ngi or opt-gd")
+    p.add_argument("--method", default="opt-lncc",
+                   help="opt-lncc (default), opt-ncc, opt-mncc, opt-gc, opt-ngi or opt-gd")
     p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
     p.add_argument("--labels", help="label map aligned with the CT: register on chosen structures only")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
@@ -456,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "perturbed pose, register, print the errors, write a fusion picture.")
     p.add_argument("--out-dir", default="out/demo", help="output folder")
     p.add_argument("--seed", type=int, default=1, help="random seed")
-    p.add_argument("--method", default="opt-ncc", help="registration method")
+    p.add_argument("--method", default="opt-lncc", help="registration method")
     p.add_argument("--cache-dir", default=None, help="sample data cache folder")
     p.set_defaults(func=cmd_demo)
     return parser

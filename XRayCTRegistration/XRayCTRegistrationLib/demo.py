@@ -14,7 +14,7 @@ from .fusion import before_after, save_rgb
 from .geometry import Camera, ReferenceView, save_pose
 from .metrics import evaluate_pose, target_points
 from .projector import Projector
-from .registration import register
+from .registration import DEFAULT_METHOD, register
 from .simulate import NoiseModel, perturb_params, random_params, xray_from_drr
 from .volume import Volume, hu_to_mu, read_ct
 from .xray import write_image
@@ -23,7 +23,7 @@ DEMO_CAMERA = Camera(sdd=1020.0, rows=128, cols=128, row_spacing=4.0, col_spacin
 """Detector of the demo, as in the registration benchmark: 128 x 128 pixels of 4 mm, 1020 mm from the source."""
 
 
-def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = "opt-ncc",
+def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = DEFAULT_METHOD,
              cache_dir: str | Path | None = None, progress=None) -> dict:
     """Run the demo and write its files into ``out_dir``; returns the metrics before and after.
 

@@ -44,6 +44,7 @@ from .metrics import (
     translation_error_mm,
 )
 from .projector import Projector, samples_for
+from .registration import DEFAULT_METHOD, register
 from .simulate import NoiseModel, perturb_params, random_params, xray_from_drr
 from .volume import Volume, hu_to_mu
 
@@ -445,14 +446,13 @@ def plot_success_vs_initial_mtre(rows_by_method: Mapping[str, Sequence[Mapping]]
     return out
 
 
-def intensity_method(method: str = "opt-ncc", volume_mu: Volume | None = None, **options) -> Callable:
+def intensity_method(method: str = DEFAULT_METHOD, volume_mu: Volume | None = None, **options) -> Callable:
     """A ``register_fn`` factory for :func:`registration.register`: returns ``fn(cases) -> register_fn``.
 
     ``intensity_method("opt-gc", max_iterations=(80, 40))(cases)`` registers ``cases.volume_mu`` (or
     ``volume_mu`` when given) to each case's X-ray from its initial pose with the case set's camera
     and reference view; ``options`` go to ``register``.
     """
-    from .registration import register
 
     def bind(cases: CaseSet) -> RegisterFn:
         vol = cases.volume_mu if volume_mu is None else volume_mu

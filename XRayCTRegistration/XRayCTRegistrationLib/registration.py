@@ -44,6 +44,10 @@ METHODS: dict[str, str] = {
 }
 """Registration methods and the similarity (see :data:`similarity.SIMILARITIES`) each maximises."""
 
+DEFAULT_METHOD = "opt-lncc"
+"""The method used when none is named: the most accurate on the chest CT benchmark
+(``benchmarks/results/registration.md``)."""
+
 FINEST_LEVEL_PIXELS = 64
 """The finest default level downsamples the detector to about this many pixels along its shorter side.
 
@@ -158,7 +162,7 @@ class _Level:
 # -- the optimiser ------------------------------------------------------------------------------------------
 def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera: Camera | Sequence[Camera],
              init_world_from_camera: np.ndarray, reference: ReferenceView | None = None,
-             method: str = "opt-ncc", levels: Sequence[float] | None = None,
+             method: str = DEFAULT_METHOD, levels: Sequence[float] | None = None,
              max_iterations: int | Sequence[int] | None = None, time_budget_s: float | None = None,
              step_sizes: Sequence[float] | None = None, mask: np.ndarray | Sequence[np.ndarray] | None = None,
              relative_views: Sequence[np.ndarray] | None = None, labels: Volume | None = None,
