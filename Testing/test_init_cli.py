@@ -112,5 +112,5 @@ def test_register_with_init_model_then_refinement(case, tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc in (0, 1) and out.exists()  # an untrained model may leave the refinement unconverged
     res = json.loads(out.read_text())
-    assert res["method"] == "opt-ncc" and res["iterations"] > 0
+    assert res["method"] == "opt-lncc" and res["iterations"] > 0
     assert "initialised with" in text and "refinement" in text

@@ -66,7 +66,8 @@ def test_biplane(scene):
     rel1 = to_iso @ turn @ back  # camera0_from_camera1
     w_gt = ref.pose(GT)
     xray1 = render(vol, CAM, w_gt @ rel1, n_samples=160)
-    res = register(vol, [xray0, xray1], [CAM, CAM], ref.pose(START), reference=ref,
+    # global NCC: this noise-free 48-pixel phantom has too few pixels for local patches to carry information
+    res = register(vol, [xray0, xray1], [CAM, CAM], ref.pose(START), reference=ref, method="opt-ncc",
                    relative_views=[np.eye(4), rel1], **FAST)
     assert res.success, res.message
     assert mtre(pts, w_gt, res.world_from_camera) < 1.5

@@ -251,7 +251,7 @@ def test_train_command_and_progress_lines(module):
 
 def test_parameter_node_defaults_and_ranges(ns, module):
     params = module.XRayCTRegistrationLogic().getParameterNode()
-    assert (params.sdd, params.method, params.fusionOpacity, params.xrayKind) == (0.0, "opt-ncc", 0.5, "auto")
+    assert (params.sdd, params.method, params.fusionOpacity, params.xrayKind) == (0.0, "opt-lncc", 0.5, "auto")
     assert (params.initialiserMethod, params.trainingMinutes, module.modelPath(params)) == ("regressor", 15.0, "")
     params.initialiserModel = module.pathlib.Path("/models/ct model.pt")
     assert module.modelPath(params) == "/models/ct model.pt"

@@ -135,8 +135,10 @@ def mncc(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
 def local_patch_sizes(h: int, w: int) -> tuple[int, ...]:
     """Patch sizes used by :func:`local_ncc`: an eighth and a sixteenth of the shorter side (at least 3 pixels).
 
-    On the chest CT benchmark (``benchmarks/results/registration.md``) these small patches gave a
-    higher success rate than the quarter/eighth of :func:`default_patch_sizes`.
+    On the chest CT benchmark (``benchmarks/results/registration.md``, 128 x 128 detector) these
+    small patches gave a higher success rate than the quarter/eighth of :func:`default_patch_sizes`.
+    Below about 128 pixels a side the coarse pyramid levels leave patches of 3-4 pixels, too few to
+    carry information: use global NCC (``opt-ncc``) on such small images.
     """
     n = min(h, w)
     return tuple(sorted({max(3, n // 8), max(3, n // 16)}, reverse=True))
