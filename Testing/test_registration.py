@@ -180,3 +180,16 @@ def test_pad_keeps_world_geometry():
     # voxel (i, j, k) of the original is voxel (i + 2, j + 2, k + 2) of the padded one, at the same RAS point
     np.testing.assert_allclose(p.ijk_to_ras @ [3, 4, 5, 1], m @ [1, 2, 3, 1])
     np.testing.assert_allclose(p.center, Volume(data, m).center)
+
+
+def test_derived_volumes_are_made_once_per_key():
+    v = Volume(np.zeros((4, 4, 4), np.float32), np.eye(4))
+    calls = []
+
+    def make():
+        calls.append(1)
+        return pad(v)
+
+    first = v.derived(("level", (2, 2, 2)), make)
+    assert v.derived(("level", (2, 2, 2)), make) is first and len(calls) == 1
+    assert v.derived(("level", (1, 1, 1)), make) is not first and len(calls) == 2

@@ -29,16 +29,6 @@ def overlay(xray: np.ndarray, drr: np.ndarray) -> np.ndarray:
     return (255 * np.stack([d, x, d], axis=-1)).astype(np.uint8)
 
 
-def checkerboard(xray: np.ndarray, drr: np.ndarray, tiles: int = 8) -> np.ndarray:
-    """Checkerboard of the X-ray and the DRR (each windowed), 8-bit RGB ``[rows, cols, 3]``."""
-    x, d = window(xray), window(drr)
-    rows, cols = x.shape
-    r = (np.arange(rows) * tiles // rows)[:, None]
-    c = (np.arange(cols) * tiles // cols)[None, :]
-    img = np.where((r + c) % 2 == 0, x, d)
-    return np.repeat((255 * img).astype(np.uint8)[..., None], 3, axis=-1)
-
-
 def before_after(xray: np.ndarray, drr_before: np.ndarray, drr_after: np.ndarray,
                  labels: tuple[str, str, str] = ("X-ray", "before", "after"), zoom: int = 1) -> np.ndarray:
     """Three panels side by side: the X-ray, the overlay at the initial pose, the overlay at the result.

@@ -507,6 +507,12 @@ def _scales(step_sizes, pixel_iso_mm: float, coarse_factor: float, factor: float
     return torch.tensor(s, dtype=torch.float64) * (factor / coarse_factor)
 
 
+def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
+    """``volume`` block-averaged by ``factors_ijk`` and zero-padded, made once per volume and factors."""
+    factors = tuple(int(f) for f in factors_ijk)
+    return volume.derived(("registration level", factors), lambda: pad(block_average(volume, factors)))
+
+
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
                   masks: list, relatives: list[np.ndarray], levels: Sequence[float], iterations: list[int],
                   step_sizes, sid: float, dev: torch.device) -> list[_Level]:
@@ -526,7 +532,7 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
             pix = min(c.row_spacing, c.col_spacing) * sid / c.sdd  # detector pixel at the isocentre, mm
             pixel_iso = pix if pixel_iso is None else pixel_iso
             vf = [max(1, round(pix / s)) for s in volume.spacing]
-            vol_l = pad(block_average(volume, vf))
+            vol_l = _level_volume(volume, vf)
             n_samples = int(math.ceil(max(vol_l.shape_ijk) * SAMPLES_PER_VOXEL))
             proj = Projector(vol_l, c, n_samples=n_samples, device=dev)
             image = downsample_image(torch.as_tensor(np.asarray(img, dtype=np.float32)), c.rows, c.cols).to(dev)
@@ -535,7 +541,7 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
                 weight = downsample_image(torch.as_tensor(m), c.rows, c.cols).to(dev)
             label_proj = None
             if label_volume is not None:
-                lab = pad(block_average(label_volume, vf))
+                lab = _level_volume(label_volume, vf)
                 label_proj = Projector(lab, c, n_samples=n_samples, device=dev)
             views.append(_View(proj, image, weight, torch.as_tensor(rel, dtype=torch.float64), label_proj))
         out.append(_Level(factor, views, _scales(step_sizes, pixel_iso, coarse, factor), n_it))

@@ -15,8 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import ReferenceView
-
 
 @dataclass
 class NoiseModel:
@@ -94,8 +92,3 @@ def perturb_params(params: np.ndarray, rng: np.random.Generator, rot_mean_deg: f
     return np.asarray(params, dtype=np.float64) + np.concatenate(
         [offset(rot_mean_deg, rot_std_deg), offset(trans_mean_mm, trans_std_mm)])
 
-
-def random_pose(reference: ReferenceView, rng: np.random.Generator, rot_deg: float = 10.0,
-                trans_mm: float = 20.0) -> np.ndarray:
-    """A random ``world_from_camera`` around ``reference`` (see :func:`random_params`)."""
-    return reference.pose(random_params(rng, rot_deg, trans_mm))

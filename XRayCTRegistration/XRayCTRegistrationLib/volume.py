@@ -12,8 +12,8 @@ size while keeping the physical extent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +38,29 @@ class Volume:
     Attributes:
         data: voxel values, ``[k, j, i]`` float32.
         ijk_to_ras: 4x4 matrix from voxel index ``(i, j, k)`` to world RAS, mm.
+
+    A volume is not changed in place once made (make a new one instead): volumes derived from it
+    are kept with it (see :meth:`derived`).
     """
 
     data: np.ndarray
     ijk_to_ras: np.ndarray
+    _derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Store float32 data and a float64 matrix."""
         self.data = np.ascontiguousarray(self.data, dtype=np.float32)
         self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=np.float64)
+
+    def derived(self, key: Hashable, make: Callable[[], Volume]) -> Volume:
+        """The volume ``make()`` computes from this one, made once per ``key`` and kept with this volume.
+
+        Registration uses it for its downsampled pyramid levels, so that registering several X-rays to
+        one CT downsamples the CT once.
+        """
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     @property
     def shape_ijk(self) -> tuple[int, int, int]:
