@@ -25,6 +25,8 @@ is set before this module is first imported (the tests do this), with CPU tensor
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -32,7 +34,8 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["INTERPRETED", "TritonMarch", "march", "volume_gradient"]
 
-INTERPRETED = bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs") else False
+INTERPRETED = (bool(triton.knobs.runtime.interpret) if hasattr(triton, "knobs")
+               else os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 """Whether the kernels were compiled for Triton's interpreter (``TRITON_INTERPRET=1`` at import)."""
 
 BLOCK_RAYS = 1024 if INTERPRETED else 128
