@@ -7,6 +7,8 @@ Volumes and detectors are tiny to keep the interpreter fast.
 """
 
 import importlib.util
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +159,37 @@ def test_backend_choice_and_errors(monkeypatch):
         assert proj.active_backend() == "torch"
     else:
         assert Projector(vol, CAMERA, device="cuda").active_backend() == "triton"
+
+
+COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from XRayCTRegistrationLib import _raymarch_triton as T
+
+assert not T.INTERPRETED
+target = GPUTarget("cuda", 90, 32)  # an H100
+march = {"vol_ptr": "*fp16", "sk": "i32", "sj": "i32", "si": "i32", "ni": "i32", "nj": "i32", "nk": "i32",
+         "mat_ptr": "*fp32", "dirs_ptr": "*fp32", "n_rays": "i32", "n_samples": "i32", "out_ptr": "*fp32",
+         "jac_ptr": "*fp32", "WITH_JAC": "constexpr", "BLOCK": "constexpr"}
+grad = {"grad_ptr": "*fp32", "ni": "i32", "nj": "i32", "nk": "i32", "mat_ptr": "*fp32", "dirs_ptr": "*fp32",
+        "n_rays": "i32", "n_samples": "i32", "gout_ptr": "*fp32", "BLOCK": "constexpr"}
+for fn, sig, consts in [(T._march_kernel, march, {"WITH_JAC": True, "BLOCK": 128}),
+                        (T._volume_grad_kernel, grad, {"BLOCK": 128})]:
+    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
+    assert ".entry" in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 1000
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_a_cuda_gpu(tmp_path):
+    # the interpreter does not run Triton's compiler: compile for an H100 (PTX and cubin need no GPU)
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile now, not from an earlier run's cache
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(T.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
