@@ -144,6 +144,27 @@ def test_volume_gradient_matches_torch_backend():
     assert torch.allclose(grads["triton"], g, rtol=0, atol=1e-4 * g.abs().max().item())
 
 
+def test_half_precision_volume():
+    vol = chest()
+    ref = ReferenceView.ap(vol.center, CAMERA.sdd)
+    w = torch.as_tensor(ref.pose(POSES[1]))
+    half = Projector(vol, CAMERA, n_samples=N, device=DEVICE, volume_dtype=torch.float16)
+    assert half.active_backend() == "triton" and half.mu.dtype == torch.float16
+    rounded = Volume(vol.data.astype(np.float16).astype(np.float32), vol.ijk_to_ras)
+    with torch.no_grad():
+        img = half(w).cpu()
+        exact = Projector(rounded, CAMERA, n_samples=N, backend="numba")(w)
+        full = Projector(vol, CAMERA, n_samples=N, backend="numba")(w)
+    assert img.dtype == torch.float32
+    assert (img - exact).abs().max() < 1e-5 * exact.max()  # float16 storage, float32 arithmetic
+    assert (img - full).abs().max() < 1e-3 * full.max()
+    for backend in ("numba", "torch"):
+        with pytest.raises(InputError, match="volume_dtype"):
+            Projector(vol, CAMERA, backend=backend, volume_dtype=torch.float16)
+    with pytest.raises(InputError, match="volume_dtype"):
+        Projector(vol, CAMERA, volume_dtype=torch.float64)
+
+
 def test_backend_choice_and_errors(monkeypatch):
     vol = chest()
     assert Projector(vol, CAMERA).active_backend() == "numba"  # the CPU default is unchanged

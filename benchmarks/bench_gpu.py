@@ -159,10 +159,11 @@ def import_nanodrr(wheels: Path | None) -> tuple[types.ModuleType | None, str]:
 class Ours:
     """This project's projector on ``params`` ``[B, 6]`` (degrees, mm; float64 on the device)."""
 
-    def __init__(self, vol: Volume, cam: Camera, ref: ReferenceView, backend: str, device: torch.device) -> None:
-        self.proj = Projector(vol, cam, n_samples=N_SAMPLES, device=device, backend=backend)
+    def __init__(self, vol: Volume, cam: Camera, ref: ReferenceView, backend: str, device: torch.device,
+                 volume_dtype: torch.dtype = torch.float32) -> None:
+        self.proj = Projector(vol, cam, n_samples=N_SAMPLES, device=device, backend=backend, volume_dtype=volume_dtype)
         self.ref = ref
-        self.name = f"ours-{self.proj.active_backend()}"
+        self.name = f"ours-{self.proj.active_backend()}" + ("-fp16" if volume_dtype == torch.float16 else "")
 
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
         return self.proj(self.ref.pose_torch(params))  # [B, rows, cols]
@@ -196,6 +197,14 @@ class Nano:
         return self.drr(self.subject, w, n_samples=N_SAMPLES, backend=self.backend)[:, 0]  # [B, rows, cols]
 
 
+def our_renderers(mu: Volume, cam: Camera, ref: ReferenceView, device: torch.device) -> list[Ours]:
+    """Ours with triton (float32 and float16 volume) when triton imports, and with torch's grid_sample."""
+    out = []
+    if projector.triton_kernels() is not None:
+        out = [Ours(mu, cam, ref, "triton", device), Ours(mu, cam, ref, "triton", device, torch.float16)]
+    return out + [Ours(mu, cam, ref, "torch", device)]
+
+
 # -- correctness ----------------------------------------------------------------------------------------
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     """``|a - b| / |b|`` over all entries (float64, on the CPU)."""
@@ -219,10 +228,9 @@ def correctness(mu: Volume, size: int, device: torch.device, nano_ok: bool) -> l
     weights = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     img0, g0 = image_and_grad(Ours(mu, cam, ref, "numba", torch.device("cpu")), params, weights, torch.device("cpu"))
     lines = [f"reference: ours-numba on the CPU, {size}x{size}, 3 poses, {N_SAMPLES} samples per ray"]
-    backends = ["triton", "torch"] if projector.triton_kernels() is not None else ["torch"]
-    for backend in backends:
-        img, g = image_and_grad(Ours(mu, cam, ref, backend, device), params, weights, device)
-        lines.append(f"ours-{backend}: image rel. L2 {rel_l2(img, img0):.2e}, "
+    for ours in our_renderers(mu, cam, ref, device):
+        img, g = image_and_grad(ours, params, weights, device)
+        lines.append(f"{ours.name}: image rel. L2 {rel_l2(img, img0):.2e}, "
                      f"pose gradient rel. L2 {rel_l2(g, g0):.2e}")
     if nano_ok:
         nano = Nano(mu, cam, ref, device, "auto" if device.type == "cuda" else "torch")
@@ -271,9 +279,7 @@ def speed(mu: Volume, sizes: list[tuple[int, int]], device: torch.device, nano_o
         cam = camera(size)
         ref = ReferenceView.ap(mu.center, cam.sdd)
         params = torch.tensor(random_params(batch, seed=2), dtype=torch.float64, device=device)
-        renderers = [Ours(mu, cam, ref, "torch", device)]
-        if projector.triton_kernels() is not None:
-            renderers.insert(0, Ours(mu, cam, ref, "triton", device))
+        renderers: list = our_renderers(mu, cam, ref, device)
         if nano_ok:
             renderers.append(Nano(mu, cam, ref, device, "auto" if device.type == "cuda" else "torch"))
         jobs = {(r.name, mode): fn for r in renderers for mode, fn in workloads(r, params).items()}
@@ -347,6 +353,9 @@ def speed_table(results: dict, names: list[str]) -> list[str]:
     """Markdown table: one row per size, forward then forward + pose gradient for each renderer."""
     head = ["detector, batch"] + [f"{n} fwd (ms)" for n in names] + [f"{n} fwd+grad (ms)" for n in names]
     head.append(f"{names[0]} fwd samples/s")
+    ratio = "nanodrr" in names and names[0] != "nanodrr"
+    if ratio:
+        head += [f"nanodrr / {names[0]} fwd", f"nanodrr / {names[0]} fwd+grad"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (size, batch), by_name in results.items():
         cells = [f"{size}x{size}, {batch}"]
@@ -354,14 +363,16 @@ def speed_table(results: dict, names: list[str]) -> list[str]:
             cells += [f"{by_name[n][mode]:.3f}" if n in by_name else "-" for n in names]
         first = by_name.get(names[0], {}).get("fwd")
         cells.append(f"{size * size * batch * N_SAMPLES / (first * 1e-3):.3g}" if first else "-")
+        if ratio:
+            cells += [f"{by_name['nanodrr'][m] / by_name[names[0]][m]:.2f}x" for m in ("fwd", "fwd+grad")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def report(args, env: list[str], checks: list[str], results: dict, reg: list[str], train: list[str]) -> str:
+    order = ["ours-triton", "ours-triton-fp16", "ours-torch", "nanodrr"]
     names = sorted({n for by_name in results.values() for n in by_name},
-                   key=lambda n: ["ours-triton", "ours-torch", "nanodrr"].index(n) if n in
-                   ("ours-triton", "ours-torch", "nanodrr") else 9)
+                   key=lambda n: order.index(n) if n in order else len(order))
     cmd = "python benchmarks/bench_gpu.py " + " ".join(sys.argv[1:])
     out = ["# Projector on a GPU" + (" (DRY RUN on the CPU: the numbers mean nothing)" if args.dry_run else ""), "",
            f"Command: `{cmd}`", ""] + [f"- {line}" for line in env]
@@ -386,6 +397,8 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny CT and sizes, Triton interpreter")
     args = ap.parse_args()
     if args.dry_run:
+        global N_SAMPLES
+        N_SAMPLES = 50  # the interpreter is slow
         device, sizes, reg_size = torch.device("cpu"), DRY_SIZES, 32
         args.repeats, args.inner, args.train_seconds = min(args.repeats, 2), 1, min(args.train_seconds, 2.0)
     else:

@@ -259,6 +259,7 @@ class TritonMarch(torch.autograd.Function):
         out, jac = march(mu.detach(), ijk_from_cam.detach(), dirs, n_samples, with_jacobian=ctx.needs_input_grad[1])
         ctx.jac = jac
         ctx.shape = tuple(mu.shape)
+        ctx.dtype = mu.dtype
         ctx.n_samples = n_samples
         ctx.save_for_backward(ijk_from_cam.detach(), dirs)
         return out
@@ -270,7 +271,7 @@ class TritonMarch(torch.autograd.Function):
         mat, dirs = ctx.saved_tensors
         grad_mu = grad_mat = None
         if ctx.needs_input_grad[0]:
-            grad_mu = volume_gradient(ctx.shape, mat, dirs, ctx.n_samples, grad_out)
+            grad_mu = volume_gradient(ctx.shape, mat, dirs, ctx.n_samples, grad_out).to(ctx.dtype)
         if ctx.needs_input_grad[1]:
             g = grad_out.to(torch.float32)[..., None] * ctx.jac  # [B, R, 6]
             grad_b = g[..., :3].sum(1)  # [B, 3]

@@ -91,14 +91,16 @@ class Projector(torch.nn.Module):
             are processed in chunks of ``max_samples_per_chunk // n_samples``).
         backend: ``"auto"``, ``"numba"`` (CPU, pose gradient only), ``"torch"`` (CPU or CUDA, pose
             and volume gradients) or ``"triton"`` (CUDA, pose and volume gradients; needs ``triton``).
+        volume_dtype: storage of the volume: ``torch.float32``, or ``torch.float16`` / ``torch.bfloat16``
+            (half the memory and memory traffic; triton backend only, which still computes in float32).
 
     The volume is the buffer ``mu`` ``[1, 1, K, J, I]``; set ``projector.mu.requires_grad_()`` to
-    get its gradient (the automatic backend then takes the torch path).
+    get its gradient (the automatic backend then takes the torch path on the CPU, triton on CUDA).
     """
 
     def __init__(self, volume: Volume, camera: Camera, n_samples: int = DEFAULT_SAMPLES,
                  device: str | torch.device = "cpu", max_samples_per_chunk: int = 1 << 23,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", volume_dtype: torch.dtype = torch.float32) -> None:
         """Upload the volume and precompute the ray directions."""
         super().__init__()
         if backend not in BACKENDS:
@@ -110,6 +112,10 @@ class Projector(torch.nn.Module):
             raise InputError(f"backend: 'numba' runs on the CPU only, got device {dev}")
         if backend == "triton" and not _triton_runs_on(dev):
             raise InputError(_triton_unavailable(dev))
+        if volume_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise InputError(f"volume_dtype: expected torch.float32, float16 or bfloat16, got {volume_dtype}")
+        if volume_dtype != torch.float32 and (backend in ("numba", "torch") or not _triton_runs_on(dev)):
+            raise InputError(f"volume_dtype: {volume_dtype} needs the triton backend (on CUDA); use torch.float32")
         self.camera = camera
         self.n_samples = int(n_samples)
         self.max_samples_per_chunk = int(max_samples_per_chunk)
@@ -123,7 +129,7 @@ class Projector(torch.nn.Module):
         else:
             self._padded = None
             mu = torch.as_tensor(volume.data, device=dev)
-        self.register_buffer("mu", mu[None, None])  # [1, 1, K, J, I]
+        self.register_buffer("mu", mu[None, None].to(volume_dtype))  # [1, 1, K, J, I]
         self._padded_ptr = self.mu.data_ptr()
         self._ijk_from_world64 = torch.as_tensor(volume.ras_to_ijk, dtype=torch.float64)  # [4, 4]
         self._ijk_from_world64_dev = self._ijk_from_world64
@@ -148,9 +154,11 @@ class Projector(torch.nn.Module):
             if self.mu.requires_grad:
                 raise InputError("backend: 'numba' gives no volume gradient; use backend='torch' when mu requires grad")
             return "numba"
-        if on_cpu and not self.mu.requires_grad:
+        if on_cpu and not self.mu.requires_grad and self.mu.dtype == torch.float32:
             return "numba"
-        return "triton" if self.mu.device.type == "cuda" and _triton_runs_on(self.mu.device) else "torch"
+        if _triton_runs_on(self.mu.device) and (not on_cpu or self.mu.dtype != torch.float32):
+            return "triton"
+        return "torch"
 
     def forward(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """Render at poses ``[B, 4, 4]`` (or ``[4, 4]``); returns ``[B, rows, cols]`` (or ``[rows, cols]``).
