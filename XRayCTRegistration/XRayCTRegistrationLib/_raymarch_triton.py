@@ -9,7 +9,8 @@ the edge voxels in the outer half-voxel shell; here the edge values come from cl
 of a padded copy, so the kernels read the volume as it is (any strides; float32, float16 or bfloat16,
 accumulated in float32).
 
-Kernels, one program per block of ``BLOCK`` rays of one pose (grid ``[ceil(R / BLOCK), B]``):
+Kernels, one program per block of ``BLOCK`` rays of one pose and one channel (grid ``[ceil(R / BLOCK), B, C]``):
+a volume of ``C`` channels (e.g. one per material or per structure, ``[C, K, J, I]``) is rendered in one launch.
 
 - :func:`march`: the line integrals and, when asked, the per-ray Jacobian of the pose gradient, the
   same two 3-vectors as :func:`._raymarch.march_with_jacobian` (``t_near`` and ``t_far`` held constant):
@@ -95,10 +96,12 @@ def _corners(f, n):
 
 
 @triton.jit
-def _march_kernel(vol_ptr, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_samples, out_ptr, jac_ptr,
+def _march_kernel(vol_ptr, sc, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_samples, out_ptr, jac_ptr,
                   WITH_JAC: tl.constexpr, BLOCK: tl.constexpr):
-    """Line integrals of ``BLOCK`` rays of pose ``program_id(1)``; with ``WITH_JAC`` also their Jacobians."""
+    """Line integrals of ``BLOCK`` rays of pose ``program_id(1)`` in channel ``program_id(2)`` (and Jacobians)."""
     b = tl.program_id(1)
+    c = tl.program_id(2)
+    vol_ptr += c * sc
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = r < n_rays
     o0, o1, o2, d0, d1, d2, t_near, dt, step, valid = _ray_setup(mat_ptr, dirs_ptr, b, r, live, n_rays,
@@ -152,7 +155,7 @@ def _march_kernel(vol_ptr, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_
             gt0 += g0 * t
             gt1 += g1 * t
             gt2 += g2 * t
-    ray = b * n_rays + r
+    ray = (b * tl.num_programs(2) + c) * n_rays + r
     tl.store(out_ptr + ray, acc * step, mask=live)
     if WITH_JAC:
         tl.store(jac_ptr + ray * 6 + 0, gb0 * step, mask=live)
@@ -166,13 +169,15 @@ def _march_kernel(vol_ptr, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_
 @triton.jit
 def _volume_grad_kernel(grad_ptr, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_samples, gout_ptr,
                         BLOCK: tl.constexpr):
-    """Add each sample's trilinear weights times its pixel's gradient times ``step`` into ``grad`` [K, J, I]."""
+    """Add each sample's trilinear weights times its pixel's gradient times ``step`` into ``grad`` [C, K, J, I]."""
     b = tl.program_id(1)
+    c = tl.program_id(2)
+    grad_ptr += c * (ni * nj * nk)
     r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = r < n_rays
     o0, o1, o2, d0, d1, d2, t_near, dt, step, valid = _ray_setup(mat_ptr, dirs_ptr, b, r, live, n_rays,
                                                                    ni, nj, nk, n_samples)
-    g = tl.load(gout_ptr + b * n_rays + r, mask=live, other=0.0) * step
+    g = tl.load(gout_ptr + (b * tl.num_programs(2) + c) * n_rays + r, mask=live, other=0.0) * step
     valid = valid & (g != 0.0)
     sj = ni
     sk = ni * nj
@@ -199,8 +204,9 @@ def _volume_grad_kernel(grad_ptr, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_sampl
 
 def _check(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor) -> None:
     """Raise ``ValueError`` on inputs the kernels cannot take (shapes, dtypes, devices)."""
-    if mu.dim() != 3 or mu.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"mu: expected a [K, J, I] float32/float16/bfloat16 tensor, got {tuple(mu.shape)} {mu.dtype}")
+    if mu.dim() not in (3, 4) or mu.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"mu: expected a [K, J, I] or [C, K, J, I] float32/float16/bfloat16 tensor, got "
+                         f"{tuple(mu.shape)} {mu.dtype}")
     if ijk_from_cam.dim() != 3 or ijk_from_cam.shape[1:] != (3, 4) or ijk_from_cam.dtype != torch.float32:
         got = f"{tuple(ijk_from_cam.shape)} {ijk_from_cam.dtype}"
         raise ValueError(f"ijk_from_cam: expected [B, 3, 4] float32, got {got}")
@@ -216,37 +222,45 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
           with_jacobian: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Line integrals ``[B, R]`` float32 and, with ``with_jacobian``, the per-ray Jacobians ``[B, R, 6]``.
 
+    With a volume of ``C`` channels ``[C, K, J, I]`` they are ``[B, C, R]`` and ``[B, C, R, 6]``.
+
     Args:
-        mu: attenuation ``[K, J, I]`` (1/mm), any strides.
+        mu: attenuation ``[K, J, I]`` or ``[C, K, J, I]`` (1/mm), any strides.
         ijk_from_cam: ``[B, 3, 4]`` float32, ``[A | b]`` per pose.
         dirs: ``[R, 3]`` float32 pixel centres in the camera frame, mm.
         n_samples: samples per ray.
         with_jacobian: also return ``sum_i g_i step`` (entries 0-2) and ``sum_i g_i t_i step`` (3-5).
     """
     _check(mu, ijk_from_cam, dirs)
+    vol = mu if mu.dim() == 4 else mu[None]  # [C, K, J, I]
     mat = ijk_from_cam.contiguous()
     dirs = dirs.contiguous()
     nb, nr = mat.shape[0], dirs.shape[0]
-    nk, nj, ni = mu.shape
-    out = torch.empty((nb, nr), dtype=torch.float32, device=mu.device)
-    jac = torch.empty((nb, nr, 6), dtype=torch.float32, device=mu.device) if with_jacobian else out
-    grid = (triton.cdiv(nr, BLOCK_RAYS), nb)
-    _march_kernel[grid](mu, mu.stride(0), mu.stride(1), mu.stride(2), ni, nj, nk, mat, dirs, nr, int(n_samples),
-                        out, jac, WITH_JAC=bool(with_jacobian), BLOCK=BLOCK_RAYS)
+    nc, nk, nj, ni = vol.shape
+    out = torch.empty((nb, nc, nr), dtype=torch.float32, device=mu.device)
+    jac = torch.empty((nb, nc, nr, 6), dtype=torch.float32, device=mu.device) if with_jacobian else out
+    grid = (triton.cdiv(nr, BLOCK_RAYS), nb, nc)
+    _march_kernel[grid](vol, *vol.stride(), ni, nj, nk, mat, dirs, nr, int(n_samples), out, jac,
+                        WITH_JAC=bool(with_jacobian), BLOCK=BLOCK_RAYS)
+    if mu.dim() == 3:
+        out, jac = out[:, 0], jac[:, 0]
     return out, (jac if with_jacobian else None)
 
 
-def volume_gradient(shape_kji: tuple[int, int, int], ijk_from_cam: torch.Tensor, dirs: torch.Tensor,
+def volume_gradient(shape: tuple[int, ...], ijk_from_cam: torch.Tensor, dirs: torch.Tensor,
                     n_samples: int, grad_out: torch.Tensor) -> torch.Tensor:
-    """Gradient ``[K, J, I]`` float32 of ``sum(grad_out * march(mu, ...))`` with respect to ``mu``."""
+    """Gradient (float32, of ``shape``: ``[K, J, I]`` or ``[C, K, J, I]``) of ``sum(grad_out * march(mu, ...))``.
+
+    ``grad_out`` has the shape of the image: ``[B, R]`` or ``[B, C, R]``.
+    """
     mat = ijk_from_cam.contiguous()
     dirs = dirs.contiguous()
-    gout = grad_out.to(torch.float32).contiguous()
-    nk, nj, ni = shape_kji
-    grad = torch.zeros((nk, nj, ni), dtype=torch.float32, device=mat.device)
-    grid = (triton.cdiv(dirs.shape[0], BLOCK_RAYS), mat.shape[0])
+    nc, nk, nj, ni = shape if len(shape) == 4 else (1, *shape)
+    gout = grad_out.to(torch.float32).reshape(mat.shape[0], nc, dirs.shape[0]).contiguous()
+    grad = torch.zeros((nc, nk, nj, ni), dtype=torch.float32, device=mat.device)
+    grid = (triton.cdiv(dirs.shape[0], BLOCK_RAYS), mat.shape[0], nc)
     _volume_grad_kernel[grid](grad, ni, nj, nk, mat, dirs, dirs.shape[0], int(n_samples), gout, BLOCK=BLOCK_RAYS)
-    return grad
+    return grad.reshape(shape)
 
 
 class TritonMarch(torch.autograd.Function):
@@ -255,7 +269,10 @@ class TritonMarch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor,
                 n_samples: int) -> torch.Tensor:
-        """Render ``mu`` [K, J, I] for ``ijk_from_cam`` [B, 3, 4] (float32) along ``dirs`` [R, 3]; returns [B, R]."""
+        """Render ``mu`` [K, J, I] ([C, K, J, I]) at ``ijk_from_cam`` [B, 3, 4] along ``dirs`` [R, 3].
+
+        Returns [B, R] ([B, C, R]) float32.
+        """
         out, jac = march(mu.detach(), ijk_from_cam.detach(), dirs, n_samples, with_jacobian=ctx.needs_input_grad[1])
         ctx.jac = jac
         ctx.shape = tuple(mu.shape)
@@ -273,7 +290,8 @@ class TritonMarch(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_mu = volume_gradient(ctx.shape, mat, dirs, ctx.n_samples, grad_out).to(ctx.dtype)
         if ctx.needs_input_grad[1]:
-            g = grad_out.to(torch.float32)[..., None] * ctx.jac  # [B, R, 6]
+            g = grad_out.to(torch.float32)[..., None] * ctx.jac  # [B, R, 6] or [B, C, R, 6]
+            g = g.reshape(g.shape[0], -1, dirs.shape[0], 6).sum(1)  # [B, R, 6], channels summed
             grad_b = g[..., :3].sum(1)  # [B, 3]
             grad_a = torch.einsum("bri,rj->bij", g[..., 3:], dirs)  # [B, 3, 3]
             grad_mat = torch.cat([grad_a, grad_b[..., None]], dim=-1)
