@@ -86,13 +86,16 @@ def _ray_setup(mat_ptr, dirs_ptr, b, r, live, n_rays, ni, nj, nk, n_samples):
 
 
 @triton.jit
-def _corners(f, n):
-    """Lower and upper neighbour indices (clamped to ``[0, n - 1]``) and the weight of the upper one."""
+def _corners(f, n, stride):
+    """Offsets of the lower and upper neighbours along one axis and the weight of the upper one.
+
+    The offsets are ``stride`` times the neighbours' indices clamped to ``[0, n - 1]`` (edge voxels repeat).
+    """
     fl = tl.floor(f)
     w = f - fl
     lo = tl.minimum(tl.maximum(fl.to(tl.int32), 0), n - 1)
     hi = tl.minimum(tl.maximum(fl.to(tl.int32) + 1, 0), n - 1)
-    return lo, hi, w
+    return lo * stride, hi * stride, w
 
 
 @triton.jit
@@ -115,15 +118,9 @@ def _march_kernel(vol_ptr, sc, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays
     gt2 = tl.zeros((BLOCK,), dtype=tl.float32)
     for s in range(n_samples):
         t = t_near + (s + 0.5) * dt
-        ia, ib, wi = _corners(o0 + t * d0, ni)
-        ja, jb, wj = _corners(o1 + t * d1, nj)
-        ka, kb, wk = _corners(o2 + t * d2, nk)
-        ia = ia * si
-        ib = ib * si
-        ja = ja * sj
-        jb = jb * sj
-        ka = ka * sk
-        kb = kb * sk
+        ia, ib, wi = _corners(o0 + t * d0, ni, si)
+        ja, jb, wj = _corners(o1 + t * d1, nj, sj)
+        ka, kb, wk = _corners(o2 + t * d2, nk, sk)
         v000 = tl.load(vol_ptr + ka + ja + ia, mask=valid, other=0.0).to(tl.float32)
         v001 = tl.load(vol_ptr + ka + ja + ib, mask=valid, other=0.0).to(tl.float32)
         v010 = tl.load(vol_ptr + ka + jb + ia, mask=valid, other=0.0).to(tl.float32)
@@ -179,17 +176,11 @@ def _volume_grad_kernel(grad_ptr, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_sampl
                                                                    ni, nj, nk, n_samples)
     g = tl.load(gout_ptr + (b * tl.num_programs(2) + c) * n_rays + r, mask=live, other=0.0) * step
     valid = valid & (g != 0.0)
-    sj = ni
-    sk = ni * nj
     for s in range(n_samples):
         t = t_near + (s + 0.5) * dt
-        ia, ib, wi = _corners(o0 + t * d0, ni)
-        ja, jb, wj = _corners(o1 + t * d1, nj)
-        ka, kb, wk = _corners(o2 + t * d2, nk)
-        ja = ja * sj
-        jb = jb * sj
-        ka = ka * sk
-        kb = kb * sk
+        ia, ib, wi = _corners(o0 + t * d0, ni, 1)
+        ja, jb, wj = _corners(o1 + t * d1, nj, ni)
+        ka, kb, wk = _corners(o2 + t * d2, nk, ni * nj)
         lo_k = g * (1.0 - wk)
         hi_k = g * wk
         tl.atomic_add(grad_ptr + ka + ja + ia, lo_k * (1.0 - wj) * (1.0 - wi), mask=valid)
