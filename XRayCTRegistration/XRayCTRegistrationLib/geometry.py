@@ -27,12 +27,10 @@ import torch
 
 from .errors import InputError
 from .files import write_text_atomic
+from .names import PARAM_NAMES
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Homogeneous 4x4 change of frame RAS <-> LPS (its own inverse)."""
-
-PARAM_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
-"""Pose parameter names: rotations in degrees, translations in mm."""
 
 AP_AXES_RAS = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]]).T
 """Columns: the camera x, y, z axes of the AP reference view in world RAS."""
