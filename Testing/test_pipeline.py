@@ -151,3 +151,16 @@ def test_toy_method_in_cli_and_benchmark(toy, scene):
 def test_toy_method_unregistered_is_gone(toy):
     unregister_method(toy)
     assert toy not in _cli_method_choices()
+
+
+def test_toy_method_in_slicer(toy, ns, module, inputs):
+    from slicer_inputs import POSE
+
+    ct, xray, volume, camera, image, pose = inputs
+    assert toy in module.registrationMethods()
+    params = module.XRayCTRegistrationLogic().getParameterNode()
+    params.method = toy  # the parameter node accepts it
+    assert params.method == toy
+    out = module.XRayCTRegistrationLogic().register(ct, xray, POSE + np.array([1.0, 0, 0, 2.0, 0, 0]), method=toy)
+    assert out.result.method == "opt-ncc" and out.pipeline.refinement.iterations <= 15  # the toy's own schedule
+    assert out.transformNode is not None
