@@ -19,8 +19,8 @@ library version. :func:`load_initialiser` reads it back; :meth:`Initialiser.chec
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from . import __version__
 from .errors import InputError
+from .files import write_text_atomic
 from .geometry import Camera, ReferenceView, euler_xyz
 from .names import INITIALISER_METHODS
 from .networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
@@ -408,14 +409,10 @@ class Trainer:
         }
 
     def save(self, path: str | Path, complete: bool = False) -> None:
-        """Write the model file atomically (temporary file in the same folder, then rename)."""
-        p = Path(path)
-        tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
-        try:
-            torch.save(self.model_dict(complete), tmp)
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """Write the model file atomically (``files.write_text_atomic``: a temporary file, then a rename)."""
+        buffer = io.BytesIO()
+        torch.save(self.model_dict(complete), buffer)
+        write_text_atomic(buffer.getvalue(), path)
 
     def restore(self, d: dict) -> None:
         """Continue from a model file's dictionary (weights, optimiser, step counter, history)."""
