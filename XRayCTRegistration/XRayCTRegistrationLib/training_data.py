@@ -61,12 +61,20 @@ class PoseRange:
 
 
 def ct_hash(ct: Volume) -> str:
-    """SHA-256 (hex) of a CT's voxel values (float32, ``[k, j, i]``) and its ``ijk_to_ras`` (float64)."""
-    h = hashlib.sha256()
-    h.update(np.asarray(ct.data.shape, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(ct.data, dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(np.round(ct.ijk_to_ras, 9), dtype=np.float64).tobytes())
-    return h.hexdigest()
+    """SHA-256 (hex) of a CT's voxel values (float32, ``[k, j, i]``) and its ``ijk_to_ras`` (float64).
+
+    Computed once per ``Volume`` (kept with it, see :meth:`Volume.derived`): checking a model against
+    the same CT for every X-ray costs nothing after the first.
+    """
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        h.update(np.asarray(ct.data.shape, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(ct.data, dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(np.round(ct.ijk_to_ras, 9), dtype=np.float64).tobytes())
+        return h.hexdigest()
+
+    return ct.derived(("sha256",), digest)
 
 
 @dataclass
