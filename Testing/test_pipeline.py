@@ -7,31 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_registration
+from test_registration import CAM, FAST, GT, SDD, START  # the phantom scene of the registration tests
 from XRayCTRegistrationLib.errors import InputError
-from XRayCTRegistrationLib.geometry import Camera, ReferenceView, save_pose
-from XRayCTRegistrationLib.metrics import image_ncc, mtre, target_points
-from XRayCTRegistrationLib.phantoms import chest_phantom
+from XRayCTRegistrationLib.geometry import Camera, save_pose
+from XRayCTRegistrationLib.metrics import image_ncc, mtre
 from XRayCTRegistrationLib.pipeline import PipelineResult, register_xray
 from XRayCTRegistrationLib.projector import render
 from XRayCTRegistrationLib.registration import METHODS, RegistrationResult
 from XRayCTRegistrationLib.registry import get_method, method_names, register_method, unregister_method
-from XRayCTRegistrationLib.volume import Volume, hu_to_mu
 
 ROOT = Path(__file__).resolve().parents[1]
-SDD = 1000.0
-CAM = Camera(SDD, 48, 48, 6.0, 6.0)
-GT = np.array([2.0, -3.0, 4.0, 5.0, -6.0, 8.0])
-START = GT + np.array([3.0, -2.0, 2.0, -6.0, 5.0, 4.0])  # ~4 deg, ~9 mm
-FAST = dict(levels=(2, 1), max_iterations=(60, 30))
-
-
-@pytest.fixture(scope="module")
-def scene():
-    hu = chest_phantom((48, 40, 40), (4.0, 4.0, 4.0))
-    vol = Volume(hu_to_mu(hu.data), hu.ijk_to_ras)
-    ref = ReferenceView.ap(vol.center, SDD)
-    xray = render(vol, CAM, ref.pose(GT), n_samples=160)
-    return hu, vol, ref, xray, target_points(hu, 60)
+scene = test_registration.scene  # the same module-scoped fixture
 
 
 def test_registry_holds_the_library_methods():
