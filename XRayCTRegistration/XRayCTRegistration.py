@@ -647,9 +647,14 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
     def poseFromParameters(self, ctNode, xrayNode, params: Sequence[float], sdd: float = 0.0,
                            rowSpacing: float = 0.0, colSpacing: float = 0.0) -> np.ndarray:
         """``world_from_camera`` (4x4) of pose parameters (degrees, mm) for this CT and X-ray."""
+        return self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)[2]
+
+    def _poseInputs(self, ctNode, xrayNode, params: Sequence[float], sdd: float, rowSpacing: float,
+                    colSpacing: float) -> tuple:
+        """``(attenuation volume, camera, world_from_camera)`` of pose parameters (degrees, mm)."""
         volume = self.attenuationVolume(ctNode)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
-        return self.referenceView(volume, camera).pose(self._checkParams(params))
+        return volume, camera, self.referenceView(volume, camera).pose(self._checkParams(params))
 
     _checkParams = staticmethod(images.checkParams)
 
@@ -672,9 +677,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         ``maxSize`` times coarser when downsampled); with ``placeXray`` the X-ray node is moved there too.
         Returns the DRR node.
         """
-        volume = self.attenuationVolume(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
-        pose = self.referenceView(volume, camera).pose(self._checkParams(params))
+        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)
         return self._renderAtPose(volume, camera, pose, drrNode, xrayNode, maxSize, placeXray)
 
     def _renderAtPose(self, volume: Volume, camera: Camera, pose: np.ndarray, drrNode, xrayNode,
@@ -717,9 +720,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
         Returns ``(transformNode, drrNode)``; output nodes that are None are created.
         """
-        volume = self.attenuationVolume(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
-        pose = self.referenceView(volume, camera).pose(self._checkParams(params))
+        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)
         return self._writeOutputs(volume, camera, pose, xrayNode, outputTransform, outputDrr, maxSize)
 
     def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
