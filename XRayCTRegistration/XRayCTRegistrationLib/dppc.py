@@ -158,7 +158,7 @@ def patch_matching(match: MatchOptions | None = None) -> Correspond:
 
 def iterate_ppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np.ndarray, correspond: Correspond, *,
                 levels: Sequence[float] = DEFAULT_LEVELS, iterations: Sequence[int] = DEFAULT_ITERATIONS,
-                n_surface: int = 4000, max_points: int = 600, reg: float = 1e-3, device: str = "cpu",
+                n_surface: int = 4000, max_points: int = 600, reg: float = 1e-3, robust: int = 0, device: str = "cpu",
                 progress: Callable[[float, str], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, int, str, bool]:
     """The PPC iteration shared by ``dppc`` and ``ppc``: returns (pose, iterations, message, completed).
@@ -182,7 +182,7 @@ def iterate_ppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np.nd
             targets, weights = correspond(level, render(level, pose), contour)
             if np.count_nonzero(weights > 0) < MIN_CONTOUR_POINTS:
                 return pose, done, f"only {np.count_nonzero(weights > 0)} usable correspondences", False
-            pose, _ = ppc_step(contour, targets, weights, level.camera, pose, reg)
+            pose, _ = ppc_step(contour, targets, weights, level.camera, pose, reg, robust)
             done += 1
             if progress is not None:
                 progress(done / total, f"level x{level.factor:g}, iteration {done}/{total}")
@@ -193,7 +193,8 @@ def register_dppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_worl
                   reference: ReferenceView | None = None, progress: Callable[[float, str], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, device: str = "cpu",
                   levels: Sequence[float] = DEFAULT_LEVELS, iterations: Sequence[int] = DEFAULT_ITERATIONS,
-                  half_patch: int = 4, search: int = 6, final: str | None = None, **final_options):
+                  half_patch: int = 4, search: int = 6, robust: int = 2, final: str | None = None,
+                  **final_options):
     """The ``dppc`` refine method (registry calling convention); ``final="opt-lncc"`` adds an intensity step.
 
     Args:
@@ -209,6 +210,7 @@ def register_dppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_worl
         iterations: PPC iterations per level.
         half_patch: block matching patch half-size, pixels of each level.
         search: block matching search half-width, pixels of each level.
+        robust: re-solves with Tukey weights of the residuals per iteration (discounts wrong matches).
         final: an intensity method of ``registration.register`` run after the PPC iterations, or None.
         **final_options: options of that step (default ``registration.refine_schedule`` of the camera).
 
@@ -218,12 +220,13 @@ def register_dppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_worl
     match = MatchOptions(int(half_patch), int(search))
     return run_ppc_method(volume_mu, xray, camera, init_world_from_camera, patch_matching(match),
                           "dppc", reference=reference, progress=progress, should_stop=should_stop, device=device,
-                          levels=levels, iterations=iterations, final=final, **final_options)
+                          levels=levels, iterations=iterations, final=final, robust=robust, **final_options)
 
 
 def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np.ndarray, correspond: Correspond,
                    name: str, *, reference: ReferenceView | None, progress, should_stop, device: str,
-                   levels: Sequence[float], iterations: Sequence[int], final: str | None, **final_options):
+                   levels: Sequence[float], iterations: Sequence[int], final: str | None, robust: int = 0,
+                   **final_options):
     """A PPC method as a ``RegistrationResult``: the iterations, then the optional intensity step ``final``."""
     from .registration import RegistrationResult, refine_schedule, register
 
@@ -235,7 +238,8 @@ def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np
     share = 0.5 if final else 1.0
     prog = None if progress is None else (lambda f, m: progress(share * f, f"{name}: {m}"))
     pose, n_it, msg, ok = iterate_ppc(volume_mu, xray, camera, init, correspond, levels=levels,
-                                      iterations=iterations, device=device, progress=prog, should_stop=should_stop)
+                                      iterations=iterations, robust=robust, device=device, progress=prog,
+                                      should_stop=should_stop)
     method = name
     if final and ok:
         prog2 = None if progress is None else (lambda f, m: progress(0.5 + 0.5 * f, m))

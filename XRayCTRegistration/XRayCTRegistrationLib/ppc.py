@@ -245,10 +245,12 @@ def apply_motion(world_from_camera: np.ndarray, motion: np.ndarray) -> np.ndarra
 
 
 def ppc_step(contour: Contour, targets_rc: np.ndarray, weights: np.ndarray, camera: Camera,
-             world_from_camera: np.ndarray, reg: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+             world_from_camera: np.ndarray, reg: float = 1e-3, robust: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One PPC update: the new pose and the motion ``x`` from correspondences at pixel ``targets_rc`` ``[M, 2]``.
 
-    The rotation centre is the weighted centroid of the contour points.
+    The rotation centre is the weighted centroid of the contour points. ``robust`` > 0 re-solves that many
+    times with the weights multiplied by Tukey's biweight of the residuals (scale: 4.685 x 1.4826 x their
+    weighted median absolute value), which discounts wrong correspondences.
     """
     dt = torch.float64
     pts = torch.as_tensor(contour.points, dtype=dt)
@@ -258,5 +260,9 @@ def ppc_step(contour: Contour, targets_rc: np.ndarray, weights: np.ndarray, came
     q = pixels_to_detector(torch.as_tensor(targets_rc, dtype=dt), camera)
     a, b = ppc_system(pts, nrm, q, center)
     x = solve_motion(a, b, w, reg)
+    for _ in range(int(robust)):
+        r = (a @ x - b).abs()
+        scale = 4.685 * 1.4826 * r[w > 0].median().clamp(min=1e-6)
+        x = solve_motion(a, b, w * (1 - (r / scale).clamp(max=1) ** 2) ** 2, reg)
     m = motion_matrix(x, center).numpy()
     return apply_motion(world_from_camera, m), x.numpy()
