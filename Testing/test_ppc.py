@@ -137,4 +137,66 @@ def test_dppc_reduces_pose_error(scene):
 
 def test_registry_lists_ppc_methods():
     names = method_names("refine")
-    assert "dppc" in names and "dppc-opt" in names
+    assert {"dppc", "dppc-opt", "ppc", "ppc-opt"} <= set(names)
+
+
+# -- the learned ppc method ----------------------------------------------------------------------------------
+def _tiny_trainer(hu, iterations=8):
+    from XRayCTRegistrationLib.networks.flow import FlowConfig
+    from XRayCTRegistrationLib.ppc_learned import PPCConfig, make_trainer
+    from XRayCTRegistrationLib.training import TrainOptions
+    from XRayCTRegistrationLib.training_data import PoseRange
+
+    opts = TrainOptions(method="ppc", iterations=iterations, batch_size=2, pose_range=PoseRange(4.0, 8.0),
+                        val_size=2, gd_start=0.0, lr=3e-3, checkpoint_every_s=1e9)
+    trainer = make_trainer(hu, CAM, opts)
+    tiny = PPCConfig(size=32, max_points=64, flow=FlowConfig(features=8, hidden=8, radius=2, iterations=2))
+    trainer.net = type(trainer.net)(tiny)
+    trainer.optimizer = torch.optim.AdamW(trainer.net.parameters(), lr=opts.lr)
+    return trainer
+
+
+def test_ppc_networks_train_on_a_fixed_batch(scene):
+    torch.manual_seed(0)
+    hu, _, _ = scene
+    trainer = _tiny_trainer(hu)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    batch = trainer.batch(1.0, rng, gen)
+    assert batch[2].mask.sum() > 20
+    first = trainer.fixed_batch_loss(*batch)
+    for _ in range(15):
+        loss, parts = trainer.loss(*batch, 1.0)
+        assert set(parts) == {"flow", "reg"}
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+    assert trainer.fixed_batch_loss(*batch) < 0.8 * first
+
+
+def test_ppc_cli_round_trip(scene, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from XRayCTRegistrationLib.volume import write_volume
+    from XRayCTRegistrationLib.xray import write_image
+
+    hu, vol, ref = scene
+    write_volume(hu, tmp_path / "ct.nii.gz")
+    CAM.save(tmp_path / "geom.json")
+    xray = render(vol, CAM, ref.pose([1.0, 0.0, 2.0, 3.0, -2.0, 0.0]), n_samples=120)
+    write_image(xray, tmp_path / "xray.nrrd", CAM)
+    run = [sys.executable, "-m", "XRayCTRegistrationLib.cli"]
+    subprocess.run([*run, "train", "--ct", str(tmp_path / "ct.nii.gz"), "--geometry", str(tmp_path / "geom.json"),
+                    "--model", "ppc", "--out", str(tmp_path / "ppc.pt"), "--iterations", "2", "--batch-size", "2",
+                    "--quiet"], check=True, capture_output=True, text=True, timeout=300)
+    out = tmp_path / "res.json"
+    subprocess.run([*run, "register", "--ct", str(tmp_path / "ct.nii.gz"), "--xray", str(tmp_path / "xray.nrrd"),
+                    "--geometry", str(tmp_path / "geom.json"), "--method", "ppc", "--model", str(tmp_path / "ppc.pt"),
+                    "--out", str(out), "--quiet"], check=True, capture_output=True, text=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert res["method"] == "ppc" and len(res["world_from_camera"]) == 4
+    bad = subprocess.run([*run, "register", "--ct", str(tmp_path / "ct.nii.gz"), "--xray", str(tmp_path / "xray.nrrd"),
+                          "--geometry", str(tmp_path / "geom.json"), "--method", "ppc", "--out", str(out), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "model file" in bad.stderr

@@ -24,7 +24,7 @@ from . import __version__
 from .console import Progress, format_params
 from .errors import InputError
 from .files import write_text_atomic
-from .names import DEFAULT_METHOD, INITIALISER_METHODS
+from .names import DEFAULT_METHOD, INITIALISER_METHODS, REFINER_MODELS
 from .registry import describe, method_names
 
 
@@ -163,6 +163,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise InputError(f"{args.xray}: no geometry: give --geometry G.json (or a sidecar {Path(args.xray).stem}.json)")
     init, init_method = _init_source(args)
     options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
+    if args.model:
+        options["model"] = args.model
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
     outs = [args.out] + ([args.fusion] if args.fusion else [])
@@ -362,6 +364,8 @@ def _add_register(sub) -> None:
                    + ", ".join(m for m in method_names("init") if m not in ("pose", "model"))
                    + " (default: reference, the AP reference view)")
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
+    p.add_argument("--model", help="model file of a learned refinement method (--method ppc or ppc-opt; from "
+                   "'xrayctreg train --model ppc')")
     p.add_argument("--no-refine", action="store_true", help="with --init-model: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
@@ -385,7 +389,8 @@ def _add_train(sub) -> None:
                                    "continues it. --iterations and --time-budget count the whole training.")
     p.add_argument("--ct", required=True, help="CT image, HU")
     p.add_argument("--geometry", required=True, help="detector geometry JSON of the X-rays to register")
-    p.add_argument("--model", choices=INITIALISER_METHODS, default="regressor", help="initialiser kind")
+    p.add_argument("--model", choices=(*INITIALISER_METHODS, *REFINER_MODELS), default="regressor",
+                   help="model kind: an initialiser, or ppc (the learned point-to-plane refinement)")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="total training time, seconds (default 900 when --iterations is not given)")

@@ -34,7 +34,7 @@ from . import __version__
 from .errors import InputError
 from .files import write_text_atomic
 from .geometry import Camera, ReferenceView, euler_xyz
-from .names import INITIALISER_METHODS
+from .names import INITIALISER_METHODS, REFINER_MODELS
 from .networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
 from .networks.losses import gradient_difference_loss, l2_weights, rotation_loss
 from .networks.rotations import geodesic_deg, params_to_target, target_to_params
@@ -50,8 +50,8 @@ from .training_data import (
 )
 from .volume import Volume
 
-METHODS = INITIALISER_METHODS
-"""Initialiser kinds :func:`train` knows (defined in :mod:`names`)."""
+METHODS = (*INITIALISER_METHODS, *REFINER_MODELS)
+"""Model kinds :func:`train` knows (defined in :mod:`names`): the initialisers and the learned ppc refinement."""
 
 FILE_FORMAT = "xrayctreg-initialiser"
 """``format`` entry of a model file."""
@@ -157,6 +157,10 @@ DEFAULT_ITERATIONS = 3000
 def build_network(options: TrainOptions) -> torch.nn.Module:
     """The untrained network of ``options.method``."""
     size = options.render.input_size
+    if options.method in REFINER_MODELS:
+        from .ppc_learned import build_ppc_net
+
+        return build_ppc_net(options)
     if options.method == "regressor":
         return PoseRegressor(RegressorConfig(input_size=size, width=options.width, depth=options.depth,
                                              autoencoder=options.autoencoder, attention=options.attention))
@@ -485,7 +489,12 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
         saved.iterations, saved.time_budget_s = options.iterations, options.time_budget_s
         options = saved
         reference = ReferenceView.from_dict(previous["reference"])
-    trainer = Trainer(ct_hu, camera, options, reference, device, ct_source)
+    if options.method in REFINER_MODELS:
+        from .ppc_learned import make_trainer
+
+        trainer = make_trainer(ct_hu, camera, options, reference, device, ct_source)
+    else:
+        trainer = Trainer(ct_hu, camera, options, reference, device, ct_source)
     if previous is not None:
         trainer.restore(previous)
     return trainer.run(out, progress, should_stop)
@@ -537,6 +546,9 @@ class Initialiser:
 def load_initialiser(path: str | Path, device: str | torch.device = "cpu") -> Initialiser:
     """Read a model file written by :func:`train` (a finished or an interrupted one)."""
     d = read_model_file(path, device)
+    if d["method"] in REFINER_MODELS:
+        raise InputError(f"{path}: a '{d['method']}' refinement model, not an initialiser; use it with "
+                         f"'register --method {d['method']} --model {path}'")
     options = TrainOptions.from_dict(d["options"])
     net = build_network(options)
     net.load_state_dict(d["state_dict"])
