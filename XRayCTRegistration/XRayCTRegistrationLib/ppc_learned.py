@@ -242,7 +242,7 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
         def _make_validation(self) -> None:
             rng = np.random.default_rng(10_000 + self.options.seed)
             gen = torch.Generator(device=self.device).manual_seed(10_000 + self.options.seed)
-            self.val = self._sample(rng, min(self.options.val_size, 16), 1.0, gen)
+            self.val = self._sample(rng, min(self.options.val_size, 2 * self.options.batch_size, 16), 1.0, gen)
 
         def batch(self, scale, rng, gen):
             return self._sample(rng, self.options.batch_size, scale, gen)
