@@ -8,57 +8,53 @@ result (with ``"success": false``) and exits with status 1.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .errors import InputError
-from .files import write_text_atomic
+from .files import SINGLE_FILE_SUFFIXES, Outputs, json_text
+
+# -- option checks --------------------------------------------------------------------------------
+OPTION_RULES = (
+    ("samples", "--samples", 1, 16384, False),
+    ("sid", "--sid", 0.0, 1e5, True),
+    ("time_budget", "--time-budget", 0.0, 1e7, True),
+    ("seed", "--seed", 0, 2**32 - 1, False),
+    ("threads", "--threads", 1, 1024, False),
+)
+"""Numeric options no library object checks: (attribute, option, low, high, low excluded)."""
 
 
-# -- outputs --------------------------------------------------------------------------------------
-@contextmanager
-def staged_outputs(*paths: str | Path) -> Iterator[list[Path]]:
-    """Yield temporary paths (same folders and file extensions) that replace ``paths`` only on success."""
-    finals = [Path(p) for p in paths]
-    for p in finals:
-        if not p.parent.is_dir():
-            raise InputError(f"{p}: output folder {p.parent} does not exist")
-    temps = [p.with_name(f".tmp-{os.getpid()}-{p.name}") for p in finals]
-    try:
-        yield temps
-        for tmp, final in zip(temps, finals, strict=True):
-            if tmp.exists():
-                os.replace(tmp, final)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+def check_options(args: argparse.Namespace) -> None:
+    """Raise :class:`InputError` naming the first numeric option outside its range (NaN and inf included)."""
+    for name, option, low, high, low_open in OPTION_RULES:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and low <= value <= high) or (low_open and value == low):
+            side = f"more than {low:g}" if low_open else f"at least {low:g}"
+            raise InputError(f"{option}: must be {side} and at most {high:g}, got {value:g}")
+    if getattr(args, "device", None) is not None:
+        from .projector import check_device
+
+        check_device(args.device)
 
 
-@contextmanager
-def staged_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder whose files are moved into ``out_dir`` (created) only on success."""
-    out = Path(out_dir)
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"{out}: parent folder {parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
-    try:
-        yield tmp
-        out.mkdir(exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def check_source_outside(ct, pose: np.ndarray, where: str) -> None:
+    """Refuse a pose whose X-ray source lies inside the CT (``where`` names the file or option it came from)."""
+    from .geometry import source_inside_volume
+
+    if source_inside_volume(ct, pose):
+        x, y, z = np.asarray(pose)[:3, 3]
+        raise InputError(f"{where}: the X-ray source ({x:.1f}, {y:.1f}, {z:.1f}) mm lies inside the CT volume; "
+                         f"a radiograph needs the source outside the patient")
 
 
 class Progress:
@@ -114,23 +110,30 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .projector import Projector
     from .xray import save_png, write_image
 
-    _, mu = _load_ct_mu(args.ct)
-    camera = Camera.load(args.geometry)
-    pose = load_pose(args.pose)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        drr = Projector(mu, camera, **_samples(args), device=args.device)(torch.as_tensor(pose)).cpu().numpy()
-    outs = [args.out] + ([args.png] if args.png else [])
-    with staged_outputs(*outs) as tmp:
-        write_image(drr, tmp[0], camera)
-        if args.png:
-            save_png(drr, tmp[1])
-    print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s)")
+    with Outputs([args.ct, args.geometry, args.pose]) as out:
+        drr_path = out.file(args.out, "--out", SINGLE_FILE_SUFFIXES, sidecar=True)
+        png_path = out.file(args.png, "--png", (".png",)) if args.png else None
+        ct, mu = _load_ct_mu(args.ct)
+        camera = Camera.load(args.geometry)
+        pose = load_pose(args.pose)
+        check_source_outside(ct, pose, args.pose)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            drr = Projector(mu, camera, **_samples(args), device=args.device)(torch.as_tensor(pose)).cpu().numpy()
+        write_image(drr, drr_path, camera)
+        if png_path is not None:
+            save_png(drr, png_path)
+    print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s) and its geometry "
+          f"sidecar{f', {args.png}' if args.png else ''}")
     return 0
 
 
 def _samples(args: argparse.Namespace) -> dict:
     return {} if getattr(args, "samples", None) is None else {"n_samples": args.samples}
+
+
+SIMULATE_FILES = ("xray.nrrd", "xray.json", "pose.json", "xray.png")
+"""What ``simulate`` writes into its output folder."""
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -140,23 +143,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .geometry import Camera, load_pose, save_pose
     from .projector import Projector
     from .simulate import NoiseModel, random_params, xray_from_drr
+    from .training_data import check_pose_range
     from .xray import save_png, write_image
 
-    ct, mu = _load_ct_mu(args.ct)
-    camera = Camera.load(args.geometry)
-    reference = _reference(ct, camera, args)
-    rng = np.random.default_rng(args.seed)
-    if args.pose:
-        pose = load_pose(args.pose)
-    else:
-        pose = reference.pose(random_params(rng, args.rot_range, args.trans_range))
     noise = NoiseModel(photons=args.photons, blur_px=args.blur, gamma=args.gamma, gain=args.gain, offset=args.offset)
-    with torch.no_grad():
-        drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
-    xray = xray_from_drr(drr, noise, rng)
-    with staged_dir(args.out_dir) as tmp:
+    check_pose_range(args.rot_range, args.trans_range)
+    with Outputs([args.ct, args.geometry, args.pose]) as out:
+        tmp = out.folder(args.out_dir, "--out-dir", SIMULATE_FILES)
+        ct, mu = _load_ct_mu(args.ct)
+        camera = Camera.load(args.geometry)
+        reference = _reference(ct, camera, args)
+        rng = np.random.default_rng(args.seed)
+        if args.pose:
+            pose = load_pose(args.pose)
+        else:
+            pose = reference.pose(random_params(rng, args.rot_range, args.trans_range))
+        check_source_outside(ct, pose, args.pose or "the random pose (--sid, --trans-range)")
+        with torch.no_grad():
+            drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
+        xray = xray_from_drr(drr, noise, rng)
         write_image(xray, tmp / "xray.nrrd", camera)
-        camera.save(tmp / "xray.json")
         save_pose(tmp / "pose.json", pose, reference)
         save_png(xray, tmp / "xray.png")
     params = reference.params(pose)
@@ -175,6 +181,24 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def cmd_register(args: argparse.Namespace) -> int:
     """Register an X-ray to a CT and write the result JSON (and a fusion picture)."""
+    if args.init and args.init_model:
+        raise InputError("give either --init or --init-model, not both")
+    if args.no_refine and not args.init_model:
+        raise InputError("--no-refine needs --init-model")
+    if args.labels and not args.label_ids:
+        raise InputError("--labels needs --label-ids")
+    outputs = Outputs([args.ct, args.geometry, args.init, args.init_model, args.labels])
+    outputs.add_input(args.xray, sidecar=True)
+    with outputs as out:
+        paths = (out.file(args.out, "--out", (".json",)),
+                 out.file(args.fusion, "--fusion", (".png",)) if args.fusion else None)
+        code = _register_into(args, *paths)
+    print(f"wrote {', '.join([args.out] + ([args.fusion] if args.fusion else []))}")
+    return code
+
+
+def _register_into(args: argparse.Namespace, out_json: Path, out_fusion: Path | None) -> int:
+    """The work of :func:`cmd_register`, writing to the (temporary) output paths given."""
     import torch
 
     from .fusion import before_after, save_rgb
@@ -192,10 +216,6 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise InputError(f"{args.xray}: no geometry: give --geometry G.json (or a sidecar {Path(args.xray).stem}.json)")
     camera = xr.camera
     reference = _reference(ct, camera, args)
-    if args.init and args.init_model:
-        raise InputError("give either --init or --init-model, not both")
-    if args.no_refine and not args.init_model:
-        raise InputError("--no-refine needs --init-model")
     init_time = 0.0
     schedule: dict = {}
     if args.init_model:
@@ -203,14 +223,12 @@ def cmd_register(args: argparse.Namespace) -> int:
 
         init, reference, init_time = _initialise_from_model(args, ct, xr.image, camera)
         if args.no_refine:
-            return _write_initialisation(args, mu, xr.image, camera, init, reference, init_time)
+            return _write_initialisation(args, mu, xr.image, camera, init, reference, init_time, out_json, out_fusion)
         schedule = refine_schedule(camera)
     else:
         init = load_pose(args.init) if args.init else reference.world_from_camera
+        check_source_outside(ct, init, args.init or "--sid (the reference view)")
     labels = read_ct(args.labels) if args.labels else None
-    if args.labels and not args.label_ids:
-        raise InputError("--labels needs --label-ids")
-    outs = [args.out] + ([args.fusion] if args.fusion else [])
     progress = Progress("register", enabled=not args.quiet)
     try:
         result = register(mu, xr.image, camera, init, reference=reference, method=args.method,
@@ -218,21 +236,19 @@ def cmd_register(args: argparse.Namespace) -> int:
                           time_budget_s=args.time_budget, device=args.device, **schedule)
     finally:
         progress.close()
-    with staged_outputs(*outs) as tmp:
-        write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", tmp[0])
-        if args.fusion:
-            with torch.no_grad():
-                proj = Projector(mu, camera)
-                before = proj(torch.as_tensor(init)).numpy()
-                after = proj(torch.as_tensor(result.world_from_camera)).numpy()
-            save_rgb(before_after(xr.image, before, after), tmp[1])
+    out_json.write_text(json_text(result.to_dict()))
+    if out_fusion is not None:
+        with torch.no_grad():
+            proj = Projector(mu, camera)
+            before = proj(torch.as_tensor(init)).numpy()
+            after = proj(torch.as_tensor(result.world_from_camera)).numpy()
+        save_rgb(before_after(xr.image, before, after), out_fusion)
     if args.init_model:
         print(f"initialisation {init_time:.2f} s + refinement {result.wall_time_s:.2f} s")
     state = "converged" if result.success else "FAILED"
     print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
           f"{result.wall_time_s:.2f} s; {result.message}")
     print(f"pose: {format_params(result.params)}")
-    print(f"wrote {', '.join(outs)}")
     return 0 if result.success else 1
 
 
@@ -250,7 +266,7 @@ def _initialise_from_model(args: argparse.Namespace, ct, image: np.ndarray, came
 
 
 def _write_initialisation(args: argparse.Namespace, mu, image: np.ndarray, camera, pose: np.ndarray,
-                          reference, seconds: float) -> int:
+                          reference, seconds: float, out_json: Path, out_fusion: Path | None) -> int:
     """Write the result JSON (and fusion picture) of an initialisation without refinement."""
     import torch
 
@@ -265,14 +281,11 @@ def _write_initialisation(args: argparse.Namespace, mu, image: np.ndarray, camer
     result = RegistrationResult(pose, reference.params(pose), ncc, ncc, 0, seconds,
                                 f"init-model ({Path(args.init_model).name})", True,
                                 "initialisation only (--no-refine); similarity is the NCC", reference=reference)
-    outs = [args.out] + ([args.fusion] if args.fusion else [])
-    with staged_outputs(*outs) as tmp:
-        write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", tmp[0])
-        if args.fusion:
-            save_rgb(before_after(image, drr, drr), tmp[1])
+    out_json.write_text(json_text(result.to_dict()))
+    if out_fusion is not None:
+        save_rgb(before_after(image, drr, drr), out_fusion)
     print(f"initialised: NCC {ncc:.4f}, {seconds:.2f} s")
     print(f"pose: {format_params(result.params)}")
-    print(f"wrote {', '.join(outs)}")
     return 0
 
 
@@ -285,15 +298,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training_data import PoseRange
     from .volume import read_ct
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads: must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    ct = read_ct(args.ct)
-    camera = Camera.load(args.geometry)
     options = TrainOptions(method=args.model, iterations=args.iterations, time_budget_s=args.time_budget,
                            batch_size=args.batch_size, pose_range=PoseRange(args.rot_range, args.trans_range),
                            checkpoint_every_s=args.checkpoint_every, seed=args.seed)
+    Outputs([args.ct, args.geometry]).check(args.out, "--out")  # checkpoints are written in place, atomically
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ct = read_ct(args.ct)
+    camera = Camera.load(args.geometry)
     if args.iterations is None and args.time_budget is None:
         options.time_budget_s = 900.0
     bar = Progress(f"train {args.model}", enabled=not args.quiet)
@@ -320,17 +332,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate_pose, load_points, target_points
     from .volume import read_ct
 
-    ct = read_ct(args.ct)
-    gt, est = load_pose(args.gt), load_pose(args.est)
-    points = load_points(args.points) if args.points else target_points(ct)
-    camera = Camera.load(args.geometry) if args.geometry else None
-    reference = _reference(ct, camera, args) if camera else None
-    metrics = evaluate_pose(points, gt, est, camera=camera, reference=reference)
+    with Outputs([args.gt, args.est, args.ct, args.geometry, args.points]) as out:
+        out_json = out.file(args.out, "--out", (".json",)) if args.out else None
+        ct = read_ct(args.ct)
+        gt, est = load_pose(args.gt), load_pose(args.est)
+        points = load_points(args.points) if args.points else target_points(ct)
+        camera = Camera.load(args.geometry) if args.geometry else None
+        reference = _reference(ct, camera, args) if camera else None
+        metrics = evaluate_pose(points, gt, est, camera=camera, reference=reference)
+        if out_json is not None:
+            out_json.write_text(json_text(metrics))
     for k, v in metrics.items():
         print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
     if args.out:
-        with staged_outputs(args.out) as tmp:
-            write_text_atomic(json.dumps(metrics, indent=2) + "\n", tmp[0])
         print(f"wrote {args.out}")
     return 0
 
@@ -468,13 +482,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        check_options(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. 'xrayctreg evaluate ... | head': the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

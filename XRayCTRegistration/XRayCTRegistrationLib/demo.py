@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data import sample_ct_path
-from .files import write_text_atomic
+from .files import Outputs, json_text
 from .fusion import before_after, save_rgb
 from .geometry import Camera, ReferenceView, save_pose
 from .metrics import evaluate_pose, target_points
@@ -27,14 +26,28 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = DEFA
              cache_dir: str | Path | None = None, progress=None) -> dict:
     """Run the demo and write its files into ``out_dir``; returns the metrics before and after.
 
+    The outputs are checked before any work and appear all at once (see ``files.Outputs``).
     The ground-truth pose is drawn within +-10 degrees / +-20 mm of the AP view; the start is
     off by a rotation of about 6.4 +- 3.8 degrees and a translation of about 15 +- 8.6 mm (SOPI's
     simulated study). The X-ray is the DRR with Poisson noise, blur and a random contrast change.
     """
+    with Outputs() as outputs:
+        out = outputs.folder(out_dir, "--out-dir", DEMO_FILES, make_parents=True)
+        metrics, result = _demo_into(out, seed, method, cache_dir, progress)
+    for line in _report(metrics, result, method):
+        print(line)
+    print(f"wrote {out_dir}/fusion.png, xray.nrrd, xray.json, pose_gt.json, pose_init.json, result.json, metrics.json")
+    return metrics
+
+
+DEMO_FILES = ("fusion.png", "xray.nrrd", "xray.json", "pose_gt.json", "pose_init.json", "result.json", "metrics.json")
+"""What the demo writes into its output folder."""
+
+
+def _demo_into(out: Path, seed: int, method: str, cache_dir: str | Path | None, progress) -> tuple[dict, object]:
+    """The demo's work, writing into the (temporary) folder ``out``; returns the metrics and the result."""
     from .cli import Progress, format_params
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ct_path = sample_ct_path(cache_dir)
     print(f"CT: {ct_path}")
     ct = read_ct(ct_path)
@@ -68,18 +81,22 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = DEFA
     write_image(xray, out / "xray.nrrd", camera)
     save_pose(out / "pose_gt.json", gt, reference)
     save_pose(out / "pose_init.json", init, reference)
-    write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", out / "result.json")
+    (out / "result.json").write_text(json_text(result.to_dict()))
     metrics = {"before": before, "after": after}
-    write_text_atomic(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
+    (out / "metrics.json").write_text(json_text(metrics))
     picture = before_after(xray, drr_init, drr_after, ("X-ray", "start", f"{method}"), zoom=2)
     save_rgb(picture, out / "fusion.png")
+    return metrics, result
 
-    print(f"result:       {format_params(result.params)}")
-    print(f"{method}: {'converged' if result.success else 'FAILED'} in {result.iterations} iterations, "
-          f"{result.wall_time_s:.2f} s; {result.message}")
-    print(f"{'':>22} {'start':>9} {'result':>9}")
+
+def _report(metrics: dict, result, method: str) -> list[str]:
+    """The lines the demo prints after writing: the result and the errors before and after."""
+    from .cli import format_params
+
+    lines = [f"result:       {format_params(result.params)}",
+             f"{method}: {'converged' if result.success else 'FAILED'} in {result.iterations} iterations, "
+             f"{result.wall_time_s:.2f} s; {result.message}", f"{'':>22} {'start':>9} {'result':>9}"]
     for key, label in (("mtre_mm", "mTRE (mm)"), ("mpd_mm", "mPD (mm)"), ("mrpd_mm", "mRPD (mm)"),
                        ("rotation_error_deg", "rotation error (deg)"), ("translation_error_mm", "translation (mm)")):
-        print(f"{label:>22} {before[key]:9.2f} {after[key]:9.2f}")
-    print(f"wrote {out}/fusion.png, xray.nrrd, xray.json, pose_gt.json, pose_init.json, result.json, metrics.json")
-    return metrics
+        lines.append(f"{label:>22} {metrics['before'][key]:9.2f} {metrics['after'][key]:9.2f}")
+    return lines

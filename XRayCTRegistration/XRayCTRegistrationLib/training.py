@@ -20,7 +20,6 @@ library version. :func:`load_initialiser` reads it back; :meth:`Initialiser.chec
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -32,6 +31,7 @@ from torch.nn import functional as F
 
 from . import __version__
 from .errors import InputError
+from .files import Outputs, replace_file
 from .geometry import Camera, ReferenceView, euler_xyz
 from .networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
 from .networks.losses import gradient_difference_loss, l2_weights, rotation_loss
@@ -127,8 +127,16 @@ class TrainOptions:
             raise InputError(f"--model: unknown initialiser '{self.method}'; use one of {', '.join(METHODS)}")
         if self.iterations is not None and self.iterations < 1:
             raise InputError(f"--iterations: must be at least 1, got {self.iterations}")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise InputError(f"--time-budget: must be positive, got {self.time_budget_s}")
+        if self.time_budget_s is not None and not (self.time_budget_s > 0 and math.isfinite(self.time_budget_s)):
+            raise InputError(f"--time-budget: must be a positive number of seconds, got {self.time_budget_s}")
+        batch = self.batch_size
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
+            raise InputError(f"--batch-size: must be an integer from 1 to 4096, got {self.batch_size!r}")
+        if not (self.checkpoint_every_s >= 0 and math.isfinite(self.checkpoint_every_s)):
+            raise InputError(f"--checkpoint-every: must be 0 (every step) or more seconds, "
+                             f"got {self.checkpoint_every_s}")
+        if self.seed < 0:
+            raise InputError(f"--seed: must be 0 or more, got {self.seed}")
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""
@@ -407,14 +415,9 @@ class Trainer:
         }
 
     def save(self, path: str | Path, complete: bool = False) -> None:
-        """Write the model file atomically (temporary file in the same folder, then rename)."""
-        p = Path(path)
-        tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
-        try:
-            torch.save(self.model_dict(complete), tmp)
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """Write the model file atomically (see ``files.Outputs``)."""
+        d = self.model_dict(complete)
+        replace_file(path, lambda tmp: torch.save(d, tmp), "--out")
 
     def restore(self, d: dict) -> None:
         """Continue from a model file's dictionary (weights, optimiser, step counter, history)."""
@@ -434,10 +437,46 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> dic
         raise InputError(f"{p}: not an initialiser model file ({type(e).__name__})") from None
     if not isinstance(d, dict) or d.get("format") != FILE_FORMAT:
         raise InputError(f"{p}: not an initialiser model file (no '{FILE_FORMAT}' format tag)")
-    if int(d.get("format_version", 0)) > FORMAT_VERSION:
+    version = d.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError(f"{p}: model file is damaged ('format_version' is {version!r}, not an integer)")
+    if version > FORMAT_VERSION:
         raise InputError(f"{p}: model file format {d['format_version']} is newer than this library reads "
                          f"({FORMAT_VERSION}); update xrayctreg")
+    check_model_dict(d, p)
     return d
+
+
+MODEL_KEYS = ("method", "options", "network", "ct", "geometry", "reference", "pose_range", "state_dict",
+              "optimizer", "step", "train_time_s", "history")
+"""Keys every model file holds besides its format tag."""
+
+
+def check_model_dict(d: dict, path: Path) -> None:
+    """Raise :class:`InputError` naming ``path`` unless the model dictionary is complete and consistent.
+
+    Builds every part (options, geometry, reference view, the network with its weights) the way
+    :func:`load_initialiser` and ``train(resume=True)`` do, so damage shows here as one sentence.
+    """
+    missing = [k for k in MODEL_KEYS if k not in d]
+    if missing:
+        raise InputError(f"{path}: model file is incomplete (no {', '.join(missing)})")
+    try:
+        options = TrainOptions.from_dict(d["options"])
+        if d["method"] != options.method:
+            raise ValueError(f"method {d['method']!r} differs from its options' {options.method!r}")
+        Camera.from_dict(d["geometry"], "geometry")
+        ReferenceView.from_dict(d["reference"])
+        if not isinstance(d["ct"]["sha256"], str) or len(d["ct"]["shape_ijk"]) != 3:
+            raise ValueError("bad CT record")
+        int(d["step"]), float(d["train_time_s"]), list(d["history"])
+        net = build_network(options)
+        net.load_state_dict(d["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, InputError) as e:
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, KeyError):
+            reason = f"no {e}"
+        raise InputError(f"{path}: model file is damaged or does not match its network ({reason[:200]})") from None
 
 
 def check_ct_match(d: dict, ct_hu: Volume, model_name: str, ct_name: str = "the CT") -> None:
@@ -452,7 +491,7 @@ def check_ct_match(d: dict, ct_hu: Volume, model_name: str, ct_name: str = "the 
 
 def check_camera_match(d: dict, camera: Camera, model_name: str) -> None:
     """Raise :class:`InputError` unless ``camera`` equals the geometry the model was trained for."""
-    trained = d["geometry"]
+    trained = Camera.from_dict(d["geometry"], model_name).to_dict()
     given = camera.to_dict()
     same = all(math.isclose(float(trained[k]), float(given[k]), rel_tol=1e-6, abs_tol=1e-6) for k in given)
     if not same:
@@ -474,8 +513,7 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
     """
     options = options or TrainOptions()
     out = Path(out_path)
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: output folder {out.parent} does not exist")
+    Outputs().check(out, "--out")
     previous = None
     if resume and out.exists():
         previous = read_model_file(out, device)

@@ -45,6 +45,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .files import SINGLE_FILE_SUFFIXES, first_line, image_suffix, write_atomic, write_text_atomic
 from .geometry import Camera
+from .integrity import verify_image_file
 from .volume import check_values
 
 KINDS = ("auto", "attenuation", "intensity")
@@ -118,6 +119,7 @@ def _read_with_metadata(p: Path) -> tuple[sitk.Image, dict[str, str], bool]:
         raise InputError(f"{p}: is a folder; expected an X-ray image file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
+    verify_image_file(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
