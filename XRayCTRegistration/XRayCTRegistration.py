@@ -901,15 +901,22 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
         Returns ``(transformNode, drrNode)``; output nodes that are None are created.
         """
+        self.checkOutputNodes(outputTransform, outputDrr)
         volume = self.attenuationVolume(ctNode)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
         pose = self.referenceView(volume, camera).pose(self._checkParams(params))
         return self._writeOutputs(volume, camera, pose, xrayNode, outputTransform, outputDrr, maxSize)
 
-    def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
-                      outputDrr, maxSize: int | None):
+    def checkOutputNodes(self, outputTransform, outputDrr) -> None:
+        """Refuse output nodes of the wrong kind before any work (the scene is not changed)."""
         if outputTransform is not None and not isinstance(outputTransform, slicer.vtkMRMLLinearTransformNode):
             raise self._inputError(f"output transform '{outputTransform.GetName()}': must be a linear transform")
+        if outputDrr is not None and not isinstance(outputDrr, slicer.vtkMRMLScalarVolumeNode):
+            raise self._inputError(f"output DRR '{outputDrr.GetName()}': must be a scalar volume")
+
+    def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
+                      outputDrr, maxSize: int | None):
+        self.checkOutputNodes(outputTransform, outputDrr)
         drrNode = self._renderAtPose(volume, camera, pose, outputDrr, xrayNode, maxSize, placeXray=True)
         if outputTransform is None:
             scene = xrayNode.GetScene()
@@ -938,10 +945,12 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         (at most ``FINAL_SIZE`` pixels a side) and the X-ray and DRR are placed on the detector. When
         cancelled the scene is not changed; when the registration fails a RuntimeError is raised.
         """
+        from XRayCTRegistrationLib.geometry import source_inside_volume
         from XRayCTRegistrationLib.registration import register
 
         if method not in REGISTRATION_METHODS:
             raise self._inputError(f"method: {method!r} is not one of {', '.join(REGISTRATION_METHODS)}")
+        self.checkOutputNodes(outputTransform, outputDrr)
         volume = self.attenuationVolume(ctNode)
         image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
@@ -954,6 +963,9 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         else:
             startParams = self._checkParams(initialParams)
         init = reference.pose(startParams)
+        if source_inside_volume(volume, init):
+            raise self._inputError(f"initial pose: the X-ray source lies inside CT volume '{ctNode.GetName()}'; "
+                                   "move it out (tz, or the sliders) before registering")
         logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}")
         result = register(volume, image, camera, init, reference=reference, method=method, progress=progress,
                           should_stop=shouldStop, **options)
@@ -1015,17 +1027,23 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         node's voxels as float32 with its world geometry (parent transforms included), so a model trained
         on it matches the node (see :meth:`initialise`).
         """
+        from XRayCTRegistrationLib.files import Outputs
         from XRayCTRegistrationLib.volume import write_volume
 
         volume = self.volumeFromNode(ctNode)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
         if not folder:
             raise self._inputError("training folder: empty path")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise self._inputError(f"{folder}: training folder: exists and is not a folder")
         os.makedirs(folder, exist_ok=True)
         ctPath = os.path.join(str(folder), "ct.nrrd")
         geometryPath = os.path.join(str(folder), "geometry.json")
-        write_volume(volume, ctPath)
-        camera.save(geometryPath)
+        with Outputs() as out:
+            ctTemp = out.file(ctPath, "training CT", (".nrrd",))
+            geometryTemp = out.file(geometryPath, "training geometry")
+            write_volume(volume, ctTemp)
+            camera.save(geometryTemp)
         return ctPath, geometryPath
 
     # -- fusion -------------------------------------------------------------------------------

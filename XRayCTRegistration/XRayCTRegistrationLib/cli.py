@@ -45,6 +45,11 @@ def check_options(args: argparse.Namespace) -> None:
         from .projector import check_device
 
         check_device(args.device)
+    if getattr(args, "method", None) is not None:
+        from .registration import METHODS
+
+        if args.method not in METHODS:
+            raise InputError(f"--method: unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
 
 
 def check_source_outside(ct, pose: np.ndarray, where: str) -> None:
@@ -106,7 +111,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     """Render a DRR of a CT at a pose."""
     import torch
 
-    from .geometry import Camera, load_pose
+    from .geometry import load_pose
     from .projector import Projector
     from .xray import save_png, write_image
 
@@ -114,7 +119,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         drr_path = out.file(args.out, "--out", SINGLE_FILE_SUFFIXES, sidecar=True)
         png_path = out.file(args.png, "--png", (".png",)) if args.png else None
         ct, mu = _load_ct_mu(args.ct)
-        camera = Camera.load(args.geometry)
+        camera = _load_camera(args)
         pose = load_pose(args.pose)
         check_source_outside(ct, pose, args.pose)
         t0 = time.perf_counter()
@@ -126,6 +131,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s) and its geometry "
           f"sidecar{f', {args.png}' if args.png else ''}")
     return 0
+
+
+def _load_camera(args: argparse.Namespace):
+    """The ``--geometry`` camera, refused when rendering through it would exceed the projector's bounds."""
+    from .geometry import Camera
+    from .projector import DEFAULT_SAMPLES, check_request
+
+    camera = Camera.load(args.geometry)
+    try:
+        check_request(camera, args.samples or DEFAULT_SAMPLES)
+    except InputError as e:
+        raise InputError(f"{args.geometry}: {e}") from None
+    return camera
 
 
 def _samples(args: argparse.Namespace) -> dict:
@@ -140,7 +158,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate an X-ray (noisy DRR) with its geometry and ground-truth pose."""
     import torch
 
-    from .geometry import Camera, load_pose, save_pose
+    from .geometry import load_pose, save_pose
     from .projector import Projector
     from .simulate import NoiseModel, random_params, xray_from_drr
     from .training_data import check_pose_range
@@ -151,7 +169,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     with Outputs([args.ct, args.geometry, args.pose]) as out:
         tmp = out.folder(args.out_dir, "--out-dir", SIMULATE_FILES)
         ct, mu = _load_ct_mu(args.ct)
-        camera = Camera.load(args.geometry)
+        camera = _load_camera(args)
         reference = _reference(ct, camera, args)
         rng = np.random.default_rng(args.seed)
         if args.pose:

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 
 from .data import sample_ct_path
+from .errors import InputError
 from .files import Outputs, json_text
 from .fusion import before_after, save_rgb
 from .geometry import Camera, ReferenceView, save_pose
 from .metrics import evaluate_pose, target_points
 from .projector import Projector
-from .registration import DEFAULT_METHOD, register
+from .registration import DEFAULT_METHOD, METHODS, register
 from .simulate import NoiseModel, perturb_params, random_params, xray_from_drr
 from .volume import Volume, hu_to_mu, read_ct
 from .xray import write_image
@@ -31,6 +32,8 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = DEFA
     off by a rotation of about 6.4 +- 3.8 degrees and a translation of about 15 +- 8.6 mm (SOPI's
     simulated study). The X-ray is the DRR with Poisson noise, blur and a random contrast change.
     """
+    if method not in METHODS:
+        raise InputError(f"--method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     with Outputs() as outputs:
         out = outputs.folder(out_dir, "--out-dir", DEMO_FILES, make_parents=True)
         metrics, result = _demo_into(out, seed, method, cache_dir, progress)

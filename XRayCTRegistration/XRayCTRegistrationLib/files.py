@@ -117,7 +117,7 @@ class Outputs:
     def add_input(self, path: str | Path, sidecar: bool = False) -> None:
         """Declare a file the command reads; with ``sidecar``, its geometry sidecar JSON too."""
         p = Path(path)
-        self.inputs.append((p, str(p)))
+        self.inputs.append((p, f"the input {p}"))
         if sidecar:
             from .xray import sidecar_path
 
@@ -141,7 +141,7 @@ class Outputs:
             raise InputError(f"{p}: {option}: output folder {existing} is not writable")
         for q, name in self.inputs:
             if _same_file(p, q):
-                raise InputError(f"{p}: {option}: would overwrite the input {name}")
+                raise InputError(f"{p}: {option}: would overwrite {name}")
         for q, other in self.finals:
             if _same_file(p, q):
                 raise InputError(f"{p}: {option}: is also the output of {other}")
@@ -191,7 +191,7 @@ class Outputs:
             raise InputError(f"{p}: {option}: folder is not writable")
         for q, name in self.inputs:
             if _same_file(p, q) or q.resolve().is_relative_to(p.resolve()):
-                raise InputError(f"{p}: {option}: holds the input {name}, which would be replaced")
+                raise InputError(f"{p}: {option}: holds {name}, which would be replaced")
         for q, other in self.finals:
             if _same_file(p, q) or q.resolve().is_relative_to(p.resolve()):
                 raise InputError(f"{p}: {option}: is also the output of {other}")

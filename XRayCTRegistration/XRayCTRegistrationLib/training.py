@@ -470,8 +470,11 @@ def check_model_dict(d: dict, path: Path) -> None:
         if not isinstance(d["ct"]["sha256"], str) or len(d["ct"]["shape_ijk"]) != 3:
             raise ValueError("bad CT record")
         int(d["step"]), float(d["train_time_s"]), list(d["history"])
+        if not isinstance(d["optimizer"], dict) or not {"state", "param_groups"} <= d["optimizer"].keys():
+            raise ValueError("optimizer state lacks 'state' or 'param_groups'")
         net = build_network(options)
         net.load_state_dict(d["state_dict"])
+        torch.optim.AdamW(net.parameters()).load_state_dict(d["optimizer"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, InputError) as e:
         reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, KeyError):
