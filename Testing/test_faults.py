@@ -589,3 +589,152 @@ def test_two_concurrent_render_runs_leave_one_complete_image_and_sidecar(folder)
         refs.append((folder / f"ref_{p[:4]}.nrrd").read_bytes())
     assert final in refs and (folder / "out.json").is_file()
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+# -- the Slicer logic: the same promises for its node inputs ----------------------------------------------
+def _slicer_node(ns, cls: str, array: np.ndarray, like=None, name: str = "bad"):
+    node = ns.scene.AddNewNodeByClass(cls, name)
+    ns.slicer.util.updateVolumeFromArray(node, array)
+    if like is not None:
+        m = ns.slicer.vtk.vtkMatrix4x4() if hasattr(ns.slicer, "vtk") else None
+        if m is not None:
+            like.GetIJKToRASMatrix(m)
+            node.SetIJKToRASMatrix(m)
+    return node
+
+
+def _with_value(ns, node, index, value):
+    data = np.array(ns.slicer.util.arrayFromVolume(node), dtype=np.float32)
+    data[index] = value
+    return _slicer_node(ns, "vtkMRMLScalarVolumeNode", data, like=node)
+
+
+def _tagged(module, node, sdd="1000", spacing="6\\6"):
+    if sdd is not None:
+        node.SetAttribute(module.DICOM_SDD_ATTRIBUTE, sdd)
+    if spacing is not None:
+        node.SetAttribute(module.DICOM_SPACING_ATTRIBUTE, spacing)
+    return node
+
+
+def _evil_model(folder: Path) -> str:
+    import pickle
+
+    from fault_inputs import Evil
+
+    path = folder / "evil.pt"
+    path.write_bytes(pickle.dumps(Evil()))
+    return str(path)
+
+
+def _damaged_model(folder: Path) -> str:
+    import torch
+    from XRayCTRegistrationLib.training import FILE_FORMAT
+
+    path = folder / "damaged.pt"
+    torch.save({"format": FILE_FORMAT, "format_version": "abc"}, path)
+    return str(path)
+
+
+SLICER_NODES = [  # (id, change of the call's arguments, calls it applies to, what the error says)
+    ("ok-ct-none", lambda ns, m, ct, xr, f: {"ct": None}, "rou", "CT volume: none selected"),
+    ("ok-ct-no-image", lambda ns, m, ct, xr, f: {"ct": ns.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "e")},
+     "rout", "CT volume 'e': holds no image data"),
+    ("ok-ct-single-slice", lambda ns, m, ct, xr, f: {"ct": _slicer_node(ns, "vtkMRMLScalarVolumeNode",
+                                                                         np.ones((1, 8, 8), np.float32))},
+     "rout", "CT volume 'bad': expected a 3D volume"),
+    ("ok-ct-nan", lambda ns, m, ct, xr, f: {"ct": _with_value(ns, ct, (3, 4, 5), np.nan)}, "rout",
+     "CT volume 'bad': holds NaN or infinite values"),
+    ("ok-ct-inf", lambda ns, m, ct, xr, f: {"ct": _with_value(ns, ct, (3, 4, 5), np.inf)}, "rout",
+     "CT volume 'bad': holds NaN or infinite values"),
+    ("ok-ct-vector", lambda ns, m, ct, xr, f: {"ct": _slicer_node(ns, "vtkMRMLVectorVolumeNode",
+                                                                   np.ones((6, 8, 8, 3), np.float32))},
+     "rout", "CT volume 'bad': expected one scalar per voxel"),
+    ("ok-xray-none", lambda ns, m, ct, xr, f: {"xray": None}, "rout", "X-ray volume: none selected"),
+    ("ok-xray-3d", lambda ns, m, ct, xr, f: {"xray": _tagged(m, _slicer_node(
+        ns, "vtkMRMLScalarVolumeNode", np.ones((4, 8, 8), np.float32)))}, "rout", "X-ray volume 'bad': is a 3D"),
+    ("ok-xray-nan", lambda ns, m, ct, xr, f: {"xray": _tagged(m, _with_value(ns, xr, (0, 3, 3), np.nan))}, "rout",
+     "X-ray volume 'bad': holds NaN or infinite values"),
+    ("ok-xray-tiny", lambda ns, m, ct, xr, f: {"xray": _tagged(m, _slicer_node(
+        ns, "vtkMRMLScalarVolumeNode", np.ones((1, 1, 8), np.float32)))}, "rout", "X-ray volume 'bad': image is only"),
+    ("ok-xray-colour", lambda ns, m, ct, xr, f: {"xray": _tagged(m, _slicer_node(
+        ns, "vtkMRMLVectorVolumeNode", np.ones((1, 8, 8, 3), np.float32)))}, "rout",
+     "X-ray volume 'bad': expected a grey-level image"),
+    ("ok-xray-no-geometry", lambda ns, m, ct, xr, f: {"xray": _with_value(ns, xr, (0, 0, 0), 0.0)}, "rout",
+     "X-ray volume 'bad': imaging geometry missing \\(sdd, rowSpacing, colSpacing\\)"),
+    ("ok-xray-sdd-text", lambda ns, m, ct, xr, f: {"xray": _tagged(m, _with_value(ns, xr, (0, 0, 0), 0.0), "abc")},
+     "rout", "X-ray volume 'bad': attribute .* is not a number"),
+    ("ok-xray-spacing-three", lambda ns, m, ct, xr, f: {"xray": _tagged(m, _with_value(ns, xr, (0, 0, 0), 0.0),
+                                                                        spacing="1\\2\\3")},
+     "rout", "X-ray volume 'bad': attribute .* is not 'row\\\\column' spacing"),
+    ("ok-sdd-negative", lambda ns, m, ct, xr, f: {"sdd": -5.0}, "rout", "geometry: 'sdd' must be positive"),
+    ("ok-spacing-nan", lambda ns, m, ct, xr, f: {"rowSpacing": float("nan")}, "rout",
+     "geometry: 'row_spacing' must be a finite number"),
+    ("d9-sdd-1e300", lambda ns, m, ct, xr, f: {"sdd": 1e300}, "rout", "geometry: 'sdd' = 1e\\+300 mm is beyond"),
+    ("ok-params-nan", lambda ns, m, ct, xr, f: {"params": [0, 0, float("nan"), 0, 0, 0]}, "rou",
+     "pose parameters: expected six finite numbers"),
+    ("ok-params-short", lambda ns, m, ct, xr, f: {"params": [0, 0, 0]}, "rou", "pose parameters: expected six"),
+    ("ok-transform-wrong-kind", lambda ns, m, ct, xr, f: {
+        "outputTransform": ns.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "t")}, "ou",
+     "output transform 't': must be a linear transform"),
+    ("d12-drr-wrong-kind", lambda ns, m, ct, xr, f: {
+        "outputDrr": ns.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "t")}, "rou",
+     "output DRR 't': must be a scalar volume"),
+    ("ok-method-bogus", lambda ns, m, ct, xr, f: {"method": "bogus"}, "u", "method: 'bogus' is not one of"),
+    ("ok-kind-bogus", lambda ns, m, ct, xr, f: {"xrayKind": "bogus"}, "u", "X-ray kind: 'bogus' is not one of"),
+    ("d7-source-inside-ct", lambda ns, m, ct, xr, f: {"params": [0, 0, 0, 0, 0, -690.0]}, "u",
+     "initial pose: the X-ray source lies inside CT volume 'CT'"),
+    ("ok-model-missing", lambda ns, m, ct, xr, f: {"model": str(f / "nope.pt")}, "i", "nope.pt: model file not found"),
+    ("ok-model-none", lambda ns, m, ct, xr, f: {"model": ""}, "i", "initialiser model: no model file chosen"),
+    ("ok-model-malicious-pickle", lambda ns, m, ct, xr, f: {"model": _evil_model(f)}, "i",
+     "evil.pt: not an initialiser model file"),
+    ("d8-model-damaged", lambda ns, m, ct, xr, f: {"model": _damaged_model(f)}, "i",
+     "damaged.pt: model file is damaged \\('format_version' is 'abc'"),
+    ("d6-training-folder-is-a-file", lambda ns, m, ct, xr, f: {"folder": str(f / "ct.nrrd")}, "t",
+     "ct.nrrd: training folder: exists and is not a folder"),
+    ("ok-training-folder-empty", lambda ns, m, ct, xr, f: {"folder": ""}, "t", "training folder: empty path"),
+]
+SLICER_CALLS = {"r": "renderDrr", "o": "updateOutputs", "u": "register", "i": "initialise", "t": "writeTrainingInputs"}
+SLICER_CASES = [(f"{cid}-{SLICER_CALLS[c]}", change, SLICER_CALLS[c], err)
+                for cid, change, calls, err in SLICER_NODES for c in calls]
+
+
+def _call_logic(logic, call: str, kw: dict):
+    common = {k: kw[k] for k in ("sdd", "rowSpacing", "colSpacing")}
+    if call == "renderDrr":
+        return logic.renderDrr(kw["ct"], kw["xray"], kw["params"], drrNode=kw["outputDrr"], **common)
+    if call == "updateOutputs":
+        return logic.updateOutputs(kw["ct"], kw["xray"], kw["params"], kw["outputTransform"], kw["outputDrr"],
+                                   **common)
+    if call == "register":
+        return logic.register(kw["ct"], kw["xray"], kw["params"], method=kw["method"], xrayKind=kw["xrayKind"],
+                              outputTransform=kw["outputTransform"], outputDrr=kw["outputDrr"],
+                              max_iterations=(2, 2), **common)
+    if call == "initialise":
+        return logic.initialise(kw["ct"], kw["xray"], kw["model"], kw["xrayKind"], **common)
+    return logic.writeTrainingInputs(kw["ct"], kw["xray"], kw["folder"], **common)
+
+
+def test_slicer_table_size():
+    assert len(SLICER_CASES) >= 60
+    assert len({c[0] for c in SLICER_CASES}) == len(SLICER_CASES)
+
+
+@pytest.mark.parametrize(("change", "call", "error"), [c[1:] for c in SLICER_CASES], ids=[c[0] for c in SLICER_CASES])
+def test_slicer_logic_refuses_bad_nodes_and_leaves_the_scene_alone(ns, module, inputs, tmp_path, change, call, error):
+    from mrml_scene import scene_state
+    from XRayCTRegistrationLib.errors import InputError
+
+    ct, xray, *_ = inputs
+    kw = {"ct": ct, "xray": xray, "params": [2.0, -1.0, 3.0, 4.0, -2.0, 5.0], "outputTransform": None,
+          "outputDrr": None, "method": "opt-lncc", "xrayKind": "auto", "sdd": 0.0, "rowSpacing": 0.0,
+          "colSpacing": 0.0, "model": str(tmp_path / "model.pt"), "folder": str(tmp_path / "training")}
+    kw.update(change(ns, module, ct, xray, tmp_path))
+    logic = module.XRayCTRegistrationLogic()
+    scene_before, files_before = scene_state(ns.scene), snapshot(tmp_path)
+    with pytest.raises(InputError) as e:
+        _call_logic(logic, call, kw)
+    assert re.search(error, str(e.value)), str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+    assert scene_state(ns.scene) == scene_before
+    assert snapshot(tmp_path) == files_before
