@@ -17,7 +17,7 @@ import torch
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.phantoms import chest_phantom
 from XRayCTRegistrationLib.projector import render
-from XRayCTRegistrationLib.volume import Volume, hu_to_mu
+from XRayCTRegistrationLib.volume import Volume, hu_to_mu, volume_to_sitk
 
 CAMERA = Camera(sdd=1000.0, rows=24, cols=24, row_spacing=10.0, col_spacing=10.0)
 """The detector of the suite: 24 x 24 pixels of 10 mm (about 170 mm wide at the isocentre)."""
@@ -30,13 +30,7 @@ INIT = GT + np.array([2.0, -1.0, 1.5, 3.0, -2.0, 2.0])
 
 
 def _lps_image(data_kji: np.ndarray, ijk_to_ras: np.ndarray) -> sitk.Image:
-    ijk_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras
-    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
-    img = sitk.GetImageFromArray(np.asarray(data_kji))
-    img.SetSpacing(spacing.tolist())
-    img.SetDirection((ijk_to_lps[:3, :3] / spacing).ravel().tolist())
-    img.SetOrigin(ijk_to_lps[:3, 3].tolist())
-    return img
+    return volume_to_sitk(Volume(data_kji, ijk_to_ras))
 
 
 def _pose_json(path: Path, matrix) -> None:
@@ -104,6 +98,16 @@ def build_inputs(d: Path) -> None:
     """Write every input of the suite into the folder ``d`` (see the names used in test_faults.py)."""
     ct = chest_phantom(shape_ijk=(24, 24, 24), spacing=(8.0, 8.0, 8.0))
     ref = ReferenceView.ap(ct.center, CAMERA.sdd)
+    _write_cts(d, ct)
+    _write_dicom_series(d)
+    _write_geometries(d)
+    _write_poses(d, ct, ref)
+    _write_xrays(d, ct, ref)
+    _write_models(d, ct, ref)
+
+
+def _write_cts(d: Path, ct: Volume) -> None:
+    """Good and broken CT files."""
     hu = ct.data.astype(np.float32)
     img = _lps_image(hu, ct.ijk_to_ras)
     sitk.WriteImage(img, str(d / "ct.nrrd"), True)
@@ -134,7 +138,11 @@ def build_inputs(d: Path) -> None:
     (d / "ct_text.nrrd").write_text("this is not an image\n")
     (d / "ct_junk.nii.gz").write_bytes(b"\x1f\x8b" + bytes(range(200)))
     (d / "empty_folder").mkdir()
-    # DICOM series: a good one and broken ones (2 mm slices at z = 0, 2, 4, ...)
+    sitk.WriteImage(_lps_image((hu > 300).astype(np.int16), ct.ijk_to_ras), str(d / "labels.nrrd"))
+
+
+def _write_dicom_series(d: Path) -> None:
+    """DICOM series: a good one and broken ones (2 mm slices at z = 0, 2, 4, ...)."""
     rng = np.random.default_rng(0)
     slices = rng.integers(-1000, 1500, size=(8, 12, 12)).astype(np.int16)
     z = [2.0 * k for k in range(8)]
@@ -145,7 +153,10 @@ def build_inputs(d: Path) -> None:
     write_dicom_series(d / "dicom_mixsize", slices, (2.0, 2.0, 2.0), z, sizes=[None] * 7 + [(10, 12)])
     write_dicom_series(d / "dicom_mixorient", slices, (2.0, 2.0, 2.0), z,
                        orientations=["1\\0\\0\\0\\1\\0"] * 7 + ["0\\1\\0\\0\\0\\-1"])
-    # geometry
+
+
+def _write_geometries(d: Path) -> None:
+    """Good and broken geometry sidecars."""
     CAMERA.save(d / "geom.json")
     cam = CAMERA.to_dict()
     for name, value in (("geom_list", [1, 2]), ("geom_missing", {"sdd": 1000, "rows": 24}),
@@ -158,7 +169,10 @@ def build_inputs(d: Path) -> None:
         (d / f"{name}.json").write_text(json.dumps(value))
     (d / "geom_nan.json").write_text(json.dumps({**CAMERA.to_dict(), "sdd": float("nan")}))
     (d / "geom_bad.json").write_text("{sdd: 1000")
-    # poses
+
+
+def _write_poses(d: Path, ct: Volume, ref: ReferenceView) -> None:
+    """Good and broken pose files, target points."""
     gt, init = ref.pose(GT), ref.pose(INIT)
     _pose_json(d / "pose.json", gt)
     _pose_json(d / "init.json", init)
@@ -179,7 +193,11 @@ def build_inputs(d: Path) -> None:
     (d / "points.json").write_text(json.dumps(pts.tolist()))
     (d / "points_src.json").write_text(json.dumps([gt[:3, 3].tolist(), pts[0].tolist()]))
     (d / "points_bad.json").write_text(json.dumps([[1, 2]]))
-    # X-rays
+
+
+def _write_xrays(d: Path, ct: Volume, ref: ReferenceView) -> None:
+    """Good and broken X-ray images (with sidecars where they need one)."""
+    gt = ref.pose(GT)
     mu = Volume(hu_to_mu(ct.data), ct.ijk_to_ras)
     image = render(mu, CAMERA, gt, n_samples=64)
     sitk.WriteImage(sitk.GetImageFromArray(image), str(d / "xray.nrrd"))
@@ -200,9 +218,10 @@ def build_inputs(d: Path) -> None:
     CAMERA.save(d / "xray_small.json")
     (d / "xray_empty.nrrd").write_bytes(b"")
     (d / "xray_text.png").write_text("not a png")
-    # labels
-    sitk.WriteImage(_lps_image((hu > 300).astype(np.int16), ct.ijk_to_ras), str(d / "labels.nrrd"))
-    # model files
+
+
+def _write_models(d: Path, ct: Volume, ref: ReferenceView) -> None:
+    """A good model file and damaged ones."""
     good = _model_dict(ct, ref)
     torch.save(good, d / "model.pt")
     torch.save({**good, "format_version": "abc"}, d / "model_version.pt")

@@ -60,8 +60,8 @@ CT_FILES = [  # (id, file, what the error says)
     ("ok-ct-constant", "ct_const.nrrd", "ct_const.nrrd: image is constant"),
     ("ok-ct-empty-folder", "empty_folder", "empty_folder: folder holds no DICOM series"),
     ("d1-ct-cut-nii-gz", "ct_cut.nii.gz", "ct_cut.nii.gz: compressed data is cut short"),
-    ("d1-ct-crc-nii-gz", "ct_flip.nii.gz", "ct_flip.nii.gz: compressed data is corrupt"),
-    ("d1-ct-junk-gz", "ct_junk.nii.gz", "ct_junk.nii.gz: compressed data is corrupt"),
+    ("d12-ct-crc-nii-gz", "ct_flip.nii.gz", "ct_flip.nii.gz: compressed data is corrupt"),
+    ("d12-ct-junk-gz", "ct_junk.nii.gz", "ct_junk.nii.gz: compressed data is corrupt"),
     ("d1-ct-cut-nii", "ct_cut.nii", "ct_cut.nii: image data is cut short"),
     ("d1-ct-flip-mha", "ct_flip.mha", "ct_flip.mha: compressed data is corrupt"),
     ("d12-ct-cut-nrrd", "ct_cut.nrrd", "ct_cut.nrrd: compressed data is cut short"),
@@ -738,3 +738,47 @@ def test_slicer_logic_refuses_bad_nodes_and_leaves_the_scene_alone(ns, module, i
     assert len(str(e.value).splitlines()) == 1
     assert scene_state(ns.scene) == scene_before
     assert snapshot(tmp_path) == files_before
+
+
+# -- the output layer itself -----------------------------------------------------------------------------
+def test_outputs_refuse_each_other_and_clean_up_on_every_path(tmp_path):
+    from XRayCTRegistrationLib.errors import InputError
+    from XRayCTRegistrationLib.files import Outputs
+
+    (tmp_path / "in.json").write_text("{}")
+    with pytest.raises(InputError, match="b.json: --b: is also the output of --a"), Outputs() as out:
+        out.file(tmp_path / "b.json", "--a")
+        out.file(tmp_path / "." / "b.json", "--b")
+    with pytest.raises(InputError, match="would overwrite the input"), Outputs([tmp_path / "in.json"]) as out:
+        out.file(tmp_path / "in.json", "--out")
+    with pytest.raises(ZeroDivisionError), Outputs() as out:  # any exception: temporary files go
+        out.file(tmp_path / "c.json", "--c").write_text("half")
+        out.folder(tmp_path / "f", "--f", ["x"]).joinpath("x").write_text("half")
+        _ = 1 / 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]
+    with pytest.raises(RuntimeError, match="d.json: output was not written"), Outputs() as out:
+        out.file(tmp_path / "d.json", "--d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json"]
+
+
+def test_outputs_folder_is_swapped_whole_and_old_files_only_go_when_the_new_are_in(tmp_path):
+    from XRayCTRegistrationLib.errors import InputError
+    from XRayCTRegistrationLib.files import Outputs
+
+    old = tmp_path / "out"
+    old.mkdir()
+    (old / "a.txt").write_text("old a")
+    (old / "b.txt").write_text("old b")
+    with Outputs() as out:
+        new = out.folder(old, "--out-dir", ["a.txt", "b.txt"])
+        (new / "a.txt").write_text("new a")
+        assert (old / "a.txt").read_text() == "old a"  # nothing moves before the end
+    assert sorted(p.name for p in old.iterdir()) == ["a.txt"]  # the new folder, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (old / "mine.txt").write_text("user's")
+    with pytest.raises(InputError, match="folder holds other files \\(mine.txt\\)"), Outputs() as out:
+        out.folder(old, "--out-dir", ["a.txt"])
+    with Outputs() as out:  # missing parents are made only when committing
+        (out.folder(tmp_path / "x" / "y", "--out-dir", ["a.txt"], make_parents=True) / "a.txt").write_text("1")
+        assert not (tmp_path / "x").exists()
+    assert (tmp_path / "x" / "y" / "a.txt").read_text() == "1"
