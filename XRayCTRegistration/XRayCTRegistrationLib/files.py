@@ -123,8 +123,7 @@ class Outputs:
 
             self.inputs.append((sidecar_path(p), f"the geometry sidecar of {p}"))
 
-    def check(self, path: str | Path, option: str, suffixes: Sequence[str] | None = None,
-              make_parents: bool = False) -> Path:
+    def check(self, path: str | Path, option: str, suffixes: Sequence[str] | None = None) -> Path:
         """Check one output path (see the class docstring) without staging it; returns it as a Path."""
         p = Path(path)
         if str(path) == "":
@@ -134,11 +133,10 @@ class Outputs:
         if p.is_dir():
             raise InputError(f"{p}: {option}: is a folder; give a file name")
         parent = p.parent if str(p.parent) else Path(".")
-        existing = next((a for a in [parent, *parent.parents] if a.exists()), None) if make_parents else parent
-        if existing is None or not existing.is_dir():
+        if not parent.is_dir():
             raise InputError(f"{p}: {option}: output folder {parent} does not exist")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise InputError(f"{p}: {option}: output folder {existing} is not writable")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"{p}: {option}: output folder {parent} is not writable")
         for q, name in self.inputs:
             if _same_file(p, q):
                 raise InputError(f"{p}: {option}: would overwrite {name}")
