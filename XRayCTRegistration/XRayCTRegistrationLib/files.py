@@ -296,6 +296,6 @@ def write_atomic(image: sitk.Image, path: str | Path, compress: bool = True,
     replace_file(path, write, "output", suffixes)
 
 
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write a text file atomically (see :class:`Outputs`)."""
-    replace_file(path, lambda tmp: tmp.write_text(text))
+def write_text_atomic(text: str | bytes, path: str | Path) -> None:
+    """Write a text file (or ``bytes`` as they are) atomically (see :class:`Outputs`)."""
+    replace_file(path, lambda tmp: tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text))
