@@ -679,7 +679,7 @@ SLICER_NODES = [  # (id, change of the call's arguments, calls it applies to, wh
     ("d8-model-damaged", lambda ns, m, ct, xr, f: {"model": _damaged_model(f)}, "i",
      "damaged.pt: model file is damaged \\('format_version' is 'abc'"),
     ("d6-training-folder-is-a-file", lambda ns, m, ct, xr, f: {"folder": str(f / "ct.nrrd")}, "t",
-     "ct.nrrd: training folder: exists and is not a folder"),
+     "ct.nrrd: training folder: not a folder"),
     ("ok-training-folder-empty", lambda ns, m, ct, xr, f: {"folder": ""}, "t", "training folder: empty path"),
 ]
 SLICER_CALLS = {"r": "renderDrr", "o": "updateOutputs", "u": "register", "i": "initialise", "t": "writeTrainingInputs"}

@@ -836,24 +836,12 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         node's voxels as float32 with its world geometry (parent transforms included), so a model trained
         on it matches the node (see :meth:`initialise`).
         """
-        from XRayCTRegistrationLib.files import Outputs
-        from XRayCTRegistrationLib.volume import write_volume
+        from XRayCTRegistrationLib.training import write_training_inputs
 
-        volume = self.volumeFromNode(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
         if not folder:
             raise InputError("training folder: empty path")
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise InputError(f"{folder}: training folder: exists and is not a folder")
-        os.makedirs(folder, exist_ok=True)
-        ctPath = os.path.join(str(folder), "ct.nrrd")
-        geometryPath = os.path.join(str(folder), "geometry.json")
-        with Outputs() as out:
-            ctTemp = out.file(ctPath, "training CT", (".nrrd",))
-            geometryTemp = out.file(geometryPath, "training geometry")
-            write_volume(volume, ctTemp)
-            camera.save(geometryTemp)
-        return ctPath, geometryPath
+        return write_training_inputs(self.volumeFromNode(ctNode), self.cameraFromNode(xrayNode, sdd, rowSpacing,
+                                                                                      colSpacing), folder)
 
     # -- fusion -------------------------------------------------------------------------------
     sliceToRASForImage = staticmethod(images.sliceToRASForImage)

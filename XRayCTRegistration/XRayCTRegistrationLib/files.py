@@ -62,6 +62,17 @@ def image_suffix(path: str | Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+def sidecar_path(image_path: str | Path) -> Path:
+    """The geometry sidecar of an image: its name without the image extension, plus ``.json``.
+
+    ``chest.nii.gz`` -> ``chest.json``, ``view.dcm`` -> ``view.json``, ``IM0001`` -> ``IM0001.json``.
+    """
+    p = Path(image_path)
+    suffix = image_suffix(p)
+    stem = p.name[: -len(suffix)] if suffix else p.name
+    return p.with_name(stem + ".json")
+
+
 def json_text(obj) -> str:
     """Indented JSON of ``obj`` with NaN and infinities written as ``null`` (JSON has no NaN)."""
     def clean(v):
@@ -119,8 +130,6 @@ class Outputs:
         p = Path(path)
         self.inputs.append((p, f"the input {p}"))
         if sidecar:
-            from .xray import sidecar_path
-
             self.inputs.append((sidecar_path(p), f"the geometry sidecar of {p}"))
 
     def check(self, path: str | Path, option: str, suffixes: Sequence[str] | None = None) -> Path:
@@ -156,15 +165,13 @@ class Outputs:
              sidecar: bool = False) -> Path:
         """Check and stage one output file; returns the temporary path to write.
 
-        With ``sidecar`` the image's geometry sidecar (``xray.sidecar_path``) is an output too; its
+        With ``sidecar`` the image's geometry sidecar (:func:`sidecar_path`) is an output too; its
         temporary name is ``sidecar_path`` of the returned path, so ``write_image`` writes both.
         """
         p = self.check(path, option, suffixes)
         tmp = self._temp_name(p)
         self.files.append((tmp, p))
         if sidecar:
-            from .xray import sidecar_path
-
             side = self.check(sidecar_path(p), f"{option} (its geometry sidecar)")
             self.files.append((sidecar_path(tmp), side))
         return tmp

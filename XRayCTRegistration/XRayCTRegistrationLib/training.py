@@ -508,6 +508,25 @@ def check_camera_match(d: dict, camera: Camera, model_name: str) -> None:
                          f"not this X-ray's ({show(given)}); train one for this geometry with 'xrayctreg train'")
 
 
+def write_training_inputs(ct_hu: Volume, camera: Camera, folder: str | Path) -> tuple[str, str]:
+    """Write a CT (HU, ``ct.nrrd``) and a detector geometry (``geometry.json``) into ``folder`` for ``train``.
+
+    The folder is created when needed; both files appear together or not at all (``files.Outputs``).
+    Returns ``(ct_path, geometry_path)``.
+    """
+    from .volume import write_volume
+
+    p = Path(folder)
+    if str(folder) == "" or (p.exists() and not p.is_dir()):
+        raise InputError(f"{folder}: training folder: {'empty path' if str(folder) == '' else 'not a folder'}")
+    p.mkdir(parents=True, exist_ok=True)
+    ct_path, geometry_path = p / "ct.nrrd", p / "geometry.json"
+    with Outputs() as out:
+        write_volume(ct_hu, out.file(ct_path, "training CT", (".nrrd",)))
+        camera.save(out.file(geometry_path, "training geometry"))
+    return str(ct_path), str(geometry_path)
+
+
 def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOptions | None = None, *,
           reference: ReferenceView | None = None, resume: bool = False, device: str | torch.device = "cpu",
           ct_source: str = "", progress: Callable[[float, str], None] | None = None,

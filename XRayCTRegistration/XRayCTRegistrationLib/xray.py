@@ -43,7 +43,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .files import SINGLE_FILE_SUFFIXES, first_line, image_suffix, write_atomic, write_text_atomic
+from .files import SINGLE_FILE_SUFFIXES, first_line, sidecar_path, write_atomic, write_text_atomic
 from .geometry import Camera
 from .integrity import verify_image_file
 from .names import XRAY_KINDS
@@ -98,17 +98,6 @@ class XRayImage:
     def shape(self) -> tuple[int, int]:
         """``(rows, cols)``."""
         return int(self.image.shape[0]), int(self.image.shape[1])
-
-
-def sidecar_path(image_path: str | Path) -> Path:
-    """The geometry sidecar of an image: its name without the image extension, plus ``.json``.
-
-    ``chest.nii.gz`` -> ``chest.json``, ``view.dcm`` -> ``view.json``, ``IM0001`` -> ``IM0001.json``.
-    """
-    p = Path(image_path)
-    suffix = image_suffix(p)
-    stem = p.name[: -len(suffix)] if suffix else p.name
-    return p.with_name(stem + ".json")
 
 
 # -- reading -------------------------------------------------------------------------------------
