@@ -156,6 +156,34 @@ class TubeSpectrum:
 
 
 @dataclass
+class LineSpectrum:
+    """A spectrum of discrete lines (a monochromatic source, or a tabulated spectrum from elsewhere).
+
+    Attributes:
+        energies_kev: line energies, keV.
+        photons: relative photon fluence of each line.
+    """
+
+    energies_kev: tuple[float, ...]
+    photons: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        """Check matching lengths and positive values."""
+        e = np.asarray(self.energies_kev, dtype=np.float64)
+        p = np.asarray(self.photons, dtype=np.float64)
+        if e.ndim != 1 or e.shape != p.shape or e.size == 0 or np.any(e <= 0) or np.any(p < 0) or p.sum() <= 0:
+            raise InputError("line spectrum: need as many non-negative photon counts as positive energies")
+
+    def energies(self) -> np.ndarray:
+        """The line energies ``[F]``, keV."""
+        return np.asarray(self.energies_kev, dtype=np.float64)
+
+    def fluence(self, energies_kev: np.ndarray, kvp: torch.Tensor | float | None = None) -> torch.Tensor:
+        """The line fluences ``[F]`` (``energies_kev`` must be :meth:`energies`; ``kvp`` is ignored)."""
+        return torch.as_tensor(np.asarray(self.photons, dtype=np.float64))
+
+
+@dataclass
 class Detector:
     """Flat-panel detector response ``eta(E)``.
 
