@@ -150,10 +150,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         pose = load_pose(args.pose)
     else:
         pose = reference.pose(random_params(rng, args.rot_range, args.trans_range))
-    noise = NoiseModel(photons=args.photons, blur_px=args.blur, gamma=args.gamma, gain=args.gain, offset=args.offset)
-    with torch.no_grad():
-        drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
-    xray = xray_from_drr(drr, noise, rng)
+    if args.physics:
+        xray = _simulate_physics(args, ct, camera, pose)
+    else:
+        noise = NoiseModel(photons=args.photons, blur_px=args.blur, gamma=args.gamma, gain=args.gain,
+                           offset=args.offset)
+        with torch.no_grad():
+            drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
+        xray = xray_from_drr(drr, noise, rng)
     with staged_dir(args.out_dir) as tmp:
         write_image(xray, tmp / "xray.nrrd", camera)
         camera.save(tmp / "xray.json")
@@ -163,6 +167,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"wrote {args.out_dir}/xray.nrrd, xray.json (geometry), pose.json (ground truth), xray.png")
     print(f"pose: {format_params(params)}")
     return 0
+
+
+def _simulate_physics(args: argparse.Namespace, ct, camera, pose: np.ndarray) -> np.ndarray:
+    """``simulate --physics``: materials, tube spectrum, scatter, blur and noise (see physics.py)."""
+    from .physics import PhysicsSettings, simulate_xray
+
+    settings = PhysicsSettings(kvp=args.kvp, filtration_mm_al=args.filtration_mm_al, scatter_fraction=args.scatter,
+                               photons=args.photons, electronic_std=args.electronic_noise, blur_px=args.blur)
+    return simulate_xray(ct, camera, pose, settings, seed=args.seed, **_samples(args))
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -384,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=1.0, help="contrast exponent")
     p.add_argument("--gain", type=float, default=1.0, help="contrast gain")
     p.add_argument("--offset", type=float, default=0.0, help="contrast offset (fraction of the image range)")
+    p.add_argument("--physics", action="store_true",
+                   help="physics model: bone/soft-tissue materials, tube spectrum, scatter (--gamma/--gain/--offset "
+                        "are not used)")
+    p.add_argument("--kvp", type=float, default=100.0, help="--physics: tube voltage, kV (20-150)")
+    p.add_argument("--filtration-mm-al", type=float, default=2.5, help="--physics: total filtration, mm Al")
+    p.add_argument("--scatter", type=float, default=0.0, help="--physics: scatter-to-primary ratio of the fog")
+    p.add_argument("--electronic-noise", type=float, default=0.0, help="--physics: electronic noise, counts (std)")
     p.add_argument("--out-dir", required=True, help="output folder (created)")
     _add_common_render(p)
     p.set_defaults(func=cmd_simulate)

@@ -33,13 +33,15 @@ today's DRR (:func:`monochromatic_equivalent`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
 from .geometry import Camera
-from .materials import MaterialVolumes
+from .materials import MaterialVolumes, decompose
 from .projector import DEFAULT_SAMPLES, Projector
 from .spectrum import (
     CM_PER_MM,
@@ -195,3 +197,62 @@ def monochromatic_equivalent(mu_volume: Volume, camera: Camera, energy_kev: floa
     mv = MaterialVolumes(("water",), (mu_volume.data / MU_WATER)[None], mu_volume.ijk_to_ras)
     return PhysicsProjector(mv, camera, spectrum=LineSpectrum((energy_kev,), (1.0,)), n_bins=1,
                             attenuation=np.array([[MU_WATER / CM_PER_MM]]), **kwargs)
+
+
+def randomised_images(proj: PhysicsProjector, paths: torch.Tensor, kvps: torch.Tensor,
+                      scatter_fractions: torch.Tensor) -> torch.Tensor:
+    """Log images ``[B, rows, cols]`` from paths ``[B, M, R]``, image ``b`` at ``kvps[b]`` and ``scatter_fractions[b]``.
+
+    For domain randomisation: the paths are rendered once per batch and each image gets its own tube
+    voltage (at most the projector's construction kVp) and scatter; ``proj``'s own settings are restored.
+    """
+    kvp0, f0 = proj.kvp, proj.scatter_fraction
+    out = []
+    try:
+        for b in range(paths.shape[0]):
+            proj.kvp = torch.as_tensor(float(kvps[b]), dtype=torch.float64)
+            proj.scatter_fraction = float(scatter_fractions[b])
+            i_p = proj.primary(paths[b:b + 1]).reshape(1, proj.camera.rows, proj.camera.cols)
+            out.append(-torch.log(proj.detect(i_p).clamp(min=1e-30)))
+    finally:
+        proj.kvp, proj.scatter_fraction = kvp0, f0
+    return torch.cat(out)
+
+
+@dataclass
+class PhysicsSettings:
+    """Acquisition of a physics-simulated X-ray (``xrayctreg simulate --physics``).
+
+    Attributes:
+        kvp: tube voltage, kV.
+        filtration_mm_al: total filtration, mm Al.
+        scatter_fraction: scatter-to-primary ratio of the fog.
+        scatter_sigma_mm: width of the fog's low-pass at the detector, mm.
+        photons: unattenuated counts per pixel (0: no noise).
+        electronic_std: electronic noise, counts (standard deviation).
+        blur_px: detector blur, Gaussian sigma in pixels.
+        n_bins: energy bins.
+    """
+
+    kvp: float = 100.0
+    filtration_mm_al: float = 2.5
+    scatter_fraction: float = 0.0
+    scatter_sigma_mm: float = 40.0
+    photons: float = 1e4
+    electronic_std: float = 0.0
+    blur_px: float = 1.0
+    n_bins: int = DEFAULT_BINS
+
+
+def simulate_xray(ct_hu: Volume, camera: Camera, world_from_camera: np.ndarray, settings: PhysicsSettings,
+                  seed: int = 0, n_samples: int = DEFAULT_SAMPLES) -> np.ndarray:
+    """A physics-simulated, attenuation-bright X-ray ``[rows, cols]`` (float32) of a CT in HU at one pose."""
+    proj = PhysicsProjector(decompose(ct_hu), camera, spectrum=TubeSpectrum(settings.kvp, settings.filtration_mm_al),
+                            n_bins=settings.n_bins, scatter_fraction=settings.scatter_fraction,
+                            scatter_sigma_mm=settings.scatter_sigma_mm, blur_px=settings.blur_px, n_samples=n_samples)
+    w = torch.as_tensor(np.asarray(world_from_camera, dtype=np.float64))
+    with torch.no_grad():
+        if settings.photons <= 0:
+            return proj(w).numpy().astype(np.float32)
+        g = torch.Generator().manual_seed(int(seed))
+        return proj.simulate(w, settings.photons, settings.electronic_std, g).numpy().astype(np.float32)
