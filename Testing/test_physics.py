@@ -162,3 +162,20 @@ def test_simulated_noise_has_poisson_statistics():
     expected = clean[0] / 1e4  # var(N / N0) = I / N0
     assert float(((mean - clean[0]).abs() / (expected / 256).sqrt()).max()) < 5.0
     assert 0.8 < float((var / expected).median()) < 1.2
+
+
+def test_training_drrs_with_physics_randomisation():
+    from XRayCTRegistrationLib.training_data import DRRSource, RenderSettings
+
+    ct = chest_phantom((40, 32, 36), (4.0, 4.5, 5.0))
+    cam = Camera(1000.0, 48, 48, 3.0, 3.0)
+    ref = ReferenceView.ap(ct.center, cam.sdd)
+    plain = DRRSource(ct, cam, ref, RenderSettings(ct_spacing_mm=5.0, detector_size=24))
+    phys = DRRSource(ct, cam, ref, RenderSettings(ct_spacing_mm=5.0, detector_size=24, physics_kvp=(70.0, 130.0)))
+    params = np.zeros((6, 6))
+    a, b = plain.render(params), phys.render(params)
+    assert a.shape == b.shape == (6, 24, 24)
+    assert torch.allclose(a[0], a[1])  # same pose, same monochromatic DRR
+    assert not torch.allclose(b[0], b[1], rtol=1e-3)  # same pose, another kVp and scatter
+    corr = np.corrcoef(a[0].flatten().numpy(), b[0].flatten().numpy())[0, 1]
+    assert corr > 0.9  # the same anatomy

@@ -22,9 +22,13 @@ torch) and with respect to the tube voltage (:attr:`PhysicsProjector.kvp`; set
 ``requires_grad_()``; the energy bins are fixed at construction, so lowering the kVp is exact and
 raising it above the construction value drops the energies above it).
 
-Each material is one ray march through its own density volume today: the cost is about ``M``
-monochromatic DRRs plus the spectral sum; a fused multi-channel march (one pass reading every
-material per sample) comes with the GPU kernel.
+Each material is one :class:`projector.Projector` march through its own density volume (same
+camera and rays), so a physics DRR costs about ``M`` monochromatic DRRs plus the spectral sum. A
+fused multi-channel march (one pass computing each sample's position and trilinear weights once for
+every material) was measured on the CPU and was slower than separate single-channel marches: the
+per-sample gathers, not the index arithmetic, bound the numba kernel
+(``benchmarks/results/physics.md``). On the GPU a fused pass comes with the multi-channel kernel
+(``grid_sample`` already samples several channels at one grid).
 
 Monochromatic limit: one material whose density is ``hu_to_mu(HU) / MU_WATER``, a one-line spectrum
 (:class:`spectrum.LineSpectrum`) and mass attenuation ``MU_WATER / (1 g/cm^3 * 0.1)`` gives exactly
@@ -131,8 +135,8 @@ class PhysicsProjector(torch.nn.Module):
         wb, mb = self.spectral_table()
         wb = wb.to(paths.device, torch.float32)
         mb = (mb * CM_PER_MM).to(paths.device, torch.float32)
-        depth = torch.einsum("mn,bmr->bnr", mb, paths)  # [B, n, R]
-        return torch.einsum("n,bnr->br", wb, torch.exp(-depth))
+        depth = torch.matmul(mb.T, paths)  # [n, M] @ [B, M, R] -> [B, n, R]
+        return torch.matmul(wb, torch.exp(-depth))  # [B, R]
 
     def detect(self, primary: torch.Tensor) -> torch.Tensor:
         """Scatter fog and detector blur on the primary ``[B, rows, cols]``; returns ``I / (1 + f)``."""
