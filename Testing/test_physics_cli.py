@@ -50,3 +50,26 @@ def test_simulate_physics_noise_and_bad_kvp(case, tmp_path, capsys):
             "--physics", "--kvp", "400"]
     assert main([str(a) for a in args]) == 2
     assert "kvp: expected 20-150 kV" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_register_with_physics_renderer(case, tmp_path):
+    import json
+
+    from XRayCTRegistrationLib.geometry import load_pose
+    from XRayCTRegistrationLib.metrics import mtre, target_points
+
+    d, ct, cam, ref = case
+    gt = ref.pose([2.0, -3.0, 4.0, 5.0, -6.0, 8.0])
+    save_pose(tmp_path / "gt.json", gt, ref)
+    save_pose(tmp_path / "init.json", ref.pose([5.0, -5.0, 6.0, -1.0, -1.0, 12.0]), ref)
+    args = ["simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--pose", tmp_path / "gt.json",
+            "--out-dir", tmp_path / "sim", "--physics", "--kvp", "90", "--scatter", "0.2"]
+    assert main([str(a) for a in args]) == 0
+    args = ["register", "--ct", d / "ct.nrrd", "--xray", tmp_path / "sim" / "xray.nrrd", "--init",
+            tmp_path / "init.json", "--out", tmp_path / "result.json", "--renderer", "physics", "--kvp", "90",
+            "--scatter", "0.2", "--quiet"]
+    main([str(a) for a in args])
+    result = json.loads((tmp_path / "result.json").read_text())
+    pts = target_points(ct, 60)
+    before = mtre(pts, gt, load_pose(tmp_path / "init.json"))
+    assert mtre(pts, gt, np.asarray(result["world_from_camera"])) < 0.5 * before

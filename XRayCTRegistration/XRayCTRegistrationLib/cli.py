@@ -224,6 +224,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
     outs = [args.out] + ([args.fusion] if args.fusion else [])
+    if args.renderer == "physics":
+        if labels is not None:
+            raise InputError("--renderer physics does not take --labels yet")
+        mu, schedule["renderer"] = _physics_renderer(args, ct)
     progress = Progress("register", enabled=not args.quiet)
     try:
         result = register(mu, xr.image, camera, init, reference=reference, method=args.method,
@@ -247,6 +251,16 @@ def cmd_register(args: argparse.Namespace) -> int:
     print(f"pose: {format_params(result.params)}")
     print(f"wrote {', '.join(outs)}")
     return 0 if result.success else 1
+
+
+def _physics_renderer(args: argparse.Namespace, ct) -> tuple:
+    """``register --renderer physics``: (stand-in volume, renderer) of the CT's materials (see physics.py)."""
+    from .materials import decompose
+    from .physics import physics_renderer
+    from .spectrum import TubeSpectrum
+
+    return physics_renderer(decompose(ct), spectrum=TubeSpectrum(args.kvp, args.filtration_mm_al),
+                            scatter_fraction=args.scatter)
 
 
 def _initialise_from_model(args: argparse.Namespace, ct, image: np.ndarray, camera) -> tuple:
@@ -432,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
+    p.add_argument("--renderer", choices=("mono", "physics"), default="mono",
+                   help="DRRs of the similarity: monochromatic line integrals, or the physics model (materials, "
+                        "spectrum, scatter; see --kvp, --filtration-mm-al, --scatter)")
+    p.add_argument("--kvp", type=float, default=100.0, help="--renderer physics: tube voltage, kV")
+    p.add_argument("--filtration-mm-al", type=float, default=2.5, help="--renderer physics: filtration, mm Al")
+    p.add_argument("--scatter", type=float, default=0.0, help="--renderer physics: scatter-to-primary ratio")
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("train", help="train a patient-specific pose initialiser on DRRs of the CT",

@@ -37,6 +37,7 @@ today's DRR (:func:`monochromatic_equivalent`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,7 @@ from .spectrum import (
     mass_attenuation,
 )
 from .training_data import _gaussian_blur
-from .volume import MU_WATER, Volume
+from .volume import MU_WATER, Volume, block_average, pad
 
 DEFAULT_BINS = 20
 """Energy bins of the spectral sum (see :mod:`.spectrum`: 0.5 % of the fine-grid intensity from 80 kVp up)."""
@@ -260,3 +261,28 @@ def simulate_xray(ct_hu: Volume, camera: Camera, world_from_camera: np.ndarray, 
             return proj(w).numpy().astype(np.float32)
         g = torch.Generator().manual_seed(int(seed))
         return proj.simulate(w, settings.photons, settings.electronic_std, g).numpy().astype(np.float32)
+
+
+def physics_renderer(materials: MaterialVolumes, **options) -> tuple[Volume, Callable[..., PhysicsProjector]]:
+    """Physics DRRs for :func:`registration.register`: returns ``(volume, renderer)``.
+
+    Pass ``volume`` as ``volume_mu`` and ``renderer`` as ``renderer``: ``volume`` is the total density times
+    ``MU_WATER`` (a monochromatic stand-in on the materials' grid, used for the CT's centre, checks and
+    pictures); ``renderer(level_volume, camera, n_samples=, device=)`` builds a :class:`PhysicsProjector` of
+    the materials block-averaged and zero-padded as the registration's pyramid level (made once per level
+    and kept). ``options`` go to :class:`PhysicsProjector` (spectrum, scatter, blur, ...).
+    """
+    carrier = Volume(materials.densities.sum(0) * MU_WATER, materials.ijk_to_ras)
+    levels: dict[tuple[int, ...], MaterialVolumes] = {}
+
+    def build(level_volume: Volume, camera: Camera, n_samples: int = DEFAULT_SAMPLES,
+              device: str | torch.device = "cpu") -> PhysicsProjector:
+        f = tuple(max(1, round(s / b)) for s, b in zip(level_volume.spacing, carrier.spacing, strict=True))
+        if f not in levels:
+            vols = [pad(block_average(v, f)) for v in materials.volumes()]
+            levels[f] = MaterialVolumes.from_volumes(materials.names, vols)
+        if levels[f].densities.shape[1:] != level_volume.data.shape:
+            raise InputError("physics renderer: the level volume is not on the materials' grid")
+        return PhysicsProjector(levels[f], camera, n_samples=n_samples, device=device, **options)
+
+    return carrier, build
