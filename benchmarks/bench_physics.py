@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-registration", action="store_true")
-    ap.add_argument("--ct", default=None, help="CT (default: the sample chest CT)")
+    ap.add_argument("--ct", default=None, help="CT image or .npz (hu, ijk_to_ras); default the sample CT")
     ap.add_argument("--tables", type=Path, default=None, help="attenuation tables (.npz) instead of xraydb")
     ap.add_argument("--save-tables", type=Path, default=None, help="write the attenuation tables and exit")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -205,7 +205,11 @@ def main() -> None:
         args.ct = str(sample_ct_path())
     load_start = os.getloadavg()
     t_start = time.time()
-    ct = read_ct(args.ct)
+    if args.ct.endswith(".npz"):  # a CT saved as arrays (hu, ijk_to_ras), for a machine without SimpleITK
+        z = np.load(args.ct)
+        ct = Volume(z["hu"], z["ijk_to_ras"])
+    else:
+        ct = read_ct(args.ct)
     spd = None if args.skip_speed else speed(ct, args.device, args.runs)
     if spd is not None:
         print(json.dumps(spd, indent=1), flush=True)
