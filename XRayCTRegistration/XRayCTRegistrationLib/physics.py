@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .filters import gaussian_blur
 from .geometry import Camera
 from .materials import MaterialVolumes, decompose
 from .projector import DEFAULT_SAMPLES, Projector
@@ -57,7 +58,6 @@ from .spectrum import (
     energy_bins,
     mass_attenuation,
 )
-from .training_data import _gaussian_blur
 from .volume import MU_WATER, Volume, block_average, pad
 
 DEFAULT_BINS = 20
@@ -145,7 +145,7 @@ class PhysicsProjector(torch.nn.Module):
         if self.scatter_fraction > 0:
             x = x + self.scatter_fraction * lowpass(x, self.scatter_sigma_px)
         if self.blur_px > 0:
-            x = _gaussian_blur(x, torch.full((x.shape[0],), self.blur_px, device=x.device, dtype=x.dtype))
+            x = gaussian_blur(x, self.blur_px, border="replicate")
         return x[:, 0] / (1.0 + self.scatter_fraction)
 
     def intensity(self, world_from_camera: torch.Tensor) -> torch.Tensor:
@@ -182,11 +182,10 @@ def lowpass(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     Wide kernels are applied on an image average-pooled by ``k = floor(sigma / 2)`` and the result
     is interpolated back (bilinear); the pooling's own blur is small against ``sigma``.
     """
-    b, _, h, w = x.shape
+    h, w = x.shape[-2:]
     k = max(1, int(sigma_px // 2))
     small = F.avg_pool2d(x, k, ceil_mode=True) if k > 1 else x
-    sig = torch.full((b,), float(sigma_px) / k, dtype=x.dtype, device=x.device)
-    small = _gaussian_blur(small, sig)
+    small = gaussian_blur(small, float(sigma_px) / k, border="replicate")
     if k > 1:
         small = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     return small
