@@ -116,12 +116,12 @@ def speed(ct: Volume, device: str, runs: int) -> dict:
     return out
 
 
-def physics_cases(cases, ct: Volume, kvp: float, seed: int):
-    """``cases`` with X-rays simulated by the physics model at ``kvp`` (scatter 0.3, blur 1 px, 1e4 photons)."""
+def physics_cases(cases, ct: Volume, kvp: float, seed: int, scatter: float = 0.3):
+    """``cases`` with X-rays simulated by the physics model at ``kvp`` (``scatter``, blur 1 px, 1e4 photons)."""
     from XRayCTRegistrationLib.projector import samples_for
 
     mats = decompose(ct)
-    sim = PhysicsProjector(mats, cases.camera, spectrum=sp.TubeSpectrum(kvp), scatter_fraction=0.3, blur_px=1.0,
+    sim = PhysicsProjector(mats, cases.camera, spectrum=sp.TubeSpectrum(kvp), scatter_fraction=scatter, blur_px=1.0,
                            n_samples=samples_for(cases.volume_mu))
     g = torch.Generator().manual_seed(seed)
     new = []
@@ -131,7 +131,8 @@ def physics_cases(cases, ct: Volume, kvp: float, seed: int):
     return dataclasses.replace(cases, cases=new), mats
 
 
-def registration(ct: Volume, n_cases: int, kvps: list[float], seed: int, log, renderer_scatter: float = 0.0) -> dict:
+def registration(ct: Volume, n_cases: int, kvps: list[float], seed: int, log, renderer_scatter: float = 0.0,
+                 xray_scatter: float = 0.3) -> dict:
     """opt-lncc with the monochromatic and the physics renderer on physics-simulated X-rays, per kVp."""
     from XRayCTRegistrationLib import evaluation as ev
 
@@ -140,7 +141,7 @@ def registration(ct: Volume, n_cases: int, kvps: list[float], seed: int, log, re
     ev.run_method(base.subset([0]), ev.intensity_method("opt-lncc")(base), name="warm-up")
     rows: dict[str, list[dict]] = {}
     for kvp in kvps:
-        cases, mats = physics_cases(base, ct, kvp, seed)
+        cases, mats = physics_cases(base, ct, kvp, seed, xray_scatter)
         carrier, renderer = physics_renderer(mats, spectrum=sp.TubeSpectrum(kvp), scatter_fraction=renderer_scatter)
         mono_fn = ev.intensity_method("opt-lncc")(cases)
         phys_fn = ev.intensity_method("opt-lncc", volume_mu=carrier, renderer=renderer)(cases)
@@ -151,6 +152,40 @@ def registration(ct: Volume, n_cases: int, kvps: list[float], seed: int, log, re
             rows[f"{kvp:g} kVp, mono renderer"] += ev.run_method(one, mono_fn, name="mono", log=log)
             rows[f"{kvp:g} kVp, physics renderer"] += ev.run_method(one, phys_fn, name="physics", log=log)
     return rows
+
+
+NOTES = """## Notes
+
+- **Cost of the physics DRR.** Each material is one ray march of the existing projector, so two materials cost two
+  monochromatic marches plus the spectral sum, scatter and blur (a few ms at 256x256 on one idle core: the exponentials
+  of 20 bins x 65536 pixels 1.6 ms, the matrix products 0.9 ms, scatter low-pass 0.2 ms, blur 0.7 ms). The ratio is
+  therefore a little above 2 on an idle machine and more under load (the two materials' volumes, 2 x 137 MB, compete
+  for the cache with other processes). A fused multi-channel march (one pass computing each sample's position and
+  trilinear weights once for both materials) was tried and not kept: on one thread, a random 2 x 133 x 256 x 256
+  volume, 128 x 128 rays and 200 samples, two single-channel marches took 48-87 ms, a generic channel-last fused kernel
+  134-201 ms, a channel-first one 88-93 ms and one specialised to two channels 59 ms. The per-sample gathers, not
+  the index arithmetic, bound the kernel; the target of under 2x the monochromatic DRR is not met on this CPU.
+- **GPU.** Not measured: the device machine lent to this session receives the main checkout, not this branch. After
+  the merge: `PYTHONPATH=$PWD/XRayCTRegistration python3 benchmarks/bench_physics.py --device cuda --skip-registration
+  --runs 30 --tag physics_gpu` (that machine has neither xraydb nor SimpleITK: first run `--save-tables T.npz` here
+  and pass `--tables T.npz`, and give the CT as `.npz` arrays `hu`, `ijk_to_ras`).
+- **Registration.** Companion runs at 100 kVp: `physics_scatter.md` (the physics renderer with the X-rays' scatter,
+  0.3) and `physics_noscatter.md` (X-rays without scatter). A first look on three cases at 100 kVp: without scatter
+  the physics X-rays registered about as the monochromatic ones do (image correlation 0.998 with the monochromatic
+  DRR), with scatter 0.3 (correlation 0.977) the errors grew, mostly as translation along the principal ray (depth).
+  Still to do: the multi-CT set (the issue10data branch), the learned initialisers and stage-2 methods on physics
+  X-rays, the capture range (hard set) on physics X-rays.
+- **Registration times** here are from a machine with a load average of 5-11 on 2 cores (other work running);
+  the monochromatic registration takes 0.15 s median on an idle machine (`registration.md`).
+- **DeepDRR 1.2.2** (the physics peer) does not install in a bench environment here: it pins numpy < 2 (this project
+  runs numpy 2), its projector imports cupy and pyrender (OpenGL through EGL) at import time and runs CUDA kernels
+  only (no CPU path), and it pulls cuda-python, open3d, pyvista, PyOpenGL 3.1.6 and torchvision. This machine has no
+  GPU; the GPU machine has no network and takes at most 64 MiB of carried wheels. No side-by-side intensity
+  profiles.
+- **Spectra.** `spekpy` 2.5.4 is a 164 MB wheel (215 MB installed, with matplotlib): not a dependency; the tube
+  model is Kramers' law through aluminium filtration with xraydb attenuation (see `spectrum.py`); a cross-check of
+  its half-value layers against spekpy is not done.
+"""
 
 
 def write_report(path: Path, args, spd: dict | None, rows: dict | None, meta: dict) -> None:
@@ -173,11 +208,12 @@ def write_report(path: Path, args, spd: dict | None, rows: dict | None, meta: di
                   f"CT (once per CT): {spd['t_decompose_s']:.1f} s.", ""]
     if rows is not None:
         lines += ["## Registration on physics-simulated X-rays (chest CT, 128x128, opt-lncc defaults)", "",
-                  f"{args.cases} SOPI-like cases per kVp (seed {args.seed}); X-rays: physics model, scatter 0.3, "
+                  f"{args.cases} SOPI-like cases per kVp (seed {args.seed}); X-rays: physics model, scatter "
+                  f"{args.xray_scatter:g}, "
                   "blur 1 px, 1e4 photons; physics renderer at the simulation's kVp, scatter "
                   f"{args.renderer_scatter:g}. Success: mTRE < 2 mm.",
                   "", ev.markdown_table([ev.summarize(r, name=n) for n, r in rows.items()], capture=False), ""]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + NOTES)
 
 
 def main() -> None:
@@ -187,6 +223,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--kvps", default="80,100,120")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--xray-scatter", type=float, default=0.3, help="scatter fraction of the simulated X-rays")
     ap.add_argument("--renderer-scatter", type=float, default=0.0, help="scatter fraction of the physics renderer")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-registration", action="store_true")
@@ -218,7 +255,7 @@ def main() -> None:
     rows = None
     if not args.skip_registration:
         rows = registration(ct, args.cases, [float(k) for k in args.kvps.split(",")], args.seed, print,
-                            args.renderer_scatter)
+                            args.renderer_scatter, args.xray_scatter)
     meta = {"command": sys.argv, "machine": machine_info(), "load_start": [round(v, 2) for v in load_start],
             "load_end": [round(v, 2) for v in os.getloadavg()], "wall_s": time.time() - t_start}
     if args.device.startswith("cuda"):
