@@ -169,12 +169,15 @@ NOTES = """## Notes
   the merge: `PYTHONPATH=$PWD/XRayCTRegistration python3 benchmarks/bench_physics.py --device cuda --skip-registration
   --runs 30 --tag physics_gpu` (that machine has neither xraydb nor SimpleITK: first run `--save-tables T.npz` here
   and pass `--tables T.npz`, and give the CT as `.npz` arrays `hu`, `ijk_to_ras`).
-- **Registration.** Companion runs at 100 kVp: `physics_scatter.md` (the physics renderer with the X-rays' scatter,
-  0.3) and `physics_noscatter.md` (X-rays without scatter). A first look on three cases at 100 kVp: without scatter
-  the physics X-rays registered about as the monochromatic ones do (image correlation 0.998 with the monochromatic
-  DRR), with scatter 0.3 (correlation 0.977) the errors grew, mostly as translation along the principal ray (depth).
-  Still to do: the multi-CT set (the issue10data branch), the learned initialisers and stage-2 methods on physics
-  X-rays, the capture range (hard set) on physics X-rays.
+- **Registration.** Scatter, not the spectrum, is what hurts, and modelling it brings the accuracy back. On the
+  same 12 cases at 100 kVp (opt-lncc, success mTRE < 2 mm): X-rays without scatter, monochromatic renderer 100 %,
+  physics renderer 100 % (`physics_noscatter.md`); X-rays with scatter 0.3, monochromatic renderer 0 %, physics
+  renderer without scatter 17 % (this file), physics renderer with the X-rays' scatter fraction 91.7 %, mTRE 1.24 mm
+  mean (`physics_scatter.md`). The last renderer uses the simulator's own scatter model and fraction (a best case):
+  on real X-rays the fraction would have to be estimated (a seventh parameter of the optimiser, or from the X-ray's
+  background), which is not done. The failures are mostly translation along the principal ray (depth). Still to do:
+  the multi-CT set (the issue10data branch), the learned initialisers and stage-2 methods on physics X-rays, the
+  capture range (hard set) on physics X-rays.
 - **Registration times** here are from a machine with a load average of 5-11 on 2 cores (other work running);
   the monochromatic registration takes 0.15 s median on an idle machine (`registration.md`).
 - **DeepDRR 1.2.2** (the physics peer) does not install in a bench environment here: it pins numpy < 2 (this project
