@@ -158,10 +158,13 @@ NOTES = """## Notes
 
 - **Cost of the physics DRR.** Each material is one ray march of the existing projector, so two materials cost two
   monochromatic marches plus the spectral sum, scatter and blur (a few ms at 256x256 on one idle core: the exponentials
-  of 20 bins x 65536 pixels 1.6 ms, the matrix products 0.9 ms, scatter low-pass 0.2 ms, blur 0.7 ms). The ratio is
-  therefore a little above 2 on an idle machine and more under load (the two materials' volumes, 2 x 137 MB, compete
-  for the cache with other processes). A fused multi-channel march (one pass computing each sample's position and
-  trilinear weights once for both materials) was tried and not kept: on one thread, a random 2 x 133 x 256 x 256
+  of 20 bins x 65536 pixels 1.6 ms, the matrix products 0.9 ms, scatter low-pass 0.2 ms, blur 0.7 ms), so the
+  ratio cannot fall below 2 with this design. Measured here only on a busy machine: forward 2.2 (a short run at load
+  4-6), 2.9 (`physics_speed.md`, load 10-11) and 3.7 (this file, load 5-11); forward + pose gradient 2.8-4.5. Under
+  such load the many small torch operations of the spectral part and the two 137 MB material volumes suffer more than
+  one march does (the spectral part took 108-144 ms in these runs against 3.5 ms on one idle core). A fused
+  multi-channel march (one pass computing each sample's position and trilinear weights once for both materials) was
+  tried and not kept: on one thread, a random 2 x 133 x 256 x 256
   volume, 128 x 128 rays and 200 samples, two single-channel marches took 48-87 ms, a generic channel-last fused kernel
   134-201 ms, a channel-first one 88-93 ms and one specialised to two channels 59 ms. The per-sample gathers, not
   the index arithmetic, bound the kernel; the target of under 2x the monochromatic DRR is not met on this CPU.
