@@ -147,9 +147,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         else:
             pose = reference.pose(random_params(rng, args.rot_range, args.trans_range))
         check_source_outside(ct, pose, args.pose or "the random pose (--sid, --trans-range)")
-        with torch.no_grad():
-            drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
-        xray = xray_from_drr(drr, noise, rng)
+        if args.physics:
+            xray = _simulate_physics(args, ct, camera, pose)
+        else:
+            with torch.no_grad():
+                drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
+            xray = xray_from_drr(drr, noise, rng)
         write_image(xray, tmp / "xray.nrrd", camera)
         save_pose(tmp / "pose.json", pose, reference)
         save_png(xray, tmp / "xray.png")
@@ -157,6 +160,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"wrote {args.out_dir}/xray.nrrd, xray.json (geometry), pose.json (ground truth), xray.png")
     print(f"pose: {format_params(params)}")
     return 0
+
+
+def _simulate_physics(args: argparse.Namespace, ct, camera, pose: np.ndarray) -> np.ndarray:
+    """``simulate --physics``: materials, tube spectrum, scatter, blur and noise (see physics.py)."""
+    from .physics import PhysicsSettings, simulate_xray
+
+    settings = PhysicsSettings(kvp=args.kvp, filtration_mm_al=args.filtration_mm_al, scatter_fraction=args.scatter,
+                               photons=args.photons, electronic_std=args.electronic_noise, blur_px=args.blur)
+    return simulate_xray(ct, camera, pose, settings, seed=args.seed, **_samples(args))
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -205,6 +217,8 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
     options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
+    if args.renderer == "physics":
+        mu, options["renderer"] = _physics_renderer(args, ct)
     progress = Progress("register", enabled=not args.quiet)
     try:
         out = register_xray(ct, xr.image, xr.camera, init, method=args.method, refine=not args.no_refine,
@@ -223,6 +237,18 @@ def _check_register_args(args: argparse.Namespace) -> None:
         raise InputError("--no-refine needs --init-model")
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
+    if args.renderer == "physics" and args.labels:
+        raise InputError("--renderer physics does not take --labels yet")
+
+
+def _physics_renderer(args: argparse.Namespace, ct) -> tuple:
+    """``register --renderer physics``: (stand-in volume, renderer) of the CT's materials (see physics.py)."""
+    from .materials import decompose
+    from .physics import physics_renderer
+    from .spectrum import TubeSpectrum
+
+    return physics_renderer(decompose(ct), spectrum=TubeSpectrum(args.kvp, args.filtration_mm_al),
+                            scatter_fraction=args.scatter)
 
 
 def _init_source(args: argparse.Namespace) -> tuple[object, str | None]:
@@ -371,6 +397,13 @@ def _add_simulate(sub) -> None:
     p.add_argument("--gamma", type=float, default=1.0, help="contrast exponent")
     p.add_argument("--gain", type=float, default=1.0, help="contrast gain")
     p.add_argument("--offset", type=float, default=0.0, help="contrast offset (fraction of the image range)")
+    p.add_argument("--physics", action="store_true",
+                   help="physics model: bone/soft-tissue materials, tube spectrum, scatter (--gamma/--gain/--offset "
+                        "are not used)")
+    p.add_argument("--kvp", type=float, default=100.0, help="--physics: tube voltage, kV (20-150)")
+    p.add_argument("--filtration-mm-al", type=float, default=2.5, help="--physics: total filtration, mm Al")
+    p.add_argument("--scatter", type=float, default=0.0, help="--physics: scatter-to-primary ratio of the fog")
+    p.add_argument("--electronic-noise", type=float, default=0.0, help="--physics: electronic noise, counts (std)")
     p.add_argument("--out-dir", required=True, help="output folder (created)")
     _add_common_render(p)
     p.set_defaults(func=cmd_simulate)
@@ -407,6 +440,12 @@ def _add_register(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
+    p.add_argument("--renderer", choices=("mono", "physics"), default="mono",
+                   help="DRRs of the similarity: monochromatic line integrals, or the physics model (materials, "
+                        "spectrum, scatter; see --kvp, --filtration-mm-al, --scatter)")
+    p.add_argument("--kvp", type=float, default=100.0, help="--renderer physics: tube voltage, kV")
+    p.add_argument("--filtration-mm-al", type=float, default=2.5, help="--renderer physics: filtration, mm Al")
+    p.add_argument("--scatter", type=float, default=0.0, help="--renderer physics: scatter-to-primary ratio")
     p.set_defaults(func=cmd_register)
 
 
