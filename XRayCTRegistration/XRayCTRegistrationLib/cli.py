@@ -321,9 +321,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.progress_lines:
             print(f"PROGRESS {fraction:.4f} {message}", flush=True)
 
+    factory = None
+    if args.model in REFINER_MODELS:
+        from .ppc_learned import make_trainer as factory
     try:
         summary = train(ct, camera, args.out, options, reference=_reference(ct, camera, args), resume=args.resume,
-                        device=args.device, ct_source=str(args.ct), progress=progress)
+                        device=args.device, ct_source=str(args.ct), progress=progress, trainer_factory=factory)
     finally:
         bar.close()
     print(f"trained {summary['steps']} steps in {summary['train_time_s']:.1f} s: validation error "

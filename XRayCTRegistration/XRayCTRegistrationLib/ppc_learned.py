@@ -227,6 +227,9 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
             self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr,
                                                weight_decay=options.weight_decay)
 
+        def make_network(self) -> PPCNet:
+            return build_ppc_net(self.options)
+
         def _sample(self, rng: np.random.Generator, n: int, scale: float, gen: torch.Generator):
             o = self.options
             gt = o.pose_range.sample(rng, n)
@@ -292,7 +295,10 @@ def load_ppc_model(path: str | Path) -> tuple[PPCNet, dict]:
             raise InputError(f"--model: {p} is a '{d.get('method')}' model, not a ppc model "
                              "(train one with 'xrayctreg train --model ppc')")
         net = PPCNet(PPCConfig.from_dict(d["network"]))
-        net.load_state_dict(d["state_dict"])
+        try:
+            net.load_state_dict(d["state_dict"])
+        except RuntimeError as e:
+            raise InputError(f"--model: {p}: model file does not match the ppc network ({str(e)[:200]})") from None
         _MODELS[key] = (net.eval(), {k: v for k, v in d.items() if k not in ("state_dict", "optimizer")})
     return _MODELS[key]
 

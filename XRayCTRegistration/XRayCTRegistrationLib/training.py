@@ -165,10 +165,6 @@ DEFAULT_ITERATIONS = 3000
 def build_network(options: TrainOptions) -> torch.nn.Module:
     """The untrained network of ``options.method``."""
     size = options.render.input_size
-    if options.method in REFINER_MODELS:
-        from .ppc_learned import build_ppc_net
-
-        return build_ppc_net(options)
     if options.method == "regressor":
         return PoseRegressor(RegressorConfig(input_size=size, width=options.width, depth=options.depth,
                                              autoencoder=options.autoencoder, attention=options.attention))
@@ -216,7 +212,7 @@ class Trainer:
                         "ijk_to_ras": ct_hu.ijk_to_ras.tolist(), "source": str(ct_source)}
         self.source = DRRSource(ct_hu, camera, self.reference, options.render, self.device)
         torch.manual_seed(options.seed)
-        self.net = build_network(options).to(self.device)
+        self.net = self.make_network().to(self.device)
         if isinstance(self.net, RTPI):
             self.net.set_volume(torch.as_tensor(self.source.volume.data))
         decay = options.weight_decay if options.method == "regressor" else 0.0
@@ -230,6 +226,10 @@ class Trainer:
             else options.pool_size
         self.half_widths = torch.as_tensor(options.pose_range.half_widths, dtype=torch.float32, device=self.device)
         self._make_validation()
+
+    def make_network(self) -> torch.nn.Module:
+        """The untrained network (a subclass training another kind of model overrides it)."""
+        return build_network(self.options)
 
     # -- data ---------------------------------------------------------------------------------
     def _make_validation(self) -> None:
@@ -479,9 +479,10 @@ def check_model_dict(d: dict, path: Path) -> None:
         int(d["step"]), float(d["train_time_s"]), list(d["history"])
         if not isinstance(d["optimizer"], dict) or not {"state", "param_groups"} <= d["optimizer"].keys():
             raise ValueError("optimizer state lacks 'state' or 'param_groups'")
-        net = build_network(options)
-        net.load_state_dict(d["state_dict"])
-        torch.optim.AdamW(net.parameters()).load_state_dict(d["optimizer"])
+        if options.method not in REFINER_MODELS:  # a refinement model's own loader builds its network
+            net = build_network(options)
+            net.load_state_dict(d["state_dict"])
+            torch.optim.AdamW(net.parameters()).load_state_dict(d["optimizer"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, InputError) as e:
         reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, KeyError):
@@ -534,11 +535,13 @@ def write_training_inputs(ct_hu: Volume, camera: Camera, folder: str | Path) -> 
 def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOptions | None = None, *,
           reference: ReferenceView | None = None, resume: bool = False, device: str | torch.device = "cpu",
           ct_source: str = "", progress: Callable[[float, str], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, trainer_factory: Callable[..., Trainer] | None = None) -> dict:
     """Train an initialiser on ``ct_hu`` for ``camera`` and write the model file ``out_path``.
 
     With ``resume`` and an existing ``out_path``, training continues from it (same CT, geometry and
-    method required; the new ``options``' limits apply to the total). Returns :meth:`Trainer.run`'s summary.
+    method required; the new ``options``' limits apply to the total). ``trainer_factory`` builds the
+    :class:`Trainer` from ``(ct_hu, camera, options, reference, device, ct_source)`` (default :class:`Trainer`;
+    ``ppc_learned.make_trainer`` for ``method="ppc"``). Returns :meth:`Trainer.run`'s summary.
     """
     options = options or TrainOptions()
     out = Path(out_path)
@@ -554,12 +557,7 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
         saved.iterations, saved.time_budget_s = options.iterations, options.time_budget_s
         options = saved
         reference = ReferenceView.from_dict(previous["reference"])
-    if options.method in REFINER_MODELS:
-        from .ppc_learned import make_trainer
-
-        trainer = make_trainer(ct_hu, camera, options, reference, device, ct_source)
-    else:
-        trainer = Trainer(ct_hu, camera, options, reference, device, ct_source)
+    trainer = (trainer_factory or Trainer)(ct_hu, camera, options, reference, device, ct_source)
     if previous is not None:
         trainer.restore(previous)
     return trainer.run(out, progress, should_stop)
