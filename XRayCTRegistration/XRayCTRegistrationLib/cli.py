@@ -232,6 +232,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
           f"{result.wall_time_s:.2f} s; {result.message}")
     print(f"pose: {format_params(result.params)}")
+    if result.uncertainty is not None:
+        print(f"uncertainty: {result.uncertainty.summary()}")
     print(f"wrote {', '.join(outs)}")
     return 0 if result.success else 1
 

@@ -304,7 +304,7 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else \
         _build_levels(*build, [1], [0], step_sizes, sid, sens, dev, backend)[0]
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
-               sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks)
+               sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
     return _optimise(run, pyramid, final_level, p0, method)
 
 
@@ -322,11 +322,23 @@ class _Run:
     tolerance: float
     patience: int
     max_shrinks: int
+    volume: Volume
+    relatives: list[np.ndarray]
     history: list[tuple[int, int, float]] = field(default_factory=list)
     stop_msg: str = ""
     failed: str = ""
     converged: bool = False
     last_step_mm: float = math.inf
+
+    def source_inside(self, params: torch.Tensor) -> int | None:
+        """The first view whose X-ray source lies inside the CT's box at ``params``, else None."""
+        w = self.reference.pose(params.detach().numpy())
+        n = np.asarray(self.volume.shape_ijk, dtype=np.float64)
+        for v, rel in enumerate(self.relatives):
+            ijk = transform_points(self.volume.ras_to_ijk, (w @ rel)[:3, 3][None])[0]
+            if np.all(ijk >= -0.5) and np.all(ijk <= n - 0.5):
+                return v
+        return None
 
     def report(self, fraction: float, msg: str) -> None:
         if self.progress is not None:
@@ -361,6 +373,11 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
     _update_label_weights(final_level, run.reference, p0)
     with torch.no_grad():
         init_sim, init_cov = _evaluate(final_level, run.reference, p0, run.similarity)
+    inside = run.source_inside(p0)
+    if inside is not None:
+        return _result(run, p0, init_sim, init_sim, method, False,
+                       f"the X-ray source of view {inside} lies inside the CT volume at the initial pose; an X-ray "
+                       "source sits outside the patient: check the initial pose and the geometry (sdd)")
     if init_cov < MIN_COVERAGE or not math.isfinite(init_sim):
         return _result(run, p0, init_sim, init_sim, method, False,
                        f"the CT does not project onto the X-ray at the initial pose (covers {100 * init_cov:.1f}% "
@@ -381,18 +398,21 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
     with torch.no_grad():
         final_sim, final_cov = _evaluate(final_level, run.reference, params, run.similarity)
     run.report(1.0, f"done: similarity {final_sim:.4f}")
-    ok, msg = _verdict(run, init_sim, final_sim, final_cov)
+    ok, msg = _verdict(run, init_sim, final_sim, final_cov, run.source_inside(params))
     res = _result(run, params, final_sim, init_sim, method, ok, msg)
     res.uncertainty = unc
     return res
 
 
-def _verdict(run: _Run, init_sim: float, final_sim: float, final_cov: float) -> tuple[bool, str]:
+def _verdict(run: _Run, init_sim: float, final_sim: float, final_cov: float,
+             source_inside: int | None) -> tuple[bool, str]:
     """``(success, message)``: success only for a converged optimisation at a valid, improved pose."""
     n = len(run.history)
     change = f"similarity {init_sim:.4f} -> {final_sim:.4f}"
     if run.failed:
         return False, run.failed
+    if source_inside is not None:
+        return False, f"the X-ray source of view {source_inside} lies inside the CT volume at the pose found"
     if not math.isfinite(final_sim) or final_cov < MIN_COVERAGE:
         return False, "the CT does not project onto the X-ray at the pose found"
     if final_sim < init_sim:
@@ -483,9 +503,10 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
 
     for k in range(LBFGS_ITERATIONS):
         remaining = level.max_iterations - evals[0]
-        if run.interrupted() or remaining < 2:
+        if run.interrupted() or remaining < 3:
             break
-        opt.param_groups[0]["max_eval"] = min(10, remaining)
+        # a step renders at most max_eval + 1 times (its start, when new, and the line search)
+        opt.param_groups[0]["max_eval"] = min(10, remaining - 2)
         opt.step(closure)
         if not torch.all(torch.isfinite(u.detach())):
             run.failed = f"diverged at level {li + 1} (the pose became NaN)"
