@@ -67,7 +67,8 @@ def default_levels(camera: Camera) -> tuple[float, float]:
 
 
 REFINE_ITERATIONS = (80, 40, 80)
-"""Iteration budget per level of the refinement after a learned initialisation (see :func:`refine_schedule`)."""
+"""Iteration budget per level of the refinement after a learned initialisation (see :func:`refine_schedule`); the
+last level's budget holds its Adam phase and the L-BFGS iterations to convergence."""
 
 
 def refine_schedule(camera: Camera) -> dict:
@@ -169,7 +170,7 @@ class RegistrationResult:
         history: ``(level, iteration, similarity)`` for every iteration (level 0 is the coarsest).
         reference: the reference view the parameters are relative to.
         uncertainty: standard deviations of the pose found (None when no optimisation ran or the
-            similarity is not at a maximum there).
+            similarity has no curvature there).
     """
 
     world_from_camera: np.ndarray
@@ -417,6 +418,8 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
         final_sim, final_cov = _evaluate(final_level, run.reference, params, run.similarity)
     run.report(1.0, f"done: similarity {final_sim:.4f}")
     ok, msg = _verdict(run, init_sim, final_sim, final_cov, run.source_inside(params))
+    if ok and unc is not None and 2 * unc.depth_mm > WEAK_DEPTH_MM:
+        msg += f"; {unc.summary()}"
     res = _result(run, params, final_sim, init_sim, method, ok, msg)
     res.uncertainty = unc
     return res
@@ -555,8 +558,11 @@ def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertai
     n_pix = sum(float(_weight(v).sum()) if _weight(v) is not None else v.image.numel() for v in level.views)
     residual = max(len(level.views) - float(value), 1e-6)  # sum over the views of 1 - S
     evals, vecs = np.linalg.eigh(curv)
-    if not evals[0] > 0:
+    if not (np.all(np.isfinite(evals)) and evals[-1] > 0):
         return None
+    # a direction along which the similarity does not fall (within the differences' resolution) is as good as
+    # undetermined: its curvature is floored at 1e-6 of the largest, so its standard deviation is ~1000x larger
+    evals = np.maximum(evals, 1e-6 * evals[-1])
     cov = UNCERTAINTY_SCALE * residual / n_pix * (vecs / evals) @ vecs.T
     p0 = params.detach().numpy()
     iso = run.reference.isocenter
