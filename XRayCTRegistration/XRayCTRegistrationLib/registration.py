@@ -19,6 +19,7 @@ gives ``success=False`` with a message saying why.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -247,7 +248,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              progress: Callable[[float, str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
              tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
-             backend: str = "auto") -> RegistrationResult:
+             backend: str = "auto",
+             renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
     Args:
@@ -280,7 +282,11 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         tolerance: smallest similarity gain that counts as an improvement.
         patience: iterations without improvement before the step is halved.
         max_shrinks: halvings after which a level's Adam phase ends.
-        backend: projector backend (``"auto"``, ``"numba"``, ``"torch"``; see :class:`projector.Projector`).
+        backend: projector backend (``"auto"``, ``"numba"``, ``"torch"``, ``"triton"``; see
+            :class:`projector.Projector`); ignored with ``renderer``.
+        renderer: builds the DRR renderer of a pyramid level, called as ``renderer(level_volume, camera,
+            n_samples=..., device=...)`` with ``volume_mu`` block-averaged and zero-padded for the level;
+            default :class:`projector.Projector` (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
     Returns:
         A :class:`RegistrationResult`; inputs are never modified.
@@ -319,9 +325,10 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
     sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0.numpy()))
     build = (volume, label_volume, images, cameras, masks, relatives)
-    pyramid = _build_levels(*build, levels, iters_per_level, step_sizes, sid, sens, dev, backend)
+    make = renderer or functools.partial(Projector, backend=backend)
+    pyramid = _build_levels(*build, levels, iters_per_level, step_sizes, sid, sens, dev, make)
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else \
-        _build_levels(*build, [1], [0], step_sizes, sid, sens, dev, backend)[0]
+        _build_levels(*build, [1], [0], step_sizes, sid, sens, dev, make)[0]
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
     return _optimise(run, pyramid, final_level, p0, method)
@@ -761,8 +768,8 @@ def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
                   masks: list, relatives: list[np.ndarray], levels: Sequence[float], iterations: list[int],
                   step_sizes, sid: float, sensitivity: torch.Tensor, dev: torch.device,
-                  backend: str = "auto") -> list[_Level]:
-    """The pyramid: per level, each view's downsampled X-ray, projector of the block-averaged CT, and the scales."""
+                  renderer: Callable[..., torch.nn.Module]) -> list[_Level]:
+    """The pyramid: per level, each view's downsampled X-ray, renderer of the block-averaged CT, and the scales."""
     out = []
     coarse = None
     for factor, n_it in zip(levels, iterations, strict=True):
@@ -779,7 +786,7 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
             vf = [max(1, round(pix / s)) for s in volume.spacing]
             vol_l = _level_volume(volume, vf)
             n_samples = int(math.ceil(max(vol_l.shape_ijk) * SAMPLES_PER_VOXEL))
-            proj = Projector(vol_l, c, n_samples=n_samples, device=dev, backend=backend)
+            proj = renderer(vol_l, c, n_samples=n_samples, device=dev)
             image = downsample_image(torch.as_tensor(np.asarray(img, dtype=np.float32)), c.rows, c.cols).to(dev)
             weight = None
             if m is not None:
