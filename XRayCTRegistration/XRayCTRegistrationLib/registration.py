@@ -282,11 +282,9 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         tolerance: smallest similarity gain that counts as an improvement.
         patience: iterations without improvement before the step is halved.
         max_shrinks: halvings after which a level's Adam phase ends.
-        backend: projector backend (``"auto"``, ``"numba"``, ``"torch"``, ``"triton"``; see
-            :class:`projector.Projector`); ignored with ``renderer``.
-        renderer: builds the DRR renderer of a pyramid level, called as ``renderer(level_volume, camera,
-            n_samples=..., device=...)`` with ``volume_mu`` block-averaged and zero-padded for the level;
-            default :class:`projector.Projector` (e.g. :func:`physics.physics_renderer` for physics DRRs).
+        backend: :class:`projector.Projector`'s backend (``auto``, ``numba``, ``torch``, ``triton``).
+        renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
+            builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
     Returns:
         A :class:`RegistrationResult`; inputs are never modified.
@@ -298,18 +296,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     if method not in METHODS:
         raise InputError(f"method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     similarity = get_similarity(METHODS[method])
-    images, cameras = _as_list(xray), _as_list(camera)
-    n_views = len(images)
-    if len(cameras) != n_views:
-        raise InputError(f"camera: {len(cameras)} camera(s) given for {n_views} X-ray(s)")
-    for v, (img, cam) in enumerate(zip(images, cameras, strict=True)):
-        _check_image(img, cam, f"xray[{v}]" if n_views > 1 else "xray")
+    images, cameras, relatives, masks = _check_views(volume_mu, xray, camera, relative_views, mask)
     init = check_rigid(init_world_from_camera, "init_world_from_camera")
-    relatives = _check_relatives(relative_views, n_views)
-    masks = _check_masks(mask, images)
-    data = np.asarray(volume_mu.data)
-    if data.ndim != 3 or not np.all(np.isfinite(data)):
-        raise InputError("volume_mu: expected a 3D volume of finite attenuation values")
     if reference is None:
         reference = ReferenceView.ap(volume_mu.center, cameras[0].sdd)
     volume = volume_mu
@@ -317,18 +305,16 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     if labels is not None or label_ids is not None:
         volume, label_volume = _apply_labels(volume_mu, labels, label_ids)
 
-    dev = torch.device(device)
     p0 = torch.as_tensor(reference.params(init), dtype=torch.float64)
     if levels is None:
         levels = default_levels(cameras[0])
-    iters_per_level = _iterations(max_iterations, len(levels))
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
     sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0.numpy()))
     build = (volume, label_volume, images, cameras, masks, relatives)
-    make = renderer or functools.partial(Projector, backend=backend)
-    pyramid = _build_levels(*build, levels, iters_per_level, step_sizes, sid, sens, dev, make)
+    make = (renderer or functools.partial(Projector, backend=backend), torch.device(device))
+    pyramid = _build_levels(*build, levels, _iterations(max_iterations, len(levels)), step_sizes, sid, sens, *make)
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else \
-        _build_levels(*build, [1], [0], step_sizes, sid, sens, dev, make)[0]
+        _build_levels(*build, [1], [0], step_sizes, sid, sens, *make)[0]
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
     return _optimise(run, pyramid, final_level, p0, method)
@@ -662,6 +648,22 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+def _check_views(volume_mu: Volume, xray, camera, relative_views, mask) -> tuple[list, list, list, list]:
+    """The checked inputs of :func:`register`, one per view: images, cameras, relative poses, masks."""
+    images, cameras = _as_list(xray), _as_list(camera)
+    n_views = len(images)
+    if len(cameras) != n_views:
+        raise InputError(f"camera: {len(cameras)} camera(s) given for {n_views} X-ray(s)")
+    for v, (img, cam) in enumerate(zip(images, cameras, strict=True)):
+        _check_image(img, cam, f"xray[{v}]" if n_views > 1 else "xray")
+    relatives = _check_relatives(relative_views, n_views)
+    masks = _check_masks(mask, images)
+    data = np.asarray(volume_mu.data)
+    if data.ndim != 3 or not np.all(np.isfinite(data)):
+        raise InputError("volume_mu: expected a 3D volume of finite attenuation values")
+    return images, cameras, relatives, masks
+
+
 def _check_image(img, cam: Camera, name: str) -> None:
     if not isinstance(cam, Camera):
         raise InputError(f"camera: expected a Camera for {name}, got {type(cam).__name__}")
@@ -767,8 +769,8 @@ def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
                   masks: list, relatives: list[np.ndarray], levels: Sequence[float], iterations: list[int],
-                  step_sizes, sid: float, sensitivity: torch.Tensor, dev: torch.device,
-                  renderer: Callable[..., torch.nn.Module]) -> list[_Level]:
+                  step_sizes, sid: float, sensitivity: torch.Tensor, renderer: Callable[..., torch.nn.Module],
+                  dev: torch.device) -> list[_Level]:
     """The pyramid: per level, each view's downsampled X-ray, renderer of the block-averaged CT, and the scales."""
     out = []
     coarse = None
