@@ -137,6 +137,7 @@ class Projector(torch.nn.Module):
         self.register_buffer("ijk_from_world", torch.as_tensor(volume.ras_to_ijk, dtype=torch.float32, device=dev))
         dirs = camera.pixel_centers(np.float64).reshape(-1, 3)  # [R, 3] camera frame, mm
         self._dirs64 = torch.as_tensor(dirs)  # [R, 3] float64, CPU (numba backend)
+        self._dirs64_dev = self._dirs64
         self.register_buffer("dirs", torch.as_tensor(dirs, dtype=torch.float32, device=dev))
         self.register_buffer("shape_ijk", torch.tensor(volume.shape_ijk, dtype=torch.float32, device=dev))
 
@@ -211,12 +212,16 @@ class Projector(torch.nn.Module):
         """grid_sample ray march at poses ``w`` [B, 4, 4]; returns [B, R] on the volume's device."""
         # Poses and sample positions in float64 (the source sits ~1000 voxels from the volume, where float32
         # loses ~1e-4 voxel, enough to bend the pose gradient near an optimum); only the lookup is float32.
-        w = w.to(self.mu.device, torch.float64)
-        ijk_from_cam = self._ijk_from_world64.to(self.mu.device) @ w  # [B, 4, 4]
+        dev = self.mu.device
+        if self._dirs64_dev.device != dev:  # copies on the volume's device, made once
+            self._dirs64_dev = self._dirs64.to(dev)
+            self._ijk_from_world64_dev = self._ijk_from_world64.to(dev)
+        w = w.to(dev, torch.float64)
+        ijk_from_cam = self._ijk_from_world64_dev @ w  # [B, 4, 4]
         a, b = ijk_from_cam[:, :3, :3], ijk_from_cam[:, :3, 3]
         n_rays = self.dirs.shape[0]
         chunk = max(1, self.max_samples_per_chunk // (self.n_samples * w.shape[0]))
-        dirs = self._dirs64.to(self.mu.device)
+        dirs = self._dirs64_dev
         parts = [self._march(a, b, dirs[s:s + chunk]) for s in range(0, n_rays, chunk)]
         return torch.cat(parts, dim=1).to(self.mu.dtype)
 
