@@ -103,11 +103,11 @@ LBFGS_ITERATIONS = 40
 """Most L-BFGS iterations (each a strong-Wolfe line search of at most 10 evaluations) on the last level after
 its Adam phase, within the level's iteration budget."""
 
-UNCERTAINTY_SCALE = 64.0
-"""Calibration factor of the reported covariance (see :class:`PoseUncertainty`): standard deviations 8 times
-the uncalibrated ones. Set with ``opt-lncc`` on 30 SOPI-like cases (``evaluation.make_cases``, seed 0, 128 x 128)
-of each tuning CT, the chest and the abdomen sample CTs: a factor of 50 puts the true depth inside the 2-sigma
-interval in 90 % of them, 54 in 95 %. The errors are mostly the similarity's own bias in depth under the
+UNCERTAINTY_SCALE = 256.0
+"""Calibration factor of the reported covariance (see :class:`PoseUncertainty`). Set with ``opt-lncc`` on 30
+SOPI-like cases (``evaluation.make_cases``, seed 0, 128 x 128 pixels, default levels: the last at 64 x 64) of each
+tuning CT, the chest and the abdomen sample CTs: a factor of 200 puts the true depth inside the 2-sigma interval
+in 90 % of them, 215 in 95 %. The errors are mostly the similarity's own bias in depth under the
 X-ray's contrast change, which the curvature alone does not see; check held-out CTs before trusting it
 elsewhere (``benchmarks/results/registration.md``)."""
 
@@ -122,8 +122,8 @@ MIN_COVERAGE = 0.02
 class PoseUncertainty:
     """How well the X-ray(s) determine the pose found: standard deviations from the similarity's curvature.
 
-    The similarity ``S`` (NCC-like, 1 at a perfect match) is read as a likelihood: with ``N`` pixels whose
-    residual after the match is ``1 - S``, the covariance of the parameters is
+    The similarity ``S`` (NCC-like, 1 at a perfect match) is read as a likelihood: with ``N`` pixels (counted
+    at full detector resolution) whose residual after the match is ``1 - S``, the covariance of the parameters is
     ``UNCERTAINTY_SCALE * (1 - S) / N * (-H)^-1``, ``H`` the Hessian of ``S`` at the pose found (central
     differences of its gradient on the last optimisation level). ``UNCERTAINTY_SCALE`` absorbs what this
     model leaves out (neighbouring pixels are correlated, the X-ray's contrast differs from a DRR's).
@@ -548,7 +548,9 @@ def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertai
     curv = -0.5 * (hess + hess.T)  # [6, 6] of -S, positive definite at a maximum
     with torch.no_grad():
         value, _ = _similarity(level, run.reference, params, run.similarity)
-    n_pix = sum(float(_weight(v).sum()) if _weight(v) is not None else v.image.numel() for v in level.views)
+    # pixels counted at full detector resolution, so the scale does not depend on the level the pose was found at
+    n_pix = level.factor ** 2 * sum(float(_weight(v).sum()) if _weight(v) is not None else v.image.numel()
+                                    for v in level.views)
     residual = max(len(level.views) - float(value), 1e-6)  # sum over the views of 1 - S
     evals, vecs = np.linalg.eigh(curv)
     if not (np.all(np.isfinite(evals)) and evals[-1] > 0):
