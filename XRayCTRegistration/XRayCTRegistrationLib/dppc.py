@@ -240,7 +240,7 @@ def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np
     pose, n_it, msg, ok = iterate_ppc(volume_mu, xray, camera, init, correspond, levels=levels,
                                       iterations=iterations, robust=robust, device=device, progress=prog,
                                       should_stop=should_stop)
-    method = name
+    method, uncertainty = name, None
     if final and ok:
         prog2 = None if progress is None else (lambda f, m: progress(0.5 + 0.5 * f, m))
         opts = {**refine_schedule(camera), **final_options}
@@ -248,10 +248,11 @@ def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np
                        should_stop=should_stop, device=device, **opts)
         pose, n_it, ok = res.world_from_camera, n_it + res.iterations, res.success
         msg, method = f"{msg}; {final}: {res.message}", f"{name}+{final}"
+        uncertainty = getattr(res, "uncertainty", None)
     sim = image_ncc(render_full(full, pose), xray)
     return RegistrationResult(world_from_camera=pose, params=reference.params(pose), similarity=sim,
                               initial_similarity=init_sim, iterations=n_it, wall_time_s=time.perf_counter() - t0,
-                              method=method, success=ok, message=msg, reference=reference)
+                              method=method, success=ok, message=msg, reference=reference, uncertainty=uncertainty)
 
 
 def render_full(projector: Projector, pose: np.ndarray) -> np.ndarray:
