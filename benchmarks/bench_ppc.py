@@ -46,6 +46,8 @@ NOTES = [
     "budget the flow network has not learned usable correspondences, so the ppc rows measure an untrained "
     "update, not the method. The paper trains on about 80,000 samples of 43 patients on a GPU. The ppc rows are "
     "every fifth case of the same set (`--every 5`, 6 cases spanning 0-60 mm).",
+    "- ppc-opt's successes are opt-lncc's: ppc moved every start further off (median mRPD 28.5 mm) and the "
+    "final opt-lncc step recovered from there, as opt-lncc alone does over 0-60 mm on this CT.",
     "- dppc alone reaches the right basin from up to 15 mm (every bin up to 15 mm at mRPD < 2 mm); its remaining "
     "error is mostly rotation (1-4 deg). dppc-opt (dppc, then opt-lncc with `registration.refine_schedule`) has "
     "the lowest mRPD (median 0.34 mm vs opt-lncc 0.50 mm) and 100 % at mRPD < 2 mm over 0-60 mm; its six failures "
@@ -54,6 +56,8 @@ NOTES = [
     "- Times were taken under a load average of 9-15 on 2 cores (other engineers' jobs, the ppc training and the "
     "test suite): opt-lncc took 4.7 s median here against 0.15 s in `registration.md` (load about 1). Compare "
     "the methods within this table only; the issue's 3 s target is not assessable from these numbers.",
+    "- Measured with this branch before main's registration rewrite (Adam then L-BFGS, issue 10) was merged: "
+    "the opt-lncc row and the final step of dppc-opt and ppc-opt are the earlier `registration.register`.",
     "- Not measured: other CTs (the multi-CT sample data, `xrayctreg sample-data --list`, was not on main when "
     "this ran); a ppc model trained long enough to test the method's claims (55-60 mm capture range).",
 ]
