@@ -135,6 +135,18 @@ def test_dppc_reduces_pose_error(scene):
     assert res.similarity > res.initial_similarity
 
 
+def test_dppc_then_intensity_step(scene):
+    hu, vol, ref = scene
+    gt = np.array([1.0, -2.0, 2.0, 3.0, -4.0, 2.0])
+    start = gt + np.array([2.0, 1.0, -2.0, 5.0, 4.0, -3.0])
+    xray = render(vol, CAM, ref.pose(gt), n_samples=120)
+    res = register_dppc(vol, xray, CAM, ref.pose(start), reference=ref, levels=(2, 1), iterations=(3, 2),
+                        half_patch=3, search=4, final="opt-ncc", max_iterations=(20, 10))
+    pts = target_points(hu, 60)
+    assert res.method == "dppc+opt-ncc" and res.iterations > 5
+    assert mtre(pts, ref.pose(gt), res.world_from_camera) < 0.5 * mtre(pts, ref.pose(gt), ref.pose(start))
+
+
 def test_registry_lists_ppc_methods():
     names = method_names("refine")
     assert {"dppc", "dppc-opt", "ppc", "ppc-opt"} <= set(names)
