@@ -88,8 +88,8 @@ def test_pixel_tiles_and_split_samples_match_numba():
     dirs = torch.as_tensor(cam.pixel_centers(np.float32).reshape(-1, 3), device=DEVICE)
     mu = torch.as_tensor(vol.data, device=DEVICE)
     m = torch.as_tensor(m, dtype=torch.float32, device=DEVICE)
-    for width, split in [(cam.cols, 1), (cam.cols, 3), (0, 2)]:
-        img, jt = T.march(mu, m, dirs, N, with_jacobian=True, width=width, split=split)
+    for width, split, order in [(cam.cols, 1, True), (cam.cols, 3, True), (0, 2, True), (cam.cols, 2, False)]:
+        img, jt = T.march(mu, m, dirs, N, with_jacobian=True, width=width, split=split, pose_fastest=order)
         img, jt = img.cpu().numpy(), jt.cpu().numpy()
         assert np.abs(img - out).max() < 1e-5 * out.max(), (width, split)
         assert np.abs(jt - jac).max() < 1e-4 * np.abs(jac).max(), (width, split)
@@ -242,11 +242,13 @@ target = GPUTarget("cuda", 90, 32)  # an H100
 march = {"vol_ptr": "*fp16", "sc": "i32", "sk": "i32", "sj": "i32", "si": "i32", "ni": "i32", "nj": "i32", "nk": "i32",
          "mat_ptr": "*fp32", "dirs_ptr": "*fp32", "n_rays": "i32", "n_samples": "i32", "out_ptr": "*fp32",
          "jac_ptr": "*fp32", "width": "i32", "n_poses": "i32", "WITH_JAC": "constexpr", "BLOCK": "constexpr",
-         "TW": "constexpr", "SPLIT": "constexpr"}
+         "TW": "constexpr", "SPLIT": "constexpr", "POSE_FASTEST": "constexpr"}
 grad = {"grad_ptr": "*fp32", "ni": "i32", "nj": "i32", "nk": "i32", "mat_ptr": "*fp32", "dirs_ptr": "*fp32",
         "n_rays": "i32", "n_samples": "i32", "gout_ptr": "*fp32", "BLOCK": "constexpr"}
-for fn, sig, consts in [(T._march_kernel, march, {"WITH_JAC": True, "BLOCK": 128, "TW": 16, "SPLIT": 4}),
-                        (T._march_kernel, march, {"WITH_JAC": False, "BLOCK": 128, "TW": 0, "SPLIT": 1}),
+for fn, sig, consts in [(T._march_kernel, march, {"WITH_JAC": True, "BLOCK": 128, "TW": 16, "SPLIT": 4,
+                                                         "POSE_FASTEST": True}),
+                        (T._march_kernel, march, {"WITH_JAC": False, "BLOCK": 128, "TW": 0, "SPLIT": 1,
+                                                         "POSE_FASTEST": False}),
                         (T._volume_grad_kernel, grad, {"BLOCK": 128})]:
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
     assert ".entry" in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 1000

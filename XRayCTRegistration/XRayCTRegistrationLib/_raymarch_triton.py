@@ -122,19 +122,25 @@ def _tile_rays(tile, n_rays, width, BLOCK: tl.constexpr, TW: tl.constexpr):
 @triton.jit
 def _march_kernel(vol_ptr, sc, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_samples, out_ptr, jac_ptr,
                   width, n_poses, WITH_JAC: tl.constexpr, BLOCK: tl.constexpr, TW: tl.constexpr,
-                  SPLIT: tl.constexpr):
+                  SPLIT: tl.constexpr, POSE_FASTEST: tl.constexpr):
     """Line integrals of ``BLOCK`` rays of one pose in channel ``program_id(1)`` over one part of the samples.
 
-    ``program_id(0)`` enumerates (tile, sample part, pose), the pose fastest: the programs running at
-    one time render one region of the detector for every pose, which (for nearby poses) reads one
-    region of the volume, kept in the L2 cache. Part ``k`` of ``SPLIT`` sums samples ``k, k + SPLIT,
-    ...`` into slice ``k`` of ``out`` (and ``jac``); the caller adds the slices (a launch of few rays
-    keeps more of the GPU busy that way).
+    ``program_id(0)`` enumerates (tile, sample part, pose), with ``POSE_FASTEST`` the pose fastest: the
+    programs running at one time render one region of the detector for every pose, which (for nearby
+    poses) reads one region of the volume, kept in the L2 cache; else the tile fastest (pose by pose).
+    Part ``k`` of ``SPLIT`` sums samples ``k, k + SPLIT, ...`` into slice ``k`` of ``out`` (and ``jac``);
+    the caller adds the slices (a launch of few rays keeps more of the GPU busy that way).
     """
     pid = tl.program_id(0)
-    b = pid % n_poses
-    part = (pid // n_poses) % SPLIT
-    tile = pid // (n_poses * SPLIT)
+    if POSE_FASTEST:
+        b = pid % n_poses
+        part = (pid // n_poses) % SPLIT
+        tile = pid // (n_poses * SPLIT)
+    else:
+        n_tiles = tl.num_programs(0) // (n_poses * SPLIT)
+        tile = pid % n_tiles
+        part = (pid // n_tiles) % SPLIT
+        b = pid // (n_tiles * SPLIT)
     c = tl.program_id(1)
     vol_ptr += c * sc
     r, live = _tile_rays(tile, n_rays, width, BLOCK, TW)
@@ -251,13 +257,13 @@ _SM_COUNT: dict[int, int] = {}
 
 
 def _busy_programs(device: torch.device) -> int:
-    """Programs that keep ``device`` busy: four per streaming multiprocessor (1 under the interpreter)."""
+    """Programs that keep ``device`` busy: eight per streaming multiprocessor (1 under the interpreter)."""
     if device.type != "cuda":
         return 1
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _SM_COUNT:
         _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return 4 * _SM_COUNT[index]
+    return 8 * _SM_COUNT[index]
 
 
 def sample_split(n_programs: int, n_samples: int, device: torch.device) -> int:
@@ -271,8 +277,8 @@ def sample_split(n_programs: int, n_samples: int, device: torch.device) -> int:
 
 
 def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_samples: int,
-          with_jacobian: bool = False, width: int = 0,
-          split: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+          with_jacobian: bool = False, width: int = 0, split: int | None = None,
+          pose_fastest: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Line integrals ``[B, R]`` float32 and, with ``with_jacobian``, the per-ray Jacobians ``[B, R, 6]``.
 
     With a volume of ``C`` channels ``[C, K, J, I]`` they are ``[B, C, R]`` and ``[B, C, R, 6]``.
@@ -287,6 +293,8 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
             programs then take square-ish tiles of pixels (faster); 0 for any list of rays.
         split: parts each ray's samples are summed in (partial sums added at the end); None chooses
             by :func:`sample_split`.
+        pose_fastest: launch order, poses fastest (tiles of all poses at once) or tiles fastest (pose by pose);
+            the result is the same (a knob for benchmarks).
     """
     _check(mu, ijk_from_cam, dirs)
     vol = mu if mu.dim() == 4 else mu[None]  # [C, K, J, I]
@@ -305,7 +313,7 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
     jac = torch.empty((split, nb, nc, nr, 6), dtype=torch.float32, device=mu.device) if with_jacobian else out
     _march_kernel[(n_tiles * split * nb, nc)](vol, *vol.stride(), ni, nj, nk, mat, dirs, nr, int(n_samples), out,
                                              jac, width, nb, WITH_JAC=bool(with_jacobian), BLOCK=BLOCK_RAYS,
-                                             TW=tw, SPLIT=int(split), num_warps=4)
+                                             TW=tw, SPLIT=int(split), POSE_FASTEST=bool(pose_fastest), num_warps=4)
     out = out[0] if split == 1 else out.sum(0)
     jac = (jac[0] if split == 1 else jac.sum(0)) if with_jacobian else out
     if mu.dim() == 3:
