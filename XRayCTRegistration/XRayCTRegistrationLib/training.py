@@ -217,7 +217,9 @@ class Trainer:
         if isinstance(self.net, RTPI):
             self.net.set_volume(torch.as_tensor(self.source.volume.data))
         decay = options.weight_decay if options.method == "regressor" else 0.0
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr, weight_decay=decay)
+        # on CUDA one fused kernel updates all the weights (the same AdamW update; on the CPU torch's default)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr, weight_decay=decay,
+                                           fused=True if self.device.type == "cuda" else None)
         self.state = TrainState()
         self.pool_params: torch.Tensor | None = None
         self.pool_drr: torch.Tensor | None = None
