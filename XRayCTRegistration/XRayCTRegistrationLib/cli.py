@@ -31,6 +31,10 @@ OPTION_RULES = (
     ("time_budget", "--time-budget", 0.0, 1e7, True),
     ("seed", "--seed", 0, 2**32 - 1, False),
     ("threads", "--threads", 1, 1024, False),
+    ("kvp", "--kvp", 20.0, 150.0, False),
+    ("filtration_mm_al", "--filtration-mm-al", 0.0, 50.0, False),
+    ("scatter", "--scatter", 0.0, 10.0, False),
+    ("electronic_noise", "--electronic-noise", 0.0, 1e6, False),
 )
 """Numeric options no library object checks: (attribute, option, low, high, low excluded)."""
 
