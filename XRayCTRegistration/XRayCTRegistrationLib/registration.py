@@ -397,7 +397,7 @@ def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
         covs.append(_coverage(drr.detach(), view))
         sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
     both = torch.stack([torch.stack(sims).sum(), torch.stack(covs).min().to(torch.float64)]).cpu()
-    return both[0], float(both[1])
+    return both[0], float(both[1].detach())
 
 
 def _evaluate(level: _Level, reference: ReferenceView, params: torch.Tensor,
