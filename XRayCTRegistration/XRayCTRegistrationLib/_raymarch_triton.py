@@ -13,9 +13,10 @@ Kernels, one program per block of ``BLOCK`` rays of one pose and one channel (gr
 a volume of ``C`` channels (e.g. one per material or per structure, ``[C, K, J, I]``) is rendered in one launch.
 
 - :func:`march`: the line integrals and, when asked, the per-ray Jacobian of the pose gradient, the
-  same two 3-vectors as :func:`._raymarch.march_with_jacobian` (``t_near`` and ``t_far`` held constant):
-  ``sum_i g_i step`` and ``sum_i g_i t_i step`` with ``g_i`` the gradient of the interpolant at ``p_i``
-  (index space). :class:`TritonMarch` contracts them with the incoming image gradient.
+  same two 3-vectors as :func:`._raymarch.march_with_jacobian`: ``sum_i g_i step`` and
+  ``sum_i g_i t_i step`` with ``g_i`` the gradient of the interpolant at ``p_i`` (index space), plus the
+  samples' slide with the ray's entry and exit (:func:`projector.add_sample_slide`). :class:`TritonMarch`
+  contracts them with the incoming image gradient.
 - the volume gradient (the transpose of the march): each sample adds its trilinear weights times the
   pixel's incoming gradient times ``step`` to its eight voxels (atomic adds).
 
@@ -316,6 +317,11 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
                                              TW=tw, SPLIT=int(split), POSE_FASTEST=bool(pose_fastest), num_warps=4)
     out = out[0] if split == 1 else out.sum(0)
     jac = (jac[0] if split == 1 else jac.sum(0)) if with_jacobian else out
+    if with_jacobian:
+        from .devices import host_to_device
+        from .projector import add_sample_slide
+
+        jac = add_sample_slide(jac, out, mat, dirs, host_to_device([ni, nj, nk], torch.float64, mu.device))
     if mu.dim() == 3:
         out, jac = out[:, 0], jac[:, 0]
     return out, (jac if with_jacobian else None)
