@@ -155,7 +155,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             xray = _simulate_physics(args, ct, camera, pose)
         else:
             with torch.no_grad():
-                drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
+                drr = Projector(mu, camera, **_samples(args), device=args.device)(torch.as_tensor(pose)).cpu().numpy()
             xray = xray_from_drr(drr, noise, rng)
         write_image(xray, tmp / "xray.nrrd", camera)
         save_pose(tmp / "pose.json", pose, reference)
@@ -416,6 +416,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--scatter", type=float, default=0.0, help="--physics: scatter-to-primary ratio of the fog")
     p.add_argument("--electronic-noise", type=float, default=0.0, help="--physics: electronic noise, counts (std)")
     p.add_argument("--out-dir", required=True, help="output folder (created)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the DRR (cpu, cuda; the noise is drawn on the CPU, so the X-ray is the same "
+                        "on either; --physics renders on the CPU)")
     _add_common_render(p)
     p.set_defaults(func=cmd_simulate)
 

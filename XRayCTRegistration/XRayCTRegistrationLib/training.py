@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from . import __version__
+from .devices import host_to_device
 from .errors import InputError
 from .files import Outputs, write_text_atomic
 from .geometry import Camera, ReferenceView, euler_xyz
@@ -216,7 +217,9 @@ class Trainer:
         if isinstance(self.net, RTPI):
             self.net.set_volume(torch.as_tensor(self.source.volume.data))
         decay = options.weight_decay if options.method == "regressor" else 0.0
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr, weight_decay=decay)
+        # on CUDA one fused kernel updates all the weights (the same AdamW update; on the CPU torch's default)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr, weight_decay=decay,
+                                           fused=True if self.device.type == "cuda" else None)
         self.state = TrainState()
         self.pool_params: torch.Tensor | None = None
         self.pool_drr: torch.Tensor | None = None
@@ -251,11 +254,11 @@ class Trainer:
             self.pool_next = 0
             return
         n = min(o.fresh_per_step, self.pool_size)
-        params = o.pose_range.sample(rng, n, scale)
+        params = host_to_device(o.pose_range.sample(rng, n, scale), torch.float64, self.device)
         idx = (self.pool_next + torch.arange(n, device=self.device)) % self.pool_size
         self.pool_drr[idx] = self.source.render(params)
-        self.pool_params[idx] = torch.as_tensor(params, dtype=torch.float32, device=self.device)
-        self.pool_next = int(idx[-1] + 1) % self.pool_size
+        self.pool_params[idx] = params.float()
+        self.pool_next = (self.pool_next + n) % self.pool_size
 
     def batch(self, scale: float, rng: np.random.Generator, gen: torch.Generator
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -268,8 +271,8 @@ class Trainer:
         if self.pool_size == o.batch_size:
             idx = torch.arange(o.batch_size, device=self.device)
         else:
-            idx = torch.as_tensor(rng.choice(self.pool_size, o.batch_size, replace=o.batch_size > self.pool_size),
-                                  device=self.device)
+            idx = host_to_device(rng.choice(self.pool_size, o.batch_size, replace=o.batch_size > self.pool_size),
+                                 torch.int64, self.device)
         drr = self.pool_drr[idx]
         x = to_input(augment(drr, gen, o.augmentation), o.render.input_size)
         return x, self.pool_params[idx], drr
@@ -305,8 +308,8 @@ class Trainer:
 
     # -- losses -------------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor, fraction: float
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss of a batch and its parts."""
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss of a batch and its parts (0-d tensors on the device, detached)."""
         o = self.options
         out = self.net(x)
         parts: dict[str, torch.Tensor] = {}
@@ -326,7 +329,7 @@ class Trainer:
                 parts["gd"] = o.alpha * gradient_difference_loss(fixed, to_input(moving, o.render.input_size)).mean()
             parts["l2"] = o.lam * l2_weights(self.net)
         total = torch.stack(list(parts.values())).sum()
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
     def fixed_batch_loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor) -> float:
         """Loss of a given batch (training-mode batch statistics, no update; for tests and diagnostics)."""
@@ -361,8 +364,9 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
         self.optimizer.step()
         self.state.step += 1
-        parts["loss"] = float(loss.detach())
-        return parts
+        parts["loss"] = loss.detach()
+        values = torch.stack(list(parts.values())).tolist()  # one wait for the device per step
+        return dict(zip(parts, values, strict=True))
 
     def run(self, out_path: str | Path, progress: Callable[[float, str], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> dict:
