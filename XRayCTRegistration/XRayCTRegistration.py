@@ -49,7 +49,7 @@ from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.names import DEFAULT_METHOD, INITIALISER_METHODS, XRAY_KINDS
 from XRayCTRegistrationLib.names import PARAM_NAMES as POSE_PARAMETER_NAMES
 from XRayCTRegistrationLib.registry import get_method, method_names
-from XRayCTRegistrationSlicerLib import display, images, training_process
+from XRayCTRegistrationSlicerLib import dicom, display, images, training_process
 from XRayCTRegistrationSlicerLib.dependencies import ensureDependencies
 from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE
 from XRayCTRegistrationSlicerLib.rendering import DrrRenderer, samplesPerRay
@@ -136,6 +136,8 @@ class XRayCTRegistrationParameterNode:
         for the registration.
     sdd, rowSpacing, colSpacing: source-to-detector distance and detector pixel size (mm);
         0 means "take it from the X-ray's DICOM tags".
+    x0, y0: principal point: offset (mm) of the detector centre from the foot of the perpendicular from
+        the source, along camera +x (increasing column) and +y (increasing row).
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
     method: registration method (a name of :func:`registrationMethods`, checked by the logic).
     outputTransform: receives world_from_camera (matrix to parent).
@@ -153,6 +155,8 @@ class XRayCTRegistrationParameterNode:
     sdd: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
     rowSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     colSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    x0: Annotated[float, WithinRange(-500.0, 500.0)] = 0.0
+    y0: Annotated[float, WithinRange(-500.0, 500.0)] = 0.0
     rx: Annotated[float, WithinRange(-180.0, 180.0)] = 0.0
     ry: Annotated[float, WithinRange(-180.0, 180.0)] = 0.0
     rz: Annotated[float, WithinRange(-180.0, 180.0)] = 0.0
@@ -233,6 +237,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.xrayVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onXrayChanged)
         self.ui.fusionOpacitySlider.connect("valueChanged(double)", self.onFusionOpacityChanged)
         self.ui.resetPoseButton.connect("clicked(bool)", self.onResetPose)
+        self.ui.initialiseFromDicomButton.connect("clicked(bool)", self.onInitialiseFromDicom)
         self.ui.initialiseButton.connect("clicked(bool)", self.onInitialise)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
         self.ui.registerButton.connect("clicked(bool)", self.onRegister)
@@ -304,6 +309,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             button.enabled = ready
         hasModel = bool(p and modelPath(p) and os.path.isfile(modelPath(p)))
         self.ui.initialiseButton.enabled = ready and hasModel
+        self.ui.initialiseFromDicomButton.enabled = ready
         self.ui.showFusionButton.enabled = bool(p and p.xrayVolume and p.outputDrr)
         self.ui.cancelButton.enabled = self._busy or training
 
@@ -322,7 +328,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return  # dependencies are installed on the first explicit action, not while sliding
         try:
             drr = self.logic.renderDrr(p.ctVolume, p.xrayVolume, poseParameters(p), drrNode=p.outputDrr,
-                                       sdd=p.sdd, rowSpacing=p.rowSpacing, colSpacing=p.colSpacing,
+                                       sdd=p.sdd, rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, x0=p.x0, y0=p.y0,
                                        maxSize=PREVIEW_SIZE)
         except ValueError as e:
             slicer.util.showStatusMessage(str(e), 3000)
@@ -368,9 +374,21 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             if not ensureDependencies(askConfirmation=True):
                 return
             params = self.logic.initialise(p.ctVolume, p.xrayVolume, modelPath(p), xrayKind=p.xrayKind, sdd=p.sdd,
-                                           rowSpacing=p.rowSpacing, colSpacing=p.colSpacing)
+                                           rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, x0=p.x0, y0=p.y0)
             self._setPose(params)
             self.ui.resultLabel.text = _("Initialised with {model}.").format(model=os.path.basename(modelPath(p)))
+            self.onPoseChanged()
+
+    def onInitialiseFromDicom(self) -> None:
+        """Set the pose sliders to the C-arm angles of the X-ray's DICOM attributes."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Initialisation from DICOM failed."), waitCursor=True):
+            if not ensureDependencies(askConfirmation=True):
+                return
+            params = self.logic.initialiseFromDicom(p.ctVolume, p.xrayVolume, p.sdd, p.rowSpacing, p.colSpacing,
+                                                    x0=p.x0, y0=p.y0)
+            self._setPose(params)
+            self.ui.resultLabel.text = _("Initialised from the X-ray's C-arm angles.")
             self.onPoseChanged()
 
     def _setPose(self, params: Sequence[float]) -> None:
@@ -397,7 +415,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             os.makedirs(os.path.dirname(os.path.abspath(model)), exist_ok=True)
             folder = os.path.join(slicer.app.temporaryPath, "XRayCTRegistration", "training")
             ctPath, geometryPath = self.logic.writeTrainingInputs(p.ctVolume, p.xrayVolume, folder, p.sdd,
-                                                                  p.rowSpacing, p.colSpacing)
+                                                                  p.rowSpacing, p.colSpacing, x0=p.x0, y0=p.y0)
             command = self.logic.trainCommand(ctPath, geometryPath, model, method=p.initialiserMethod,
                                               timeBudgetS=60.0 * p.trainingMinutes, resume=os.path.isfile(model))
             logging.info(f"Training the initialiser: {self.logic.commandText(command)}")
@@ -473,7 +491,8 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             try:
                 output = self.logic.register(
                     p.ctVolume, p.xrayVolume, poseParameters(p), method=p.method, xrayKind=p.xrayKind, sdd=p.sdd,
-                    rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, outputTransform=p.outputTransform,
+                    rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, x0=p.x0, y0=p.y0,
+                    outputTransform=p.outputTransform,
                     outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested,
                     initialiserModel=initialiserModel)
             finally:
@@ -627,13 +646,45 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def geometryFromAttributes(xrayNode) -> dict[str, float]:
-        """Geometry read from DICOM tags stored as node attributes: any of sdd, rowSpacing, colSpacing (mm)."""
-        return images.geometryFromAttributeValues(xrayNode.GetAttribute(DICOM_SDD_ATTRIBUTE),
-                                                  xrayNode.GetAttribute(DICOM_SPACING_ATTRIBUTE), xrayNode.GetName())
+        """Geometry from the X-ray's DICOM tags: any of sdd, rowSpacing, colSpacing (mm).
 
-    def cameraFromNode(self, xrayNode, sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0) -> Camera:
-        """Camera of the X-ray: size from the image, geometry from the arguments (mm) or, where 0, from DICOM tags."""
-        given = {"sdd": sdd, "rowSpacing": rowSpacing, "colSpacing": colSpacing}
+        Node attributes (``DICOM.DistanceSourceToDetector``, ``DICOM.ImagerPixelSpacing``) come first; what
+        they lack is read from Slicer's DICOM database through the node's ``DICOM.instanceUIDs`` (a volume
+        loaded with the DICOM module), with the rules of the library's X-ray reader.
+        """
+        values = images.geometryFromAttributeValues(xrayNode.GetAttribute(DICOM_SDD_ATTRIBUTE),
+                                                    xrayNode.GetAttribute(DICOM_SPACING_ATTRIBUTE),
+                                                    xrayNode.GetName())
+        fromDatabase, report = dicom.geometryFromDatabase(xrayNode)
+        for line in report:
+            logging.info(f"X-ray '{xrayNode.GetName()}': {line}")
+        return {**fromDatabase, **values}
+
+    def initialiseFromDicom(self, ctNode, xrayNode, sdd: float = 0.0, rowSpacing: float = 0.0,
+                            colSpacing: float = 0.0, *, x0: float = 0.0, y0: float = 0.0) -> np.ndarray:
+        """Pose parameters ``[6]`` (degrees, mm, relative to :meth:`referenceView`) of the X-ray's C-arm angles.
+
+        The angles (PositionerPrimaryAngle, PositionerSecondaryAngle) and DistanceSourceToPatient are read
+        from Slicer's DICOM database (the X-ray must have been loaded with the DICOM module) and turned into
+        ``world_from_camera`` about the CT's centre by the library's ``carm.world_from_carm`` (the convention
+        is in CONVENTIONS.md). The scene is not changed.
+        """
+        from XRayCTRegistrationLib.carm import world_from_carm
+
+        position = dicom.carmPositionOfNode(xrayNode)
+        volume = self.attenuationVolume(ctNode)
+        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
+        reference = self.referenceView(volume, camera)
+        logging.info(f"X-ray '{xrayNode.GetName()}': C-arm at {position.describe()}")
+        return reference.params(world_from_carm(position, reference.isocenter, camera.sdd))
+
+    def cameraFromNode(self, xrayNode, sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0, *,
+                       x0: float = 0.0, y0: float = 0.0) -> Camera:
+        """Camera of the X-ray: size from the image, geometry from the arguments (mm) or, where 0, from DICOM tags.
+
+        ``x0``, ``y0``: the principal point (mm, CONVENTIONS.md), as given.
+        """
+        given = {"sdd": sdd, "rowSpacing": rowSpacing, "colSpacing": colSpacing, "x0": x0, "y0": y0}
         return images.cameraFromValues(self.xrayImageFromNode(xrayNode).shape, given,
                                        self.geometryFromAttributes(xrayNode), xrayNode.GetName())
 
@@ -645,15 +696,16 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         return ReferenceView.ap(volume.center, camera.sdd)
 
     def poseFromParameters(self, ctNode, xrayNode, params: Sequence[float], sdd: float = 0.0,
-                           rowSpacing: float = 0.0, colSpacing: float = 0.0) -> np.ndarray:
+                           rowSpacing: float = 0.0, colSpacing: float = 0.0, *, x0: float = 0.0,
+                           y0: float = 0.0) -> np.ndarray:
         """``world_from_camera`` (4x4) of pose parameters (degrees, mm) for this CT and X-ray."""
-        return self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)[2]
+        return self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)[2]
 
     def _poseInputs(self, ctNode, xrayNode, params: Sequence[float], sdd: float, rowSpacing: float,
-                    colSpacing: float) -> tuple:
+                    colSpacing: float, *, x0: float = 0.0, y0: float = 0.0) -> tuple:
         """``(attenuation volume, camera, world_from_camera)`` of pose parameters (degrees, mm)."""
         volume = self.attenuationVolume(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
+        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
         return volume, camera, self.referenceView(volume, camera).pose(self._checkParams(params))
 
     _checkParams = staticmethod(images.checkParams)
@@ -670,14 +722,14 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def renderDrr(self, ctNode, xrayNode, params: Sequence[float], drrNode=None, sdd: float = 0.0,
                   rowSpacing: float = 0.0, colSpacing: float = 0.0, maxSize: int | None = PREVIEW_SIZE,
-                  placeXray: bool = True):
+                  placeXray: bool = True, *, x0: float = 0.0, y0: float = 0.0):
         """Render the DRR of the CT at pose parameters (degrees, mm) into ``drrNode`` (created when None).
 
         The DRR node is a single-slice volume on the detector plane (the X-ray's plane, with pixels
         ``maxSize`` times coarser when downsampled); with ``placeXray`` the X-ray node is moved there too.
         Returns the DRR node.
         """
-        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)
+        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
         return self._renderAtPose(volume, camera, pose, drrNode, xrayNode, maxSize, placeXray)
 
     def _renderAtPose(self, volume: Volume, camera: Camera, pose: np.ndarray, drrNode, xrayNode,
@@ -715,12 +767,12 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def updateOutputs(self, ctNode, xrayNode, params: Sequence[float], outputTransform=None, outputDrr=None,
                       sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
-                      maxSize: int | None = FINAL_SIZE):
+                      maxSize: int | None = FINAL_SIZE, *, x0: float = 0.0, y0: float = 0.0):
         """Write the pose (transform), the DRR and the detector placement for pose parameters (degrees, mm).
 
         Returns ``(transformNode, drrNode)``; output nodes that are None are created.
         """
-        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)
+        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
         return self._writeOutputs(volume, camera, pose, xrayNode, outputTransform, outputDrr, maxSize)
 
     def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
@@ -740,7 +792,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
                  xrayKind: str = "auto", sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
                  outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
                  shouldStop: Callable[[], bool] | None = None, initialiserModel: str | os.PathLike | None = None,
-                 **options) -> RegistrationOutput:
+                 x0: float = 0.0, y0: float = 0.0, **options) -> RegistrationOutput:
         """Register the X-ray to the CT from initial pose parameters (degrees, mm) and write the outputs.
 
         Runs the library's ``pipeline.register_xray`` in this process: with ``initialiserModel`` (a model
@@ -756,7 +808,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         get_method(method, "refine")  # an unknown method fails before any work
         volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
-                                                                     colSpacing)
+                                                                     colSpacing, x0=x0, y0=y0)
         reference = self.referenceView(volume, camera)
         init = self.loadInitialiser(initialiserModel) if initialiserModel else reference.pose(
             self._checkParams(initialParams))
@@ -775,11 +827,11 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
                                   initialParams=startParams, pipeline=out)
 
     def _registrationInputs(self, ctNode, xrayNode, xrayKind: str, sdd: float, rowSpacing: float,
-                            colSpacing: float) -> tuple:
+                            colSpacing: float, *, x0: float = 0.0, y0: float = 0.0) -> tuple:
         """``(attenuation volume, attenuation-bright X-ray, camera, what was done to the X-ray)``, all checked."""
         volume = self.attenuationVolume(ctNode)
         image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
+        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
         logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}")
         return volume, image, camera, conversion
 
@@ -798,7 +850,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         return self._initialisers.load(modelPath)
 
     def initialise(self, ctNode, xrayNode, modelPath: str | os.PathLike, xrayKind: str = "auto", sdd: float = 0.0,
-                   rowSpacing: float = 0.0, colSpacing: float = 0.0) -> np.ndarray:
+                   rowSpacing: float = 0.0, colSpacing: float = 0.0, *, x0: float = 0.0, y0: float = 0.0) -> np.ndarray:
         """Pose parameters ``[6]`` (degrees, mm, relative to this logic's AP reference view) predicted by a model.
 
         The model must have been trained on this CT (same HU voxels and geometry) and for this X-ray's
@@ -808,14 +860,15 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         model = self.loadInitialiser(modelPath)
         volume, image, camera, _conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
-                                                                      colSpacing)
+                                                                      colSpacing, x0=x0, y0=y0)
         reference = self.referenceView(volume, camera)
         out = self._runPipeline(ctNode, volume, image, camera, model, reference, True, refine=False)
         logging.info(f"{out.initialisation.message}: NCC {out.initialisation.similarity:.4f}")
         return reference.params(out.world_from_camera)
 
     def writeTrainingInputs(self, ctNode, xrayNode, folder: str | os.PathLike, sdd: float = 0.0,
-                            rowSpacing: float = 0.0, colSpacing: float = 0.0) -> tuple[str, str]:
+                            rowSpacing: float = 0.0, colSpacing: float = 0.0, *, x0: float = 0.0,
+                            y0: float = 0.0) -> tuple[str, str]:
         """Write the CT (HU, ``ct.nrrd``) and the X-ray's detector geometry (``geometry.json``) for training.
 
         The folder is created when needed. Returns ``(ctPath, geometryPath)``. The CT on disk holds the
@@ -825,7 +878,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         from XRayCTRegistrationLib.volume import write_volume
 
         volume = self.volumeFromNode(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
+        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
         if not folder:
             raise InputError("training folder: empty path")
         os.makedirs(folder, exist_ok=True)

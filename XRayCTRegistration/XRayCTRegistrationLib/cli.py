@@ -201,8 +201,8 @@ def _check_register_args(args: argparse.Namespace) -> None:
     """Option combinations ``register`` refuses, checked before any file is read."""
     if args.init and args.init_model:
         raise InputError("give either --init or --init-model, not both")
-    if args.no_refine and not args.init_model:
-        raise InputError("--no-refine needs --init-model")
+    if args.no_refine and not (args.init_model or args.init):
+        raise InputError("--no-refine needs --init-model or --init")
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
     if args.renderer == "physics" and args.labels:
@@ -223,6 +223,8 @@ def _init_source(args: argparse.Namespace) -> tuple[object, str | None]:
     """``(init, init_method)`` for the pipeline: a model file, a registered init method's name or a pose file."""
     if args.init_model:
         return args.init_model, "model"
+    if args.init == "dicom":
+        return args.xray, "dicom"  # the angles are read from the X-ray's own DICOM attributes
     if args.init in method_names("init"):
         return None, args.init
     return args.init, None
@@ -394,9 +396,10 @@ def _add_register(sub) -> None:
     p.add_argument("--geometry", help="geometry JSON (default: the X-ray's sidecar JSON or DICOM tags)")
     p.add_argument("--init", help="initial pose JSON, or the name of an initialisation needing no file: "
                    + ", ".join(m for m in method_names("init") if m not in ("pose", "model"))
-                   + " (default: reference, the AP reference view)")
+                   + " (default: reference, the AP reference view); 'dicom' reads the C-arm angles of the X-ray's "
+                   "DICOM attributes (see docs/CONVENTIONS.md)")
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
-    p.add_argument("--no-refine", action="store_true", help="with --init-model: write the initialisation alone")
+    p.add_argument("--no-refine", action="store_true", help="with --init-model or --init: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
                    help=f"refinement method: {describe('refine')}")

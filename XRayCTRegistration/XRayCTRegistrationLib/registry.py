@@ -138,3 +138,6 @@ register_method("pose", f"{__package__}.pipeline:init_pose", kind="init",
                 description="a given pose (4x4 world_from_camera or a pose JSON file)")
 register_method("model", f"{__package__}.pipeline:init_model", kind="init",
                 description="the prediction of a trained initialiser (model file from 'xrayctreg train')")
+register_method("dicom", f"{__package__}.carm:init_dicom", kind="init",
+                description="the C-arm angles of the X-ray's DICOM attributes (PositionerPrimaryAngle, "
+                            "PositionerSecondaryAngle, DistanceSourceToPatient) about the CT's centre")
