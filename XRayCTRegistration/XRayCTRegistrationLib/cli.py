@@ -399,7 +399,8 @@ def _add_register(sub) -> None:
                    + " (default: reference, the AP reference view); 'dicom' reads the C-arm angles of the X-ray's "
                    "DICOM attributes (see docs/CONVENTIONS.md)")
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
-    p.add_argument("--no-refine", action="store_true", help="with --init-model or --init: write the initialisation alone")
+    p.add_argument("--no-refine", action="store_true",
+                   help="with --init-model or --init: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
                    help=f"refinement method: {describe('refine')}")
