@@ -87,7 +87,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from .geometry import Camera, load_pose
     from .projector import Projector
-    from .xray import save_png, write_image
+    from .xray import save_png, sidecar_path, write_image
 
     _, mu = _load_ct_mu(args.ct)
     camera = Camera.load(args.geometry)
@@ -95,11 +95,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with torch.no_grad():
         drr = Projector(mu, camera, **_samples(args), device=args.device)(torch.as_tensor(pose)).cpu().numpy()
-    outs = [args.out] + ([args.png] if args.png else [])
+    outs = [args.out, sidecar_path(args.out)] + [p for p in (args.png, args.export_projection) if p]
     with staged_outputs(*outs) as tmp:
-        write_image(drr, tmp[0], camera)
+        write_image(drr, tmp[0], camera, sidecar=False)  # the sidecar is staged under its own final name
+        camera.save(tmp[1])
         if args.png:
-            save_png(drr, tmp[1])
+            save_png(drr, tmp[2])
+        if args.export_projection:
+            from .projection import save_projection
+
+            save_projection(tmp[-1], camera, pose)
     print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s)")
     return 0
 
@@ -169,12 +174,13 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     _check_register_args(args)
     ct, mu = _load_ct_mu(args.ct)
-    xr = read_xray(args.xray, geometry=args.geometry)
+    projected = _projection(args)
+    xr = read_xray(args.xray, geometry=projected[0] if projected else args.geometry)
     for line in xr.report:
         print(f"{args.xray}: {line}")
     if xr.camera is None:
         raise InputError(f"{args.xray}: no geometry: give --geometry G.json (or a sidecar {Path(args.xray).stem}.json)")
-    init, init_method = _init_source(args)
+    init, init_method = (projected[1], "pose") if projected else _init_source(args)
     options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
@@ -201,12 +207,24 @@ def _check_register_args(args: argparse.Namespace) -> None:
     """Option combinations ``register`` refuses, checked before any file is read."""
     if args.init and args.init_model:
         raise InputError("give either --init or --init-model, not both")
-    if args.no_refine and not (args.init_model or args.init):
+    if args.no_refine and not (args.init_model or args.init or args.projection):
         raise InputError("--no-refine needs --init-model or --init")
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
     if args.renderer == "physics" and args.labels:
         raise InputError("--renderer physics does not take --labels yet")
+    if args.projection and (args.geometry or args.init or args.init_model):
+        raise InputError("--projection gives the geometry and the initial pose: give no --geometry, --init or "
+                         "--init-model with it")
+
+
+def _projection(args: argparse.Namespace) -> tuple | None:
+    """``register --projection``: (camera, world_from_camera) of the projection file, or None."""
+    if not args.projection:
+        return None
+    from .projection import load_projection
+
+    return load_projection(args.projection)
 
 
 def _physics_renderer(args: argparse.Namespace, ct) -> tuple:
@@ -342,6 +360,8 @@ def _add_render(sub) -> None:
     p.add_argument("--pose", required=True, help="pose JSON with world_from_camera")
     p.add_argument("--out", required=True, help="output DRR image (.nrrd, .nii.gz, .mha)")
     p.add_argument("--png", help="also write an 8-bit PNG preview")
+    p.add_argument("--export-projection", metavar="P.json",
+                   help="also write the 3x4 projection matrix P = K [R|t] of the geometry and pose (with K, R, t)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     _add_common_render(p)
     p.set_defaults(func=cmd_render)
@@ -399,6 +419,9 @@ def _add_register(sub) -> None:
                    + " (default: reference, the AP reference view); 'dicom' reads the C-arm angles of the X-ray's "
                    "DICOM attributes (see docs/CONVENTIONS.md)")
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
+    p.add_argument("--projection", metavar="P.json",
+                   help="geometry and initial pose from a 3x4 projection matrix (P, or K, R and t, with rows, cols "
+                        "and the pixel size or sdd; see docs/CONVENTIONS.md)")
     p.add_argument("--no-refine", action="store_true",
                    help="with --init-model or --init: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
