@@ -49,7 +49,7 @@ from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.names import DEFAULT_METHOD, INITIALISER_METHODS, XRAY_KINDS
 from XRayCTRegistrationLib.names import PARAM_NAMES as POSE_PARAMETER_NAMES
 from XRayCTRegistrationLib.registry import get_method, method_names
-from XRayCTRegistrationSlicerLib import dicom, display, images, training_process
+from XRayCTRegistrationSlicerLib import about, dicom, display, images, training_process
 from XRayCTRegistrationSlicerLib.dependencies import ensureDependencies
 from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE
 from XRayCTRegistrationSlicerLib.rendering import DrrRenderer, samplesPerRay
@@ -103,23 +103,20 @@ class XRayCTRegistration(ScriptedLoadableModule):
         self.parent.title = _("X-ray to CT Registration")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["XRayCTRegistration contributors"]
+        self.parent.contributors = list(about.CONTRIBUTORS)
+        about.checkSlicerVersion(slicer.app.majorVersion, slicer.app.minorVersion)
         self.parent.helpText = _("""
 Registers an intra-operative X-ray image to a pre-operative CT: finds the pose of the C-arm that sees
-the CT as in the X-ray, renders the CT at that pose as a digitally reconstructed radiograph (DRR) and
-shows the DRR fused over the X-ray, with the X-ray placed at its detector position in 3D.
-Choose the CT and the X-ray (a single-slice volume) and what the X-ray's values are (raw intensities are
-converted to attenuation), check the imaging geometry (filled in from DICOM tags when present), move
-the pose sliders until the DRR roughly matches, then press Register. Or train a patient-specific
-initialiser once for this CT and geometry (Train initialiser), then Register starts from its prediction.
-""")
+the CT as in the X-ray, renders the CT as a digitally reconstructed radiograph (DRR) and shows it fused
+over the X-ray, placed at its detector position in 3D. Load the radiograph with the DICOM module (its
+geometry and C-arm angles are read from the DICOM database), press Initialise from DICOM or move the
+pose sliders until the DRR roughly matches, then press Register. Or train a patient-specific
+initialiser once for this CT and geometry (Train initialiser); Register then starts from its prediction.
+""") + f'<p>{_("Documentation")}: <a href="{about.DOCUMENTATION_URL}">{about.DOCUMENTATION_URL}</a></p>'
         self.parent.acknowledgementText = _("""
-The methods follow: SOPI, a two-stage (initialisation, then fine) 2D/3D registration framework;
-patient-specific self-supervised X-ray/CT registration, where a pose regressor is trained on DRRs of
-the patient's own CT; and deep iterative 2D/3D registration with learned point-to-plane correspondences.
 Intensity-based refinement optimises image similarity (NCC, gradient correlation, NGI) through a
-differentiable DRR renderer.
-""")
+differentiable DRR renderer. The learned initialisers and the two-stage design follow these papers:
+""") + "<ul>" + "".join(f"<li>{paper}</li>" for paper in about.PAPERS) + "</ul>"
 
 
 #
