@@ -3,14 +3,19 @@ list with version floors, the module's texts and its minimum Slicer version."""
 
 import json
 import re
-import tomllib
 import types
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 from XRayCTRegistrationSlicerLib import about, dependencies
-from XRayCTRegistrationSlicerLib.dependencies import Requirement, missingPythonPackages, readRequirements, versionAtLeast
+from XRayCTRegistrationSlicerLib.dependencies import (
+    Requirement,
+    missingPythonPackages,
+    readRequirements,
+    versionAtLeast,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "Testing" / "data" / "slicer-extension-catalog-entry-schema-v1.0.1.json"

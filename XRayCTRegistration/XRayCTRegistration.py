@@ -208,6 +208,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._cancelRequested = False
         self._busy = False
         self.previewTimer = None
+        self._previewNodes = (None, None)  # (pose transform, X-ray display volume) of the live preview
         self._training = TrainingProcess(self._onTrainProgress, self._onTrainFinished)
 
     def setup(self) -> None:
@@ -324,16 +325,17 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             return
         if importlib.util.find_spec("torch") is None:
             return  # dependencies are installed on the first explicit action, not while sliding
+        known = self._previewNodes if self._previewNodes[1] and self._previewNodes[1].GetScene() else (None, None)
         try:
-            drr = self.logic.renderDrr(p.ctVolume, p.xrayVolume, poseParameters(p), drrNode=p.outputDrr,
-                                       sdd=p.sdd, rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, x0=p.x0, y0=p.y0,
-                                       maxSize=PREVIEW_SIZE)
+            drr, self._previewNodes = self.logic.updatePosePreview(
+                p.ctVolume, p.xrayVolume, poseParameters(p), p.outputDrr, known, sdd=p.sdd, rowSpacing=p.rowSpacing,
+                colSpacing=p.colSpacing, x0=p.x0, y0=p.y0)
         except ValueError as e:
             slicer.util.showStatusMessage(str(e), 3000)
             return
-        if p.outputDrr is None:
+        if p.outputDrr is None or known[1] is None:
             p.outputDrr = drr
-            self.logic.showFusion(p.xrayVolume, drr, p.fusionOpacity)
+            self.logic.showFusion(self._previewNodes[1], drr, p.fusionOpacity)
 
     def onResetPose(self) -> None:
         """Set all pose parameters back to the reference view."""
@@ -356,13 +358,18 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         """Change the DRR's opacity over the X-ray."""
         p = self._parameterNode
         if p and p.xrayVolume and p.outputDrr:
-            self.logic.showFusion(p.xrayVolume, p.outputDrr, value)
+            self.logic.showFusion(self._fusionXray(), p.outputDrr, value)
 
     def onShowFusion(self) -> None:
         """Show the X-ray and DRR fused in the red slice view."""
         with slicer.util.tryWithErrorDisplay(_("Failed to show the fusion."), waitCursor=True):
             p = self._parameterNode
-            self.logic.showFusion(p.xrayVolume, p.outputDrr, p.fusionOpacity)
+            self.logic.showFusion(self._fusionXray(), p.outputDrr, p.fusionOpacity)
+
+    def _fusionXray(self):
+        """The X-ray as the fusion shows it: the live preview's display volume when there is one, else the node."""
+        preview = self._previewNodes[1]
+        return preview if preview is not None and preview.GetScene() else self._parameterNode.xrayVolume
 
     # -- registration ---------------------------------------------------------------------------
     def onInitialise(self) -> None:
@@ -504,7 +511,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 p.outputTransform = output.transformNode
                 p.outputDrr = output.drrNode
                 self._setPose(output.params)
-            self.logic.showFusion(p.xrayVolume, p.outputDrr, p.fusionOpacity)
+            self.logic.showFusion(self._fusionXray(), p.outputDrr, p.fusionOpacity)
             result = output.result
             self.ui.resultLabel.text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
                 similarity=result.similarity, iterations=result.iterations, time=result.wall_time_s)
@@ -662,10 +669,8 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
                             colSpacing: float = 0.0, *, x0: float = 0.0, y0: float = 0.0) -> np.ndarray:
         """Pose parameters ``[6]`` (degrees, mm, relative to :meth:`referenceView`) of the X-ray's C-arm angles.
 
-        The angles (PositionerPrimaryAngle, PositionerSecondaryAngle) and DistanceSourceToPatient are read
-        from Slicer's DICOM database (the X-ray must have been loaded with the DICOM module) and turned into
-        ``world_from_camera`` about the CT's centre by the library's ``carm.world_from_carm`` (the convention
-        is in CONVENTIONS.md). The scene is not changed.
+        The angles and DistanceSourceToPatient are read from Slicer's DICOM database (``dicom.carmPositionOfNode``)
+        and placed about the CT's centre by ``carm.world_from_carm`` (CONVENTIONS.md). The scene is not changed.
         """
         from XRayCTRegistrationLib.carm import world_from_carm
 
@@ -729,6 +734,21 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
         return self._renderAtPose(volume, camera, pose, drrNode, xrayNode, maxSize, placeXray)
+
+    def updatePosePreview(self, ctNode, xrayNode, params: Sequence[float], drrNode=None, previewNodes=(None, None),
+                          maxSize: int | None = PREVIEW_SIZE, **geometry) -> tuple:
+        """Live preview at pose parameters: the DRR, and the X-ray shown under a pose transform.
+
+        The X-ray node itself is not changed. ``previewNodes`` is ``(transform, X-ray display volume)`` of a
+        previous call (created when None, see ``display.previewNodes``); ``geometry``: sdd, rowSpacing,
+        colSpacing, x0, y0 (mm). Returns ``(drrNode, (transform, X-ray display volume))``.
+        """
+        geometry = {"sdd": 0.0, "rowSpacing": 0.0, "colSpacing": 0.0, **geometry}
+        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, **geometry)
+        drrNode = self._renderAtPose(volume, camera, pose, drrNode, xrayNode, maxSize, placeXray=False)
+        nodes = display.previewNodes(xrayNode, camera.detector_ijk_to_camera(), *previewNodes)
+        self.setTransformFromPose(nodes[0], pose)
+        return drrNode, nodes
 
     def _renderAtPose(self, volume: Volume, camera: Camera, pose: np.ndarray, drrNode, xrayNode,
                       maxSize: int | None, placeXray: bool):
