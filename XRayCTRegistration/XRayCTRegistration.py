@@ -134,8 +134,7 @@ class XRayCTRegistrationParameterNode:
         for the registration.
     sdd, rowSpacing, colSpacing: source-to-detector distance and detector pixel size (mm);
         0 means "take it from the X-ray's DICOM tags".
-    x0, y0: principal point: offset (mm) of the detector centre from the foot of the perpendicular from
-        the source, along camera +x (increasing column) and +y (increasing row).
+    x0, y0: principal point (mm): the detector centre's offset from the source's perpendicular (CONVENTIONS.md).
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
     method: registration method (a name of :func:`registrationMethods`, checked by the logic).
     outputTransform: receives world_from_camera (matrix to parent).
@@ -367,8 +366,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.logic.showFusion(self._fusionXray(), p.outputDrr, p.fusionOpacity)
 
     def _fusionXray(self):
-        """The X-ray as the fusion shows it: the live preview's display volume when there is one, else the node."""
-        preview = self._previewNodes[1]
+        preview = self._previewNodes[1]  # the live preview's display volume, when there is one
         return preview if preview is not None and preview.GetScene() else self._parameterNode.xrayVolume
 
     # -- registration ---------------------------------------------------------------------------
@@ -660,10 +658,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         values = images.geometryFromAttributeValues(xrayNode.GetAttribute(DICOM_SDD_ATTRIBUTE),
                                                     xrayNode.GetAttribute(DICOM_SPACING_ATTRIBUTE),
                                                     xrayNode.GetName())
-        fromDatabase, report = dicom.geometryFromDatabase(xrayNode)
-        for line in report:
-            logging.info(f"X-ray '{xrayNode.GetName()}': {line}")
-        return {**fromDatabase, **values}
+        return {**dicom.geometryFromDatabase(xrayNode, log=True)[0], **values}
 
     def initialiseFromDicom(self, ctNode, xrayNode, sdd: float = 0.0, rowSpacing: float = 0.0,
                             colSpacing: float = 0.0, *, x0: float = 0.0, y0: float = 0.0) -> np.ndarray:
@@ -675,10 +670,8 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         from XRayCTRegistrationLib.carm import world_from_carm
 
         position = dicom.carmPositionOfNode(xrayNode)
-        volume = self.attenuationVolume(ctNode)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
-        reference = self.referenceView(volume, camera)
-        logging.info(f"X-ray '{xrayNode.GetName()}': C-arm at {position.describe()}")
+        reference = self.referenceView(self.attenuationVolume(ctNode), camera)
         return reference.params(world_from_carm(position, reference.isocenter, camera.sdd))
 
     def cameraFromNode(self, xrayNode, sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0, *,
@@ -737,11 +730,10 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def updatePosePreview(self, ctNode, xrayNode, params: Sequence[float], drrNode=None, previewNodes=(None, None),
                           maxSize: int | None = PREVIEW_SIZE, **geometry) -> tuple:
-        """Live preview at pose parameters: the DRR, and the X-ray shown under a pose transform.
+        """Live preview: the DRR, and the X-ray shown under a pose transform (the X-ray node is not changed).
 
-        The X-ray node itself is not changed. ``previewNodes`` is ``(transform, X-ray display volume)`` of a
-        previous call (created when None, see ``display.previewNodes``); ``geometry``: sdd, rowSpacing,
-        colSpacing, x0, y0 (mm). Returns ``(drrNode, (transform, X-ray display volume))``.
+        ``previewNodes``: ``(transform, X-ray display volume)`` of a previous call (see ``display.previewNodes``);
+        ``geometry``: sdd, rowSpacing, colSpacing, x0, y0 (mm). Returns ``(drrNode, previewNodes)``.
         """
         geometry = {"sdd": 0.0, "rowSpacing": 0.0, "colSpacing": 0.0, **geometry}
         volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, **geometry)
@@ -790,13 +782,21 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
         Returns ``(transformNode, drrNode)``; output nodes that are None are created.
         """
+        self.checkOutputNodes(outputTransform, outputDrr)
         volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
         return self._writeOutputs(volume, camera, pose, xrayNode, outputTransform, outputDrr, maxSize)
 
-    def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
-                      outputDrr, maxSize: int | None):
+    @staticmethod
+    def checkOutputNodes(outputTransform, outputDrr) -> None:
+        """Refuse output nodes of the wrong kind before any work (the scene is not changed)."""
         if outputTransform is not None and not isinstance(outputTransform, slicer.vtkMRMLLinearTransformNode):
             raise InputError(f"output transform '{outputTransform.GetName()}': must be a linear transform")
+        if outputDrr is not None and not isinstance(outputDrr, slicer.vtkMRMLScalarVolumeNode):
+            raise InputError(f"output DRR '{outputDrr.GetName()}': must be a scalar volume")
+
+    def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
+                      outputDrr, maxSize: int | None):
+        self.checkOutputNodes(outputTransform, outputDrr)
         drrNode = self._renderAtPose(volume, camera, pose, outputDrr, xrayNode, maxSize, placeXray=True)
         if outputTransform is None:
             scene = xrayNode.GetScene()
@@ -824,12 +824,18 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         pixels a side) and the X-ray and DRR are placed on the detector. When cancelled the scene is not
         changed; when the registration fails a RuntimeError is raised.
         """
+        from XRayCTRegistrationLib.geometry import source_inside_volume
+
         get_method(method, "refine")  # an unknown method fails before any work
+        self.checkOutputNodes(outputTransform, outputDrr)
         volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
                                                                      colSpacing, x0=x0, y0=y0)
         reference = self.referenceView(volume, camera)
         init = self.loadInitialiser(initialiserModel) if initialiserModel else reference.pose(
             self._checkParams(initialParams))
+        if not initialiserModel and source_inside_volume(volume, init):
+            raise InputError(f"initial pose: the X-ray source lies inside CT volume '{ctNode.GetName()}'; "
+                             "move it out (tz, or the sliders) before registering")
         out = self._runPipeline(ctNode, volume, image, camera, init, reference, bool(initialiserModel), method=method,
                                 progress=progress, should_stop=shouldStop, **options)
         result, params = out.result, reference.params(out.world_from_camera)
@@ -893,18 +899,12 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         node's voxels as float32 with its world geometry (parent transforms included), so a model trained
         on it matches the node (see :meth:`initialise`).
         """
-        from XRayCTRegistrationLib.volume import write_volume
+        from XRayCTRegistrationLib.training import write_training_inputs
 
-        volume = self.volumeFromNode(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing, x0=x0, y0=y0)
         if not folder:
             raise InputError("training folder: empty path")
-        os.makedirs(folder, exist_ok=True)
-        ctPath = os.path.join(str(folder), "ct.nrrd")
-        geometryPath = os.path.join(str(folder), "geometry.json")
-        write_volume(volume, ctPath)
-        camera.save(geometryPath)
-        return ctPath, geometryPath
+        return write_training_inputs(self.volumeFromNode(ctNode), self.cameraFromNode(
+            xrayNode, sdd, rowSpacing, colSpacing, x0=x0, y0=y0), folder)
 
     # -- fusion -------------------------------------------------------------------------------
     sliceToRASForImage = staticmethod(images.sliceToRASForImage)

@@ -58,6 +58,63 @@ Rays crossing far more than ~500 voxels may want more: :func:`samples_for` sampl
 BACKENDS = ("auto", "numba", "torch", "triton")
 """Accepted values of the ``backend`` argument."""
 
+MAX_SAMPLES = 16384
+"""Most samples per ray a projector accepts (a ray through 16384 voxels)."""
+
+BYTES_PER_PIXEL = 96
+"""Memory a projector holds per detector pixel: ray directions (float64 and float32), the pixel centres
+made on the way, the image and its gradient, rounded up."""
+
+MAX_PROJECTOR_BYTES = 4 << 30
+"""Memory bound (bytes) of one projector's per-pixel arrays: requests beyond it are refused up front."""
+
+MAX_SAMPLES_PER_IMAGE = 2e10
+"""Bound on rays x samples of one image (about a minute at 3e8 samples per second): beyond it refused."""
+
+
+def available_devices() -> list[str]:
+    """The torch devices this machine can use: ``cpu``, then ``cuda:0``, ``cuda:1``, ... and ``mps`` when present."""
+    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(name: str | torch.device, option: str = "--device") -> torch.device:
+    """The torch device ``name`` if this machine has it, else an :class:`InputError` naming the devices that exist."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        known = ", ".join(available_devices())
+        raise InputError(f"{option}: unknown device {str(name)!r}; available: {known}") from None
+    known = available_devices()
+    if dev.type == "cpu" or (dev.type == "cuda" and dev.index is None and len(known) > 1 and
+                             any(k.startswith("cuda") for k in known)) or str(dev) in known:
+        return dev
+    raise InputError(f"{option}: device {str(name)!r} is not available here; available: {', '.join(known)}")
+
+
+def check_request(camera: Camera, n_samples: int) -> None:
+    """Refuse (:class:`InputError`) a render whose memory or time is beyond the bounds above, before allocating.
+
+    The memory estimate is ``rows * cols * BYTES_PER_PIXEL``; the work is ``rows * cols * n_samples``
+    trilinear samples per image.
+    """
+    whole = isinstance(n_samples, (int, np.integer, float, np.floating)) and not isinstance(n_samples, bool) \
+        and math.isfinite(n_samples) and float(n_samples).is_integer()
+    if not whole or not 1 <= n_samples <= MAX_SAMPLES:
+        raise InputError(f"--samples (n_samples): samples per ray must be an integer from 1 to {MAX_SAMPLES}, "
+                         f"got {n_samples!r}")
+    pixels = camera.rows * camera.cols
+    need = pixels * BYTES_PER_PIXEL
+    if need > MAX_PROJECTOR_BYTES:
+        raise InputError(f"geometry: a {camera.rows}x{camera.cols} detector needs about {need / 2**30:.1f} GiB to "
+                         f"render, more than the {MAX_PROJECTOR_BYTES / 2**30:.0f} GiB bound; use fewer, larger pixels")
+    work = float(pixels) * int(n_samples)
+    if work > MAX_SAMPLES_PER_IMAGE:
+        raise InputError(f"--samples: {camera.rows}x{camera.cols} pixels x {n_samples} samples = {work:.2g} samples "
+                         f"per image (about {work / 3e8:.0f} s), beyond the bound of {MAX_SAMPLES_PER_IMAGE:.0e}")
 _TRITON: list[ModuleType | None] = []  # the imported Triton kernels (or None), once tried
 
 
@@ -105,8 +162,7 @@ class Projector(torch.nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-        if int(n_samples) < 1:
-            raise InputError(f"n_samples: must be a positive integer, got {n_samples!r}")
+        check_request(camera, n_samples)
         dev = torch.device(device)
         if backend == "numba" and dev.type != "cpu":
             raise InputError(f"backend: 'numba' runs on the CPU only, got device {dev}")

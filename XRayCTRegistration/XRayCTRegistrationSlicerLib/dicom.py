@@ -11,6 +11,7 @@ same rules as the library's reader (``xray.dicom_geometry``), and the C-arm angl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
@@ -53,11 +54,11 @@ def tagsOfNode(node, tags: Iterable[str], database=None) -> dict[str, str]:
     return {tag: str(value).strip() for tag, value in values.items() if value and str(value).strip()}
 
 
-def geometryFromDatabase(node, database=None) -> tuple[dict[str, float], list[str]]:
+def geometryFromDatabase(node, database=None, log: bool = False) -> tuple[dict[str, float], list[str]]:
     """Geometry of a node from its DICOM attributes in the database: any of ``sdd``, ``rowSpacing``, ``colSpacing``.
 
     Returns the values (mm) and the library reader's report of what it found (empty when the node has no
-    DICOM instance in the database).
+    DICOM instance in the database); with ``log`` the report is also logged.
     """
     from XRayCTRegistrationLib.xray import GEOMETRY_TAGS, dicom_geometry
 
@@ -67,6 +68,8 @@ def geometryFromDatabase(node, database=None) -> tuple[dict[str, float], list[st
     report: list[str] = []
     hints: dict[str, float] = {}
     dicom_geometry(meta, report, hints)
+    for line in report if log else ():
+        logging.info(f"X-ray '{node.GetName()}': {line}")
     return {HINT_NAMES[k]: v for k, v in hints.items() if k in HINT_NAMES}, report
 
 
@@ -80,4 +83,6 @@ def carmPositionOfNode(node, database=None):
     if not instanceFile(node, database):
         raise InputError(f"{name}: not loaded from the DICOM database (no {INSTANCE_UIDS_ATTRIBUTE} found in it): "
                          "load the radiograph with the DICOM module to use its C-arm angles")
-    return CArmPosition.from_tags(tagsOfNode(node, CARM_TAGS, database), name)
+    position = CArmPosition.from_tags(tagsOfNode(node, CARM_TAGS, database), name)
+    logging.info(f"{name}: C-arm at {position.describe()}")
+    return position
