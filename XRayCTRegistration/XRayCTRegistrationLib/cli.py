@@ -248,8 +248,9 @@ def _check_register_args(args: argparse.Namespace) -> None:
     """Option combinations ``register`` refuses, checked before any file is read."""
     if args.init and args.init_model:
         raise InputError("give either --init or --init-model, not both")
-    if args.no_refine and not (args.init_model or args.init or args.projection):
-        raise InputError("--no-refine needs --init-model or --init")
+    if args.no_refine and not (args.init_model or args.projection or args.init in method_names("init")):
+        raise InputError("--no-refine needs --init-model, --projection or a named --init (e.g. dicom); a pose "
+                         "file is already the initialisation")
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
     if args.renderer == "physics" and args.labels:
@@ -467,7 +468,7 @@ def _add_register(sub) -> None:
                    help="geometry and initial pose from a 3x4 projection matrix (P, or K, R and t, with rows, cols "
                         "and the pixel size or sdd; see docs/CONVENTIONS.md)")
     p.add_argument("--no-refine", action="store_true",
-                   help="with --init-model or --init: write the initialisation alone")
+                   help="with --init-model, --projection or a named --init: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
                    help=f"refinement method: {describe('refine')}")
