@@ -115,3 +115,17 @@ def test_self_test_skips_heavy_parts_with_a_message(ns, module, monkeypatch, cap
     assert "Skipped the rendering and registration tests: no_such_package_here not installed" in caplog.text
     assert "Logic refuses bad input" in caplog.text
     assert ns.scene.GetFirstNodeByName("CT") is None and ns.scene.GetFirstNodeByName("X-ray") is None  # none ran
+
+
+def test_device_choice():
+    import torch
+    from XRayCTRegistrationLib.errors import InputError
+    from XRayCTRegistrationSlicerLib.rendering import resolveDevice
+
+    gpu = torch.cuda.is_available()
+    assert resolveDevice("auto") == ("cuda" if gpu else "cpu") and resolveDevice("cpu") == "cpu"
+    with pytest.raises(InputError, match="'tpu' is not one of auto, cpu, cuda"):
+        resolveDevice("tpu")
+    if not gpu:
+        with pytest.raises(InputError, match="torch sees no CUDA GPU"):
+            resolveDevice("cuda")

@@ -52,7 +52,7 @@ from XRayCTRegistrationLib.registry import get_method, method_names
 from XRayCTRegistrationSlicerLib import about, dicom, display, images, training_process
 from XRayCTRegistrationSlicerLib.dependencies import ensureDependencies
 from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE
-from XRayCTRegistrationSlicerLib.rendering import DrrRenderer, samplesPerRay
+from XRayCTRegistrationSlicerLib.rendering import DEVICES, DrrRenderer, resolveDevice, samplesPerRay
 from XRayCTRegistrationSlicerLib.selftest import SelfTestMixin
 from XRayCTRegistrationSlicerLib.training_process import InitialiserCache, TrainingOutcome, TrainingProcess
 
@@ -136,7 +136,7 @@ class XRayCTRegistrationParameterNode:
         0 means "take it from the X-ray's DICOM tags".
     x0, y0: principal point (mm): the detector centre's offset from the source's perpendicular (CONVENTIONS.md).
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
-    method: registration method (a name of :func:`registrationMethods`, checked by the logic).
+    method: registration method (a name of :func:`registrationMethods`, checked by the logic); device: see DEVICES.
     outputTransform: receives world_from_camera (matrix to parent).
     outputDrr: receives the DRR at the current pose, placed on the detector.
     fusionOpacity: opacity of the DRR over the X-ray in the fusion view.
@@ -161,6 +161,7 @@ class XRayCTRegistrationParameterNode:
     ty: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
     tz: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
     method: Annotated[str, RegisteredMethod()] = DEFAULT_METHOD
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
     outputTransform: vtkMRMLLinearTransformNode
     outputDrr: vtkMRMLScalarVolumeNode
     fusionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
@@ -388,9 +389,8 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay(_("Initialisation from DICOM failed."), waitCursor=True):
             if not ensureDependencies(askConfirmation=True):
                 return
-            params = self.logic.initialiseFromDicom(p.ctVolume, p.xrayVolume, p.sdd, p.rowSpacing, p.colSpacing,
-                                                    x0=p.x0, y0=p.y0)
-            self._setPose(params)
+            self._setPose(self.logic.initialiseFromDicom(p.ctVolume, p.xrayVolume, p.sdd, p.rowSpacing,
+                                                         p.colSpacing, x0=p.x0, y0=p.y0))
             self.ui.resultLabel.text = _("Initialised from the X-ray's C-arm angles.")
             self.onPoseChanged()
 
@@ -495,7 +495,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 output = self.logic.register(
                     p.ctVolume, p.xrayVolume, poseParameters(p), method=p.method, xrayKind=p.xrayKind, sdd=p.sdd,
                     rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, x0=p.x0, y0=p.y0,
-                    outputTransform=p.outputTransform,
+                    outputTransform=p.outputTransform, device=resolveDevice(p.device),
                     outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested,
                     initialiserModel=initialiserModel)
             finally:
