@@ -194,7 +194,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     _check_register_args(args)
     init, init_method = _init_source(args)
     outputs = Outputs([args.ct, args.geometry, init if init_method is None else None, args.init_model, args.labels,
-                       args.projection])
+                       args.projection, args.mask])
     outputs.add_input(args.xray, sidecar=True)
     with outputs as staged:
         out_json = staged.file(args.out, "--out", (".json",))
@@ -232,6 +232,8 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
     options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
+    if args.mask or args.mask_range or args.crop:
+        options["mask"] = _xray_mask(args, xr.image)
     if args.renderer == "physics":
         mu, options["renderer"] = _physics_renderer(args, ct)
     progress = Progress("register", enabled=not args.quiet)
@@ -242,6 +244,17 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
     finally:
         progress.close()
     return out, mu, xr
+
+
+def _xray_mask(args: argparse.Namespace, image: np.ndarray) -> np.ndarray:
+    """``register --mask/--mask-range/--crop``: the similarity weights of the X-ray (``xray.xray_mask``)."""
+    from .xray import read_mask, xray_mask
+
+    drawn = read_mask(args.mask) if args.mask else None
+    try:
+        return xray_mask(image, args.mask_range, args.crop or 0, drawn)
+    except InputError as e:
+        raise InputError(f"{args.xray}: {e}") from None
 
 
 def _check_register_args(args: argparse.Namespace) -> None:
@@ -474,6 +487,11 @@ def _add_register(sub) -> None:
                    help=f"refinement method: {describe('refine')}")
     p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
     p.add_argument("--labels", help="label map aligned with the CT: register on chosen structures only")
+    p.add_argument("--mask", help="X-ray mask image (same size as the X-ray): pixels where it is 0 are ignored")
+    p.add_argument("--mask-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="use only X-ray pixels whose attenuation-bright value lies in [LOW, HIGH] (a threshold)")
+    p.add_argument("--crop", type=int, default=None, metavar="PX",
+                   help="ignore PX pixels at each edge of the X-ray (collimator crop)")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")

@@ -362,6 +362,52 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None, kin
     return XRayImage(np.ascontiguousarray(arr, dtype=np.float32), camera, report, p, hints)
 
 
+# -- masks ---------------------------------------------------------------------------------------
+def read_mask(path: str | Path) -> np.ndarray:
+    """A drawn X-ray mask ``[rows, cols]`` from a 2D image file (any values; 0 = ignored), as float32."""
+    p = Path(path)
+    image, _meta, is_dicom = _read_with_metadata(p)
+    arr = _to_2d_array(image, p, is_dicom, [])
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{p}: mask holds NaN or infinite values")
+    return arr
+
+
+def xray_mask(image: np.ndarray, value_range: tuple[float, float] | None = None, border_px: int = 0,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """Similarity weights ``[rows, cols]`` (1 = used, 0 = ignored) of an X-ray, for ``registration.register(mask=)``.
+
+    Args:
+        image: the attenuation-bright X-ray ``[rows, cols]``.
+        value_range: ``(low, high)``: only pixels with ``low <= value <= high`` are used (a threshold that drops
+            collimator blades, burnt-out air or bright overlays).
+        border_px: pixels dropped at each edge (a collimator crop).
+        mask: a drawn mask ``[rows, cols]``: pixels where it is 0 are dropped.
+
+    Raises:
+        InputError: a bad range, a negative border, a mask of another shape, or nothing left.
+    """
+    img = np.asarray(image)
+    out = np.ones(img.shape, dtype=np.float32)
+    if value_range is not None:
+        low, high = (float(v) for v in value_range)
+        if not (np.isfinite(low) and np.isfinite(high)) or low > high:
+            raise InputError(f"X-ray mask: value range must be two finite numbers low <= high, got {value_range}")
+        out[(img < low) | (img > high)] = 0.0
+    if border_px < 0 or 2 * border_px >= min(img.shape):
+        raise InputError(f"X-ray mask: border of {border_px} px does not fit a {img.shape[0]}x{img.shape[1]} image")
+    if border_px:
+        out[:border_px], out[-border_px:], out[:, :border_px], out[:, -border_px:] = 0.0, 0.0, 0.0, 0.0
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != img.shape:
+            raise InputError(f"X-ray mask: shape {m.shape} does not match the X-ray {img.shape}")
+        out[m == 0] = 0.0
+    if not out.any():
+        raise InputError("X-ray mask: no pixel is left to register on")
+    return out
+
+
 # -- writing -------------------------------------------------------------------------------------
 def _check_image_2d(image: np.ndarray, what: str) -> np.ndarray:
     """A 2D float32 array or an :class:`InputError` naming ``what``."""
