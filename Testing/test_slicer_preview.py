@@ -41,3 +41,15 @@ def test_preview_moves_a_transform_not_the_xray_node(ns, module, inputs):
     # and the DRR was rendered at that pose onto the same detector plane
     assert ns.slicer.util.arrayFromVolume(drr).shape == (1, 24, 20)
     np.testing.assert_allclose(logic.ijkToWorld(drr)[:3, 2], logic.ijkToWorld(shown)[:3, 2], atol=1e-9)
+
+
+def test_fusion_shows_the_preview_volume_while_it_exists(ns, module, inputs):
+    from XRayCTRegistrationSlicerLib.display import shownXray
+
+    ct, xray, *_ = inputs
+    logic = module.XRayCTRegistrationLogic()
+    assert shownXray((None, None), xray) is xray
+    _, nodes = logic.updatePosePreview(ct, xray, [0, 0, 0, 0, 0, 0], maxSize=16)
+    assert shownXray(nodes, xray) is nodes[1]
+    ns.scene.RemoveNode(nodes[1])
+    assert shownXray(nodes, xray) is xray

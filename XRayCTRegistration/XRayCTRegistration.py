@@ -358,17 +358,13 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         """Change the DRR's opacity over the X-ray."""
         p = self._parameterNode
         if p and p.xrayVolume and p.outputDrr:
-            self.logic.showFusion(self._fusionXray(), p.outputDrr, value)
+            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, value)
 
     def onShowFusion(self) -> None:
         """Show the X-ray and DRR fused in the red slice view."""
         with slicer.util.tryWithErrorDisplay(_("Failed to show the fusion."), waitCursor=True):
             p = self._parameterNode
-            self.logic.showFusion(self._fusionXray(), p.outputDrr, p.fusionOpacity)
-
-    def _fusionXray(self):
-        preview = self._previewNodes[1]  # the live preview's display volume, when there is one
-        return preview if preview is not None and preview.GetScene() else self._parameterNode.xrayVolume
+            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, p.fusionOpacity)
 
     # -- registration ---------------------------------------------------------------------------
     def onInitialise(self) -> None:
@@ -509,7 +505,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 p.outputTransform = output.transformNode
                 p.outputDrr = output.drrNode
                 self._setPose(output.params)
-            self.logic.showFusion(self._fusionXray(), p.outputDrr, p.fusionOpacity)
+            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, p.fusionOpacity)
             result = output.result
             text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
                 similarity=result.similarity, iterations=result.iterations, time=result.wall_time_s)

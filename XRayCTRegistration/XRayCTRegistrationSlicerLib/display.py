@@ -70,3 +70,12 @@ def previewNodes(xrayNode, detectorIjkToCamera: np.ndarray, transformNode=None, 
         previewNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.asarray(detectorIjkToCamera)))
         previewNode.SetAndObserveTransformNodeID(transformNode.GetID())
     return transformNode, previewNode
+
+
+def shownXray(previewNodes: tuple, xrayNode):
+    """The X-ray as the fusion shows it: the live preview's display volume while it is in the scene, else the node.
+
+    ``previewNodes`` is the ``(transform, display volume)`` pair of :func:`previewNodes`.
+    """
+    preview = previewNodes[1]
+    return preview if preview is not None and preview.GetScene() is not None else xrayNode
