@@ -146,3 +146,6 @@ register_method("ppc", f"{__package__}.ppc_learned:register_ppc", kind="refine",
                 description="learned point-to-plane: recurrent flow + PointNet weights (needs --model)")
 register_method("ppc-opt", f"{__package__}.ppc_learned:register_ppc", kind="refine", final="opt-lncc",
                 description="ppc, then an opt-lncc intensity step (needs --model)")
+register_method("dicom", f"{__package__}.carm:init_dicom", kind="init",
+                description="the C-arm angles of the X-ray's DICOM attributes (PositionerPrimaryAngle, "
+                            "PositionerSecondaryAngle, DistanceSourceToPatient) about the CT's centre")
