@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from XRayCTRegistrationLib import _raymarch
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView, euler_xyz
 from XRayCTRegistrationLib.phantoms import Ellipsoid, chest_phantom
-from XRayCTRegistrationLib.projector import DEFAULT_SAMPLES, Projector, render
+from XRayCTRegistrationLib.projector import DEFAULT_SAMPLES, Projector, add_sample_slide, render
 from XRayCTRegistrationLib.volume import Volume, hu_to_mu
 
 SHAPE = (64, 64, 64)
@@ -271,3 +272,85 @@ def test_no_gradient_work_without_grad(smooth):
     b = proj(w.clone().requires_grad_(True))
     assert not a.requires_grad and b.requires_grad
     assert torch.allclose(a, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+# -- the samples' slide with entry and exit, inside the kernels ------------------------------------------
+SLIDE_SHAPE_IJK = (14, 12, 10)
+
+
+def slide_rays(seed=3):
+    """Poses ``[B, 3, 4]`` (float64) and rays ``[R, 3]`` entering and leaving a 14 x 12 x 10 box by every face.
+
+    Sources on a sphere of radius 30 voxels round the box centre look at it, poses 2-7 from near each of
+    the six axis directions; pose 0 has its source inside the box (entry clamped to t = 0), pose 1 its pixels
+    inside (exit clamped to t = 1).
+    """
+    rng = np.random.default_rng(seed)
+    centre = (np.array(SLIDE_SHAPE_IJK) - 1) / 2
+    mats = []
+    for b in range(12):
+        view = rng.normal(size=3)
+        if 2 <= b < 8:  # looking along +-i, +-j, +-k, tilted
+            view = 0.3 * view + np.eye(3)[(b - 2) // 2] * (-1) ** b
+        q, _ = np.linalg.qr(np.stack([view, rng.normal(size=3), rng.normal(size=3)], 1))
+        rot = q[:, [1, 2, 0]] * np.sign(q[:, 0] @ view)  # columns: the camera axes in index space, z along view
+        scale = 60.0 if b != 1 else 28.0
+        source = centre - 30.0 * rot[:, 2] if b != 0 else centre + np.array([1.3, -0.7, 0.4])
+        mats.append(np.concatenate([rot * scale, source[:, None]], 1))
+    dirs = np.concatenate([rng.uniform(-0.35, 0.35, (200, 2)), np.ones((200, 1))], 1)
+    return np.ascontiguousarray(np.stack(mats)), dirs
+
+
+def face_axes(m, dirs, shape_ijk):
+    """Entry and exit axes ``[B, R]`` (-1 where that end is inside the box or the ray misses) and signs."""
+    d = np.einsum("bij,rj->bri", m[:, :, :3], dirs)
+    o = m[:, None, :, 3]
+    n = np.array(shape_ijk, float)
+    ta, tb = (-0.5 - o) / d, (n - 0.5 - o) / d
+    t_in, t_out = np.minimum(ta, tb), np.maximum(ta, tb)
+    hit = t_in.max(-1) < t_out.min(-1)
+    a_in = np.where(hit & (t_in.max(-1) > 0), t_in.argmax(-1), -1)
+    a_out = np.where(hit & (t_out.min(-1) < 1) & (t_out.min(-1) > 0), t_out.argmin(-1), -1)
+    sign = np.sign(d)
+    return a_in, a_out, sign
+
+
+def slide_volume(channels=1):
+    """A random positive volume ``[C, K, J, I]`` (tissue up to every face, so the slide matters)."""
+    rng = np.random.default_rng(11)
+    return (0.01 + 0.05 * rng.random((channels, *SLIDE_SHAPE_IJK[::-1]))).astype(np.float32)
+
+
+def test_slide_rays_cover_every_face():
+    m, dirs = slide_rays()
+    a_in, a_out, sign = face_axes(m, dirs, SLIDE_SHAPE_IJK)
+    b, r = np.nonzero(a_in >= 0)
+    entered = {(a, s) for a, s in zip(a_in[b, r], sign[b, r, a_in[b, r]] > 0, strict=True)}
+    b, r = np.nonzero(a_out >= 0)
+    left = {(a, s) for a, s in zip(a_out[b, r], sign[b, r, a_out[b, r]] > 0, strict=True)}
+    every = {(a, s) for a in range(3) for s in (False, True)}
+    assert entered == every and left == every
+    assert (a_in[0] == -1).all() and (a_out[0] >= 0).any()  # source inside: no entry face
+    assert (a_out[1] == -1).any() and (a_in[1] >= 0).any()  # pixels inside: no exit face
+
+
+@pytest.mark.parametrize("n_samples", [7, 37])
+def test_kernel_slide_equals_float64_reference(n_samples):
+    m, dirs = slide_rays()
+    vol = _raymarch.pad_volume(slide_volume()[0])
+    out = np.empty((m.shape[0], dirs.shape[0]), np.float32)
+    fixed = np.empty((*out.shape, 6), np.float32)
+    _raymarch.march_with_jacobian(vol, m, dirs, n_samples, out, fixed, False)
+    fused, out2 = np.empty_like(fixed), np.empty_like(out)
+    _raymarch.march_with_jacobian(vol, m, dirs, n_samples, out2, fused)
+    ref = add_sample_slide(torch.from_numpy(fixed), torch.from_numpy(out), torch.from_numpy(m),
+                           torch.from_numpy(dirs), torch.tensor(SLIDE_SHAPE_IJK, dtype=torch.float64)).numpy()
+    assert np.array_equal(out, out2) and np.count_nonzero(out) > 0.5 * out.size
+    assert np.abs(ref - fixed).max() > 0.1 * np.abs(ref).max()  # the slide is a large part of the gradient
+    assert np.abs(fused - ref).max() < 1e-6 * np.abs(ref).max()
+    # source inside (pose 0): the entry does not move; a ray leaving by a face moves only along that face's axis
+    a_in, a_out, _ = face_axes(m, dirs, SLIDE_SHAPE_IJK)
+    r = np.nonzero(a_out[0] >= 0)[0]
+    other = np.ones((r.size, 3), bool)
+    other[np.arange(r.size), a_out[0, r]] = False
+    assert np.allclose(fused[0, r, :3][other], fixed[0, r, :3][other], rtol=1e-5, atol=1e-7)

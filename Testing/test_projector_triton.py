@@ -17,7 +17,7 @@ import torch
 if importlib.util.find_spec("triton") is None:
     pytest.skip("the triton backend is optional (pip install triton)", allow_module_level=True)
 # Without a GPU, conftest.py sets TRITON_INTERPRET=1 for the whole session, before anything imports triton.
-from test_projector import box_chords  # noqa: E402
+from test_projector import SLIDE_SHAPE_IJK, box_chords, slide_rays, slide_volume  # noqa: E402
 from XRayCTRegistrationLib import _raymarch, projector  # noqa: E402
 from XRayCTRegistrationLib import _raymarch_triton as T  # noqa: E402
 from XRayCTRegistrationLib.errors import InputError  # noqa: E402
@@ -50,14 +50,12 @@ def test_kernels_loaded_where_they_can_run():
 
 
 def numba_reference(vol, cam, w, n_samples):
-    """Images [B, R] and Jacobians [B, R, 6] of the numba kernel."""
+    """Images [B, R] and Jacobians [B, R, 6] (the samples' slide included) of the numba kernel."""
     m = np.ascontiguousarray((vol.ras_to_ijk @ w)[:, :3])
     dirs = cam.pixel_centers(np.float64).reshape(-1, 3)
     out = np.empty((len(w), dirs.shape[0]), np.float32)
     jac = np.empty((len(w), dirs.shape[0], 6), np.float32)
     _raymarch.march_with_jacobian(_raymarch.pad_volume(vol.data), m, dirs, n_samples, out, jac)
-    jac = add_sample_slide(torch.from_numpy(jac), torch.from_numpy(out), torch.from_numpy(m), torch.from_numpy(dirs),
-                           torch.tensor(vol.shape_ijk)).numpy()
     return out, jac, m
 
 
@@ -100,6 +98,31 @@ def test_pixel_tiles_and_split_samples_match_numba():
                            device=DEVICE)
     img, jt = T.march(mu, away, dirs, N, with_jacobian=True, width=cam.cols, split=2)
     assert not img.any() and not jt.any()
+
+
+@pytest.mark.parametrize("split", [1, 3])
+def test_kernel_slide_equals_float64_reference(split):
+    # rays entering and leaving by every face, a source inside and pixels inside the box; two channels;
+    # the slide is added in the march kernel (split 1) or after the parts are summed (split 3)
+    m64, dirs64 = slide_rays()
+    m = torch.as_tensor(m64, dtype=torch.float32, device=DEVICE)
+    dirs = torch.as_tensor(dirs64, dtype=torch.float32, device=DEVICE)
+    mu = torch.as_tensor(slide_volume(2), device=DEVICE)  # [2, K, J, I]
+    img, fixed = T.march(mu, m, dirs, N, with_jacobian=True, split=split, slide=False)
+    img2, fused = T.march(mu, m, dirs, N, with_jacobian=True, split=split)
+    assert fused.shape == (m.shape[0], 2, dirs.shape[0], 6) and torch.equal(img, img2)
+    ref = add_sample_slide(fixed.cpu().double(), img.cpu(), m.cpu().double(), dirs.cpu().double(),
+                           torch.tensor(SLIDE_SHAPE_IJK, dtype=torch.float64))
+    scale = ref.abs().max().item()
+    assert (ref - fixed.cpu()).abs().max() > 0.1 * scale
+    assert (fused.cpu().double() - ref).abs().max() < 1e-4 * scale
+    # and the numba kernel's fused Jacobians, channel by channel, at the same (float32) poses and rays
+    for c in range(2):
+        out = np.empty((m.shape[0], dirs.shape[0]), np.float32)
+        jac = np.empty((*out.shape, 6), np.float32)
+        _raymarch.march_with_jacobian(_raymarch.pad_volume(mu[c].cpu().numpy()), m.cpu().double().numpy(),
+                                      dirs.cpu().double().numpy(), N, out, jac)
+        assert np.abs(fused[:, c].cpu().numpy() - jac).max() < 1e-4 * scale
 
 
 def test_constant_volume_gives_exact_chord_lengths():
@@ -188,7 +211,7 @@ def test_channels_render_in_one_pass_as_separately():
         assert torch.equal(img[:, c].detach(), single.detach())
         grad += p.grad
     assert grad.abs().max() > 0.1
-    # rtol 1e-4: the samples' slide (projector.add_sample_slide) subtracts terms of the float32 Jacobians
+    # rtol 1e-4: the samples' slide (in the kernel, float32) subtracts terms of the float32 Jacobians
     assert torch.allclose(params.grad, grad, rtol=1e-4, atol=1e-6 * grad.abs().max().item())
     # the volume gradient of each channel is that channel's own
     vg = T.volume_gradient(tuple(channels.shape), m, dirs, N, weights)
@@ -245,13 +268,20 @@ target = GPUTarget("cuda", 90, 32)  # an H100
 march = {"vol_ptr": "*fp16", "sc": "i32", "sk": "i32", "sj": "i32", "si": "i32", "ni": "i32", "nj": "i32", "nk": "i32",
          "mat_ptr": "*fp32", "dirs_ptr": "*fp32", "n_rays": "i32", "n_samples": "i32", "out_ptr": "*fp32",
          "jac_ptr": "*fp32", "width": "i32", "n_poses": "i32", "WITH_JAC": "constexpr", "BLOCK": "constexpr",
-         "TW": "constexpr", "SPLIT": "constexpr", "POSE_FASTEST": "constexpr"}
+         "TW": "constexpr", "SPLIT": "constexpr", "POSE_FASTEST": "constexpr", "SLIDE": "constexpr"}
+parts = {"out_ptr": "*fp32", "jac_ptr": "*fp32", "mat_ptr": "*fp32", "dirs_ptr": "*fp32", "ni": "i32", "nj": "i32",
+         "nk": "i32", "n_rays": "i32", "n_poses": "i32", "n_channels": "i32", "sum_ptr": "*fp32",
+         "jac_sum_ptr": "*fp32", "SPLIT": "constexpr", "WITH_JAC": "constexpr", "SLIDE": "constexpr",
+         "BLOCK": "constexpr"}
 grad = {"grad_ptr": "*fp32", "ni": "i32", "nj": "i32", "nk": "i32", "mat_ptr": "*fp32", "dirs_ptr": "*fp32",
         "n_rays": "i32", "n_samples": "i32", "gout_ptr": "*fp32", "BLOCK": "constexpr"}
 for fn, sig, consts in [(T._march_kernel, march, {"WITH_JAC": True, "BLOCK": 128, "TW": 16, "SPLIT": 4,
-                                                         "POSE_FASTEST": True}),
+                                                         "POSE_FASTEST": True, "SLIDE": True}),
+                        (T._march_kernel, march, {"WITH_JAC": True, "BLOCK": 128, "TW": 16, "SPLIT": 1,
+                                                         "POSE_FASTEST": True, "SLIDE": True}),
                         (T._march_kernel, march, {"WITH_JAC": False, "BLOCK": 128, "TW": 0, "SPLIT": 1,
-                                                         "POSE_FASTEST": False}),
+                                                         "POSE_FASTEST": False, "SLIDE": True}),
+                        (T._sum_parts_kernel, parts, {"SPLIT": 4, "WITH_JAC": True, "SLIDE": True, "BLOCK": 128}),
                         (T._volume_grad_kernel, grad, {"BLOCK": 128})]:
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target)
     assert ".entry" in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 1000

@@ -17,9 +17,9 @@ never test bounds.
 
 Pose gradient: for fixed ``t_near`` and ``t_far``, with ``g_i`` the gradient of the trilinear
 interpolant at ``p_i`` (index space), ``dI/db = sum_i g_i step`` and ``dI/dA = (sum_i g_i t_i step) d^T``.
-The gradient kernel stores these two 3-vectors per ray; :func:`projector.add_sample_slide` then adds what
-the samples' slide with the entry and exit points contributes, and the caller contracts the result with
-the incoming image gradient.
+The gradient kernel stores these two 3-vectors per ray, with what the samples' slide with the entry and
+exit points contributes added in the kernel (:func:`_slide`, in float64; :func:`projector.add_sample_slide`
+is its reference), and the caller contracts the result with the incoming image gradient.
 """
 
 from __future__ import annotations
@@ -64,6 +64,78 @@ def _clip(o0, o1, o2, d0, d1, d2, n0, n1, n2):
     if t_far < t_near:
         t_far = t_near
     return t_near, t_far
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _faces(o0, o1, o2, d0, d1, d2, n0, n1, n2):
+    """Unclamped entry and exit ``t`` of ``o + t d`` through ``[-0.5, n - 0.5]^3`` and their axes and ``d``.
+
+    Returns ``(t_in, d_in, axis_in, t_out, d_out, axis_out)``: the latest slab entry and the earliest slab
+    exit (axes parallel to the ray are skipped; the first axis wins a tie) and the direction component
+    along each face's axis (index space per unit t).
+    """
+    t_in = -math.inf
+    t_out = math.inf
+    d_in = 1.0
+    d_out = 1.0
+    a_in = -1
+    a_out = -1
+    for axis in range(3):
+        if axis == 0:
+            o, d, n = o0, d0, n0
+        elif axis == 1:
+            o, d, n = o1, d1, n1
+        else:
+            o, d, n = o2, d2, n2
+        if abs(d) < 1e-12:
+            continue
+        ta = (-0.5 - o) / d
+        tb = (n - 0.5 - o) / d
+        if ta > tb:
+            ta, tb = tb, ta
+        if ta > t_in:
+            t_in, d_in, a_in = ta, d, axis
+        if tb < t_out:
+            t_out, d_out, a_out = tb, d, axis
+    return t_in, d_in, a_in, t_out, d_out, a_out
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _slide(o0, o1, o2, d0, d1, d2, n0, n1, n2, t0, t1, value, jb0, jb1, jb2, jt0, jt1, jt2):
+    """``(jb, jt)`` (six float64) with the samples' slide with the ray's entry ``t0`` and exit ``t1`` added.
+
+    The samples are spread between ``t0`` and ``t1``; when the pose moves the face a ray enters (leaves)
+    by, they all slide along the ray and the step changes. With ``D = A d`` and ``I`` the line integral
+    ``value``: ``dI/dt1 = D . (jt - t0 jb) / (t1 - t0) + I / (t1 - t0)``, ``dI/dt0 = D . jb - D . (jt - t0 jb)
+    / (t1 - t0) - I / (t1 - t0)``; a face ``x_a = f`` is crossed at ``t = (f - b_a) / D_a``, so
+    ``jb_a -= (dI/dt) / D_a`` and ``jt_a -= (dI/dt) t / D_a``. Ends inside the box (``t`` clamped to 0 or 1)
+    do not move.
+    """
+    span = t1 - t0
+    if span <= 1e-12:
+        return jb0, jb1, jb2, jt0, jt1, jt2
+    t_in, d_in, a_in, t_out, d_out, a_out = _faces(o0, o1, o2, d0, d1, d2, n0, n1, n2)
+    g_end = (d0 * (jt0 - t0 * jb0) + d1 * (jt1 - t0 * jb1) + d2 * (jt2 - t0 * jb2)) / span
+    g_start = d0 * jb0 + d1 * jb1 + d2 * jb2 - g_end
+    for face in range(2):
+        if face == 0:
+            moves, axis, da, t = t_in > 0.0, a_in, d_in, t0
+            di_dt = g_start - value / span
+        else:
+            moves, axis, da, t = t_out < 1.0, a_out, d_out, t1
+            di_dt = g_end + value / span
+        if not moves:
+            continue
+        if axis == 0:
+            jb0 -= di_dt / da
+            jt0 -= di_dt * t / da
+        elif axis == 1:
+            jb1 -= di_dt / da
+            jt1 -= di_dt * t / da
+        elif axis == 2:
+            jb2 -= di_dt / da
+            jt2 -= di_dt * t / da
+    return jb0, jb1, jb2, jt0, jt1, jt2
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -138,7 +210,8 @@ def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples
 
 @njit(parallel=True, fastmath=True, cache=True)
 def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
-                        out: np.ndarray, jac: np.ndarray) -> None:  # pragma: no cover - compiled
+                        out: np.ndarray, jac: np.ndarray,
+                        slide: bool = True) -> None:  # pragma: no cover - compiled
     """:func:`march` plus, per ray, the two 3-vectors of the pose gradient.
 
     Args:
@@ -150,6 +223,8 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
         jac: ``[B, R, 6]`` float32, written with ``sum_i g_i step`` (entries 0-2, the gradient of the
             pixel with respect to ``b``) and ``sum_i g_i t_i step`` (entries 3-5; the gradient with
             respect to ``A`` is its outer product with the ray's pixel centre).
+        slide: add the samples' slide with the ray's entry and exit (:func:`_slide`); False leaves the
+            entry and exit fixed (what :func:`projector.add_sample_slide` takes, for tests).
     """
     nk = vol.shape[0] - 2
     nj = vol.shape[1] - 2
@@ -230,10 +305,20 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
             gt0 += g0 * t
             gt1 += g1 * t
             gt2 += g2 * t
-        out[bi, r] = acc * step_mm
-        jac[bi, r, 0] = gb0 * step_mm
-        jac[bi, r, 1] = gb1 * step_mm
-        jac[bi, r, 2] = gb2 * step_mm
-        jac[bi, r, 3] = gt0 * step_mm
-        jac[bi, r, 4] = gt1 * step_mm
-        jac[bi, r, 5] = gt2 * step_mm
+        value = acc * step_mm
+        out[bi, r] = value
+        jb0 = np.float64(gb0) * step_mm
+        jb1 = np.float64(gb1) * step_mm
+        jb2 = np.float64(gb2) * step_mm
+        jt0 = np.float64(gt0) * step_mm
+        jt1 = np.float64(gt1) * step_mm
+        jt2 = np.float64(gt2) * step_mm
+        if slide:
+            jb0, jb1, jb2, jt0, jt1, jt2 = _slide(o0, o1, o2, d0, d1, d2, ni, nj, nk, t0, t1, np.float64(value),
+                                                  jb0, jb1, jb2, jt0, jt1, jt2)
+        jac[bi, r, 0] = jb0
+        jac[bi, r, 1] = jb1
+        jac[bi, r, 2] = jb2
+        jac[bi, r, 3] = jt0
+        jac[bi, r, 4] = jt1
+        jac[bi, r, 5] = jt2

@@ -15,8 +15,9 @@ a volume of ``C`` channels (e.g. one per material or per structure, ``[C, K, J, 
 - :func:`march`: the line integrals and, when asked, the per-ray Jacobian of the pose gradient, the
   same two 3-vectors as :func:`._raymarch.march_with_jacobian`: ``sum_i g_i step`` and
   ``sum_i g_i t_i step`` with ``g_i`` the gradient of the interpolant at ``p_i`` (index space), plus the
-  samples' slide with the ray's entry and exit (:func:`projector.add_sample_slide`). :class:`TritonMarch`
-  contracts them with the incoming image gradient.
+  samples' slide with the ray's entry and exit, added per ray in the kernel (:func:`_add_slide`; after
+  the parts of a sample split are summed, by :func:`_sum_parts_kernel`). :class:`TritonMarch` contracts
+  them with the incoming image gradient.
 - the volume gradient (the transpose of the march): each sample adds its trilinear weights times the
   pixel's incoming gradient times ``step`` to its eight voxels (atomic adds).
 
@@ -121,16 +122,92 @@ def _tile_rays(tile, n_rays, width, BLOCK: tl.constexpr, TW: tl.constexpr):
 
 
 @triton.jit
+def _face_axis(a0, a1, a2, d0, d1, d2, LATEST: tl.constexpr):
+    """The ``t`` of the latest (``LATEST``) or earliest of three slab crossings and ``d`` along its axis.
+
+    The first axis wins a tie.
+    """
+    if LATEST:
+        t = tl.maximum(tl.maximum(a0, a1), a2)
+    else:
+        t = tl.minimum(tl.minimum(a0, a1), a2)
+    da = tl.where(a0 == t, d0, tl.where(a1 == t, d1, d2))
+    return t, da
+
+
+@triton.jit
+def _slide_one(jb, jt, da, on_axis, di_dt, t):
+    """``jb`` and ``jt`` along one axis less ``di_dt / da`` and ``di_dt t / da`` where ``on_axis``."""
+    return jb - tl.where(on_axis, di_dt / da, 0.0), jt - tl.where(on_axis, di_dt * t / da, 0.0)
+
+
+@triton.jit
+def _add_slide(mat_ptr, dirs_ptr, b, r, live, ni, nj, nk, value, jb0, jb1, jb2, jt0, jt1, jt2):
+    """``(jb, jt)`` of rays ``r`` of pose ``b`` with the samples' slide with their entry and exit added.
+
+    The formula of :func:`projector.add_sample_slide` (its reference, in float64), here in float32 per ray:
+    with ``D = A d``, ``dI/dt1 = D . (jt - t0 jb) / (t1 - t0) + I / (t1 - t0)`` and ``dI/dt0 = D . jb - D . (jt
+    - t0 jb) / (t1 - t0) - I / (t1 - t0)``; the face ``x_a = f`` crossed at ``t`` moves ``t`` by ``-1 / D_a``
+    per unit of ``b_a`` (``jb_a -= dI/dt / D_a``, ``jt_a -= dI/dt t / D_a``). Ends inside the box (``t``
+    clamped to 0 or 1) do not move.
+    """
+    x = tl.load(dirs_ptr + r * 3 + 0, mask=live, other=0.0)
+    y = tl.load(dirs_ptr + r * 3 + 1, mask=live, other=0.0)
+    z = tl.load(dirs_ptr + r * 3 + 2, mask=live, other=0.0)
+    m = mat_ptr + b * 12
+    d0 = tl.load(m + 0) * x + tl.load(m + 1) * y + tl.load(m + 2) * z
+    d1 = tl.load(m + 4) * x + tl.load(m + 5) * y + tl.load(m + 6) * z
+    d2 = tl.load(m + 8) * x + tl.load(m + 9) * y + tl.load(m + 10) * z
+    a0, e0 = _slab(tl.load(m + 3), d0, ni)
+    a1, e1 = _slab(tl.load(m + 7), d1, nj)
+    a2, e2 = _slab(tl.load(m + 11), d2, nk)
+    t_in, d_in = _face_axis(a0, a1, a2, d0, d1, d2, True)
+    t_out, d_out = _face_axis(e0, e1, e2, d0, d1, d2, False)
+    t0 = tl.maximum(t_in, 0.0)
+    t1 = tl.minimum(t_out, 1.0)
+    ok = live & (t1 - t0 > 1e-12)
+    span = tl.where(ok, t1 - t0, 1.0)
+    g_end = (d0 * (jt0 - t0 * jb0) + d1 * (jt1 - t0 * jb1) + d2 * (jt2 - t0 * jb2)) / span
+    g_start = d0 * jb0 + d1 * jb1 + d2 * jb2 - g_end
+    enters = ok & (t_in > 0.0)
+    leaves = ok & (t_out < 1.0)
+    d_in = tl.where(enters, d_in, 1.0)
+    d_out = tl.where(leaves, d_out, 1.0)
+    di_in = g_start - value / span
+    di_out = g_end + value / span
+    jb0, jt0 = _slide_one(jb0, jt0, d_in, enters & (a0 == t_in), di_in, t0)
+    jb1, jt1 = _slide_one(jb1, jt1, d_in, enters & (a0 != t_in) & (a1 == t_in), di_in, t0)
+    jb2, jt2 = _slide_one(jb2, jt2, d_in, enters & (a0 != t_in) & (a1 != t_in), di_in, t0)
+    jb0, jt0 = _slide_one(jb0, jt0, d_out, leaves & (e0 == t_out), di_out, t1)
+    jb1, jt1 = _slide_one(jb1, jt1, d_out, leaves & (e0 != t_out) & (e1 == t_out), di_out, t1)
+    jb2, jt2 = _slide_one(jb2, jt2, d_out, leaves & (e0 != t_out) & (e1 != t_out), di_out, t1)
+    return jb0, jb1, jb2, jt0, jt1, jt2
+
+
+@triton.jit
+def _store_jac(jac_ptr, ray, live, jb0, jb1, jb2, jt0, jt1, jt2):
+    """Write one Jacobian ``(jb, jt)`` per ray at ``jac_ptr + 6 ray``."""
+    tl.store(jac_ptr + ray * 6 + 0, jb0, mask=live)
+    tl.store(jac_ptr + ray * 6 + 1, jb1, mask=live)
+    tl.store(jac_ptr + ray * 6 + 2, jb2, mask=live)
+    tl.store(jac_ptr + ray * 6 + 3, jt0, mask=live)
+    tl.store(jac_ptr + ray * 6 + 4, jt1, mask=live)
+    tl.store(jac_ptr + ray * 6 + 5, jt2, mask=live)
+
+
+@triton.jit
 def _march_kernel(vol_ptr, sc, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_samples, out_ptr, jac_ptr,
                   width, n_poses, WITH_JAC: tl.constexpr, BLOCK: tl.constexpr, TW: tl.constexpr,
-                  SPLIT: tl.constexpr, POSE_FASTEST: tl.constexpr):
+                  SPLIT: tl.constexpr, POSE_FASTEST: tl.constexpr, SLIDE: tl.constexpr):
     """Line integrals of ``BLOCK`` rays of one pose in channel ``program_id(1)`` over one part of the samples.
 
     ``program_id(0)`` enumerates (tile, sample part, pose), with ``POSE_FASTEST`` the pose fastest: the
     programs running at one time render one region of the detector for every pose, which (for nearby
     poses) reads one region of the volume, kept in the L2 cache; else the tile fastest (pose by pose).
     Part ``k`` of ``SPLIT`` sums samples ``k, k + SPLIT, ...`` into slice ``k`` of ``out`` (and ``jac``);
-    the caller adds the slices (a launch of few rays keeps more of the GPU busy that way).
+    the caller adds the slices (a launch of few rays keeps more of the GPU busy that way). With ``SLIDE``
+    (and ``SPLIT == 1``) the Jacobians include the samples' slide (:func:`_add_slide`); with ``SPLIT > 1``
+    :func:`_sum_parts_kernel` adds it to the summed parts.
     """
     pid = tl.program_id(0)
     if POSE_FASTEST:
@@ -197,12 +274,49 @@ def _march_kernel(vol_ptr, sc, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays
     ray = ((part * n_poses + b) * tl.num_programs(1) + c) * n_rays + r
     tl.store(out_ptr + ray, acc * step, mask=live)
     if WITH_JAC:
-        tl.store(jac_ptr + ray * 6 + 0, gb0 * step, mask=live)
-        tl.store(jac_ptr + ray * 6 + 1, gb1 * step, mask=live)
-        tl.store(jac_ptr + ray * 6 + 2, gb2 * step, mask=live)
-        tl.store(jac_ptr + ray * 6 + 3, gt0 * step, mask=live)
-        tl.store(jac_ptr + ray * 6 + 4, gt1 * step, mask=live)
-        tl.store(jac_ptr + ray * 6 + 5, gt2 * step, mask=live)
+        gb0, gb1, gb2, gt0, gt1, gt2 = gb0 * step, gb1 * step, gb2 * step, gt0 * step, gt1 * step, gt2 * step
+        if SLIDE and SPLIT == 1:
+            gb0, gb1, gb2, gt0, gt1, gt2 = _add_slide(mat_ptr, dirs_ptr, b, r, valid, ni, nj, nk, acc * step,
+                                                      gb0, gb1, gb2, gt0, gt1, gt2)
+        _store_jac(jac_ptr, ray, live, gb0, gb1, gb2, gt0, gt1, gt2)
+
+
+@triton.jit
+def _sum_parts_kernel(out_ptr, jac_ptr, mat_ptr, dirs_ptr, ni, nj, nk, n_rays, n_poses, n_channels,
+                      sum_ptr, jac_sum_ptr, SPLIT: tl.constexpr, WITH_JAC: tl.constexpr, SLIDE: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """Add the ``SPLIT`` parts ``out`` [SPLIT, B, C, R] (``jac`` [SPLIT, B, C, R, 6]) of :func:`_march_kernel`.
+
+    Writes the sums to ``sum`` [B, C, R] and ``jac_sum`` [B, C, R, 6], with ``SLIDE`` the Jacobians with the
+    samples' slide (:func:`_add_slide`), which needs the whole line integral. Grid ``[ceil(R / BLOCK), B, C]``.
+    """
+    b = tl.program_id(1)
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = r < n_rays
+    ray = (b * n_channels + tl.program_id(2)) * n_rays + r
+    part = n_poses * n_channels * n_rays
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k in tl.static_range(SPLIT):
+        acc += tl.load(out_ptr + k * part + ray, mask=live, other=0.0)
+    tl.store(sum_ptr + ray, acc, mask=live)
+    if WITH_JAC:
+        j0 = tl.zeros((BLOCK,), dtype=tl.float32)
+        j1 = tl.zeros((BLOCK,), dtype=tl.float32)
+        j2 = tl.zeros((BLOCK,), dtype=tl.float32)
+        j3 = tl.zeros((BLOCK,), dtype=tl.float32)
+        j4 = tl.zeros((BLOCK,), dtype=tl.float32)
+        j5 = tl.zeros((BLOCK,), dtype=tl.float32)
+        for k in tl.static_range(SPLIT):
+            src = jac_ptr + (k * part + ray) * 6
+            j0 += tl.load(src + 0, mask=live, other=0.0)
+            j1 += tl.load(src + 1, mask=live, other=0.0)
+            j2 += tl.load(src + 2, mask=live, other=0.0)
+            j3 += tl.load(src + 3, mask=live, other=0.0)
+            j4 += tl.load(src + 4, mask=live, other=0.0)
+            j5 += tl.load(src + 5, mask=live, other=0.0)
+        if SLIDE:
+            j0, j1, j2, j3, j4, j5 = _add_slide(mat_ptr, dirs_ptr, b, r, live, ni, nj, nk, acc, j0, j1, j2, j3, j4, j5)
+        _store_jac(jac_sum_ptr, ray, live, j0, j1, j2, j3, j4, j5)
 
 
 @triton.jit
@@ -279,7 +393,7 @@ def sample_split(n_programs: int, n_samples: int, device: torch.device) -> int:
 
 def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_samples: int,
           with_jacobian: bool = False, width: int = 0, split: int | None = None,
-          pose_fastest: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+          pose_fastest: bool = True, slide: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Line integrals ``[B, R]`` float32 and, with ``with_jacobian``, the per-ray Jacobians ``[B, R, 6]``.
 
     With a volume of ``C`` channels ``[C, K, J, I]`` they are ``[B, C, R]`` and ``[B, C, R, 6]``.
@@ -296,6 +410,8 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
             by :func:`sample_split`.
         pose_fastest: launch order, poses fastest (tiles of all poses at once) or tiles fastest (pose by pose);
             the result is the same (a knob for benchmarks).
+        slide: with ``with_jacobian``, include the samples' slide with each ray's entry and exit
+            (:func:`_add_slide`); False holds them fixed (what :func:`projector.add_sample_slide` takes, for tests).
     """
     _check(mu, ijk_from_cam, dirs)
     vol = mu if mu.dim() == 4 else mu[None]  # [C, K, J, I]
@@ -314,14 +430,18 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
     jac = torch.empty((split, nb, nc, nr, 6), dtype=torch.float32, device=mu.device) if with_jacobian else out
     _march_kernel[(n_tiles * split * nb, nc)](vol, *vol.stride(), ni, nj, nk, mat, dirs, nr, int(n_samples), out,
                                              jac, width, nb, WITH_JAC=bool(with_jacobian), BLOCK=BLOCK_RAYS,
-                                             TW=tw, SPLIT=int(split), POSE_FASTEST=bool(pose_fastest), num_warps=4)
-    out = out[0] if split == 1 else out.sum(0)
-    jac = (jac[0] if split == 1 else jac.sum(0)) if with_jacobian else out
-    if with_jacobian:
-        from .devices import host_to_device
-        from .projector import add_sample_slide
-
-        jac = add_sample_slide(jac, out, mat, dirs, host_to_device([ni, nj, nk], torch.float64, mu.device))
+                                             TW=tw, SPLIT=int(split), POSE_FASTEST=bool(pose_fastest),
+                                             SLIDE=bool(slide), num_warps=4)
+    if split == 1:
+        out, jac = out[0], jac[0]
+    else:
+        total = torch.empty((nb, nc, nr), dtype=torch.float32, device=mu.device)
+        jac_total = torch.empty((nb, nc, nr, 6), dtype=torch.float32, device=mu.device) if with_jacobian else total
+        _sum_parts_kernel[(triton.cdiv(nr, BLOCK_RAYS), nb, nc)](out, jac, mat, dirs, ni, nj, nk, nr, nb, nc, total,
+                                                                jac_total, SPLIT=int(split),
+                                                                WITH_JAC=bool(with_jacobian), SLIDE=bool(slide),
+                                                                BLOCK=BLOCK_RAYS)
+        out, jac = total, jac_total
     if mu.dim() == 3:
         out, jac = out[:, 0], jac[:, 0]
     return out, (jac if with_jacobian else None)

@@ -311,10 +311,8 @@ class _NumbaMarch(torch.autograd.Function):
         out = np.empty((m.shape[0], dirs.shape[0]), dtype=np.float32)
         if with_grad:
             jac = np.empty((m.shape[0], dirs.shape[0], 6), dtype=np.float32)  # [B, R, 6]
-            _raymarch.march_with_jacobian(padded, m, dirs, n_samples, out, jac)
-            shape = torch.tensor(padded.shape[::-1], dtype=torch.float64) - 2  # (I, J, K)
-            ctx.jac = add_sample_slide(torch.from_numpy(jac), torch.from_numpy(out), ijk_from_cam.detach(),
-                                       dirs64, shape)
+            _raymarch.march_with_jacobian(padded, m, dirs, n_samples, out, jac)  # the samples' slide included
+            ctx.jac = torch.from_numpy(jac)
             ctx.dirs64 = dirs64
         else:
             _raymarch.march(padded, m, dirs, n_samples, out)
@@ -343,7 +341,9 @@ def _triton_unavailable(device: torch.device) -> str:
 
 def add_sample_slide(jac: torch.Tensor, value: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor,
                      shape_ijk: torch.Tensor) -> torch.Tensor:
-    """Per-ray pose Jacobians with the samples' slide along the ray added (the kernels hold entry and exit fixed).
+    """Per-ray pose Jacobians with the samples' slide along the ray added to those for fixed entry and exit.
+
+    The float64 reference for the kernels, which add it per ray themselves (``slide=True``, the default).
 
     The samples are spread between a ray's entry ``t0`` and exit ``t1``; when the pose moves the face a ray
     enters (leaves) by, they all slide along the ray, and ``step = (t1 - t0) |d| / n`` changes. With
