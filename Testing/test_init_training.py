@@ -170,7 +170,7 @@ def test_options_validation():
 
 
 def test_refine_schedule_adds_a_finer_level():
-    from XRayCTRegistrationLib.training import refine_schedule
+    from XRayCTRegistrationLib.registration import refine_schedule
 
     assert refine_schedule(Camera(1000.0, 256, 256, 1.6, 1.6)) == {"levels": (8.0, 4.0, 2.0),
                                                                     "max_iterations": (80, 40, 20)}

@@ -19,8 +19,8 @@ def test_module_python_scripts_match_files_on_disk():
     text = (MODULE_DIR / "CMakeLists.txt").read_text()
     listed = [s.replace("${MODULE_NAME}", "XRayCTRegistration") for s in cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
     on_disk = ["XRayCTRegistration.py"] + sorted(
-        str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "XRayCTRegistrationLib").rglob("*.py")
-        if "__pycache__" not in p.parts)
+        str(p.relative_to(MODULE_DIR)) for package in ("XRayCTRegistrationLib", "XRayCTRegistrationSlicerLib")
+        for p in (MODULE_DIR / package).rglob("*.py") if "__pycache__" not in p.parts)
     assert len(listed) == len(set(listed)), "a script is listed twice"
     assert sorted(listed) == sorted(on_disk)
 

@@ -95,7 +95,7 @@ def test_register_failure_and_bad_input_leave_scene_unchanged(ns, module, inputs
     off_detector = [0.0, 0.0, 0.0, 300.0, 0.0, 0.0]  # 300 mm sideways: the CT projects beside the detector
     with pytest.raises(RuntimeError, match="did not succeed: the CT does not project onto the X-ray at the initial"):
         logic.register(ct, xray, off_detector, **FAST)
-    with pytest.raises(InputError, match="method: 'simplex' is not one of opt-ncc"):
+    with pytest.raises(InputError, match="method: unknown refine method 'simplex'; choose one of opt-ncc"):
         logic.register(ct, xray, START, method="simplex")
     with pytest.raises(InputError, match="3D volume"):
         logic.register(ct, ct, START)

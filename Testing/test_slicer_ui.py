@@ -83,6 +83,7 @@ def test_choices_match_combo_boxes_and_library(ui_root):
     from mrml_scene import install
     from PySide6.QtWidgets import QComboBox
     from XRayCTRegistrationLib.registration import METHODS
+    from XRayCTRegistrationLib.registry import method_names
     from XRayCTRegistrationLib.xray import KINDS
 
     install()
@@ -92,11 +93,13 @@ def test_choices_match_combo_boxes_and_library(ui_root):
         combo = ui_root.findChild(QComboBox, name)
         return [combo.itemText(i) for i in range(combo.count())]
 
-    assert items("methodComboBox") == M.REGISTRATION_METHODS == list(METHODS)
-    assert items("xrayKindComboBox") == M.XRAY_KINDS == list(KINDS)
+    # the .ui lists the built-in methods (the widget refills the list from the registry in setup())
+    assert items("methodComboBox") == M.registrationMethods() == list(method_names("refine")) == list(METHODS)
+    # the names are the library's own objects, not copies
+    assert items("xrayKindComboBox") == list(M.XRAY_KINDS) and M.XRAY_KINDS is KINDS
     from XRayCTRegistrationLib.training import METHODS as INIT_METHODS
 
-    assert items("initialiserMethodComboBox") == M.INITIALISER_METHODS == list(INIT_METHODS)
+    assert items("initialiserMethodComboBox") == list(M.INITIALISER_METHODS) and M.INITIALISER_METHODS is INIT_METHODS
 
 
 def test_pose_slider_ranges_match_parameter_ranges():

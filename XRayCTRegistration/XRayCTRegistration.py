@@ -26,9 +26,6 @@ import importlib.util
 import logging
 import os
 import pathlib
-import shlex
-import shutil
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -40,7 +37,7 @@ import vtk
 from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Validator, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -48,21 +45,38 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+from XRayCTRegistrationLib.errors import InputError
+from XRayCTRegistrationLib.names import DEFAULT_METHOD, INITIALISER_METHODS, XRAY_KINDS
+from XRayCTRegistrationLib.names import PARAM_NAMES as POSE_PARAMETER_NAMES
+from XRayCTRegistrationLib.registry import get_method, method_names
+from XRayCTRegistrationSlicerLib import display, images, training_process
+from XRayCTRegistrationSlicerLib.dependencies import ensureDependencies
+from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE
+from XRayCTRegistrationSlicerLib.rendering import DrrRenderer, samplesPerRay
+from XRayCTRegistrationSlicerLib.training_process import InitialiserCache, TrainingOutcome, TrainingProcess
 
 if TYPE_CHECKING:
     from XRayCTRegistrationLib.geometry import Camera, ReferenceView
     from XRayCTRegistrationLib.volume import Volume
 
-POSE_PARAMETER_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
-"""Pose parameters, degrees (rx, ry, rz) and mm (tx, ty, tz); see CONVENTIONS.md."""
 
-REGISTRATION_METHODS = ["opt-ncc", "opt-mncc", "opt-lncc", "opt-gc", "opt-ngi", "opt-gd"]
-"""Registration methods offered in the GUI (names of the library's ``register(method=...)``)."""
+def registrationMethods() -> list[str]:
+    """Registration methods offered in the GUI: every refinement method of the library's registry."""
+    return list(method_names("refine"))
 
-XRAY_KINDS = ["auto", "attenuation", "intensity"]
-"""What the X-ray's grey levels are (the library's ``xray.KINDS``): ``attenuation`` = bone bright, as a DRR,
-used as they are; ``intensity`` = raw detector intensities (air bright), converted with ``-log(I / I0)``;
-``auto`` = decided by the library's border-versus-centre test (``xray.air_is_bright``)."""
+
+class RegisteredMethod(Validator):
+    """Parameter-node validator: the value must be a registered refinement method.
+
+    The registry is read when the value is set, so methods registered after this module was imported
+    are accepted.
+    """
+
+    def validate(self, value) -> None:
+        """Raise ValueError unless ``value`` is a registered refinement method."""
+        if value not in method_names("refine"):
+            raise ValueError(f"method {value!r} is not one of {', '.join(registrationMethods())}")
+
 
 PREVIEW_SIZE = 128
 """Longest side, in pixels, of the DRR rendered while a pose slider moves."""
@@ -73,20 +87,6 @@ FINAL_SIZE = 512
 PREVIEW_DELAY_MS = 40
 """Slider throttle: at most one preview render is started per this many milliseconds."""
 
-DICOM_SDD_ATTRIBUTE = "DICOM.DistanceSourceToDetector"
-"""Node attribute holding the DICOM tag DistanceSourceToDetector (0018,1110), mm."""
-
-DICOM_SPACING_ATTRIBUTE = "DICOM.ImagerPixelSpacing"
-"""Node attribute holding the DICOM tag ImagerPixelSpacing (0018,1164): "row\\column" spacing, mm."""
-
-INITIALISER_METHODS = ["regressor", "rtpi"]
-"""Learned initialisers offered in the GUI (``xrayctreg train --model``)."""
-
-PYTHON_PACKAGES = {"numba": "numba>=0.59", "tqdm": "tqdm"}
-"""Import name -> pip requirement of the packages installed on first use (torch comes from PyTorchUtils)."""
-
-PROGRESS_PREFIX = "PROGRESS"
-"""Start of the progress lines printed by ``xrayctreg train``: ``PROGRESS <fraction> <message>``."""
 
 
 #
@@ -137,7 +137,7 @@ class XRayCTRegistrationParameterNode:
     sdd, rowSpacing, colSpacing: source-to-detector distance and detector pixel size (mm);
         0 means "take it from the X-ray's DICOM tags".
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
-    method: registration method.
+    method: registration method (a name of :func:`registrationMethods`, checked by the logic).
     outputTransform: receives world_from_camera (matrix to parent).
     outputDrr: receives the DRR at the current pose, placed on the detector.
     fusionOpacity: opacity of the DRR over the X-ray in the fusion view.
@@ -149,7 +149,7 @@ class XRayCTRegistrationParameterNode:
 
     ctVolume: vtkMRMLScalarVolumeNode
     xrayVolume: vtkMRMLScalarVolumeNode
-    xrayKind: Annotated[str, Choice(XRAY_KINDS)] = "auto"
+    xrayKind: Annotated[str, Choice(list(XRAY_KINDS))] = "auto"
     sdd: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
     rowSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     colSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
@@ -159,12 +159,12 @@ class XRayCTRegistrationParameterNode:
     tx: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
     ty: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
     tz: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
-    method: Annotated[str, Choice(REGISTRATION_METHODS)] = "opt-lncc"
+    method: Annotated[str, RegisteredMethod()] = DEFAULT_METHOD
     outputTransform: vtkMRMLLinearTransformNode
     outputDrr: vtkMRMLScalarVolumeNode
     fusionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     initialiserModel: pathlib.Path
-    initialiserMethod: Annotated[str, Choice(INITIALISER_METHODS)] = "regressor"
+    initialiserMethod: Annotated[str, Choice(list(INITIALISER_METHODS))] = "regressor"
     trainingMinutes: Annotated[float, WithinRange(0.1, 1440.0)] = 15.0
 
 
@@ -178,41 +178,6 @@ def modelPath(parameterNode: XRayCTRegistrationParameterNode) -> str:
 def poseParameters(parameterNode: XRayCTRegistrationParameterNode) -> np.ndarray:
     """The six pose parameters ``(rx, ry, rz, tx, ty, tz)`` of a parameter node, degrees and mm."""
     return np.array([getattr(parameterNode, name) for name in POSE_PARAMETER_NAMES], dtype=np.float64)
-
-
-#
-# Dependencies
-#
-
-
-def missingPythonPackages() -> list[str]:
-    """Pip requirements of the optional packages that cannot be imported."""
-    return [req for name, req in PYTHON_PACKAGES.items() if importlib.util.find_spec(name) is None]
-
-
-def ensureDependencies(askConfirmation: bool = True) -> bool:
-    """Install what the library needs, on first use and with the user's consent; True when all is there.
-
-    torch comes from the PyTorch extension (PyTorchUtils), the other packages through
-    ``slicer.util.pip_install``. Never called at import or in ``setup()``.
-    """
-    if importlib.util.find_spec("torch") is None:
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
-            raise RuntimeError(_("This module needs the PyTorch extension: install 'PyTorch' from the "
-                                 "Extensions Manager and restart Slicer.")) from None
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation)
-        if torch is None:
-            return False
-    missing = missingPythonPackages()
-    if missing:
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                _("This module needs these Python packages, which will be downloaded and installed now:\n")
-                + "\n".join(missing), windowTitle=_("Install Python packages")):
-            return False
-        slicer.util.pip_install(missing)
-    return True
 
 
 #
@@ -241,11 +206,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._cancelRequested = False
         self._busy = False
         self.previewTimer = None
-        self._trainProcess = None
-        self._trainOutput = ""
-        self._trainLog: list[str] = []
-        self._trainModelPath = ""
-        self._trainCancelled = False
+        self._training = TrainingProcess(self._onTrainProgress, self._onTrainFinished)
 
     def setup(self) -> None:
         """Build the GUI from the .ui file and connect it."""
@@ -255,6 +216,9 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XRayCTRegistrationLogic()
+        self.ui.methodComboBox.clear()
+        for name in registrationMethods():  # every registered method, also those added after the .ui was made
+            self.ui.methodComboBox.addItem(name)
 
         self.previewTimer = qt.QTimer()
         self.previewTimer.setSingleShot(True)
@@ -290,10 +254,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def cleanup(self) -> None:
         """Remove observers when the module is closed; stop a running training."""
-        if self._trainProcess is not None:
-            self._trainCancelled = True
-            self._trainProcess.kill()
-            self._trainProcess.waitForFinished(3000)
+        self._training.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -337,7 +298,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        training = self._trainProcess is not None
+        training = self._training.running
         ready = bool(p and p.ctVolume and p.xrayVolume) and not self._busy and not training
         for button in (self.ui.refineButton, self.ui.registerButton, self.ui.trainButton):
             button.enabled = ready
@@ -427,7 +388,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onTrain(self) -> None:
         """Train the initialiser out of process (``xrayctreg train``), streaming its progress into the bar."""
         p = self._parameterNode
-        if self._trainProcess is not None:
+        if self._training.running:
             return
         with slicer.util.tryWithErrorDisplay(_("Training failed to start."), waitCursor=True):
             if not ensureDependencies(askConfirmation=True):
@@ -440,72 +401,40 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             command = self.logic.trainCommand(ctPath, geometryPath, model, method=p.initialiserMethod,
                                               timeBudgetS=60.0 * p.trainingMinutes, resume=os.path.isfile(model))
             logging.info(f"Training the initialiser: {self.logic.commandText(command)}")
-            process = qt.QProcess()
-            environment = qt.QProcessEnvironment.systemEnvironment()
-            for key, value in self.logic.trainEnvironment().items():
-                environment.insert(key, value)
-            process.setProcessEnvironment(environment)
-            process.setProcessChannelMode(qt.QProcess.MergedChannels)
-            process.connect("readyReadStandardOutput()", self._onTrainOutput)
-            process.connect("finished(int,QProcess::ExitStatus)", self._onTrainFinished)
-            self._trainProcess, self._trainOutput, self._trainLog = process, "", []
-            self._trainModelPath, self._trainCancelled = model, False
             self.ui.progressBar.value = 0
             self.ui.progressBar.format = _("Training") + " %p%"
             self.ui.progressBar.setVisible(True)
             self.ui.resultLabel.text = _("Training the initialiser ({minutes:g} min)...").format(
                 minutes=p.trainingMinutes)
-            self._updateButtons()
-            process.start(command[0], command[1:])
-            if not process.waitForStarted(10000):
-                self._trainProcess = None
-                self.ui.progressBar.setVisible(False)
+            try:
+                self._training.start(command, self.logic.trainEnvironment(), model)
+            finally:
+                self.ui.progressBar.setVisible(self._training.running)
                 self._updateButtons()
-                raise RuntimeError(_("Could not start {program}: {error}").format(program=command[0],
-                                                                                  error=process.errorString()))
 
-    def _onTrainOutput(self) -> None:
-        """Read the training's output as it comes; progress lines move the bar, others are kept for errors."""
-        process = self._trainProcess
-        if process is None:
-            return
-        self._trainOutput += process.readAllStandardOutput().data().decode("utf-8", errors="replace")
-        *lines, self._trainOutput = self._trainOutput.split("\n")
-        for line in lines:
-            parsed = self.logic.parseProgressLine(line)
-            if parsed is None:
-                if line.strip():
-                    self._trainLog = (self._trainLog + [line.rstrip()])[-20:]
-                continue
-            fraction, message = parsed
-            self.ui.progressBar.value = int(round(100 * fraction))
-            self.ui.progressBar.format = _("Training") + f" %p% {message}"
+    def _onTrainProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.progressBar.format = _("Training") + f" %p% {message}"
 
-    def _onTrainFinished(self, exitCode: int, exitStatus) -> None:
+    def _onTrainFinished(self, outcome: TrainingOutcome) -> None:
         """The training process ended: use the model, or say why not."""
-        self._onTrainOutput()
-        if self._trainOutput.strip():
-            self._trainLog.append(self._trainOutput.rstrip())
-        self._trainProcess = None
         self.ui.progressBar.setVisible(False)
         self._updateButtons()
-        model = self._trainModelPath
-        if self._trainCancelled:
-            if os.path.isfile(model):
-                self.ui.resultLabel.text = _("Training cancelled; its last checkpoint {model} is kept: press Train "
-                                             "initialiser again to continue it.").format(model=model)
-            else:
-                self.ui.resultLabel.text = _("Training cancelled before its first checkpoint.")
+        model = outcome.modelPath
+        if outcome.state == "cancelled":
+            self.ui.resultLabel.text = (_("Training cancelled; its last checkpoint {model} is kept: press Train "
+                                          "initialiser again to continue it.").format(model=model)
+                                        if outcome.checkpointKept else _("Training cancelled before its first "
+                                                                         "checkpoint."))
             return
-        if exitCode != 0 or exitStatus != qt.QProcess.NormalExit:
+        if outcome.state == "failed":
             self.ui.resultLabel.text = _("Training failed.")
-            slicer.util.errorDisplay(_("Training the initialiser failed (exit code {code}).").format(code=exitCode),
-                                     detailedText="\n".join(self._trainLog))
+            slicer.util.errorDisplay(_("Training the initialiser failed (exit code {code}).").format(
+                code=outcome.exitCode), detailedText="\n".join(outcome.log))
             return
         self._parameterNode.initialiserModel = pathlib.Path(model)
-        summary = next((line for line in reversed(self._trainLog) if line.startswith("trained ")), "")
         self.ui.resultLabel.text = _("Initialiser trained: {model}").format(model=model) + (
-            f"\n{summary}" if summary else "")
+            f"\n{outcome.summary}" if outcome.summary else "")
         self._updateButtons()
 
     def onRefine(self) -> None:
@@ -518,10 +447,9 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onCancel(self) -> None:
         """Ask the running registration to stop, or kill the running training (its checkpoint stays)."""
-        if self._trainProcess is not None:
-            self._trainCancelled = True
+        if self._training.running:
             self.ui.resultLabel.text = _("Cancelling the training...")
-            self._trainProcess.kill()
+            self._training.cancel()
             return
         self._cancelRequested = True
         self.ui.resultLabel.text = _("Cancelling...")
@@ -579,14 +507,15 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 class RegistrationOutput:
     """What :meth:`XRayCTRegistrationLogic.register` returns.
 
-    result: the library's RegistrationResult (world_from_camera, params, similarity, iterations,
-        wall_time_s, method, success, message).
+    result: the final result of the library's pipeline (world_from_camera, params, similarity,
+        iterations, wall_time_s, method, success, message).
     params: pose parameters of the result (degrees, mm) relative to the AP reference view.
     transformNode, drrNode: the output nodes written (None when cancelled).
     cancelled: True when ``shouldStop`` asked to stop; then nothing in the scene was changed.
     xrayConversion: what was done to the X-ray's grey levels before registering (one sentence).
     initialParams: the pose parameters the refinement started from (the model's prediction when
         registering with an initialiser model, else the given initial parameters).
+    pipeline: the library's ``pipeline.PipelineResult`` (initialisation, refinement, timings).
     """
 
     result: Any
@@ -596,6 +525,7 @@ class RegistrationOutput:
     cancelled: bool = False
     xrayConversion: str = ""
     initialParams: np.ndarray | None = None
+    pipeline: Any = None
 
 
 class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -607,9 +537,9 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._projectorCache: dict = {}
+        self._renderer = DrrRenderer()
         self._volumeCache: dict = {}
-        self._initialiserCache: dict = {}
+        self._initialisers = InitialiserCache()
 
     def getParameterNode(self) -> XRayCTRegistrationParameterNode:
         """The module's parameter node, typed."""
@@ -617,19 +547,13 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     # -- nodes -> library ---------------------------------------------------------------------
     @staticmethod
-    def _inputError(message: str) -> Exception:
-        from XRayCTRegistrationLib.errors import InputError
-
-        return InputError(message)
-
-    @staticmethod
     def worldFromNode(node) -> np.ndarray:
         """4x4 matrix from the node's local (parent) frame to world RAS; raises for non-linear transforms."""
         parent = node.GetParentTransformNode()
         if parent is None:
             return np.eye(4)
         if not parent.IsTransformToWorldLinear():
-            raise XRayCTRegistrationLogic._inputError(
+            raise InputError(
                 f"node '{node.GetName()}': it is under a non-linear transform; harden or remove it first")
         m = vtk.vtkMatrix4x4()
         parent.GetMatrixTransformToWorld(m)
@@ -652,22 +576,23 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         """The CT node as a library Volume in HU: data ``[k, j, i]`` float32, ijk_to_ras in world RAS."""
         from XRayCTRegistrationLib.volume import Volume
 
-        if ctNode is None:
-            raise self._inputError("CT volume: none selected")
-        image = ctNode.GetImageData()
+        what = self._checkImageNode(ctNode, "CT volume", xray=False)
+        return Volume(images.finiteFloat32(slicer.util.arrayFromVolume(ctNode), what), self.ijkToWorld(ctNode))
+
+    @staticmethod
+    def _checkImageNode(node, label: str, xray: bool) -> str:
+        """Refuse a missing node or unusable image data (see ``images.checkImageData``).
+
+        Returns how messages name the node, e.g. ``CT volume 'chest'``.
+        """
+        if node is None:
+            raise InputError(f"{label}: none selected")
+        what = f"{label} '{node.GetName()}'"
+        image = node.GetImageData()
         if image is None or image.GetNumberOfPoints() == 0:
-            raise self._inputError(f"CT volume '{ctNode.GetName()}': holds no image data")
-        if image.GetNumberOfScalarComponents() != 1:
-            raise self._inputError(f"CT volume '{ctNode.GetName()}': expected one scalar per voxel, got "
-                                   f"{image.GetNumberOfScalarComponents()}")
-        dims = image.GetDimensions()
-        if min(dims) < 2:
-            raise self._inputError(f"CT volume '{ctNode.GetName()}': expected a 3D volume, got {dims[0]}x{dims[1]}x"
-                                   f"{dims[2]} voxels")
-        data = np.array(slicer.util.arrayFromVolume(ctNode), dtype=np.float32)  # [k, j, i] copy
-        if not np.all(np.isfinite(data)):
-            raise self._inputError(f"CT volume '{ctNode.GetName()}': holds NaN or infinite values")
-        return Volume(data, self.ijkToWorld(ctNode))
+            raise InputError(f"{what}: holds no image data")
+        images.checkImageData(what, image.GetDimensions(), image.GetNumberOfScalarComponents(), xray)
+        return what
 
     def attenuationVolume(self, ctNode) -> Volume:
         """The CT as attenuation (1/mm); cached until the node's image or geometry changes."""
@@ -687,93 +612,30 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     def xrayImageFromNode(self, xrayNode) -> np.ndarray:
         """The X-ray as a 2D float32 array ``[rows, cols]`` (Slicer's i = column, j = row)."""
-        if xrayNode is None:
-            raise self._inputError("X-ray volume: none selected")
-        image = xrayNode.GetImageData()
-        if image is None or image.GetNumberOfPoints() == 0:
-            raise self._inputError(f"X-ray volume '{xrayNode.GetName()}': holds no image data")
-        dims = image.GetDimensions()
-        if dims[2] != 1:
-            raise self._inputError(f"X-ray volume '{xrayNode.GetName()}': is a 3D volume with {dims[2]} slices; "
-                                   "an X-ray must be a single-slice image")
-        if image.GetNumberOfScalarComponents() != 1:
-            raise self._inputError(f"X-ray volume '{xrayNode.GetName()}': expected a grey-level image, got "
-                                   f"{image.GetNumberOfScalarComponents()} components per pixel")
-        if min(dims[0], dims[1]) < 2:
-            raise self._inputError(f"X-ray volume '{xrayNode.GetName()}': image is only {dims[0]}x{dims[1]} pixels")
-        data = np.array(slicer.util.arrayFromVolume(xrayNode)[0], dtype=np.float32)  # [rows, cols]
-        if not np.all(np.isfinite(data)):
-            raise self._inputError(f"X-ray volume '{xrayNode.GetName()}': holds NaN or infinite values")
-        return data
+        what = self._checkImageNode(xrayNode, "X-ray volume", xray=True)
+        return images.finiteFloat32(slicer.util.arrayFromVolume(xrayNode)[0], what)  # [rows, cols]
 
     def attenuationImageFromNode(self, xrayNode, kind: str = "auto") -> tuple[np.ndarray, str]:
         """The X-ray as the library's attenuation-bright image ``[rows, cols]`` (float32), and what was done.
 
-        ``kind`` is one of :data:`XRAY_KINDS`. Raw intensities (air bright) are converted with the
-        library's ``xray.intensity_to_attenuation``; ``auto`` decides with ``xray.air_is_bright``.
+        ``kind`` is one of ``XRAY_KINDS`` (see ``XRayCTRegistrationSlicerLib.images.attenuationImage``).
         The node itself is not changed.
         """
-        from XRayCTRegistrationLib.errors import InputError
-        from XRayCTRegistrationLib.xray import air_is_bright, intensity_to_attenuation
-
         if kind not in XRAY_KINDS:
-            raise self._inputError(f"X-ray kind: {kind!r} is not one of {', '.join(XRAY_KINDS)}")
-        image = self.xrayImageFromNode(xrayNode)
-        if kind == "attenuation":
-            return image, "used as attenuation (bone bright), as chosen"
-        why = "raw intensities, as chosen"
-        if kind == "auto":
-            airBright, test = air_is_bright(image)
-            if not airBright:
-                return image, f"attenuation-bright ({test}): used as it is"
-            why = f"air bright ({test})"
-        try:
-            attenuation, i0 = intensity_to_attenuation(image)
-        except InputError as e:
-            raise self._inputError(f"X-ray volume '{xrayNode.GetName()}': {e}") from None
-        return attenuation, f"{why}: converted with -log(I/I0), I0={i0:.6g}"
+            raise InputError(f"X-ray kind: {kind!r} is not one of {', '.join(XRAY_KINDS)}")
+        return images.attenuationImage(self.xrayImageFromNode(xrayNode), kind, xrayNode.GetName())
 
     @staticmethod
     def geometryFromAttributes(xrayNode) -> dict[str, float]:
         """Geometry read from DICOM tags stored as node attributes: any of sdd, rowSpacing, colSpacing (mm)."""
-        out: dict[str, float] = {}
-        sdd = xrayNode.GetAttribute(DICOM_SDD_ATTRIBUTE)
-        if sdd:
-            try:
-                out["sdd"] = float(sdd)
-            except ValueError:
-                raise XRayCTRegistrationLogic._inputError(
-                    f"X-ray volume '{xrayNode.GetName()}': attribute {DICOM_SDD_ATTRIBUTE}={sdd!r} is not a number"
-                ) from None
-        spacing = xrayNode.GetAttribute(DICOM_SPACING_ATTRIBUTE)
-        if spacing:
-            parts = spacing.replace("\\", " ").replace(",", " ").split()
-            try:
-                values = [float(v) for v in parts]
-            except ValueError:
-                values = []
-            if len(values) not in (1, 2):
-                raise XRayCTRegistrationLogic._inputError(
-                    f"X-ray volume '{xrayNode.GetName()}': attribute {DICOM_SPACING_ATTRIBUTE}={spacing!r} is not "
-                    "'row\\column' spacing")
-            out["rowSpacing"], out["colSpacing"] = values[0], values[-1]
-        return out
+        return images.geometryFromAttributeValues(xrayNode.GetAttribute(DICOM_SDD_ATTRIBUTE),
+                                                  xrayNode.GetAttribute(DICOM_SPACING_ATTRIBUTE), xrayNode.GetName())
 
     def cameraFromNode(self, xrayNode, sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0) -> Camera:
         """Camera of the X-ray: size from the image, geometry from the arguments (mm) or, where 0, from DICOM tags."""
-        from XRayCTRegistrationLib.geometry import Camera
-
-        image = self.xrayImageFromNode(xrayNode)
-        tags = self.geometryFromAttributes(xrayNode)
         given = {"sdd": sdd, "rowSpacing": rowSpacing, "colSpacing": colSpacing}
-        values = {name: float(v) if v else tags.get(name, 0.0) for name, v in given.items()}
-        missing = [name for name, v in values.items() if not v]
-        if missing:
-            raise self._inputError(
-                f"X-ray volume '{xrayNode.GetName()}': imaging geometry missing ({', '.join(missing)}); enter it or "
-                f"load an X-ray with the DICOM tags DistanceSourceToDetector and ImagerPixelSpacing")
-        return Camera(sdd=values["sdd"], rows=image.shape[0], cols=image.shape[1],
-                      row_spacing=values["rowSpacing"], col_spacing=values["colSpacing"])
+        return images.cameraFromValues(self.xrayImageFromNode(xrayNode).shape, given,
+                                       self.geometryFromAttributes(xrayNode), xrayNode.GetName())
 
     @staticmethod
     def referenceView(volume: Volume, camera: Camera) -> ReferenceView:
@@ -785,67 +647,26 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
     def poseFromParameters(self, ctNode, xrayNode, params: Sequence[float], sdd: float = 0.0,
                            rowSpacing: float = 0.0, colSpacing: float = 0.0) -> np.ndarray:
         """``world_from_camera`` (4x4) of pose parameters (degrees, mm) for this CT and X-ray."""
+        return self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)[2]
+
+    def _poseInputs(self, ctNode, xrayNode, params: Sequence[float], sdd: float, rowSpacing: float,
+                    colSpacing: float) -> tuple:
+        """``(attenuation volume, camera, world_from_camera)`` of pose parameters (degrees, mm)."""
         volume = self.attenuationVolume(ctNode)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
-        return self.referenceView(volume, camera).pose(self._checkParams(params))
+        return volume, camera, self.referenceView(volume, camera).pose(self._checkParams(params))
 
-    def _checkParams(self, params: Sequence[float]) -> np.ndarray:
-        p = np.asarray(params, dtype=np.float64).reshape(-1)
-        if p.shape != (6,) or not np.all(np.isfinite(p)):
-            raise self._inputError(f"pose parameters: expected six finite numbers (rx, ry, rz, tx, ty, tz), got {p}")
-        return p
+    _checkParams = staticmethod(images.checkParams)
 
     # -- detector placement -------------------------------------------------------------------
-    @staticmethod
-    def detectorIJKToWorld(camera: Camera, worldFromCamera: np.ndarray) -> np.ndarray:
-        """IJKToRAS of a single-slice volume holding the detector image at a pose.
-
-        Slicer's i is the image column and j the row, so the centre of pixel (row r, col c) = voxel
-        (i=c, j=r, k=0) lands at ``world_from_camera @ (x(c), y(r), sdd)`` (CONVENTIONS.md). The k axis
-        points along the principal ray (+z, away from the source) with 1 mm spacing.
-        """
-        cameraFromIJK = np.eye(4)
-        cameraFromIJK[0, 0] = camera.col_spacing
-        cameraFromIJK[1, 1] = camera.row_spacing
-        cameraFromIJK[:3, 3] = [(0.5 - camera.cols / 2) * camera.col_spacing + camera.x0,
-                                (0.5 - camera.rows / 2) * camera.row_spacing + camera.y0, camera.sdd]
-        return np.asarray(worldFromCamera, dtype=np.float64) @ cameraFromIJK
-
     def placeOnDetector(self, volumeNode, camera: Camera, worldFromCamera: np.ndarray) -> None:
         """Set a single-slice volume node's geometry so it lies on the detector at the pose (world RAS)."""
-        ijkToWorld = self.detectorIJKToWorld(camera, worldFromCamera)
+        ijkToWorld = np.asarray(worldFromCamera, dtype=np.float64) @ camera.detector_ijk_to_camera()
         ijkToParent = np.linalg.inv(self.worldFromNode(volumeNode)) @ ijkToWorld
         volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToParent))
 
     # -- rendering ----------------------------------------------------------------------------
-    @staticmethod
-    def previewCamera(camera: Camera, maxSize: int | None) -> Camera:
-        """The same detector area with at most ``maxSize`` pixels along its longest side."""
-        if not maxSize or max(camera.rows, camera.cols) <= maxSize:
-            return camera
-        return camera.downsampled(max(camera.rows, camera.cols) / maxSize)
-
-    @staticmethod
-    def samplesPerRay(volume: Volume, maxSize: int | None) -> int:
-        """Samples per ray: one per voxel along the longest chord, halved (and capped) for previews."""
-        from XRayCTRegistrationLib.projector import samples_for
-
-        if maxSize and maxSize <= PREVIEW_SIZE:
-            return int(min(256, samples_for(volume, 2.0)))
-        return int(min(1024, samples_for(volume, 1.0)))
-
-    def renderArray(self, volume: Volume, camera: Camera, worldFromCamera: np.ndarray, nSamples: int) -> np.ndarray:
-        """DRR ``[rows, cols]`` (float32) of an attenuation volume; the projector is reused while inputs stay."""
-        import torch
-        from XRayCTRegistrationLib.projector import Projector
-
-        key = (id(volume), tuple(sorted(camera.to_dict().items())), nSamples)
-        projector = self._projectorCache.get(key)
-        if projector is None:
-            projector = Projector(volume, camera, n_samples=nSamples)
-            self._projectorCache = {key: projector}  # keep one: volumes are large
-        with torch.no_grad():
-            return projector(torch.as_tensor(worldFromCamera, dtype=torch.float32)).numpy()
+    previewCamera = staticmethod(images.previewCamera)
 
     def renderDrr(self, ctNode, xrayNode, params: Sequence[float], drrNode=None, sdd: float = 0.0,
                   rowSpacing: float = 0.0, colSpacing: float = 0.0, maxSize: int | None = PREVIEW_SIZE,
@@ -856,18 +677,16 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         ``maxSize`` times coarser when downsampled); with ``placeXray`` the X-ray node is moved there too.
         Returns the DRR node.
         """
-        volume = self.attenuationVolume(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
-        pose = self.referenceView(volume, camera).pose(self._checkParams(params))
+        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)
         return self._renderAtPose(volume, camera, pose, drrNode, xrayNode, maxSize, placeXray)
 
     def _renderAtPose(self, volume: Volume, camera: Camera, pose: np.ndarray, drrNode, xrayNode,
                       maxSize: int | None, placeXray: bool):
         """Render at a ``world_from_camera`` pose, then write the DRR node (and move the X-ray)."""
         if drrNode is not None and not isinstance(drrNode, slicer.vtkMRMLScalarVolumeNode):
-            raise self._inputError(f"output DRR '{drrNode.GetName()}': must be a scalar volume")
+            raise InputError(f"output DRR '{drrNode.GetName()}': must be a scalar volume")
         renderCamera = self.previewCamera(camera, maxSize)
-        drr = self.renderArray(volume, renderCamera, pose, self.samplesPerRay(volume, maxSize))
+        drr = self._renderer.render(volume, renderCamera, pose, samplesPerRay(volume, maxSize, PREVIEW_SIZE))
         drrNode = self._writeDrr(drr, renderCamera, pose, drrNode, xrayNode)
         if placeXray:
             self.placeOnDetector(xrayNode, camera, pose)
@@ -901,15 +720,13 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
         Returns ``(transformNode, drrNode)``; output nodes that are None are created.
         """
-        volume = self.attenuationVolume(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
-        pose = self.referenceView(volume, camera).pose(self._checkParams(params))
+        volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)
         return self._writeOutputs(volume, camera, pose, xrayNode, outputTransform, outputDrr, maxSize)
 
     def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
                       outputDrr, maxSize: int | None):
         if outputTransform is not None and not isinstance(outputTransform, slicer.vtkMRMLLinearTransformNode):
-            raise self._inputError(f"output transform '{outputTransform.GetName()}': must be a linear transform")
+            raise InputError(f"output transform '{outputTransform.GetName()}': must be a linear transform")
         drrNode = self._renderAtPose(volume, camera, pose, outputDrr, xrayNode, maxSize, placeXray=True)
         if outputTransform is None:
             scene = xrayNode.GetScene()
@@ -919,74 +736,66 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         return outputTransform, drrNode
 
     # -- registration -------------------------------------------------------------------------
-    def register(self, ctNode, xrayNode, initialParams: Sequence[float], method: str = "opt-lncc",
+    def register(self, ctNode, xrayNode, initialParams: Sequence[float], method: str = DEFAULT_METHOD,
                  xrayKind: str = "auto", sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
                  outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
                  shouldStop: Callable[[], bool] | None = None, initialiserModel: str | os.PathLike | None = None,
                  **options) -> RegistrationOutput:
         """Register the X-ray to the CT from initial pose parameters (degrees, mm) and write the outputs.
 
-        With ``initialiserModel`` (a model file from ``xrayctreg train``), the initial pose is predicted by
-        the model instead (``initialParams`` is then ignored, see :meth:`initialise`) and the refinement
-        uses the library's ``refine_schedule`` (options given here override it).
-
-        Runs the library's ``register`` in this process; ``progress(fraction, message)`` is called as
-        it goes and ``shouldStop()`` is polled to cancel. ``xrayKind`` (:data:`XRAY_KINDS`) says how the
-        X-ray's grey levels become attenuation (see :meth:`attenuationImageFromNode`; what was done is
-        logged and returned). ``options`` go to the library unchanged. On
-        success the output transform gets ``world_from_camera``, the DRR is rendered at the result
-        (at most ``FINAL_SIZE`` pixels a side) and the X-ray and DRR are placed on the detector. When
-        cancelled the scene is not changed; when the registration fails a RuntimeError is raised.
+        Runs the library's ``pipeline.register_xray`` in this process: with ``initialiserModel`` (a model
+        file from ``xrayctreg train``) the start is the model's prediction (``initialParams`` is then
+        ignored, see :meth:`initialise`), else the given parameters; then ``method`` (any registered
+        refinement method, :func:`registrationMethods`) refines it. ``progress(fraction, message)`` is
+        called as it goes and ``shouldStop()`` is polled to cancel. ``xrayKind`` (``XRAY_KINDS``) says
+        how the X-ray's grey levels become attenuation (see :meth:`attenuationImageFromNode`; what was
+        done is logged and returned). ``options`` go to the refinement unchanged. On success the output
+        transform gets ``world_from_camera``, the DRR is rendered at the result (at most ``FINAL_SIZE``
+        pixels a side) and the X-ray and DRR are placed on the detector. When cancelled the scene is not
+        changed; when the registration fails a RuntimeError is raised.
         """
-        from XRayCTRegistrationLib.registration import register
+        get_method(method, "refine")  # an unknown method fails before any work
+        volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
+                                                                     colSpacing)
+        reference = self.referenceView(volume, camera)
+        init = self.loadInitialiser(initialiserModel) if initialiserModel else reference.pose(
+            self._checkParams(initialParams))
+        out = self._runPipeline(ctNode, volume, image, camera, init, reference, bool(initialiserModel), method=method,
+                                progress=progress, should_stop=shouldStop, **options)
+        result, params = out.result, reference.params(out.world_from_camera)
+        startParams = reference.params(out.initialisation.world_from_camera)
+        if shouldStop is not None and shouldStop():
+            return RegistrationOutput(result, params, None, None, cancelled=True, xrayConversion=conversion,
+                                      initialParams=startParams, pipeline=out)
+        if not result.success:
+            raise RuntimeError(_("Registration did not succeed: {message}").format(message=result.message))
+        transformNode, drrNode = self._writeOutputs(volume, camera, out.world_from_camera, xrayNode,
+                                                    outputTransform, outputDrr, FINAL_SIZE)
+        return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion,
+                                  initialParams=startParams, pipeline=out)
 
-        if method not in REGISTRATION_METHODS:
-            raise self._inputError(f"method: {method!r} is not one of {', '.join(REGISTRATION_METHODS)}")
+    def _registrationInputs(self, ctNode, xrayNode, xrayKind: str, sdd: float, rowSpacing: float,
+                            colSpacing: float) -> tuple:
+        """``(attenuation volume, attenuation-bright X-ray, camera, what was done to the X-ray)``, all checked."""
         volume = self.attenuationVolume(ctNode)
         image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
-        reference = self.referenceView(volume, camera)
-        if initialiserModel:
-            from XRayCTRegistrationLib.training import refine_schedule
-
-            startParams = self.initialise(ctNode, xrayNode, initialiserModel, xrayKind, sdd, rowSpacing, colSpacing)
-            options = {**refine_schedule(camera), **options}
-        else:
-            startParams = self._checkParams(initialParams)
-        init = reference.pose(startParams)
         logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}")
-        result = register(volume, image, camera, init, reference=reference, method=method, progress=progress,
-                          should_stop=shouldStop, **options)
-        params = reference.params(result.world_from_camera)
-        if shouldStop is not None and shouldStop():
-            return RegistrationOutput(result, params, None, None, cancelled=True, xrayConversion=conversion,
-                                      initialParams=startParams)
-        if not result.success:
-            raise RuntimeError(_("Registration did not succeed: {message}").format(message=result.message))
-        transformNode, drrNode = self._writeOutputs(volume, camera, np.asarray(result.world_from_camera), xrayNode,
-                                                    outputTransform, outputDrr, FINAL_SIZE)
-        return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion,
-                                  initialParams=startParams)
+        return volume, image, camera, conversion
+
+    def _runPipeline(self, ctNode, volume: Volume, image: np.ndarray, camera: Camera, init, reference: ReferenceView,
+                     withModel: bool, **kwargs):
+        """The library's ``pipeline.register_xray``; the CT in HU is read from the node only for a model's check."""
+        from XRayCTRegistrationLib.pipeline import register_xray
+
+        ct = self.volumeFromNode(ctNode) if withModel else None
+        return register_xray(ct, image, camera, init, volume_mu=volume, reference=reference,
+                             ct_name=f"CT volume '{ctNode.GetName()}'", **kwargs)
 
     # -- learned initialiser ------------------------------------------------------------------
     def loadInitialiser(self, modelPath: str | os.PathLike):
         """The library's ``Initialiser`` of a model file; cached until the file changes (path, mtime, size)."""
-        from XRayCTRegistrationLib.training import load_initialiser
-
-        text = str(modelPath) if modelPath is not None else ""
-        if text in ("", "."):
-            raise self._inputError("initialiser model: no model file chosen; train one first (Train initialiser)")
-        path = os.path.abspath(text)
-        if not os.path.isfile(path):
-            raise self._inputError(f"{path}: model file not found")
-        stat = os.stat(path)
-        key = (path, stat.st_mtime_ns, stat.st_size)
-        cached = self._initialiserCache.get("model")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        model = load_initialiser(path)
-        self._initialiserCache = {"model": (key, model)}
-        return model
+        return self._initialisers.load(modelPath)
 
     def initialise(self, ctNode, xrayNode, modelPath: str | os.PathLike, xrayKind: str = "auto", sdd: float = 0.0,
                    rowSpacing: float = 0.0, colSpacing: float = 0.0) -> np.ndarray:
@@ -997,15 +806,13 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         converted to the parameters of :meth:`referenceView`, the view the sliders use, so the result
         is right even when the model was trained with another reference view. The scene is not changed.
         """
-        from XRayCTRegistrationLib.training import initialise
-
         model = self.loadInitialiser(modelPath)
-        model.check_ct(self.volumeFromNode(ctNode), f"CT volume '{ctNode.GetName()}'")
-        image, conversion = self.attenuationImageFromNode(xrayNode, xrayKind)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
-        worldFromCamera = initialise(model, image, camera)
-        logging.info(f"X-ray '{xrayNode.GetName()}': {conversion}; initialised with {model.name} ({model.method})")
-        return self.referenceView(self.attenuationVolume(ctNode), camera).params(worldFromCamera)
+        volume, image, camera, _conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
+                                                                      colSpacing)
+        reference = self.referenceView(volume, camera)
+        out = self._runPipeline(ctNode, volume, image, camera, model, reference, True, refine=False)
+        logging.info(f"{out.initialisation.message}: NCC {out.initialisation.similarity:.4f}")
+        return reference.params(out.world_from_camera)
 
     def writeTrainingInputs(self, ctNode, xrayNode, folder: str | os.PathLike, sdd: float = 0.0,
                             rowSpacing: float = 0.0, colSpacing: float = 0.0) -> tuple[str, str]:
@@ -1020,7 +827,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         volume = self.volumeFromNode(ctNode)
         camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
         if not folder:
-            raise self._inputError("training folder: empty path")
+            raise InputError("training folder: empty path")
         os.makedirs(folder, exist_ok=True)
         ctPath = os.path.join(str(folder), "ct.nrrd")
         geometryPath = os.path.join(str(folder), "geometry.json")
@@ -1029,42 +836,8 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         return ctPath, geometryPath
 
     # -- fusion -------------------------------------------------------------------------------
-    @staticmethod
-    def sliceToRASForImage(ijkToWorld: np.ndarray, dims: Sequence[int]) -> np.ndarray:
-        """SliceToRAS of a slice view showing a single-slice image as a radiograph.
-
-        Screen right follows increasing column (i), screen up is decreasing row (j, row 0 at the
-        top), the normal is their cross product, and the view is centred on the image centre.
-        """
-        m = np.asarray(ijkToWorld, dtype=np.float64)
-        right = m[:3, 0] / np.linalg.norm(m[:3, 0])
-        up = -m[:3, 1] / np.linalg.norm(m[:3, 1])
-        normal = np.cross(right, up)
-        middle = np.array([(dims[0] - 1) / 2, (dims[1] - 1) / 2, 0.0])
-        center = m[:3, :3] @ middle + m[:3, 3]
-        out = np.eye(4)
-        out[:3, 0], out[:3, 1], out[:3, 2], out[:3, 3] = right, up, normal, center
-        return out
-
-    @staticmethod
-    def fieldOfViewForImage(ijkToWorld: np.ndarray, dims: Sequence[int], viewDims: Sequence[int]) -> tuple:
-        """Slice field of view (mm) that shows the whole image in a view of ``viewDims`` pixels."""
-        m = np.asarray(ijkToWorld, dtype=np.float64)
-        width = dims[0] * np.linalg.norm(m[:3, 0])
-        height = dims[1] * np.linalg.norm(m[:3, 1])
-        aspect = viewDims[1] / viewDims[0] if viewDims[0] > 0 and viewDims[1] > 0 else height / width
-        fovX = max(width, height / aspect)
-        return fovX, fovX * aspect, float(np.linalg.norm(m[:3, 2]))
-
-    @staticmethod
-    def compositeNodeForSliceNode(sliceNode):
-        """The slice composite node of a slice view (same layout name)."""
-        scene = sliceNode.GetScene()
-        for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-            node = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
-            if node.GetLayoutName() == sliceNode.GetLayoutName():
-                return node
-        return None
+    sliceToRASForImage = staticmethod(images.sliceToRASForImage)
+    fieldOfViewForImage = staticmethod(images.fieldOfViewForImage)
 
     def showFusion(self, xrayNode, drrNode, opacity: float = 0.5, sliceNode=None) -> None:
         """Show the X-ray as background and the DRR as foreground (at ``opacity``) in a slice view (red).
@@ -1072,102 +845,22 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         The slice plane is turned to the X-ray's plane and fitted to the image.
         """
         if xrayNode is None or drrNode is None:
-            raise self._inputError("fusion: needs an X-ray and a DRR")
+            raise InputError("fusion: needs an X-ray and a DRR")
         if not 0.0 <= opacity <= 1.0:
-            raise self._inputError(f"fusion opacity: must be within [0, 1], got {opacity}")
+            raise InputError(f"fusion opacity: must be within [0, 1], got {opacity}")
         dims = self.xrayImageFromNode(xrayNode).shape[::-1]  # (cols, rows)
-        scene = xrayNode.GetScene()
-        sliceNode = sliceNode or scene.GetNodeByID("vtkMRMLSliceNodeRed")
-        if sliceNode is None:
-            raise self._inputError("fusion: the scene has no red slice view")
-        compositeNode = self.compositeNodeForSliceNode(sliceNode)
-        if compositeNode is None:
-            raise self._inputError(f"fusion: slice view '{sliceNode.GetLayoutName()}' has no composite node")
-        ijkToWorld = self.ijkToWorld(xrayNode)
-        for node in (xrayNode, drrNode):
-            if node.GetDisplayNode() is None:
-                node.CreateDefaultDisplayNodes()
-                node.GetDisplayNode().AutoWindowLevelOn()
-        with slicer.util.NodeModify(compositeNode):
-            compositeNode.SetBackgroundVolumeID(xrayNode.GetID())
-            compositeNode.SetForegroundVolumeID(drrNode.GetID())
-            compositeNode.SetForegroundOpacity(float(opacity))
-        with slicer.util.NodeModify(sliceNode):
-            sliceNode.GetSliceToRAS().DeepCopy(slicer.util.vtkMatrixFromArray(self.sliceToRASForImage(ijkToWorld,
-                                                                                                        dims)))
-            sliceNode.SetFieldOfView(*self.fieldOfViewForImage(ijkToWorld, dims, sliceNode.GetDimensions()))
-            sliceNode.UpdateMatrices()
+        display.showFusion(xrayNode, drrNode, self.ijkToWorld(xrayNode), dims, opacity, sliceNode)
 
-    # -- training out of process --------------------------------------------------------------
-    @staticmethod
-    def pythonExecutable() -> str:
-        """Python that runs the training: PythonSlicer inside Slicer (found on PATH), else this interpreter."""
-        return shutil.which("PythonSlicer") or sys.executable
-
-    @staticmethod
-    def trainCommand(ctPath: str, geometryPath: str, modelPath: str, method: str = "regressor",
-                     timeBudgetS: float | None = None, iterations: int | None = None, resume: bool = False,
-                     threads: int | None = None, python: str | None = None,
-                     extraArgs: Sequence[str] = ()) -> list[str]:
-        """Command line that trains the initialiser out of process: ``xrayctreg train ...`` run by Python.
-
-        The program is ``python`` (default: :meth:`pythonExecutable`) running the library's CLI module, so
-        no console script needs to be on PATH. The process prints ``PROGRESS <fraction> <message>`` lines
-        on stdout (see :meth:`parseProgressLine`) and writes the model file ``modelPath`` (checkpoints
-        while it runs, so a killed training can be continued with ``resume``). ``timeBudgetS`` is the
-        total training time in seconds, ``iterations`` the total number of steps (either or both).
-        """
-        for name, value in (("ctPath", ctPath), ("geometryPath", geometryPath), ("modelPath", modelPath)):
-            if not value:
-                raise XRayCTRegistrationLogic._inputError(f"train: '{name}' is empty")
-        if method not in INITIALISER_METHODS:
-            raise XRayCTRegistrationLogic._inputError(
-                f"train: method {method!r} is not one of {', '.join(INITIALISER_METHODS)}")
-        if timeBudgetS is not None and not (np.isfinite(timeBudgetS) and timeBudgetS > 0):
-            raise XRayCTRegistrationLogic._inputError(f"train: time budget must be > 0 s, got {timeBudgetS}")
-        if iterations is not None and iterations < 1:
-            raise XRayCTRegistrationLogic._inputError(f"train: iterations must be >= 1, got {iterations}")
-        command = [python or XRayCTRegistrationLogic.pythonExecutable(), "-m", "XRayCTRegistrationLib.cli", "train",
-                   "--ct", str(ctPath), "--geometry", str(geometryPath), "--model", method, "--out", str(modelPath),
-                   "--progress-lines", "--quiet"]
-        if timeBudgetS is not None:
-            command += ["--time-budget", f"{float(timeBudgetS):g}"]
-        if iterations is not None:
-            command += ["--iterations", str(int(iterations))]
-        if resume:
-            command.append("--resume")
-        if threads is not None:
-            command += ["--threads", str(int(threads))]
-        return command + [str(a) for a in extraArgs]
+    # -- training out of process (XRayCTRegistrationSlicerLib.training_process) ----------------
+    pythonExecutable = staticmethod(training_process.pythonExecutable)
+    trainCommand = staticmethod(training_process.trainCommand)
+    commandText = staticmethod(training_process.commandText)
+    parseProgressLine = staticmethod(training_process.parseProgressLine)
 
     @staticmethod
     def trainEnvironment() -> dict[str, str]:
         """Environment additions for the training process: the library's folder on PYTHONPATH."""
-        here = os.path.dirname(os.path.abspath(__file__))
-        current = os.environ.get("PYTHONPATH", "")
-        return {"PYTHONPATH": here + (os.pathsep + current if current else "")}
-
-    @staticmethod
-    def commandText(command: Sequence[str]) -> str:
-        """A command line as one shell-quoted string, for logs."""
-        return " ".join(shlex.quote(c) for c in command)
-
-    @staticmethod
-    def parseProgressLine(line: str) -> tuple[float, str] | None:
-        """``(fraction, message)`` of a ``PROGRESS <fraction> <message>`` line, None for any other line.
-
-        The fraction is clamped to [0, 1]; the message may be empty.
-        """
-        parts = line.strip().split(maxsplit=2)
-        if len(parts) < 2 or parts[0] != PROGRESS_PREFIX:
-            return None
-        try:
-            fraction = float(parts[1])
-        except ValueError:
-            return None
-        if not np.isfinite(fraction):
-            return None
-        return min(1.0, max(0.0, fraction)), parts[2] if len(parts) > 2 else ""
+        return training_process.trainEnvironment(os.path.dirname(os.path.abspath(__file__)))
 
 
 #

@@ -35,6 +35,7 @@ from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera  # noqa: E402
 from XRayCTRegistrationLib.registration import DEFAULT_MAX_ITERATIONS, default_levels  # noqa: E402
+from XRayCTRegistrationLib.registry import method_names  # noqa: E402
 from XRayCTRegistrationLib.volume import Volume, read_ct  # noqa: E402
 
 SDD = 1020.0
@@ -118,6 +119,22 @@ class DiffDRRMethod:
         return {"world_from_camera": w, "iterations": iterations}
 
 
+# -- our methods --------------------------------------------------------------------------------------------
+def run_methods(cases: ev.CaseSet, methods: list[str], log=print) -> dict[str, list[dict]]:
+    """Rows of every registered method named in ``methods`` on ``cases`` (through ``pipeline.register_xray``)."""
+    rows = {}
+    for m in methods:
+        rows[m] = ev.run_method(cases, ev.intensity_method(m)(cases), name=m, log=log)
+        if log is not None:
+            log(ev.markdown_table([ev.summarize(rows[m])], capture=False))
+    return rows
+
+
+def methods_table(rows: dict[str, list[dict]], capture: bool = False) -> str:
+    """The markdown table of the methods' summaries, one row per method."""
+    return ev.markdown_table([ev.summarize(r, name=m) for m, r in rows.items()], capture=capture)
+
+
 # -- report -------------------------------------------------------------------------------------------------
 
 
@@ -144,7 +161,8 @@ def main() -> None:
     ap.add_argument("--diffdrr-cases", type=int, default=6, help="SOPI-like cases DiffDRR registers (the first n)")
     ap.add_argument("--diffdrr-iterations", type=int, default=100, help="DiffDRR's iteration budget per scale")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default="opt-ncc,opt-gc,opt-ngi,opt-mncc,opt-lncc")
+    ap.add_argument("--methods", default=",".join(method_names("refine")),
+                    help="registered refinement methods to run (default: every one)")
     ap.add_argument("--hard-methods", default="all", help="methods run on the hard set (\"all\": every method)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tag", default="registration", help="stem of the output files")
@@ -166,9 +184,7 @@ def main() -> None:
     ev.run_method(sopi.subset([0]), ev.intensity_method(methods[0])(sopi), name="warm-up")
 
     rows: dict[str, dict[str, list[dict]]] = {"sopi": {}, "hard": {}, "paired": {}}
-    for m in methods:
-        rows["sopi"][m] = ev.run_method(sopi, ev.intensity_method(m)(sopi), name=m, log=print)
-        print(ev.markdown_table([ev.summarize(rows["sopi"][m])], capture=False), flush=True)
+    rows["sopi"] = run_methods(sopi, methods)
     if args.diffdrr_cases > 0:
         # Interleaved per case (each of our methods, then DiffDRR) so that a change of machine load hits
         # both sides alike; our rows here are fresh runs of the same cases, timed next to DiffDRR's.
@@ -234,11 +250,11 @@ def write_report(args, rows, methods, cam, ct: Volume, ct_path, sopi, hard, load
         "translation error >= 3 mm (rotation: geodesic angle; translation: distance of the isocentre as seen by "
         "the two cameras). Errors are mean ± standard deviation over all cases, failures included.", "",
         "## SOPI-like set", "",
-        ev.markdown_table([ev.summarize(r, name=m) for m, r in rows["sopi"].items() if m in methods], capture=False),
+        methods_table({m: r for m, r in rows["sopi"].items() if m in methods}),
     ]
     if hard is not None and rows["hard"]:
         lines += ["## Hard set (capture range)", "",
-                  ev.markdown_table([ev.summarize(r, name=m) for m, r in rows["hard"].items()])]
+                  methods_table(rows["hard"], capture=True)]
         lines += ["Success rate per 5 mm bin of initial mTRE (final mTRE < 2 mm, and < 5 mm: the right basin):", ""]
         first = next(iter(rows["hard"].values()))
         centres, _, counts = ev.success_by_bin(first)

@@ -1,11 +1,18 @@
 """Stand-in for ``slicer.parameterNodeWrapper``: typed properties over a vtkMRMLScriptedModuleNode.
 
 Supports what the module declares: ``float``/``int``/``str``/``bool`` fields (optionally
-``Annotated`` with :class:`WithinRange` or :class:`Choice`) stored as node parameters, and
+``Annotated`` with :class:`WithinRange`, :class:`Choice` or another :class:`Validator`) stored as node parameters, and
 fields typed with a MRML node class stored as node references.
 """
 
 import typing
+
+
+class Validator:
+    """Base of the validators: ``validate(value)`` raises ValueError for a value it refuses."""
+
+    def validate(self, value):
+        raise NotImplementedError
 
 
 class WithinRange:

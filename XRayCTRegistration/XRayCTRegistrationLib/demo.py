@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from .console import Progress, format_params
 from .data import sample_ct_path
+from .evaluation import make_cases
 from .files import write_text_atomic
 from .fusion import before_after, save_rgb
-from .geometry import Camera, ReferenceView, save_pose
-from .metrics import evaluate_pose, target_points
-from .projector import Projector
-from .registration import DEFAULT_METHOD, register
-from .simulate import NoiseModel, perturb_params, random_params, xray_from_drr
-from .volume import Volume, hu_to_mu, read_ct
+from .geometry import Camera, save_pose
+from .metrics import evaluate_pose
+from .names import DEFAULT_METHOD
+from .pipeline import register_xray
+from .volume import read_ct
 from .xray import write_image
 
 DEMO_CAMERA = Camera(sdd=1020.0, rows=128, cols=128, row_spacing=4.0, col_spacing=4.0)
@@ -27,59 +25,54 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = DEFA
              cache_dir: str | Path | None = None, progress=None) -> dict:
     """Run the demo and write its files into ``out_dir``; returns the metrics before and after.
 
-    The ground-truth pose is drawn within +-10 degrees / +-20 mm of the AP view; the start is
-    off by a rotation of about 6.4 +- 3.8 degrees and a translation of about 15 +- 8.6 mm (SOPI's
-    simulated study). The X-ray is the DRR with Poisson noise, blur and a random contrast change.
+    The case is the benchmark's (:func:`evaluation.make_cases`, SOPI-like start, seed ``seed``): the
+    ground-truth pose within +-10 degrees / +-20 mm of the AP view, the start off by a rotation of about
+    6.4 +- 3.8 degrees and a translation of about 15 +- 8.6 mm (SOPI's simulated study), the X-ray the
+    DRR with Poisson noise, blur and a random contrast change.
     """
-    from .cli import Progress, format_params
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ct_path = sample_ct_path(cache_dir)
     print(f"CT: {ct_path}")
     ct = read_ct(ct_path)
-    mu = Volume(hu_to_mu(ct.data), ct.ijk_to_ras)
     camera = DEMO_CAMERA
-    reference = ReferenceView.ap(ct.center, camera.sdd)
-    rng = np.random.default_rng(seed)
-    gt_params = random_params(rng, 10.0, 20.0)
-    init_params = perturb_params(gt_params, rng, 6.4, 3.8, 15.0, 8.6)
-    gt, init = reference.pose(gt_params), reference.pose(init_params)
-    projector = Projector(mu, camera)
-    with torch.no_grad():
-        drr_gt = projector(torch.as_tensor(gt)).numpy()
-        drr_init = projector(torch.as_tensor(init)).numpy()
-    xray = xray_from_drr(drr_gt, NoiseModel.random(rng), rng)
-    print(f"ground truth: {format_params(gt_params)}")
-    print(f"start:        {format_params(init_params)}")
+    cases = make_cases(ct, camera, 1, seed=seed, init="sopi")
+    case, reference = cases[0], cases.reference
+    gt, init = case.world_from_camera_gt, case.world_from_camera_init
+    print(f"ground truth: {format_params(case.params_gt)}")
+    print(f"start:        {format_params(case.params_init)}")
 
     bar = Progress("register") if progress is None else None
     try:
-        result = register(mu, xray, camera, init, reference=reference, method=method, progress=progress or bar)
+        result = register_xray(ct, case.xray, camera, init, method=method, volume_mu=cases.volume_mu,
+                               reference=reference, progress=progress or bar)
     finally:
         if bar is not None:
             bar.close()
-    with torch.no_grad():
-        drr_after = projector(torch.as_tensor(result.world_from_camera)).numpy()
 
-    points = target_points(ct)
-    before = evaluate_pose(points, gt, init, camera, reference)
-    after = evaluate_pose(points, gt, result.world_from_camera, camera, reference)
-    write_image(xray, out / "xray.nrrd", camera)
+    before = evaluate_pose(cases.points, gt, init, camera, reference)
+    after = evaluate_pose(cases.points, gt, result.world_from_camera, camera, reference)
+    write_image(case.xray, out / "xray.nrrd", camera)
     save_pose(out / "pose_gt.json", gt, reference)
     save_pose(out / "pose_init.json", init, reference)
     write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", out / "result.json")
     metrics = {"before": before, "after": after}
     write_text_atomic(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
-    picture = before_after(xray, drr_init, drr_after, ("X-ray", "start", f"{method}"), zoom=2)
+    picture = before_after(case.xray, cases.render(init), cases.render(result.world_from_camera),
+                           ("X-ray", "start", f"{method}"), zoom=2)
     save_rgb(picture, out / "fusion.png")
+    _print_summary(method, result, before, after)
+    print(f"wrote {out}/fusion.png, xray.nrrd, xray.json, pose_gt.json, pose_init.json, result.json, metrics.json")
+    return metrics
 
+
+def _print_summary(method: str, result, before: dict, after: dict) -> None:
+    """The result line and the table of errors before and after."""
+    final = result.result
     print(f"result:       {format_params(result.params)}")
-    print(f"{method}: {'converged' if result.success else 'FAILED'} in {result.iterations} iterations, "
-          f"{result.wall_time_s:.2f} s; {result.message}")
+    print(f"{method}: {'converged' if result.success else 'FAILED'} in {final.iterations} iterations, "
+          f"{final.wall_time_s:.2f} s; {final.message}")
     print(f"{'':>22} {'start':>9} {'result':>9}")
     for key, label in (("mtre_mm", "mTRE (mm)"), ("mpd_mm", "mPD (mm)"), ("mrpd_mm", "mRPD (mm)"),
                        ("rotation_error_deg", "rotation error (deg)"), ("translation_error_mm", "translation (mm)")):
         print(f"{label:>22} {before[key]:9.2f} {after[key]:9.2f}")
-    print(f"wrote {out}/fusion.png, xray.nrrd, xray.json, pose_gt.json, pose_init.json, result.json, metrics.json")
-    return metrics

@@ -43,8 +43,9 @@ from .metrics import (
     target_points,
     translation_error_mm,
 )
+from .names import DEFAULT_METHOD
 from .projector import Projector, samples_for
-from .registration import DEFAULT_METHOD, register
+from .registry import get_method
 from .simulate import NoiseModel, perturb_params, random_params, xray_from_drr
 from .volume import Volume, hu_to_mu
 
@@ -447,19 +448,23 @@ def plot_success_vs_initial_mtre(rows_by_method: Mapping[str, Sequence[Mapping]]
 
 
 def intensity_method(method: str = DEFAULT_METHOD, volume_mu: Volume | None = None, **options) -> Callable:
-    """A ``register_fn`` factory for :func:`registration.register`: returns ``fn(cases) -> register_fn``.
+    """A ``register_fn`` factory for any registered refinement method: returns ``fn(cases) -> register_fn``.
 
     ``intensity_method("opt-gc", max_iterations=(80, 40))(cases)`` registers ``cases.volume_mu`` (or
     ``volume_mu`` when given) to each case's X-ray from its initial pose with the case set's camera
-    and reference view; ``options`` go to ``register``.
+    and reference view, through :func:`pipeline.register_xray`; ``options`` go to the method. ``method``
+    is any name of :func:`registry.method_names` (``"refine"``).
     """
+    from .pipeline import register_xray
+
+    get_method(method, "refine")  # an unknown name fails here, not in every case
 
     def bind(cases: CaseSet) -> RegisterFn:
         vol = cases.volume_mu if volume_mu is None else volume_mu
 
         def fn(case: Case):
-            return register(vol, case.xray, cases.camera, case.world_from_camera_init, reference=cases.reference,
-                            method=method, **options)
+            return register_xray(None, case.xray, cases.camera, case.world_from_camera_init, method=method,
+                                 volume_mu=vol, reference=cases.reference, **options)
 
         return fn
 

@@ -55,12 +55,15 @@ def write_atomic(image: sitk.Image, path: str | Path, compress: bool = True,
             os.remove(tmp_name)
 
 
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write a text file through a temporary file in the same folder and ``os.replace``."""
+def write_text_atomic(text: str | bytes, path: str | Path) -> None:
+    """Write a text file (or ``bytes`` as they are) through a temporary file in the same folder and ``os.replace``.
+
+    Every file the library writes that is not an image goes through here (JSON, model files, downloads).
+    """
     p = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.replace(tmp_name, p)
     finally:

@@ -27,12 +27,10 @@ import torch
 
 from .errors import InputError
 from .files import write_text_atomic
+from .names import PARAM_NAMES
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Homogeneous 4x4 change of frame RAS <-> LPS (its own inverse)."""
-
-PARAM_NAMES = ("rx", "ry", "rz", "tx", "ty", "tz")
-"""Pose parameter names: rotations in degrees, translations in mm."""
 
 AP_AXES_RAS = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]]).T
 """Columns: the camera x, y, z axes of the AP reference view in world RAS."""
@@ -116,10 +114,33 @@ class Camera:
                       self.col_spacing * self.cols / cols, self.x0, self.y0)
 
     # -- pixels and projection ----------------------------------------------------------------
+    def pixel_xy(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Camera-frame ``x`` (from column indices) and ``y`` (from row indices) of pixel centres, mm.
+
+        The pixel-centre formula of CONVENTIONS.md: ``x = (c + 0.5 - cols/2) * col_spacing + x0``,
+        ``y = (r + 0.5 - rows/2) * row_spacing + y0``; the detector plane is ``z = sdd``.
+        """
+        x = (np.asarray(cols, dtype=np.float64) + 0.5 - self.cols / 2) * self.col_spacing + self.x0
+        y = (np.asarray(rows, dtype=np.float64) + 0.5 - self.rows / 2) * self.row_spacing + self.y0
+        return x, y
+
+    def detector_ijk_to_camera(self) -> np.ndarray:
+        """4x4 from detector voxel ``(i=col, j=row, k)`` to the camera frame, mm.
+
+        Voxel ``(c, r, 0)`` maps to the centre of pixel ``(row r, col c)`` on the detector plane; ``k``
+        runs along the principal ray (+z, away from the source) with 1 mm spacing. A single-slice
+        volume holding the detector image at pose ``world_from_camera`` has IJK-to-world
+        ``world_from_camera @ detector_ijk_to_camera()``.
+        """
+        x0, y0 = self.pixel_xy(0, 0)
+        m = np.eye(4)
+        m[0, 0], m[1, 1] = self.col_spacing, self.row_spacing
+        m[:3, 3] = [float(x0), float(y0), self.sdd]
+        return m
+
     def pixel_centers(self, dtype=np.float64) -> np.ndarray:
         """Detector pixel centres in the camera frame, mm. Shape ``[rows, cols, 3]``."""
-        x = (np.arange(self.cols) + 0.5 - self.cols / 2) * self.col_spacing + self.x0
-        y = (np.arange(self.rows) + 0.5 - self.rows / 2) * self.row_spacing + self.y0
+        x, y = self.pixel_xy(np.arange(self.rows), np.arange(self.cols))
         out = np.empty((self.rows, self.cols, 3), dtype=dtype)
         out[..., 0] = x[None, :]
         out[..., 1] = y[:, None]

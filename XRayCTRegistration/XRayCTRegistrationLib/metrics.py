@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import InputError
+from .filters import blur_image
 from .geometry import Camera, ReferenceView, check_rigid, invert_rigid, read_json, transform_points
 from .volume import Volume
 
@@ -164,17 +165,6 @@ def image_ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> f
     return float((da * db).sum() / den) if den > 0 else 0.0
 
 
-def _gaussian_filter(img: np.ndarray, sigma: float, radius: int) -> np.ndarray:
-    """Separable gaussian filter with mirror ("symmetric") borders."""
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / sigma) ** 2)
-    k /= k.sum()
-    out = np.pad(img, radius, mode="symmetric")
-    for axis in (0, 1):
-        out = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), axis, out)
-    return out
-
-
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None, sigma: float = 1.5) -> float:
     """Structural similarity (Wang et al. 2004) with a gaussian window, averaged over the image.
 
@@ -193,10 +183,14 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None, sigma: f
     radius = int(3.5 * sigma + 0.5)
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
-    mu_a, mu_b = _gaussian_filter(a, sigma, radius), _gaussian_filter(b, sigma, radius)
-    saa = _gaussian_filter(a * a, sigma, radius) - mu_a * mu_a
-    sbb = _gaussian_filter(b * b, sigma, radius) - mu_b * mu_b
-    sab = _gaussian_filter(a * b, sigma, radius) - mu_a * mu_b
+
+    def blur(img: np.ndarray) -> np.ndarray:
+        return blur_image(img, sigma, radius, border="symmetric", dtype=np.float64)
+
+    mu_a, mu_b = blur(a), blur(b)
+    saa = blur(a * a) - mu_a * mu_a
+    sbb = blur(b * b) - mu_b * mu_b
+    sab = blur(a * b) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (saa + sbb + c2))
     inner = s[radius:s.shape[0] - radius, radius:s.shape[1] - radius]
     return float((inner if inner.size else s).mean())

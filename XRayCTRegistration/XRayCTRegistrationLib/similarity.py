@@ -78,9 +78,21 @@ def sobel(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return g[:, 0], g[:, 1]
 
 
-def _interior_weight(w: torch.Tensor) -> torch.Tensor:
-    """Weight of the Sobel outputs: the minimum of ``w`` over each 3x3 neighbourhood, ``[B, H-2, W-2]``."""
-    return -F.max_pool2d(-w[:, None], 3, stride=1)[:, 0]
+def _interior_weight(w: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """Weight of the Sobel outputs: the minimum of ``w`` over each ``size`` x ``size`` neighbourhood.
+
+    ``[B, H-2, W-2]`` for the 3x3 Sobel derivatives, ``[B, H-1, W-1]`` for forward differences (``size=2``).
+    """
+    return -F.max_pool2d(-w[:, None], size, stride=1)[:, 0]
+
+
+def forward_differences(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward differences along columns (x) and rows (y) of ``img`` ``[B, H, W]`` -> two ``[B, H-1, W-1]``."""
+    return img[:, :-1, 1:] - img[:, :-1, :-1], img[:, 1:, :-1] - img[:, :-1, :-1]
+
+
+GRADIENTS = {"sobel": (sobel, 3), "forward": (forward_differences, 2)}
+"""Image derivatives of the gradient measures: the function and the neighbourhood size it reads."""
 
 
 # -- intensity measures ---------------------------------------------------------------------------------
@@ -193,21 +205,28 @@ def ngi(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) ->
     return gi / norm
 
 
-def gradient_difference(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def gradient_difference(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None, *,
+                        gradients: str = "sobel", fit_scale: bool = True) -> torch.Tensor:
     """Gradient difference (Penney et al.), normalised to a weighted mean in (0, 1] (1 = identical gradients).
 
-    With the fixed image's Sobel derivatives ``fx, fy``, the moving image's ``mx, my`` and the scale
-    ``s`` that best matches them in the least-squares sense (fitted in closed form, per batch item),
-    each pixel contributes ``Ax / (Ax + (fx - s mx)^2) + Ay / (Ay + (fy - s my)^2)``, halved, where
-    ``Ax, Ay`` are the weighted variances of ``fx, fy``.
+    With the fixed image's derivatives ``fx, fy`` (:data:`GRADIENTS`: 3x3 Sobel by default, or forward
+    differences), the moving image's ``mx, my`` and the scale ``s`` that best matches them in the
+    least-squares sense (fitted in closed form, per batch item; 1 with ``fit_scale=False``), each pixel
+    contributes ``Ax / (Ax + (fx - s mx)^2) + Ay / (Ay + (fy - s my)^2)``, halved, where ``Ax, Ay`` are
+    the weighted variances of ``fx, fy``. The training loss of the initialisers is one minus it
+    (forward differences, no scale: ``networks.losses.gradient_difference_loss``).
     """
     x, y, w = _prepare(x, y, weight)
-    mx, my = sobel(x)
-    fx, fy = sobel(y)
-    wi = _interior_weight(w)
+    derivative, size = GRADIENTS[gradients]
+    mx, my = derivative(x)
+    fx, fy = derivative(y)
+    wi = _interior_weight(w, size)
     dims = (-2, -1)
     sw = wi.sum(dims, keepdim=True).clamp(min=EPS)
-    s = (wi * (fx * mx + fy * my)).sum(dims, keepdim=True) / ((wi * (mx * mx + my * my)).sum(dims, keepdim=True) + EPS)
+    s = 1.0
+    if fit_scale:
+        s = (wi * (fx * mx + fy * my)).sum(dims, keepdim=True) / (
+            (wi * (mx * mx + my * my)).sum(dims, keepdim=True) + EPS)
 
     def var(t: torch.Tensor) -> torch.Tensor:
         m = (wi * t).sum(dims, keepdim=True) / sw

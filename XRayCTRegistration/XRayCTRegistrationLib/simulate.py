@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from .filters import blur_image
 
 
 @dataclass
@@ -40,30 +40,15 @@ class NoiseModel:
                    gain=float(rng.uniform(0.7, 1.4)), offset=float(rng.uniform(-0.1, 0.1)))
 
 
-def gaussian_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Blur a 2D image ``[rows, cols]`` with a Gaussian of ``sigma_px`` pixels (reflective borders)."""
-    if sigma_px <= 0:
-        return np.asarray(image, dtype=np.float32).copy()
-    radius = max(1, int(np.ceil(3 * sigma_px)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (x / sigma_px) ** 2)
-    k = k / k.sum()
-    t = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None]  # [1, 1, H, W]
-    t = F.pad(t, (radius, radius, radius, radius), mode="reflect")
-    t = F.conv2d(t, k.view(1, 1, 1, -1))
-    t = F.conv2d(t, k.view(1, 1, -1, 1))
-    return t[0, 0].numpy()
-
-
 def xray_from_drr(drr: np.ndarray, noise: NoiseModel, rng: np.random.Generator) -> np.ndarray:
     """Turn a DRR (line integrals, ``[rows, cols]``) into a synthetic attenuation-bright X-ray."""
     line = np.asarray(drr, dtype=np.float64)
     if noise.photons > 0:
         counts = rng.poisson(noise.photons * np.exp(-line)).astype(np.float32)
-        counts = gaussian_blur(counts, noise.blur_px)
+        counts = blur_image(counts, noise.blur_px) if noise.blur_px > 0 else counts
         att = -np.log(np.maximum(counts, 0.5) / noise.photons)
     else:
-        att = gaussian_blur(line.astype(np.float32), noise.blur_px)
+        att = blur_image(line, noise.blur_px) if noise.blur_px > 0 else line.astype(np.float32)
     scale = max(float(np.percentile(att, 99.5)), 1e-6)
     att = scale * np.power(np.clip(att / scale, 0, None), noise.gamma)
     return (noise.gain * att + noise.offset * scale).astype(np.float32)

@@ -19,8 +19,8 @@ library version. :func:`load_initialiser` reads it back; :meth:`Initialiser.chec
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -32,7 +32,9 @@ from torch.nn import functional as F
 
 from . import __version__
 from .errors import InputError
+from .files import write_text_atomic
 from .geometry import Camera, ReferenceView, euler_xyz
+from .names import INITIALISER_METHODS
 from .networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
 from .networks.losses import gradient_difference_loss, l2_weights, rotation_loss
 from .networks.rotations import geodesic_deg, params_to_target, target_to_params
@@ -48,8 +50,8 @@ from .training_data import (
 )
 from .volume import Volume
 
-METHODS = ("regressor", "rtpi")
-"""Initialiser kinds :func:`train` knows."""
+METHODS = INITIALISER_METHODS
+"""Initialiser kinds :func:`train` knows (defined in :mod:`names`)."""
 
 FILE_FORMAT = "xrayctreg-initialiser"
 """``format`` entry of a model file."""
@@ -407,14 +409,10 @@ class Trainer:
         }
 
     def save(self, path: str | Path, complete: bool = False) -> None:
-        """Write the model file atomically (temporary file in the same folder, then rename)."""
-        p = Path(path)
-        tmp = p.with_name(f".tmp-{os.getpid()}-{p.name}")
-        try:
-            torch.save(self.model_dict(complete), tmp)
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
+        """Write the model file atomically (``files.write_text_atomic``: a temporary file, then a rename)."""
+        buffer = io.BytesIO()
+        torch.save(self.model_dict(complete), buffer)
+        write_text_atomic(buffer.getvalue(), path)
 
     def restore(self, d: dict) -> None:
         """Continue from a model file's dictionary (weights, optimiser, step counter, history)."""
@@ -556,21 +554,3 @@ def initialise(model: Initialiser, xray: np.ndarray, camera: Camera) -> np.ndarr
     """
     model.check_camera(camera)
     return model.reference.pose(model.predict_params(xray))
-
-
-REFINE_ITERATIONS = (80, 40, 20)
-"""Iteration budget per level of the refinement after a learned initialisation (see :func:`refine_schedule`)."""
-
-
-def refine_schedule(camera: Camera) -> dict:
-    """Keyword arguments of ``registration.register`` for the refinement after a learned initialisation.
-
-    The registration's default levels plus one finer level (half the finest factor, at least 1):
-    ``(8, 4, 2)`` at 256 x 256 pixels. On the chest CT benchmark (``benchmarks/results/init.md``) the finer
-    level took init + refinement from 75 % to 100 % success (mTRE < 2 mm) for about 0.5 s more.
-    """
-    from .registration import default_levels
-
-    coarse, fine = default_levels(camera)
-    levels = (coarse, fine, max(1.0, fine / 2)) if fine > 1 else (coarse, fine)
-    return {"levels": levels, "max_iterations": REFINE_ITERATIONS[:len(levels)]}

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .filters import gaussian_blur
 from .geometry import Camera, ReferenceView
 from .projector import Projector
 from .volume import Volume, hu_to_mu, resample
@@ -60,12 +61,20 @@ class PoseRange:
 
 
 def ct_hash(ct: Volume) -> str:
-    """SHA-256 (hex) of a CT's voxel values (float32, ``[k, j, i]``) and its ``ijk_to_ras`` (float64)."""
-    h = hashlib.sha256()
-    h.update(np.asarray(ct.data.shape, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(ct.data, dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(np.round(ct.ijk_to_ras, 9), dtype=np.float64).tobytes())
-    return h.hexdigest()
+    """SHA-256 (hex) of a CT's voxel values (float32, ``[k, j, i]``) and its ``ijk_to_ras`` (float64).
+
+    Computed once per ``Volume`` (kept with it, see :meth:`Volume.derived`): checking a model against
+    the same CT for every X-ray costs nothing after the first.
+    """
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        h.update(np.asarray(ct.data.shape, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(ct.data, dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(np.round(ct.ijk_to_ras, 9), dtype=np.float64).tobytes())
+        return h.hexdigest()
+
+    return ct.derived(("sha256",), digest)
 
 
 @dataclass
@@ -187,20 +196,6 @@ class Augmentation:
     max_collimation: float = 0.15
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur images ``[B, 1, H, W]`` with per-image Gaussian sigmas ``[B]`` (pixels, 0 = no blur)."""
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
-    r = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (r[None] / sigma.clamp(min=1e-3)[:, None]) ** 2)  # [B, 2r+1]
-    k = k / k.sum(1, keepdim=True)
-    b = x.shape[0]
-    y = F.pad(x.transpose(0, 1), (radius, radius, radius, radius), mode="replicate")  # [1, B, H+2r, W+2r]
-    y = F.conv2d(y, k[:, None, None, :], groups=b)
-    y = F.conv2d(y, k[:, None, :, None], groups=b)
-    y = y.transpose(0, 1)
-    return torch.where((sigma > 1e-3)[:, None, None, None], y, x)
-
-
 def augment(drr: torch.Tensor, generator: torch.Generator, aug: Augmentation | None = None) -> torch.Tensor:
     """Make line-integral DRRs ``[B, H, W]`` look like X-rays; returns ``[B, H, W]`` in about [0, 1].
 
@@ -220,7 +215,7 @@ def augment(drr: torch.Tensor, generator: torch.Generator, aug: Augmentation | N
     counts = torch.poisson(n0 * torch.exp(-x), generator=generator)
     noisy = -torch.log(counts.clamp(min=0.5) / n0)
     x = torch.where((rand(b) < aug.p_noise)[:, None, None, None], noisy, x)
-    x = _gaussian_blur(x, aug.blur_px * rand(b))
+    x = gaussian_blur(x, aug.blur_px * rand(b), border="replicate")
     x_min = x.amin((2, 3), keepdim=True)
     x_max = x.amax((2, 3), keepdim=True)
     x = ((x - x_min) / (x_max - x_min).clamp(min=1e-6)).clamp(0, 1)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -52,11 +53,12 @@ class Volume:
         self.data = np.ascontiguousarray(self.data, dtype=np.float32)
         self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=np.float64)
 
-    def derived(self, key: Hashable, make: Callable[[], Volume]) -> Volume:
-        """The volume ``make()`` computes from this one, made once per ``key`` and kept with this volume.
+    def derived(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """What ``make()`` computes from this volume, made once per ``key`` and kept with this volume.
 
         Registration uses it for its downsampled pyramid levels, so that registering several X-rays to
-        one CT downsamples the CT once.
+        one CT downsamples the CT once; a trained model's CT check for the CT's hash. The data are taken
+        as fixed: a volume whose voxels are changed in place keeps what was derived before.
         """
         if key not in self._derived:
             self._derived[key] = make()

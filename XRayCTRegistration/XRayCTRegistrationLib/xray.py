@@ -45,10 +45,11 @@ import SimpleITK as sitk
 from .errors import InputError
 from .files import SINGLE_FILE_SUFFIXES, first_line, image_suffix, write_atomic, write_text_atomic
 from .geometry import Camera
+from .names import XRAY_KINDS
 from .volume import check_values
 
-KINDS = ("auto", "attenuation", "intensity")
-"""Accepted values of ``read_xray(kind=...)``."""
+KINDS = XRAY_KINDS
+"""Accepted values of ``read_xray(kind=...)`` (defined in :mod:`names`)."""
 
 I0_PERCENTILE = 99.5
 """Percentile of the raw intensities taken as the unattenuated intensity I0."""

@@ -1,0 +1,140 @@
+"""The method registry: every registration (refinement) and initialisation method, by name.
+
+A method is one module plus one call to :func:`register_method`. The CLI's ``--method`` choices,
+the Slicer module's method list and the benchmark's method list all read :func:`method_names`, so a
+registered method appears in all of them. This module imports nothing heavy (no numpy, no torch):
+a method's function may be given as a ``"package.module:function"`` string, imported on first use.
+
+Calling conventions (all lengths mm, poses ``world_from_camera`` 4x4 in world RAS):
+
+- ``kind="refine"``: ``fn(volume_mu, xray, camera, init_world_from_camera, *, reference, progress,
+  should_stop, device, **options) -> result`` where ``result`` has at least ``world_from_camera``,
+  ``params``, ``similarity``, ``initial_similarity``, ``iterations``, ``wall_time_s``, ``method``,
+  ``success``, ``message`` and ``to_dict()`` (e.g. :class:`registration.RegistrationResult`).
+- ``kind="init"``: ``fn(inputs, source) -> pipeline.Initialisation``; ``inputs`` is a
+  :class:`pipeline.Inputs` (CT, X-ray, camera, reference, device), ``source`` what the caller gave
+  as ``init`` (a pose, a model file, ...).
+
+See :func:`pipeline.register_xray` for the entry point that runs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .errors import InputError
+from .names import DEFAULT_METHOD
+
+KINDS = ("refine", "init")
+"""Kinds of methods: ``refine`` optimises a pose from a start, ``init`` gives a start."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method.
+
+    Attributes:
+        name: its name (``--method NAME``).
+        kind: ``"refine"`` or ``"init"``.
+        spec: the function, or ``"package.module:function"`` imported on first use.
+        options: keyword arguments always passed to the function (callers' options override them).
+        description: one line for help texts.
+    """
+
+    name: str
+    kind: str
+    spec: Callable | str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def function(self) -> Callable:
+        """The method's function (imports its module when the spec is a string)."""
+        if callable(self.spec):
+            return self.spec
+        module, _, attr = self.spec.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_REGISTRY: dict[str, dict[str, Method]] = {kind: {} for kind in KINDS}
+
+
+def register_method(name: str, fn: Callable | str, *, kind: str = "refine", description: str = "",
+                    replace: bool = False, **options: Any) -> Method:
+    """Register a method under ``name``; returns it.
+
+    Args:
+        name: the name users give (``--method NAME``); letters, digits, ``-`` and ``_``.
+        fn: the function (see the module's calling conventions) or ``"package.module:function"``.
+        kind: ``"refine"`` (default) or ``"init"``.
+        description: one line shown in help texts.
+        replace: allow replacing a method of the same name and kind (else an ``InputError``).
+        **options: keyword arguments bound to every call (e.g. the similarity of a generic optimiser).
+    """
+    if kind not in KINDS:
+        raise InputError(f"register_method: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise InputError(f"register_method: bad method name {name!r} (letters, digits, '-' and '_' only)")
+    if not (callable(fn) or (isinstance(fn, str) and ":" in fn)):
+        raise InputError(f"register_method: {name}: give a function or 'package.module:function', got {fn!r}")
+    if name in _REGISTRY[kind] and not replace:
+        raise InputError(f"register_method: a {kind} method named {name!r} is already registered")
+    method = Method(name, kind, fn, MappingProxyType(dict(options)), description)
+    _REGISTRY[kind][name] = method
+    return method
+
+
+def unregister_method(name: str, kind: str = "refine") -> None:
+    """Remove a registered method (tests use it to clean up)."""
+    _REGISTRY[kind].pop(name, None)
+
+
+def method_names(kind: str = "refine") -> tuple[str, ...]:
+    """Names of the registered methods of a kind, in registration order."""
+    if kind not in KINDS:
+        raise InputError(f"method_names: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return tuple(_REGISTRY[kind])
+
+
+def get_method(name: str, kind: str = "refine") -> Method:
+    """The method registered as ``name``; ``InputError`` lists the choices when there is none."""
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        what = "method" if kind == "refine" else "init"
+        raise InputError(f"{what}: unknown {kind} method {name!r}; choose one of "
+                         f"{', '.join(_REGISTRY.get(kind, {}))}") from None
+
+
+def describe(kind: str = "refine") -> str:
+    """``name (description), ...`` of a kind's methods, for help texts; the default method is marked."""
+    parts = []
+    for m in _REGISTRY[kind].values():
+        label = m.name + (" (default)" if kind == "refine" and m.name == DEFAULT_METHOD else "")
+        parts.append(f"{label}: {m.description}" if m.description else label)
+    return "; ".join(parts)
+
+
+# -- the built-in methods ----------------------------------------------------------------------------------
+_INTENSITY = {
+    "opt-ncc": "normalised cross-correlation",
+    "opt-mncc": "multiscale NCC (global and patches)",
+    "opt-lncc": "local NCC over patches",
+    "opt-gc": "gradient correlation",
+    "opt-ngi": "normalised gradient information",
+    "opt-gd": "gradient difference",
+}
+"""The intensity-based methods of :func:`registration.register` (its ``METHODS``), in the order offered."""
+for _name, _text in _INTENSITY.items():
+    register_method(_name, f"{__package__}.registration:register", kind="refine", method=_name,
+                    description=f"intensity-based, maximises {_text}")
+
+register_method("reference", f"{__package__}.pipeline:init_reference", kind="init",
+                description="the CT's AP reference view")
+register_method("pose", f"{__package__}.pipeline:init_pose", kind="init",
+                description="a given pose (4x4 world_from_camera or a pose JSON file)")
+register_method("model", f"{__package__}.pipeline:init_model", kind="init",
+                description="the prediction of a trained initialiser (model file from 'xrayctreg train')")
