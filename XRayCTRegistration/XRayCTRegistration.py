@@ -489,8 +489,11 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self._setPose(output.params)
             self.logic.showFusion(p.xrayVolume, p.outputDrr, p.fusionOpacity)
             result = output.result
-            self.ui.resultLabel.text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
+            text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
                 similarity=result.similarity, iterations=result.iterations, time=result.wall_time_s)
+            if getattr(result, "uncertainty", None) is not None:
+                text += "\n" + result.uncertainty.summary()
+            self.ui.resultLabel.text = text
             self.ui.resultLabel.toolTip = _("X-ray: {conversion}").format(conversion=output.xrayConversion)
 
     @staticmethod

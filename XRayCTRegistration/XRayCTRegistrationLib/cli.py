@@ -232,6 +232,8 @@ def _report_registration(args: argparse.Namespace, out) -> None:
         print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
               f"{result.wall_time_s:.2f} s; {result.message}")
     print(f"pose: {format_params(result.params)}")
+    if getattr(result, "uncertainty", None) is not None:
+        print(f"uncertainty: {result.uncertainty.summary()}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

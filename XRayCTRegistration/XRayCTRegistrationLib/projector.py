@@ -11,9 +11,10 @@ voxel boxes).
 Two backends compute the same thing:
 
 - ``"numba"``: compiled CPU kernels (:mod:`._raymarch`), one ray per parallel iteration. The pose
-  gradient comes from its own kernel (the exact gradient of the trilinear interpolant along the
-  ray, with the ray's entry and exit held constant) through a :class:`torch.autograd.Function`,
-  so gradients reach ``world_from_camera`` and anything it was computed from. No volume gradient.
+  gradient comes from its own kernel (the derivative of the rendered sum: the trilinear interpolant's
+  gradient at each sample, plus the samples' slide with the ray's entry and exit points) through a
+  :class:`torch.autograd.Function`, so gradients reach ``world_from_camera`` and anything it was
+  computed from. No volume gradient.
 - ``"torch"``: ``grid_sample`` on chunks of rays; runs on CUDA and gives gradients with respect to
   the volume as well as the pose.
 - ``"triton"``: fused GPU kernels (:mod:`._raymarch_triton`): clipping, sampling and accumulation in
@@ -208,25 +209,27 @@ class Projector(torch.nn.Module):
     # -- torch backend ---------------------------------------------------------------------------
     def _forward_torch(self, w: torch.Tensor) -> torch.Tensor:
         """grid_sample ray march at poses ``w`` [B, 4, 4]; returns [B, R] on the volume's device."""
-        w = w.to(self.mu.device, torch.float32)
-        ijk_from_cam = self.ijk_from_world @ w  # [B, 4, 4]
+        # Poses and sample positions in float64 (the source sits ~1000 voxels from the volume, where float32
+        # loses ~1e-4 voxel, enough to bend the pose gradient near an optimum); only the lookup is float32.
+        w = w.to(self.mu.device, torch.float64)
+        ijk_from_cam = self._ijk_from_world64.to(self.mu.device) @ w  # [B, 4, 4]
         a, b = ijk_from_cam[:, :3, :3], ijk_from_cam[:, :3, 3]
         n_rays = self.dirs.shape[0]
         chunk = max(1, self.max_samples_per_chunk // (self.n_samples * w.shape[0]))
-        parts = [self._march(a, b, self.dirs[s:s + chunk]) for s in range(0, n_rays, chunk)]
-        return torch.cat(parts, dim=1)
+        dirs = self._dirs64.to(self.mu.device)
+        parts = [self._march(a, b, dirs[s:s + chunk]) for s in range(0, n_rays, chunk)]
+        return torch.cat(parts, dim=1).to(self.mu.dtype)
 
     def _march(self, a: torch.Tensor, b: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
         """Integrate along rays ``dirs`` [R, 3] for poses ``a`` [B, 3, 3], ``b`` [B, 3]; returns [B, R]."""
         d = torch.einsum("bij,rj->bri", a, dirs)  # [B, R, 3] ray direction in ijk per unit t
         o = b[:, None, :]  # [B, 1, 3] source in ijk
-        t_near, t_far = clip_rays(o, d, self.shape_ijk)  # [B, R]
-        t_near, t_far = t_near.detach(), t_far.detach()
+        t_near, t_far = clip_rays(o, d, self.shape_ijk.to(d.dtype))  # [B, R], differentiable: samples slide
         length = (t_far - t_near).clamp(min=0)  # fraction of source-pixel segment
         u = (torch.arange(self.n_samples, device=d.device, dtype=d.dtype) + 0.5) / self.n_samples  # [N]
         t = t_near[..., None] + length[..., None] * u  # [B, R, N]
         p = o[..., None, :] + t[..., None] * d[..., None, :]  # [B, R, N, 3] ijk
-        grid = 2 * p / (self.shape_ijk - 1).clamp(min=1) - 1  # align_corners=True
+        grid = (2 * p / (self.shape_ijk.to(p.dtype) - 1).clamp(min=1) - 1).to(self.mu.dtype)  # align_corners=True
         bsz = p.shape[0]
         vals = F.grid_sample(self.mu.expand(bsz, -1, -1, -1, -1), grid[:, None], mode="bilinear",
                              padding_mode="border", align_corners=True)  # [B, 1, 1, R, N]
