@@ -159,7 +159,8 @@ def ct_summary(sopi: list[dict], hard: list[dict]) -> dict:
             "depth_median": float(np.median(depth)), "time_median": s["time_median"],
             "reported_success_wrong": int(sum(bool(r.get("reported_success")) and not r["success_mtre"] for r in sopi)),
             "n_hard": h["n"], "capture_range": h["capture_range"], "capture_top": h["initial_mtre_max"],
-            "capture_range_loose": h["capture_range_loose"], "hard_success": h["success_rate"]}
+            "capture_range_loose": h["capture_range_loose"], "hard_success": h["success_rate"],
+            "depth_coverage_2sd": s.get("depth_coverage_2sd")}
 
 
 def summary_cells(x: dict) -> list[str]:
@@ -167,14 +168,16 @@ def summary_cells(x: dict) -> list[str]:
     cr = [f"≥ {v:.0f} (all)" if v >= top else f"{v:.0f}" for v in (x["capture_range"], x["capture_range_loose"])]
     return [f"{100 * x['success']:.0f} % ({x['n_sopi']})", f"{x['mtre_median']:.2f}", f"{x['depth_median']:.2f}",
             f"{x['time_median']:.2f}", str(x["reported_success_wrong"]),
-            f"{cr[0]} / {cr[1]} ({x['n_hard']})", f"{100 * x['hard_success']:.0f} %"]
+            f"{cr[0]} / {cr[1]} ({x['n_hard']})", f"{100 * x['hard_success']:.0f} %",
+            "–" if x.get("depth_coverage_2sd") is None else f"{100 * x['depth_coverage_2sd']:.0f} %"]
 
 
 def markdown(results: dict, tuning: set[str], label: str, before: dict | None, before_label: str,
              before_tuning: set[str]) -> str:
     head = ["CT", "Role", "X-ray renderer", "Run", "SOPI-like success, mTRE < 2 mm (cases)", "median mTRE (mm)",
             "median depth error Δtz (mm)", "median time (s)", "`success: true` with mTRE ≥ 2 mm",
-            "Hard set: capture range at 95 %, mTRE < 2 / < 5 mm (mm) (cases)", "Hard set success, mTRE < 2 mm"]
+            "Hard set: capture range at 95 %, mTRE < 2 / < 5 mm (mm) (cases)", "Hard set success, mTRE < 2 mm",
+            "SOPI-like: true depth within the reported ±2 sd"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, res in results.items():
         for r in RENDERERS:
@@ -301,6 +304,7 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "- Sample data and what else was searched: `benchmarks/multict_data_notes.md`.", "",
         "## Files", "", f"- `{args.tag}_rows.json`: every case (errors, times, final pose), per-CT summaries and "
         "the run's command, machine and load.", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tag}.md").write_text("\n".join(lines))
     print(f"wrote {args.out / (args.tag + '.md')}")
 
