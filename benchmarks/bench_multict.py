@@ -37,7 +37,7 @@ from common import machine_info  # noqa: E402
 from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
 from XRayCTRegistrationLib.data import SAMPLES, sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera  # noqa: E402
-from XRayCTRegistrationLib.registration import DEFAULT_MAX_ITERATIONS, DEFAULT_METHOD, default_levels  # noqa: E402
+from XRayCTRegistrationLib.registration import DEFAULT_METHOD  # noqa: E402
 from XRayCTRegistrationLib.simulate import xray_from_drr  # noqa: E402
 from XRayCTRegistrationLib.volume import Volume, read_ct  # noqa: E402
 
@@ -251,8 +251,6 @@ def load_before(path: Path | None) -> tuple[dict | None, str, set[str]]:
 
 def write_report(args, results, tuning, label, before, before_label, before_tuning, load_start, load_end, wall,
                  machine) -> None:
-    cam0 = Camera(SDD, SIZE, SIZE, 4.0, 4.0)
-    levels = default_levels(cam0)
     lines = [
         "# Multi-CT registration benchmark", "",
         f"Command: `.venv-bench/bin/python benchmarks/bench_multict.py {' '.join(sys.argv[1:])}`".rstrip()
@@ -285,8 +283,8 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "volume in its density buffer) with fresh noise draws. Lowest correlation between Siddon's DRR and ours "
         "at the true poses: " + ", ".join(f"{n} {res['siddon_corr_min']:.4f}" for n, res in results.items()) + ".",
         "",
-        f"Method: `registration.register` with its defaults (method {DEFAULT_METHOD}, levels {levels[0]:g}, "
-        f"{levels[1]:g}, at most {DEFAULT_MAX_ITERATIONS} iterations), numba projector; time = wall time of the "
+        "Method: `registration.register` with every default of the commit named in the Run column (method "
+        "opt-lncc, two levels: detectors of 32 and 64 pixels), numba projector; time = wall time of the "
         "call after one warm-up call per CT (kernel compilation and the CT's pyramid). Depth error Δtz = the absolute "
         "error of the translation along the reference view's principal ray (pose parameters of CONVENTIONS.md).",
         "", "## Results per CT", "", markdown(results, tuning, label, before, before_label, before_tuning),
