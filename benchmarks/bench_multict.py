@@ -212,8 +212,8 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None, help="rows JSON of an earlier run to show beside this one")
     ap.add_argument("--xray-cache", type=Path, default=None,
                     help="folder keeping Siddon's X-rays between runs (re-used only for identical cases)")
-    ap.add_argument("--from-rows", type=Path, default=None,
-                    help="write the report from this rows JSON instead of running (same --before, --tuning)")
+    ap.add_argument("--from-rows", type=Path, nargs="+", default=None,
+                    help="write the report from these rows JSONs (e.g. one per CT, run in parallel) instead of running")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tag", default="multict", help="stem of the output files")
     args = ap.parse_args()
@@ -222,11 +222,17 @@ def main() -> None:
     label = args.label or f"commit {git_head()}"
 
     if args.from_rows is not None:
-        run = json.loads(args.from_rows.read_text())
-        m = run["meta"]
-        sys.argv = m["command"]
-        write_report(args, run["cts"], tuning, m["label"], *load_before(args.before), m["load_start"],
-                     m["load_end"], m["wall_s"], m["machine"])
+        runs = [json.loads(p.read_text()) for p in args.from_rows]
+        metas = [r["meta"] for r in runs]
+        cts = {n: res for r in runs for n, res in r["cts"].items()}
+        sys.argv = [*metas[0]["command"], *(["+"] if len(runs) > 1 else [])]
+        for m in metas[1:]:  # the other processes' commands, shown after the first
+            sys.argv += [*m["command"][1:], "+"]
+        write_report(args, cts, tuning, metas[0]["label"], *load_before(args.before), metas[0]["load_start"],
+                     max(m["load_end"] for m in metas), max(m["wall_s"] for m in metas), metas[0]["machine"])
+        if len(runs) > 1:
+            merged = {"meta": {**metas[0], "command": sys.argv, "parts": metas}, "cts": cts}
+            (args.out / f"{args.tag}_rows.json").write_text(json.dumps(merged, indent=1))
         return
     load_start, t_start = os.getloadavg(), time.time()
     results = {n: run_ct(n, args.cases, args.hard_cases, args.seed, log=lambda s: print(s, flush=True),
@@ -254,7 +260,8 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
     lines = [
         "# Multi-CT registration benchmark", "",
         f"Command: `.venv-bench/bin/python benchmarks/bench_multict.py {' '.join(sys.argv[1:])}`".rstrip()
-        + (f" (report rewritten from the rows with `--from-rows {args.from_rows}`)" if args.from_rows else ""), "",
+        + (f" (report written from the rows with `--from-rows {' '.join(map(str, args.from_rows))}`; \"+\" separates "
+           "processes run at the same time)" if args.from_rows else ""), "",
         f"Machine: {machine}.",
         f"Load average (1 min) at start {load_start[0]:.2f}, at end {load_end[0]:.2f} (a shared 2-core machine); "
         f"total wall time {wall / 60:.1f} min.", "",
