@@ -15,14 +15,11 @@ integral of the voxel boxes does, instead of a ramp down to zero. The kernels re
 volume padded by one voxel on every side with its edge values (see :func:`pad_volume`), so lookups
 never test bounds.
 
-Pose gradient: with ``g_i`` the gradient of the trilinear interpolant at ``p_i`` (index space),
-``dI/db = sum_i g_i step`` and ``dI/dA = (sum_i g_i t_i step) d^T`` for fixed ``t_i``; since the samples
-are spread between the ray's entry ``t0`` and exit ``t1``, they also slide along the ray when the pose
-moves a face crossing, and ``step`` changes with ``t1 - t0``: the kernel adds ``dI/dt0 dt0/d(A, b)``
-and ``dI/dt1 dt1/d(A, b)`` (a face ``i = f`` crossed at ``t = (f - b_i) / (A d)_i``), so the gradient is
-the derivative of the rendered sum itself. The gradient kernel stores two 3-vectors per ray (the
-gradient with respect to ``b``, and the vector whose outer product with ``d`` is the gradient with
-respect to ``A``); the caller contracts them with the incoming image gradient.
+Pose gradient: for fixed ``t_near`` and ``t_far``, with ``g_i`` the gradient of the trilinear
+interpolant at ``p_i`` (index space), ``dI/db = sum_i g_i step`` and ``dI/dA = (sum_i g_i t_i step) d^T``.
+The gradient kernel stores these two 3-vectors per ray; :func:`projector.add_sample_slide` then adds what
+the samples' slide with the entry and exit points contributes, and the caller contracts the result with
+the incoming image gradient.
 """
 
 from __future__ import annotations
@@ -42,14 +39,9 @@ def pad_volume(data_kji: np.ndarray) -> np.ndarray:
 
 @njit(fastmath=True, cache=True, inline="always")
 def _clip(o0, o1, o2, d0, d1, d2, n0, n1, n2):
-    """Entry and exit ``t`` of the ray ``o + t d`` through the box ``[-0.5, n - 0.5]^3``, within ``[0, 1]``.
-
-    Also returns the axes (0-2) of the faces crossed there (-1 where the ray starts or ends inside the box).
-    """
+    """Entry and exit ``t`` of the ray ``o + t d`` through the box ``[-0.5, n - 0.5]^3``, within ``[0, 1]``."""
     t_near = 0.0
     t_far = 1.0
-    a_near = -1
-    a_far = -1
     for axis in range(3):
         if axis == 0:
             o, d, n = o0, d0, n0
@@ -61,21 +53,17 @@ def _clip(o0, o1, o2, d0, d1, d2, n0, n1, n2):
         hi = n - 0.5 - o
         if abs(d) < 1e-12:
             if lo > 0.0 or hi < 0.0:  # parallel to this slab and outside it
-                return 0.0, 0.0, -1, -1
+                return 0.0, 0.0
             continue
         ta = lo / d
         tb = hi / d
         if ta > tb:
             ta, tb = tb, ta
-        if ta > t_near:
-            t_near = ta
-            a_near = axis
-        if tb < t_far:
-            t_far = tb
-            a_far = axis
+        t_near = max(t_near, ta)
+        t_far = min(t_far, tb)
     if t_far < t_near:
         t_far = t_near
-    return t_near, t_far, a_near, a_far
+    return t_near, t_far
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -107,7 +95,7 @@ def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples
         o0 = m[0, 3]
         o1 = m[1, 3]
         o2 = m[2, 3]
-        t0, t1, a0, a1 = _clip(o0, o1, o2, d0, d1, d2, ni, nj, nk)
+        t0, t1 = _clip(o0, o1, o2, d0, d1, d2, ni, nj, nk)
         if t1 <= t0:
             out[bi, r] = 0.0
             continue
@@ -179,7 +167,7 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
         o0 = m[0, 3]
         o1 = m[1, 3]
         o2 = m[2, 3]
-        t0, t1, a0, a1 = _clip(o0, o1, o2, d0, d1, d2, ni, nj, nk)
+        t0, t1 = _clip(o0, o1, o2, d0, d1, d2, ni, nj, nk)
         if t1 <= t0:
             out[bi, r] = 0.0
             for c in range(6):
@@ -242,38 +230,10 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
             gt0 += g0 * t
             gt1 += g1 * t
             gt2 += g2 * t
-        value = acc * step_mm
-        out[bi, r] = value
-        jb0 = gb0 * step_mm
-        jb1 = gb1 * step_mm
-        jb2 = gb2 * step_mm
-        jt0 = gt0 * step_mm
-        jt1 = gt1 * step_mm
-        jt2 = gt2 * step_mm
-        # the samples slide with the entry and exit points: dI/dt0, dI/dt1 (step = (t1 - t0) |dir| / n)
-        span = t1 - t0
-        g_end = (d0 * (jt0 - t0 * jb0) + d1 * (jt1 - t0 * jb1) + d2 * (jt2 - t0 * jb2)) / span
-        g_start = d0 * jb0 + d1 * jb1 + d2 * jb2 - g_end
-        for end in range(2):
-            a = a0 if end == 0 else a1
-            if a < 0:
-                continue
-            t_face = t0 if end == 0 else t1
-            di_dt = g_start - value / span if end == 0 else g_end + value / span
-            da = d0 if a == 0 else (d1 if a == 1 else d2)
-            # the face is crossed at t = (face - b_a) / (A dir)_a
-            if a == 0:
-                jb0 -= di_dt / da
-                jt0 -= di_dt * t_face / da
-            elif a == 1:
-                jb1 -= di_dt / da
-                jt1 -= di_dt * t_face / da
-            else:
-                jb2 -= di_dt / da
-                jt2 -= di_dt * t_face / da
-        jac[bi, r, 0] = jb0
-        jac[bi, r, 1] = jb1
-        jac[bi, r, 2] = jb2
-        jac[bi, r, 3] = jt0
-        jac[bi, r, 4] = jt1
-        jac[bi, r, 5] = jt2
+        out[bi, r] = acc * step_mm
+        jac[bi, r, 0] = gb0 * step_mm
+        jac[bi, r, 1] = gb1 * step_mm
+        jac[bi, r, 2] = gb2 * step_mm
+        jac[bi, r, 3] = gt0 * step_mm
+        jac[bi, r, 4] = gt1 * step_mm
+        jac[bi, r, 5] = gt2 * step_mm

@@ -194,6 +194,8 @@ def fetch_sample_data(cache_dir: str | Path | None = None, name: str = DEFAULT_S
     paths = s.paths(cache_dir)
     if _cached(s, paths):
         return paths
+    if any(p.is_file() for p in paths.values()):
+        print(f"cached sample data {name!r} is incomplete or altered (sha256); fetching it again", file=sys.stderr)
     folder = next(iter(paths.values())).parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

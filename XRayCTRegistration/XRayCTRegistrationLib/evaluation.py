@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .files import replace_file
 from .geometry import Camera, ReferenceView, check_rigid, invert_rigid, transform_points
 from .metrics import (
     capture_range,
@@ -473,8 +474,10 @@ def plot_success_vs_initial_mtre(rows_by_method: Mapping[str, Sequence[Mapping]]
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        replace_file(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return out
 
 

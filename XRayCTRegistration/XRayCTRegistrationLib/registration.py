@@ -19,6 +19,7 @@ gives ``success=False`` with a message saying why.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -102,11 +103,11 @@ LBFGS_ITERATIONS = 40
 """Most L-BFGS iterations (each a strong-Wolfe line search of at most 10 evaluations) on the last level after
 its Adam phase, within the level's iteration budget."""
 
-UNCERTAINTY_SCALE = 64.0
-"""Calibration factor of the reported covariance (see :class:`PoseUncertainty`): standard deviations 8 times
-the uncalibrated ones. Set with ``opt-lncc`` on 30 SOPI-like cases (``evaluation.make_cases``, seed 0, 128 x 128)
-of each tuning CT, the chest and the abdomen sample CTs: a factor of 50 puts the true depth inside the 2-sigma
-interval in 90 % of them, 54 in 95 %. The errors are mostly the similarity's own bias in depth under the
+UNCERTAINTY_SCALE = 256.0
+"""Calibration factor of the reported covariance (see :class:`PoseUncertainty`). Set with ``opt-lncc`` on 30
+SOPI-like cases (``evaluation.make_cases``, seed 0, 128 x 128 pixels, default levels: the last at 64 x 64) of each
+tuning CT, the chest and the abdomen sample CTs: a factor of 200 puts the true depth inside the 2-sigma interval
+in 90 % of them, 215 in 95 %. The errors are mostly the similarity's own bias in depth under the
 X-ray's contrast change, which the curvature alone does not see; check held-out CTs before trusting it
 elsewhere (``benchmarks/results/registration.md``)."""
 
@@ -121,8 +122,8 @@ MIN_COVERAGE = 0.02
 class PoseUncertainty:
     """How well the X-ray(s) determine the pose found: standard deviations from the similarity's curvature.
 
-    The similarity ``S`` (NCC-like, 1 at a perfect match) is read as a likelihood: with ``N`` pixels whose
-    residual after the match is ``1 - S``, the covariance of the parameters is
+    The similarity ``S`` (NCC-like, 1 at a perfect match) is read as a likelihood: with ``N`` pixels (counted
+    at full detector resolution) whose residual after the match is ``1 - S``, the covariance of the parameters is
     ``UNCERTAINTY_SCALE * (1 - S) / N * (-H)^-1``, ``H`` the Hessian of ``S`` at the pose found (central
     differences of its gradient on the last optimisation level). ``UNCERTAINTY_SCALE`` absorbs what this
     model leaves out (neighbouring pixels are correlated, the X-ray's contrast differs from a DRR's).
@@ -247,7 +248,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              progress: Callable[[float, str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
              tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
-             backend: str = "auto") -> RegistrationResult:
+             backend: str = "auto",
+             renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
     Args:
@@ -280,7 +282,9 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         tolerance: smallest similarity gain that counts as an improvement.
         patience: iterations without improvement before the step is halved.
         max_shrinks: halvings after which a level's Adam phase ends.
-        backend: projector backend (``"auto"``, ``"numba"``, ``"torch"``; see :class:`projector.Projector`).
+        backend: :class:`projector.Projector`'s backend (``auto``, ``numba``, ``torch``, ``triton``).
+        renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
+            builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
     Returns:
         A :class:`RegistrationResult`; inputs are never modified.
@@ -292,18 +296,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     if method not in METHODS:
         raise InputError(f"method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     similarity = get_similarity(METHODS[method])
-    images, cameras = _as_list(xray), _as_list(camera)
-    n_views = len(images)
-    if len(cameras) != n_views:
-        raise InputError(f"camera: {len(cameras)} camera(s) given for {n_views} X-ray(s)")
-    for v, (img, cam) in enumerate(zip(images, cameras, strict=True)):
-        _check_image(img, cam, f"xray[{v}]" if n_views > 1 else "xray")
+    images, cameras, relatives, masks = _check_views(volume_mu, xray, camera, relative_views, mask)
     init = check_rigid(init_world_from_camera, "init_world_from_camera")
-    relatives = _check_relatives(relative_views, n_views)
-    masks = _check_masks(mask, images)
-    data = np.asarray(volume_mu.data)
-    if data.ndim != 3 or not np.all(np.isfinite(data)):
-        raise InputError("volume_mu: expected a 3D volume of finite attenuation values")
     if reference is None:
         reference = ReferenceView.ap(volume_mu.center, cameras[0].sdd)
     volume = volume_mu
@@ -311,17 +305,16 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     if labels is not None or label_ids is not None:
         volume, label_volume = _apply_labels(volume_mu, labels, label_ids)
 
-    dev = torch.device(device)
     p0 = torch.as_tensor(reference.params(init), dtype=torch.float64)
     if levels is None:
         levels = default_levels(cameras[0])
-    iters_per_level = _iterations(max_iterations, len(levels))
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
     sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0.numpy()))
     build = (volume, label_volume, images, cameras, masks, relatives)
-    pyramid = _build_levels(*build, levels, iters_per_level, step_sizes, sid, sens, dev, backend)
+    make = (renderer or functools.partial(Projector, backend=backend), torch.device(device))
+    pyramid = _build_levels(*build, levels, _iterations(max_iterations, len(levels)), step_sizes, sid, sens, *make)
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else \
-        _build_levels(*build, [1], [0], step_sizes, sid, sens, dev, backend)[0]
+        _build_levels(*build, [1], [0], step_sizes, sid, sens, *make)[0]
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
     return _optimise(run, pyramid, final_level, p0, method)
@@ -555,7 +548,9 @@ def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertai
     curv = -0.5 * (hess + hess.T)  # [6, 6] of -S, positive definite at a maximum
     with torch.no_grad():
         value, _ = _similarity(level, run.reference, params, run.similarity)
-    n_pix = sum(float(_weight(v).sum()) if _weight(v) is not None else v.image.numel() for v in level.views)
+    # pixels counted at full detector resolution, so the scale does not depend on the level the pose was found at
+    n_pix = level.factor ** 2 * sum(float(_weight(v).sum()) if _weight(v) is not None else v.image.numel()
+                                    for v in level.views)
     residual = max(len(level.views) - float(value), 1e-6)  # sum over the views of 1 - S
     evals, vecs = np.linalg.eigh(curv)
     if not (np.all(np.isfinite(evals)) and evals[-1] > 0):
@@ -653,6 +648,22 @@ def _update_label_weights(level: _Level, reference: ReferenceView, params: torch
 # -- set-up -------------------------------------------------------------------------------------------------
 def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _check_views(volume_mu: Volume, xray, camera, relative_views, mask) -> tuple[list, list, list, list]:
+    """The checked inputs of :func:`register`, one per view: images, cameras, relative poses, masks."""
+    images, cameras = _as_list(xray), _as_list(camera)
+    n_views = len(images)
+    if len(cameras) != n_views:
+        raise InputError(f"camera: {len(cameras)} camera(s) given for {n_views} X-ray(s)")
+    for v, (img, cam) in enumerate(zip(images, cameras, strict=True)):
+        _check_image(img, cam, f"xray[{v}]" if n_views > 1 else "xray")
+    relatives = _check_relatives(relative_views, n_views)
+    masks = _check_masks(mask, images)
+    data = np.asarray(volume_mu.data)
+    if data.ndim != 3 or not np.all(np.isfinite(data)):
+        raise InputError("volume_mu: expected a 3D volume of finite attenuation values")
+    return images, cameras, relatives, masks
 
 
 def _check_image(img, cam: Camera, name: str) -> None:
@@ -760,9 +771,9 @@ def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
                   masks: list, relatives: list[np.ndarray], levels: Sequence[float], iterations: list[int],
-                  step_sizes, sid: float, sensitivity: torch.Tensor, dev: torch.device,
-                  backend: str = "auto") -> list[_Level]:
-    """The pyramid: per level, each view's downsampled X-ray, projector of the block-averaged CT, and the scales."""
+                  step_sizes, sid: float, sensitivity: torch.Tensor, renderer: Callable[..., torch.nn.Module],
+                  dev: torch.device) -> list[_Level]:
+    """The pyramid: per level, each view's downsampled X-ray, renderer of the block-averaged CT, and the scales."""
     out = []
     coarse = None
     for factor, n_it in zip(levels, iterations, strict=True):
@@ -779,7 +790,7 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
             vf = [max(1, round(pix / s)) for s in volume.spacing]
             vol_l = _level_volume(volume, vf)
             n_samples = int(math.ceil(max(vol_l.shape_ijk) * SAMPLES_PER_VOXEL))
-            proj = Projector(vol_l, c, n_samples=n_samples, device=dev, backend=backend)
+            proj = renderer(vol_l, c, n_samples=n_samples, device=dev)
             image = downsample_image(torch.as_tensor(np.asarray(img, dtype=np.float32)), c.rows, c.cols).to(dev)
             weight = None
             if m is not None:
