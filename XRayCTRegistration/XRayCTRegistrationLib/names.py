@@ -15,6 +15,10 @@ intensities (air bright), converted with ``-log(I / I0)``; ``auto`` = decided by
 INITIALISER_METHODS = ("regressor", "rtpi")
 """Learned initialiser kinds that ``training.train`` knows (``xrayctreg train --model``)."""
 
+REFINER_MODELS = ("ppc",)
+"""Learned refinement methods that ``training.train`` also trains (``xrayctreg train --model ppc``); their model
+file is given to the refine method (``xrayctreg register --method ppc --model FILE``), not to ``--init-model``."""
+
 DEFAULT_METHOD = "opt-lncc"
 """The registration method used when none is named: the most accurate on the chest CT benchmark
 (``benchmarks/results/registration.md``)."""
