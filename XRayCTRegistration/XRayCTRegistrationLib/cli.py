@@ -24,7 +24,7 @@ from . import __version__
 from .console import Progress, format_params
 from .errors import InputError
 from .files import write_text_atomic
-from .names import DEFAULT_METHOD, INITIALISER_METHODS
+from .names import DEFAULT_METHOD, FINE_MODEL, MODEL_KINDS
 from .registry import describe, method_names
 
 
@@ -62,6 +62,10 @@ def staged_dir(out_dir: str | Path) -> Iterator[Path]:
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+FINE_BATCH = 8
+"""Default training batch of ``sopi-fine`` (each pair costs a differentiable render and a double backward)."""
 
 
 # -- loading helpers ----------------------------------------------------------------------------
@@ -165,6 +169,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
+    if args.model:
+        options["model"] = args.model
     outs = [args.out] + ([args.fusion] if args.fusion else [])
     progress = Progress("register", enabled=not args.quiet)
     try:
@@ -245,8 +251,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     ct = read_ct(args.ct)
     camera = Camera.load(args.geometry)
+    batch = args.batch_size or (FINE_BATCH if args.model == FINE_MODEL else 32)
     options = TrainOptions(method=args.model, iterations=args.iterations, time_budget_s=args.time_budget,
-                           batch_size=args.batch_size, pose_range=PoseRange(args.rot_range, args.trans_range),
+                           batch_size=batch, pose_range=PoseRange(args.rot_range, args.trans_range),
                            checkpoint_every_s=args.checkpoint_every, seed=args.seed)
     if args.iterations is None and args.time_budget is None:
         options.time_budget_s = 900.0
@@ -366,6 +373,8 @@ def _add_register(sub) -> None:
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
                    help=f"refinement method: {describe('refine')}")
+    p.add_argument("--model", help=f"model file of a learned refinement (--method {FINE_MODEL}, "
+                   f"{FINE_MODEL}-opt; from 'xrayctreg train --model {FINE_MODEL}')")
     p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
     p.add_argument("--labels", help="label map aligned with the CT: register on chosen structures only")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
@@ -378,21 +387,24 @@ def _add_register(sub) -> None:
 
 def _add_train(sub) -> None:
     """The ``train`` sub-command's arguments."""
-    p = sub.add_parser("train", help="train a patient-specific pose initialiser on DRRs of the CT",
-                       description="Train a pose initialiser (the pose regressor or SOPI's RTPI) on DRRs of the CT "
+    p = sub.add_parser("train", help="train a patient-specific network (initialiser or sopi-fine) on DRRs of the CT",
+                       description="Train a pose initialiser (the pose regressor or SOPI's RTPI) or SOPI's learned "
+                                   f"fine registration ({FINE_MODEL}) on DRRs of the CT "
                                    "rendered at random poses around the AP view, for one detector geometry. The "
                                    "model file is a checkpoint written periodically and at the end; --resume "
                                    "continues it. --iterations and --time-budget count the whole training.")
     p.add_argument("--ct", required=True, help="CT image, HU")
     p.add_argument("--geometry", required=True, help="detector geometry JSON of the X-rays to register")
-    p.add_argument("--model", choices=INITIALISER_METHODS, default="regressor", help="initialiser kind")
+    p.add_argument("--model", choices=MODEL_KINDS, default="regressor",
+                   help=f"model kind: initialisers regressor, rtpi; {FINE_MODEL}: SOPI's fine registration")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="total training time, seconds (default 900 when --iterations is not given)")
     p.add_argument("--iterations", type=int, default=None, help="total training steps")
     p.add_argument("--resume", action="store_true", help="continue the training in --out if it exists")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--batch-size", type=int, default=32, help="DRRs per step")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"DRRs per step (default 32; {FINE_BATCH} for {FINE_MODEL}, whose steps are double backward)")
     p.add_argument("--rot-range", type=float, default=30.0, help="training poses: rotations in +-this, degrees")
     p.add_argument("--trans-range", type=float, default=50.0, help="training poses: translations in +-this, mm")
     p.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints")

@@ -15,6 +15,12 @@ intensities (air bright), converted with ``-log(I / I0)``; ``auto`` = decided by
 INITIALISER_METHODS = ("regressor", "rtpi")
 """Learned initialiser kinds that ``training.train`` knows (``xrayctreg train --model``)."""
 
+FINE_MODEL = "sopi-fine"
+"""The learned fine registration (SOPI stage 2) that ``training.train`` knows; used by ``--method sopi-fine``."""
+
+MODEL_KINDS = (*INITIALISER_METHODS, FINE_MODEL)
+"""Every model kind ``training.train`` knows (``xrayctreg train --model``)."""
+
 DEFAULT_METHOD = "opt-lncc"
 """The registration method used when none is named: the most accurate on the chest CT benchmark
 (``benchmarks/results/registration.md``)."""

@@ -138,3 +138,10 @@ register_method("pose", f"{__package__}.pipeline:init_pose", kind="init",
                 description="a given pose (4x4 world_from_camera or a pose JSON file)")
 register_method("model", f"{__package__}.pipeline:init_model", kind="init",
                 description="the prediction of a trained initialiser (model file from 'xrayctreg train')")
+
+# SOPI's learned fine registration (stage 2); needs a model from 'xrayctreg train --model sopi-fine'
+register_method("sopi-fine", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine",
+                description="SOPI's learned fine registration on embedded features (needs --model from "
+                            "'train --model sopi-fine')")
+register_method("sopi-fine-opt", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine",
+                polish=DEFAULT_METHOD, description=f"sopi-fine, then {DEFAULT_METHOD} from its result (needs --model)")
