@@ -157,3 +157,61 @@ def test_iteration_reduces_the_pose_error_and_stops_on_small_updates(scene):
     frozen = iterate(ImageEmbedding(), scene, fixed, start, IterationSettings(max_iterations=5,
                                                                               freeze_rotation_after=0), use_mask=False)
     assert torch.equal(frozen.params[:, :3], start[:, :3]) and not torch.equal(frozen.params[:, 3:], start[:, 3:])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, ct):
+    from XRayCTRegistrationLib.projector import Projector
+    from XRayCTRegistrationLib.volume import write_volume
+    from XRayCTRegistrationLib.xray import write_image
+
+    d = tmp_path_factory.mktemp("sopi_cli")
+    write_volume(ct, d / "ct.nrrd")
+    CAM.save(d / "geom.json")
+    ref = ReferenceView.ap(ct.center, CAM.sdd)
+    with torch.no_grad():
+        drr = Projector(Volume(hu_to_mu(ct.data), ct.ijk_to_ras), CAM, n_samples=64)(
+            torch.as_tensor(ref.pose([3, -2, 2, 4, -3, 6]))).numpy()
+    write_image(drr, d / "xray.nrrd", CAM)
+    CAM.save(d / "xray.json")
+    start = {"world_from_camera": ref.pose([5, 0, 0, 10, 0, 0]).tolist()}
+    (d / "start.json").write_text(__import__("json").dumps(start))
+    return d
+
+
+def test_cli_train_and_register_round_trip(files, tmp_path, capsys):
+    import json
+
+    from XRayCTRegistrationLib.cli import main
+    from XRayCTRegistrationLib.registry import method_names
+    from XRayCTRegistrationLib.training import read_model_file
+
+    assert {"sopi-fine", "sopi-fine-opt"} <= set(method_names("refine"))
+    d = files
+    fine, rtpi = tmp_path / "fine.pt", tmp_path / "rtpi.pt"
+    common = ["--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--quiet", "--batch-size", "2"]
+    assert main(["train", *common, "--model", "sopi-fine", "--out", str(fine), "--iterations", "2",
+                 "--progress-lines"]) == 0
+    assert "PROGRESS 1.0000 step 2" in capsys.readouterr().out
+    info = read_model_file(fine)
+    assert info["method"] == "sopi-fine" and info["step"] == 2 and "mu_sha256" in info["ct"]
+    assert main(["train", *common, "--model", "rtpi", "--out", str(rtpi), "--iterations", "1"]) == 0
+    reg = ["register", "--ct", str(d / "ct.nrrd"), "--xray", str(d / "xray.nrrd"), "--quiet", "--time-budget", "0.5"]
+    runs = {"alone": ["--init", str(d / "start.json"), "--method", "sopi-fine"],
+            "after-rtpi": ["--init-model", str(rtpi), "--method", "sopi-fine"],
+            "opt": ["--init", str(d / "start.json"), "--method", "sopi-fine-opt"]}
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*reg, *extra, "--model", str(fine), "--out", str(out)]) in (0, 1), name
+        result = json.loads(out.read_text())
+        assert result["method"] == ("sopi-fine+opt-lncc" if name == "opt" else "sopi-fine") and result["iterations"] > 0
+        assert result["initialisation"]["method"] == ("init-model (rtpi.pt)" if name == "after-rtpi" else "pose")
+    capsys.readouterr()
+    # clear errors: no model, a model of the wrong kind on either side
+    assert main([*reg, "--method", "sopi-fine", "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main([*reg, "--method", "sopi-fine", "--model", str(rtpi), "--out", str(tmp_path / "x.json")]) == 2
+    assert "not a sopi-fine one" in capsys.readouterr().err
+    assert main([*reg, "--init-model", str(fine), "--out", str(tmp_path / "x.json")]) == 2
+    assert "is not an initialiser" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

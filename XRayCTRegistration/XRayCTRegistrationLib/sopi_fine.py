@@ -16,8 +16,9 @@ is empty uses every pixel. The mask is held constant (no gradient flows through 
 **Registration** (:func:`iterate`): the network is fixed; ``theta`` descends ``L_N`` through the
 differentiable projector. The network is trained to point the pose gradient the right way, not to
 size it, so each step moves the rotation and the translation by their own step lengths along the
-normalised gradient directions; a step length halves when its direction reverses (and grows by a
-tenth otherwise), and the iteration stops when both are below their minimum (the stopping rule on
+normalised gradient directions; a step length halves when its direction reverses (and grows by
+30 % otherwise), a trial pose where ``L_N`` went up is dropped (both steps halve from the best
+pose), and the iteration stops when both step lengths are below their minimum (the stopping rule on
 update size) or at ``max_iterations``. As SOPI does, the rotation can be frozen after some
 iterations while the translation goes on.
 
@@ -267,12 +268,43 @@ class IterationResult:
     message: str
 
 
-def _adapt(step: torch.Tensor, direction: torch.Tensor, previous: torch.Tensor | None, limit: float) -> torch.Tensor:
-    """Halve the step lengths ``[B]`` whose direction reversed since ``previous``; grow the others by 10 %."""
-    if previous is None:
-        return step
-    reversed_ = (direction * previous).sum(-1) < 0
-    return torch.where(reversed_, 0.5 * step, (1.1 * step).clamp(max=limit))
+class _Walk:
+    """Per-case state of :func:`iterate`: the best pose so far, its ``L_N`` and directions, and the step lengths."""
+
+    def __init__(self, start: torch.Tensor, s: IterationSettings) -> None:
+        n = start.shape[0]
+        self.s = s
+        self.best = start.clone()
+        self.best_loss = torch.full((n,), float("inf"), dtype=torch.float64, device=start.device)
+        self.d_r = torch.zeros(n, 3, dtype=torch.float64, device=start.device)
+        self.d_t = torch.zeros_like(self.d_r)
+        self.step_r = torch.full((n,), s.rot_step_deg, dtype=torch.float64, device=start.device)
+        self.step_t = torch.full((n,), s.trans_step_mm, dtype=torch.float64, device=start.device)
+
+    def update(self, p: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, first: bool) -> None:
+        """Accept ``p`` where ``L_N`` went down (adapting the steps to the new directions), else go back and halve."""
+        loss = loss.detach().double()
+        better = loss <= self.best_loss
+        d_r, d_t = unit(grad[:, :3].detach()), unit(grad[:, 3:].detach())
+        b = better[:, None]
+        if not first:  # halve a step whose direction reversed, grow the others by 30 %
+            grow_r = torch.where((d_r * self.d_r).sum(-1) < 0, 0.5 * self.step_r,
+                                 (1.3 * self.step_r).clamp(max=self.s.max_rot_step_deg))
+            grow_t = torch.where((d_t * self.d_t).sum(-1) < 0, 0.5 * self.step_t,
+                                 (1.3 * self.step_t).clamp(max=self.s.max_trans_step_mm))
+            self.step_r = torch.where(better, grow_r, 0.5 * self.step_r)
+            self.step_t = torch.where(better, grow_t, 0.5 * self.step_t)
+        self.best = torch.where(b, p, self.best)
+        self.best_loss = torch.where(better, loss, self.best_loss)
+        self.d_r, self.d_t = torch.where(b, d_r, self.d_r), torch.where(b, d_t, self.d_t)
+
+    def next_pose(self, rotation_frozen: bool) -> tuple[torch.Tensor, bool]:
+        """The next pose to try and whether any case still moves."""
+        move_r = torch.where(self.step_r >= self.s.min_rot_step_deg, self.step_r, 0.0)
+        move_r = move_r * (0.0 if rotation_frozen else 1.0)
+        move_t = torch.where(self.step_t >= self.s.min_trans_step_mm, self.step_t, 0.0)
+        moving = bool(((move_r > 0) | (move_t > 0)).any())
+        return self.best - torch.cat([move_r[:, None] * self.d_r, move_t[:, None] * self.d_t], 1), moving
 
 
 def iterate(net: FineNet, scene: FineScene, fixed: torch.Tensor, start: torch.Tensor,
@@ -281,35 +313,29 @@ def iterate(net: FineNet, scene: FineScene, fixed: torch.Tensor, start: torch.Te
             should_stop: Callable[[], bool] | None = None) -> IterationResult:
     """Descend ``L_N`` from ``start`` ``[B, 6]`` (degrees, mm) for X-ray inputs ``fixed`` ``[B, 1, S, S]``.
 
-    The network should be in evaluation mode. Every case of the batch has its own step lengths and
-    stops on its own (its parameters no longer change once both step lengths are below the minimum).
+    Each iteration evaluates ``L_N`` and its pose gradient at a trial pose. Where ``L_N`` went down,
+    the trial pose is kept and the next one is a rotation step and a translation step along the
+    new (normalised) descent directions, each step halved if its direction reversed and grown by
+    30 % otherwise (up to the maximum); where ``L_N`` went up, the trial is dropped and both steps
+    halved from the best pose. Every case of the batch has its own steps and stops on its own
+    (once both are below their minimum). The network should be in evaluation mode.
     """
     s = settings or IterationSettings()
     t0 = time.perf_counter()
     with torch.no_grad():
         e_f = net.encode_fixed(fixed)
     p = start.detach().to(scene.device, torch.float64).clone()
-    n = p.shape[0]
-    step_r = torch.full((n,), s.rot_step_deg, dtype=torch.float64, device=p.device)
-    step_t = torch.full((n,), s.trans_step_mm, dtype=torch.float64, device=p.device)
-    prev_r = prev_t = None
-    initial = loss = None
+    walk = _Walk(p, s)
+    initial = None
     message, it = f"stopped after {s.max_iterations} iterations", 0
     for it in range(1, s.max_iterations + 1):
         loss, grad = pose_gradient(net, scene, p, e_f, use_mask=use_mask)
         initial = loss.detach() if initial is None else initial
-        d_r, d_t = unit(grad[:, :3]), unit(grad[:, 3:])
-        step_r, step_t = _adapt(step_r, d_r, prev_r, s.max_rot_step_deg), _adapt(step_t, d_t, prev_t,
-                                                                                  s.max_trans_step_mm)
-        frozen = s.freeze_rotation_after is not None and it > s.freeze_rotation_after
-        move_r = torch.where(step_r >= s.min_rot_step_deg, step_r, 0.0) * (0.0 if frozen else 1.0)
-        move_t = torch.where(step_t >= s.min_trans_step_mm, step_t, 0.0)
-        with torch.no_grad():
-            p = p - torch.cat([move_r[:, None] * d_r, move_t[:, None] * d_t], 1)
-        prev_r, prev_t = d_r, d_t
+        walk.update(p, loss, grad, first=it == 1)
+        p, moving = walk.next_pose(s.freeze_rotation_after is not None and it > s.freeze_rotation_after)
         if progress is not None:
-            progress(it / s.max_iterations, f"iteration {it}: L_N {float(loss.mean()):.4f}")
-        if not bool(((move_r > 0) | (move_t > 0)).any()):
+            progress(it / s.max_iterations, f"iteration {it}: L_N {float(walk.best_loss.mean()):.4f}")
+        if not moving:
             message = f"converged after {it} iterations (updates below {s.min_rot_step_deg} deg, " \
                       f"{s.min_trans_step_mm} mm)"
             break
@@ -319,18 +345,8 @@ def iterate(net: FineNet, scene: FineScene, fixed: torch.Tensor, start: torch.Te
         if s.time_budget_s is not None and time.perf_counter() - t0 > s.time_budget_s:
             message = f"stopped at the time budget ({s.time_budget_s:g} s) after {it} iterations"
             break
-    with torch.no_grad():
-        final, _ = _loss_at(net, scene, p, e_f, use_mask)
-    converged = (step_r < s.min_rot_step_deg) & (step_t < s.min_trans_step_mm)
-    return IterationResult(p, final, initial if initial is not None else final, it, converged, message)
-
-
-def _loss_at(net: FineNet, scene: FineScene, params: torch.Tensor, e_f: torch.Tensor,
-             use_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(L_N [B], e_m)`` at ``params`` without gradients."""
-    e_m = net.encode_moving(scene.moving(params))
-    mask = scene.mask(params, tuple(e_m.shape[-2:])) if use_mask else None
-    return embedded_distance(e_m, e_f, mask), e_m
+    converged = (walk.step_r < s.min_rot_step_deg) & (walk.step_t < s.min_trans_step_mm)
+    return IterationResult(walk.best, walk.best_loss, initial, it, converged, message)
 
 
 @dataclass
@@ -376,21 +392,22 @@ class FineObjective:
         self.val_start: torch.Tensor | None = None
         self.val_target: torch.Tensor | None = None
 
-    def loss(self, net: FineNet, fixed: torch.Tensor, target: torch.Tensor, step: int
+    def loss(self, net: FineNet, fixed: torch.Tensor, target: torch.Tensor, step: int, scale: float = 1.0
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """SOPI eq. 7 averaged over a batch: X-ray-like inputs ``fixed`` ``[B, 1, S, S]`` of targets ``[B, 6]``.
 
-        The start offsets are a function of ``step`` (and the seed). Gradients are on even inside
-        ``torch.no_grad()``: the loss is made of a pose gradient.
+        The start offsets are a function of ``step`` (and the seed), times ``scale`` (the trainer's
+        incremental range). Gradients are on even inside ``torch.no_grad()``: the loss is made of a
+        pose gradient.
         """
         with torch.enable_grad():
-            return self._loss(net, fixed, target, step)
+            return self._loss(net, fixed, target, step, scale)
 
-    def _loss(self, net: FineNet, fixed: torch.Tensor, target: torch.Tensor, step: int
+    def _loss(self, net: FineNet, fixed: torch.Tensor, target: torch.Tensor, step: int, scale: float
               ) -> tuple[torch.Tensor, dict[str, float]]:
         rng = np.random.default_rng([self.seed, 7, step])
         t = target.detach().to(self.scene.device, torch.float64)
-        start = t + torch.as_tensor(self.offsets.sample(rng, t.shape[0]), device=t.device)
+        start = t + scale * torch.as_tensor(self.offsets.sample(rng, t.shape[0]), device=t.device)
         start.requires_grad_()
         e_f = net.encode_fixed(fixed)
         l_n, grad = pose_gradient(net, self.scene, start, e_f, use_mask=self.use_mask, create_graph=True)

@@ -87,7 +87,7 @@ class TrainOptions:
         alpha, beta, lam: RTPI loss weights (gradient difference between the X-ray and the DRR at
             the predicted pose, MSE of normalised parameters, L2 of the weights).
         gd_start: fraction of training after which the RTPI's gradient-difference term is on.
-        fine_channels, fine_embed, composite: sopi-fine architecture (see :class:`CompositeConfig`).
+        fine_channels, fine_embed, composite, fine_norm: sopi-fine architecture (see :class:`CompositeConfig`).
         mask_loss: sopi-fine: weight the embedded distance by the projected CT mask.
         fine_rot_deg, fine_trans_mm: sopi-fine: standard deviations of the training starts' offsets
             from their targets (see :class:`sopi_fine.FineOffsets`).
@@ -128,6 +128,7 @@ class TrainOptions:
     fine_channels: int = 8
     fine_embed: int = 16
     composite: bool = True
+    fine_norm: str = "none"
     mask_loss: bool = True
     fine_rot_deg: float = 5.0
     fine_trans_mm: float = 10.0
@@ -178,7 +179,8 @@ def build_network(options: TrainOptions) -> torch.nn.Module:
                                              autoencoder=options.autoencoder, attention=options.attention))
     if options.method == FINE_MODEL:
         return FineNet(CompositeConfig(input_size=size, channels=options.fine_channels,
-                                       embed_channels=options.fine_embed, composite=options.composite))
+                                       embed_channels=options.fine_embed, composite=options.composite,
+                                       norm=options.fine_norm))
     return RTPI(RTPIConfig(input_size=size))
 
 
@@ -324,7 +326,7 @@ class Trainer:
         """Training loss of a batch and its parts."""
         o = self.options
         if self.fine is not None:
-            return self.fine.loss(self.net, x, params, self.state.step)
+            return self.fine.loss(self.net, x, params, self.state.step, self.range_scale(fraction))
         out = self.net(x)
         parts: dict[str, torch.Tensor] = {}
         if o.method == "regressor":

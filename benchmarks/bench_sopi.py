@@ -1,0 +1,158 @@
+"""SOPI's stage 2 (sopi-fine) on the sample chest CT: training time, and SOPI's Table 1 on the SOPI-like cases.
+
+    PYTHONPATH=XRayCTRegistration NUMBA_NUM_THREADS=1 python benchmarks/bench_sopi.py --stages train,eval \
+        --fine-budget 540 --rtpi-budget 180 --cases 20
+
+Stages (``--stages``): ``train`` trains the sopi-fine model (``xrayctreg train --model sopi-fine``) and
+an RTPI initialiser on the chest CT for the benchmark's detector (128 x 128 pixels of 4 mm, sdd 1020
+mm), one torch thread each; ``eval`` runs every row of the table on the SOPI-like cases of the
+registration benchmark's protocol (``evaluation.make_cases(..., init="sopi")``: ground truth uniform in
++-10 deg / +-20 mm around the AP view, start N(6.4, 3.8) deg and N(15, 8.6) mm away, X-ray = DRR +
+noise + blur + random contrast). Models are kept in ``--work`` so the stages can run separately.
+Results: ``benchmarks/results/sopi.md`` and ``sopi_rows.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
+
+from common import machine_info  # noqa: E402
+from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
+from XRayCTRegistrationLib.cli import main as cli  # noqa: E402
+from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
+from XRayCTRegistrationLib.geometry import Camera  # noqa: E402
+from XRayCTRegistrationLib.pipeline import register_xray  # noqa: E402
+from XRayCTRegistrationLib.sopi_refine import load_fine_model  # noqa: E402
+from XRayCTRegistrationLib.training import load_initialiser, read_model_file  # noqa: E402
+from XRayCTRegistrationLib.volume import read_ct  # noqa: E402
+
+CAMERA = Camera(1020.0, 128, 128, 4.0, 4.0)
+"""The registration benchmark's detector (``bench_registration.py``)."""
+
+OUT = HERE / "results"
+
+
+def train_stage(args: argparse.Namespace, ct_path: str) -> dict:
+    """Train the sopi-fine model and the RTPI initialiser through the CLI; wall times and loads."""
+    work = args.work
+    CAMERA.save(work / "geometry.json")
+    info = {}
+    for kind, budget, name in (("sopi-fine", args.fine_budget, "fine.pt"), ("rtpi", args.rtpi_budget, "rtpi.pt")):
+        if budget <= 0:
+            continue
+        command = ["train", "--ct", ct_path, "--geometry", str(work / "geometry.json"), "--model", kind,
+                   "--out", str(work / name), "--time-budget", str(budget), "--rot-range", "10",
+                   "--trans-range", "20", "--threads", "1", "--quiet"]
+        load0, t0 = os.getloadavg(), time.time()
+        assert cli(command) == 0
+        info[kind] = {"command": "xrayctreg " + " ".join(command), "wall_s": time.time() - t0,
+                      "load_start": load0, "load_end": os.getloadavg()}
+        print(info[kind], flush=True)
+    (work / "train_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def methods(args: argparse.Namespace, cases: ev.CaseSet, ct) -> dict:
+    """Every row's ``register_fn`` (name -> function of a case)."""
+    fine = load_fine_model(args.work / "fine.pt") if (args.work / "fine.pt").exists() else None
+    rtpi = load_initialiser(args.work / "rtpi.pt") if (args.work / "rtpi.pt").exists() else None
+    rows = {"Initial": lambda case: case.world_from_camera_init}
+    for m in args.opt_methods.split(","):
+        rows[f"Opt-{m[4:].upper()} ({m})"] = ev.intensity_method(m)(cases)
+    if fine is not None:
+        rows["sopi-fine (from the start)"] = ev.intensity_method("sopi-fine", model=fine)(cases)
+        rows["sopi-fine + opt-lncc (from the start)"] = ev.intensity_method("sopi-fine-opt", model=fine)(cases)
+    if rtpi is not None:
+        def with_rtpi(method: str | None, **options):
+            def fn(case: ev.Case):
+                return register_xray(ct, case.xray, cases.camera, rtpi, method=method or "opt-lncc",
+                                     refine=method is not None, volume_mu=cases.volume_mu, **options)
+            return fn
+        rows["RTPI alone"] = with_rtpi(None)
+        rows["RTPI + opt-lncc"] = with_rtpi("opt-lncc")
+        if fine is not None:
+            rows["SOPI: RTPI + sopi-fine"] = with_rtpi("sopi-fine", model=fine)
+            rows["SOPI + opt: RTPI + sopi-fine + opt-lncc"] = with_rtpi("sopi-fine-opt", model=fine)
+    return rows
+
+
+def eval_stage(args: argparse.Namespace, ct) -> tuple[dict, dict]:
+    """Run every row on the SOPI-like cases; returns (summaries, rows)."""
+    cases = ev.make_cases(ct, CAMERA, args.cases, seed=args.seed, init="sopi")
+    fns = methods(args, cases, ct)
+    ev.run_method(cases.subset([0]), fns[next(k for k in fns if k.startswith("Opt-"))], name="warm-up")
+    rows, summaries = {}, {}
+    for name, fn in fns.items():
+        rows[name] = ev.run_method(cases, fn, name=name, log=print)
+        summaries[name] = ev.summarize(rows[name], name)
+    return summaries, rows
+
+
+def write_report(args, summaries, rows, train_info, load_start, load_end, wall) -> None:
+    """``sopi.md`` and ``sopi_rows.json``."""
+    fine = read_model_file(args.work / "fine.pt") if (args.work / "fine.pt").exists() else None
+    lines = ["# SOPI stage 2 (sopi-fine) on the sample chest CT", "",
+             f"Command: `PYTHONPATH=XRayCTRegistration NUMBA_NUM_THREADS=1 python benchmarks/bench_sopi.py "
+             f"--stages {args.stages} --fine-budget {args.fine_budget:g} --rtpi-budget {args.rtpi_budget:g} "
+             f"--cases {args.cases} --seed {args.seed}`", "",
+             f"Machine: {machine_info()}; load average {load_start[0]:.1f} at the start of the evaluation, "
+             f"{load_end[0]:.1f} at its end (the machine is shared); evaluation wall time {wall:.0f} s.", ""]
+    if train_info:
+        lines += ["## Training (CPU, one torch thread, one numba thread)", ""]
+        for kind, t in train_info.items():
+            lines.append(f"- {kind}: `{t['command']}`: {t['wall_s']:.0f} s wall, load average "
+                         f"{t['load_start'][0]:.1f} -> {t['load_end'][0]:.1f}")
+        lines.append("")
+    if fine is not None:
+        h = fine["history"]
+        lines += [f"sopi-fine model: {fine['step']} steps in {fine['train_time_s']:.0f} s of training time; "
+                  f"validation (15 fine iterations from starts about 10 deg / 20 mm away) "
+                  f"{h[0][3]:.1f} deg / {h[0][4]:.1f} mm after the first {h[0][0]} steps, "
+                  f"{h[-1][3]:.1f} deg / {h[-1][4]:.1f} mm at the end.", ""]
+    lines += [f"## SOPI Table 1 layout: {args.cases} SOPI-like cases (seed {args.seed})", "",
+              ev.markdown_table(list(summaries.values()), capture=False), ""]
+    (args.out / "sopi.md").write_text("\n".join(lines) + "\n")
+    (args.out / "sopi_rows.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stages", default="train,eval")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/xrayctreg_bench_sopi"))
+    ap.add_argument("--fine-budget", type=float, default=540.0, help="sopi-fine training time, s")
+    ap.add_argument("--rtpi-budget", type=float, default=180.0, help="RTPI training time, s (0: none)")
+    ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--opt-methods", default="opt-ncc,opt-gc,opt-ngi,opt-lncc")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    ct_path = str(sample_ct_path())
+    stages = args.stages.split(",")
+    train_info = train_stage(args, ct_path) if "train" in stages else {}
+    if not train_info and (args.work / "train_info.json").exists():
+        train_info = json.loads((args.work / "train_info.json").read_text())
+    if "eval" in stages:
+        ct = read_ct(ct_path)
+        load_start, t0 = os.getloadavg(), time.time()
+        summaries, rows = eval_stage(args, ct)
+        write_report(args, summaries, rows, train_info, load_start, os.getloadavg(), time.time() - t0)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
