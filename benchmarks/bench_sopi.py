@@ -3,12 +3,14 @@
     PYTHONPATH=XRayCTRegistration NUMBA_NUM_THREADS=1 python benchmarks/bench_sopi.py --stages train,eval \
         --fine-budget 540 --rtpi-budget 180 --cases 20
 
-Stages (``--stages``): ``train`` trains the sopi-fine model (``xrayctreg train --model sopi-fine``) and
-an RTPI initialiser on the chest CT for the benchmark's detector (128 x 128 pixels of 4 mm, sdd 1020
-mm), one torch thread each; ``eval`` runs every row of the table on the SOPI-like cases of the
-registration benchmark's protocol (``evaluation.make_cases(..., init="sopi")``: ground truth uniform in
-+-10 deg / +-20 mm around the AP view, start N(6.4, 3.8) deg and N(15, 8.6) mm away, X-ray = DRR +
-noise + blur + random contrast). Models are kept in ``--work`` so the stages can run separately.
+Stages (``--stages``): ``train`` trains the sopi-fine model and an RTPI initialiser on the chest CT
+(``training.train`` with the options of ``xrayctreg train --model KIND --time-budget B --rot-range 10
+--trans-range 20``) for the benchmark's detector (128 x 128 pixels of 4 mm, sdd 1020 mm), on ``--device``;
+``ablation`` trains the sopi-fine variants of SOPI's Table 2 (:data:`VARIANTS`) with the same budget;
+``eval`` runs every row of the table on the CPU on the SOPI-like cases of the registration benchmark's
+protocol (``evaluation.make_cases(..., init="sopi")``: ground truth uniform in +-10 deg / +-20 mm around
+the AP view, start N(6.4, 3.8) deg and N(15, 8.6) mm away, X-ray = DRR + noise + blur + random
+contrast). Models are kept in ``--work`` so the stages can run separately (also in parallel).
 Results: ``benchmarks/results/sopi.md`` and ``sopi_rows.json``.
 """
 
@@ -30,38 +32,69 @@ sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
 from common import machine_info  # noqa: E402
 from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
-from XRayCTRegistrationLib.cli import main as cli  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera  # noqa: E402
 from XRayCTRegistrationLib.pipeline import register_xray  # noqa: E402
 from XRayCTRegistrationLib.sopi_refine import load_fine_model  # noqa: E402
-from XRayCTRegistrationLib.training import load_initialiser, read_model_file  # noqa: E402
-from XRayCTRegistrationLib.volume import read_ct  # noqa: E402
+from XRayCTRegistrationLib.training import TrainOptions, load_initialiser, read_model_file, train  # noqa: E402
+from XRayCTRegistrationLib.training_data import PoseRange  # noqa: E402
+from XRayCTRegistrationLib.volume import Volume, read_ct  # noqa: E402
 
 CAMERA = Camera(1020.0, 128, 128, 4.0, 4.0)
 """The registration benchmark's detector (``bench_registration.py``)."""
 
 OUT = HERE / "results"
 
+VARIANTS = {
+    # name: (TrainOptions overrides, Table 2 label)
+    "no-ce": (dict(composite=False), "without the composite encoder (leader branch alone)"),
+    "no-el": (dict(mask_loss=False), "without the embedded-feature loss's projection mask"),
+}
+"""SOPI's Table 2 ablation: sopi-fine variants trained with the same budget (``--stages ablation``)."""
 
-def train_stage(args: argparse.Namespace, ct_path: str) -> dict:
-    """Train the sopi-fine model and the RTPI initialiser through the CLI; wall times and loads."""
+
+def load_ct(args: argparse.Namespace, ct_path: str) -> Volume:
+    """The chest CT in HU: from ``--ct-npz`` (``data`` int16 ``[k, j, i]`` and ``ijk_to_ras``, for a machine
+    without SimpleITK) or the sample data file."""
+    if args.ct_npz is None:
+        return read_ct(ct_path)
+    z = np.load(args.ct_npz)
+    return Volume(z["data"].astype(np.float32), z["ijk_to_ras"])
+
+
+def train_stage(args: argparse.Namespace, ct: Volume, ct_path: str) -> dict:
+    """Train the sopi-fine model and the RTPI initialiser (``training.train``) on ``--device``; times and loads.
+
+    The options are those of ``xrayctreg train --model KIND --time-budget B --rot-range 10 --trans-range 20
+    --threads 1`` (batch 8 for sopi-fine, 32 for RTPI; ``--fine-batch`` changes the first).
+    """
     work = args.work
-    CAMERA.save(work / "geometry.json")
     info = {}
     for kind, budget, name in (("sopi-fine", args.fine_budget, "fine.pt"), ("rtpi", args.rtpi_budget, "rtpi.pt")):
         if budget <= 0:
             continue
-        command = ["train", "--ct", ct_path, "--geometry", str(work / "geometry.json"), "--model", kind,
-                   "--out", str(work / name), "--time-budget", str(budget), "--rot-range", "10",
-                   "--trans-range", "20", "--threads", "1", "--quiet"]
+        options = TrainOptions(method=kind, time_budget_s=budget, batch_size=args.fine_batch if kind == "sopi-fine"
+                               else 32, pose_range=PoseRange(10.0, 20.0))
         load0, t0 = os.getloadavg(), time.time()
-        assert cli(command) == 0
-        info[kind] = {"command": "xrayctreg " + " ".join(command), "wall_s": time.time() - t0,
-                      "load_start": load0, "load_end": os.getloadavg()}
+        summary = train(ct, CAMERA, work / name, options, device=args.device, ct_source=ct_path)
+        info[kind] = {"device": str(args.device), "batch": options.batch_size, "budget_s": budget,
+                      "wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg(), **summary}
         print(info[kind], flush=True)
     (work / "train_info.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def ablation_stage(args: argparse.Namespace, ct: Volume, ct_path: str) -> None:
+    """Train the ``--variants`` of :data:`VARIANTS` with the sopi-fine budget into ``fine-<variant>.pt``."""
+    for name in args.variants.split(","):
+        overrides, _ = VARIANTS[name]
+        options = TrainOptions(method="sopi-fine", time_budget_s=args.fine_budget, batch_size=args.fine_batch,
+                               pose_range=PoseRange(10.0, 20.0), **overrides)
+        t0, load0 = time.time(), os.getloadavg()
+        summary = train(ct, CAMERA, args.work / f"fine-{name}.pt", options, device=args.device, ct_source=ct_path)
+        info = {"wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg(), **summary}
+        (args.work / f"train_info-{name}.json").write_text(json.dumps(info, indent=2))
+        print(name, info, flush=True)
 
 
 def methods(args: argparse.Namespace, cases: ev.CaseSet, ct) -> dict:
@@ -85,6 +118,10 @@ def methods(args: argparse.Namespace, cases: ev.CaseSet, ct) -> dict:
         if fine is not None:
             rows["SOPI: RTPI + sopi-fine"] = with_rtpi("sopi-fine", model=fine)
             rows["SOPI + opt: RTPI + sopi-fine + opt-lncc"] = with_rtpi("sopi-fine-opt", model=fine)
+        for name, (_, label) in VARIANTS.items():
+            path = args.work / f"fine-{name}.pt"
+            if path.exists():
+                rows[f"RTPI + sopi-fine {label}"] = with_rtpi("sopi-fine", model=load_fine_model(path))
     return rows
 
 
@@ -110,10 +147,12 @@ def write_report(args, summaries, rows, train_info, load_start, load_end, wall) 
              f"Machine: {machine_info()}; load average {load_start[0]:.1f} at the start of the evaluation, "
              f"{load_end[0]:.1f} at its end (the machine is shared); evaluation wall time {wall:.0f} s.", ""]
     if train_info:
-        lines += ["## Training (CPU, one torch thread, one numba thread)", ""]
+        lines += ["## Training", ""]
         for kind, t in train_info.items():
-            lines.append(f"- {kind}: `{t['command']}`: {t['wall_s']:.0f} s wall, load average "
-                         f"{t['load_start'][0]:.1f} -> {t['load_end'][0]:.1f}")
+            lines.append(f"- {kind} on {t['device']}: batch {t['batch']}, {t['steps']} steps in "
+                         f"{t['train_time_s']:.0f} s of training time (budget {t['budget_s']:g} s), "
+                         f"{t['wall_s']:.0f} s wall, load average {t['load_start'][0]:.1f} -> "
+                         f"{t['load_end'][0]:.1f}; validation {t['val_rot_deg']:.2f} deg, {t['val_trans_mm']:.1f} mm")
         lines.append("")
     if fine is not None:
         h = fine["history"]
@@ -134,6 +173,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/xrayctreg_bench_sopi"))
     ap.add_argument("--fine-budget", type=float, default=540.0, help="sopi-fine training time, s")
     ap.add_argument("--rtpi-budget", type=float, default=180.0, help="RTPI training time, s (0: none)")
+    ap.add_argument("--fine-batch", type=int, default=8, help="sopi-fine training batch")
+    ap.add_argument("--device", default="cpu", help="training device (cpu, cuda); evaluation runs on the CPU")
+    ap.add_argument("--ct-npz", type=Path, default=None, help="the CT as an npz (data, ijk_to_ras) instead of the "
+                                                            "sample data file (for a machine without SimpleITK)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="ablation variants to train")
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--opt-methods", default="opt-ncc,opt-gc,opt-ngi,opt-lncc")
@@ -141,13 +185,15 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    ct_path = str(sample_ct_path())
+    ct_path = str(sample_ct_path()) if args.ct_npz is None else str(args.ct_npz)
+    ct = load_ct(args, ct_path)
     stages = args.stages.split(",")
-    train_info = train_stage(args, ct_path) if "train" in stages else {}
+    train_info = train_stage(args, ct, ct_path) if "train" in stages else {}
+    if "ablation" in stages:
+        ablation_stage(args, ct, ct_path)
     if not train_info and (args.work / "train_info.json").exists():
         train_info = json.loads((args.work / "train_info.json").read_text())
     if "eval" in stages:
-        ct = read_ct(ct_path)
         load_start, t0 = os.getloadavg(), time.time()
         summaries, rows = eval_stage(args, ct)
         write_report(args, summaries, rows, train_info, load_start, os.getloadavg(), time.time() - t0)
