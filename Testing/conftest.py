@@ -4,13 +4,20 @@ The Slicer fixtures import slicer-core, the stand-ins and the module only when a
 them, so the library's tests do not load Slicer.
 """
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "XRayCTRegistration"))
+
+# Without a GPU the Triton kernels (test_projector_triton.py) run under Triton's interpreter, which must be chosen
+# before triton is first imported. Only the triton backend imports triton, and on the CPU only when asked for.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 # -- 3D Slicer module (headless, slicer-core) ---------------------------------------------------------

@@ -129,10 +129,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         pose = load_pose(args.pose)
     else:
         pose = reference.pose(random_params(rng, args.rot_range, args.trans_range))
-    noise = NoiseModel(photons=args.photons, blur_px=args.blur, gamma=args.gamma, gain=args.gain, offset=args.offset)
-    with torch.no_grad():
-        drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
-    xray = xray_from_drr(drr, noise, rng)
+    if args.physics:
+        xray = _simulate_physics(args, ct, camera, pose)
+    else:
+        noise = NoiseModel(photons=args.photons, blur_px=args.blur, gamma=args.gamma, gain=args.gain,
+                           offset=args.offset)
+        with torch.no_grad():
+            drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
+        xray = xray_from_drr(drr, noise, rng)
     with staged_dir(args.out_dir) as tmp:
         write_image(xray, tmp / "xray.nrrd", camera)
         camera.save(tmp / "xray.json")
@@ -142,6 +146,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"wrote {args.out_dir}/xray.nrrd, xray.json (geometry), pose.json (ground truth), xray.png")
     print(f"pose: {format_params(params)}")
     return 0
+
+
+def _simulate_physics(args: argparse.Namespace, ct, camera, pose: np.ndarray) -> np.ndarray:
+    """``simulate --physics``: materials, tube spectrum, scatter, blur and noise (see physics.py)."""
+    from .physics import PhysicsSettings, simulate_xray
+
+    settings = PhysicsSettings(kvp=args.kvp, filtration_mm_al=args.filtration_mm_al, scatter_fraction=args.scatter,
+                               photons=args.photons, electronic_std=args.electronic_noise, blur_px=args.blur)
+    return simulate_xray(ct, camera, pose, settings, seed=args.seed, **_samples(args))
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -171,6 +184,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
     if args.model:
         options["model"] = args.model
+    if args.renderer == "physics":
+        mu, options["renderer"] = _physics_renderer(args, ct)
     outs = [args.out] + ([args.fusion] if args.fusion else [])
     progress = Progress("register", enabled=not args.quiet)
     try:
@@ -196,6 +211,18 @@ def _check_register_args(args: argparse.Namespace) -> None:
         raise InputError("--no-refine needs --init-model")
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
+    if args.renderer == "physics" and args.labels:
+        raise InputError("--renderer physics does not take --labels yet")
+
+
+def _physics_renderer(args: argparse.Namespace, ct) -> tuple:
+    """``register --renderer physics``: (stand-in volume, renderer) of the CT's materials (see physics.py)."""
+    from .materials import decompose
+    from .physics import physics_renderer
+    from .spectrum import TubeSpectrum
+
+    return physics_renderer(decompose(ct), spectrum=TubeSpectrum(args.kvp, args.filtration_mm_al),
+                            scatter_fraction=args.scatter)
 
 
 def _init_source(args: argparse.Namespace) -> tuple[object, str | None]:
@@ -344,6 +371,13 @@ def _add_simulate(sub) -> None:
     p.add_argument("--gamma", type=float, default=1.0, help="contrast exponent")
     p.add_argument("--gain", type=float, default=1.0, help="contrast gain")
     p.add_argument("--offset", type=float, default=0.0, help="contrast offset (fraction of the image range)")
+    p.add_argument("--physics", action="store_true",
+                   help="physics model: bone/soft-tissue materials, tube spectrum, scatter (--gamma/--gain/--offset "
+                        "are not used)")
+    p.add_argument("--kvp", type=float, default=100.0, help="--physics: tube voltage, kV (20-150)")
+    p.add_argument("--filtration-mm-al", type=float, default=2.5, help="--physics: total filtration, mm Al")
+    p.add_argument("--scatter", type=float, default=0.0, help="--physics: scatter-to-primary ratio of the fog")
+    p.add_argument("--electronic-noise", type=float, default=0.0, help="--physics: electronic noise, counts (std)")
     p.add_argument("--out-dir", required=True, help="output folder (created)")
     _add_common_render(p)
     p.set_defaults(func=cmd_simulate)
@@ -382,6 +416,12 @@ def _add_register(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
+    p.add_argument("--renderer", choices=("mono", "physics"), default="mono",
+                   help="DRRs of the similarity: monochromatic line integrals, or the physics model (materials, "
+                        "spectrum, scatter; see --kvp, --filtration-mm-al, --scatter)")
+    p.add_argument("--kvp", type=float, default=100.0, help="--renderer physics: tube voltage, kV")
+    p.add_argument("--filtration-mm-al", type=float, default=2.5, help="--renderer physics: filtration, mm Al")
+    p.add_argument("--scatter", type=float, default=0.0, help="--renderer physics: scatter-to-primary ratio")
     p.set_defaults(func=cmd_register)
 
 

@@ -16,14 +16,20 @@ Two backends compute the same thing:
   so gradients reach ``world_from_camera`` and anything it was computed from. No volume gradient.
 - ``"torch"``: ``grid_sample`` on chunks of rays; runs on CUDA and gives gradients with respect to
   the volume as well as the pose.
+- ``"triton"``: fused GPU kernels (:mod:`._raymarch_triton`): clipping, sampling and accumulation in
+  one kernel, the pose gradient from per-ray Jacobians as in the numba backend and the volume gradient
+  from a second kernel. Needs the optional ``triton`` package and a CUDA volume (or, for tests, a CPU
+  volume with ``TRITON_INTERPRET=1`` set before the first use).
 
 ``backend="auto"`` (the default) takes numba when the volume is on the CPU and does not require a
-gradient, and torch otherwise.
+gradient, triton on CUDA when triton imports, and torch otherwise.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -49,8 +55,28 @@ voxels) every pixel is within 1 % of the image maximum, and within 0.1 % of a 20
 Rays crossing far more than ~500 voxels may want more: :func:`samples_for` samples every voxel.
 """
 
-BACKENDS = ("auto", "numba", "torch")
+BACKENDS = ("auto", "numba", "torch", "triton")
 """Accepted values of the ``backend`` argument."""
+
+_TRITON: list[ModuleType | None] = []  # the imported Triton kernels (or None), once tried
+
+
+def triton_kernels() -> ModuleType | None:
+    """The module of Triton kernels, or None when ``triton`` does not import (tried once per process)."""
+    if not _TRITON:
+        try:
+            _TRITON.append(importlib.import_module(f"{__package__}._raymarch_triton"))
+        except ImportError:
+            _TRITON.append(None)
+    return _TRITON[0]
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device``: CUDA, or the CPU under Triton's interpreter."""
+    kernels = triton_kernels()
+    if kernels is None:
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and kernels.INTERPRETED)
 
 
 class Projector(torch.nn.Module):
@@ -63,16 +89,18 @@ class Projector(torch.nn.Module):
         device: torch device for the volume and the rays.
         max_samples_per_chunk: torch backend: bound on the samples held in memory at once (rays
             are processed in chunks of ``max_samples_per_chunk // n_samples``).
-        backend: ``"auto"``, ``"numba"`` (CPU, pose gradient only) or ``"torch"`` (CPU or CUDA, pose
-            and volume gradients).
+        backend: ``"auto"``, ``"numba"`` (CPU, pose gradient only), ``"torch"`` (CPU or CUDA, pose
+            and volume gradients) or ``"triton"`` (CUDA, pose and volume gradients; needs ``triton``).
+        volume_dtype: storage of the volume: ``torch.float32``, or ``torch.float16`` / ``torch.bfloat16``
+            (half the memory and memory traffic; triton backend only, which still computes in float32).
 
     The volume is the buffer ``mu`` ``[1, 1, K, J, I]``; set ``projector.mu.requires_grad_()`` to
-    get its gradient (the automatic backend then takes the torch path).
+    get its gradient (the automatic backend then takes the torch path on the CPU, triton on CUDA).
     """
 
     def __init__(self, volume: Volume, camera: Camera, n_samples: int = DEFAULT_SAMPLES,
                  device: str | torch.device = "cpu", max_samples_per_chunk: int = 1 << 23,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", volume_dtype: torch.dtype = torch.float32) -> None:
         """Upload the volume and precompute the ray directions."""
         super().__init__()
         if backend not in BACKENDS:
@@ -82,6 +110,12 @@ class Projector(torch.nn.Module):
         dev = torch.device(device)
         if backend == "numba" and dev.type != "cpu":
             raise InputError(f"backend: 'numba' runs on the CPU only, got device {dev}")
+        if backend == "triton" and not _triton_runs_on(dev):
+            raise InputError(_triton_unavailable(dev))
+        if volume_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise InputError(f"volume_dtype: expected torch.float32, float16 or bfloat16, got {volume_dtype}")
+        if volume_dtype != torch.float32 and (backend in ("numba", "torch") or not _triton_runs_on(dev)):
+            raise InputError(f"volume_dtype: {volume_dtype} needs the triton backend (on CUDA); use torch.float32")
         self.camera = camera
         self.n_samples = int(n_samples)
         self.max_samples_per_chunk = int(max_samples_per_chunk)
@@ -95,9 +129,10 @@ class Projector(torch.nn.Module):
         else:
             self._padded = None
             mu = torch.as_tensor(volume.data, device=dev)
-        self.register_buffer("mu", mu[None, None])  # [1, 1, K, J, I]
+        self.register_buffer("mu", mu[None, None].to(volume_dtype))  # [1, 1, K, J, I]
         self._padded_ptr = self.mu.data_ptr()
         self._ijk_from_world64 = torch.as_tensor(volume.ras_to_ijk, dtype=torch.float64)  # [4, 4]
+        self._ijk_from_world64_dev = self._ijk_from_world64
         self.register_buffer("ijk_from_world", torch.as_tensor(volume.ras_to_ijk, dtype=torch.float32, device=dev))
         dirs = camera.pixel_centers(np.float64).reshape(-1, 3)  # [R, 3] camera frame, mm
         self._dirs64 = torch.as_tensor(dirs)  # [R, 3] float64, CPU (numba backend)
@@ -105,17 +140,25 @@ class Projector(torch.nn.Module):
         self.register_buffer("shape_ijk", torch.tensor(volume.shape_ijk, dtype=torch.float32, device=dev))
 
     def active_backend(self) -> str:
-        """The backend the next :meth:`forward` will use: ``"numba"`` or ``"torch"``."""
+        """The backend the next :meth:`forward` will use: ``"numba"``, ``"torch"`` or ``"triton"``."""
         on_cpu = self.mu.device.type == "cpu"
         if self.backend == "torch":
             return "torch"
+        if self.backend == "triton":
+            if not _triton_runs_on(self.mu.device):
+                raise InputError(_triton_unavailable(self.mu.device))
+            return "triton"
         if self.backend == "numba":
             if not on_cpu:
                 raise InputError(f"backend: 'numba' runs on the CPU only, the volume is on {self.mu.device}")
             if self.mu.requires_grad:
                 raise InputError("backend: 'numba' gives no volume gradient; use backend='torch' when mu requires grad")
             return "numba"
-        return "numba" if on_cpu and not self.mu.requires_grad else "torch"
+        if on_cpu and not self.mu.requires_grad and self.mu.dtype == torch.float32:
+            return "numba"
+        if _triton_runs_on(self.mu.device) and (not on_cpu or self.mu.dtype != torch.float32):
+            return "triton"
+        return "torch"
 
     def forward(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """Render at poses ``[B, 4, 4]`` (or ``[4, 4]``); returns ``[B, rows, cols]`` (or ``[rows, cols]``).
@@ -127,8 +170,11 @@ class Projector(torch.nn.Module):
         if w.shape[-2:] != (4, 4):
             shape = list(world_from_camera.shape)
             raise InputError(f"world_from_camera: expected shape [B, 4, 4] or [4, 4], got {shape}")
-        if self.active_backend() == "numba":
+        backend = self.active_backend()
+        if backend == "numba":
             img = self._forward_numba(w)
+        elif backend == "triton":
+            img = self._forward_triton(w)
         else:
             img = self._forward_torch(w)
         img = img.reshape(-1, self.camera.rows, self.camera.cols)
@@ -170,6 +216,16 @@ class Projector(torch.nn.Module):
         d_w = torch.einsum("brim,ip->brpm", d_m, self._ijk_from_world64[:3, :])  # [B, R, 4, 4]
         shape = (w.shape[0], self.camera.rows, self.camera.cols)
         return torch.from_numpy(out).reshape(shape), d_w.reshape(*shape, 4, 4)
+
+    # -- triton backend --------------------------------------------------------------------------
+    def _forward_triton(self, w: torch.Tensor) -> torch.Tensor:
+        """Triton ray march at poses ``w`` [B, 4, 4]; returns [B, R] float32 on the volume's device."""
+        dev = self.mu.device
+        if self._ijk_from_world64_dev.device != dev:  # a copy on the volume's device, made once
+            self._ijk_from_world64_dev = self._ijk_from_world64.to(dev)
+        m = self._ijk_from_world64_dev  # [4, 4] float64
+        ijk_from_cam = (m @ w.to(dev, torch.float64))[:, :3, :].to(torch.float32)  # [B, 3, 4]
+        return triton_kernels().TritonMarch.apply(self.mu[0, 0], ijk_from_cam, self.dirs, self.n_samples)
 
     # -- torch backend ---------------------------------------------------------------------------
     def _forward_torch(self, w: torch.Tensor) -> torch.Tensor:
@@ -230,6 +286,14 @@ class _NumbaMarch(torch.autograd.Function):
         grad_b = g[..., :3].sum(1)  # [B, 3]
         grad_a = torch.einsum("bri,rj->bij", g[..., 3:], ctx.dirs64)  # [B, 3, 3]
         return torch.cat([grad_a, grad_b[..., None]], dim=-1), None, None, None, None
+
+
+def _triton_unavailable(device: torch.device) -> str:
+    """The error message for ``backend='triton'`` where it cannot run."""
+    if triton_kernels() is None:
+        return "backend: 'triton' needs the triton package (pip install triton), which does not import here"
+    return (f"backend: 'triton' runs on CUDA (or on the CPU under TRITON_INTERPRET=1 set before its first use), "
+            f"got device {device}")
 
 
 def clip_rays(o: torch.Tensor, d: torch.Tensor, shape_ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -184,7 +184,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              label_ids: Sequence[int] | None = None,
              progress: Callable[[float, str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
-             tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2) -> RegistrationResult:
+             tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
+             renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
     Args:
@@ -217,6 +218,9 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         tolerance: smallest similarity gain that counts as an improvement.
         patience: iterations without improvement before the step is halved.
         max_shrinks: halvings after which a level ends.
+        renderer: builds the DRR renderer of a pyramid level, called as ``renderer(level_volume, camera,
+            n_samples=..., device=...)`` with ``volume_mu`` block-averaged and zero-padded for the level;
+            default :class:`projector.Projector` (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
     Returns:
         A :class:`RegistrationResult`; inputs are never modified.
@@ -254,9 +258,10 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     iters_per_level = _iterations(max_iterations, len(levels))
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
     pyramid = _build_levels(volume, label_volume, images, cameras, masks, relatives, levels, iters_per_level,
-                            step_sizes, sid, dev)
+                            step_sizes, sid, dev, renderer or Projector)
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else _build_levels(
-        volume, label_volume, images, cameras, masks, relatives, [1], [0], step_sizes, sid, dev)[0]
+        volume, label_volume, images, cameras, masks, relatives, [1], [0], step_sizes, sid, dev,
+        renderer or Projector)[0]
 
     def result(params: torch.Tensor, sim: float, init_sim: float, it: int, ok: bool, msg: str,
                history: list) -> RegistrationResult:
@@ -530,7 +535,7 @@ def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
                   masks: list, relatives: list[np.ndarray], levels: Sequence[float], iterations: list[int],
-                  step_sizes, sid: float, dev: torch.device) -> list[_Level]:
+                  step_sizes, sid: float, dev: torch.device, renderer: Callable[..., torch.nn.Module]) -> list[_Level]:
     out = []
     coarse = None
     for factor, n_it in zip(levels, iterations, strict=True):
@@ -549,7 +554,7 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
             vf = [max(1, round(pix / s)) for s in volume.spacing]
             vol_l = _level_volume(volume, vf)
             n_samples = int(math.ceil(max(vol_l.shape_ijk) * SAMPLES_PER_VOXEL))
-            proj = Projector(vol_l, c, n_samples=n_samples, device=dev)
+            proj = renderer(vol_l, c, n_samples=n_samples, device=dev)
             image = downsample_image(torch.as_tensor(np.asarray(img, dtype=np.float32)), c.rows, c.cols).to(dev)
             weight = None
             if m is not None:

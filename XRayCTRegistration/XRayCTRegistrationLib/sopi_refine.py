@@ -33,7 +33,7 @@ from .training import TrainOptions, build_network, check_camera_match, read_mode
 from .training_data import RenderSettings, ct_hash, prepare_image
 from .volume import Volume
 
-INTENSITY_OPTIONS = ("levels", "max_iterations", "step_sizes", "mask", "labels", "label_ids", "tolerance",
+INTENSITY_OPTIONS = ("levels", "max_iterations", "step_sizes", "mask", "labels", "label_ids", "renderer", "tolerance",
                      "patience", "max_shrinks")
 """Options of :func:`registration.register` that ``sopi-fine-opt`` passes on to its intensity step."""
 

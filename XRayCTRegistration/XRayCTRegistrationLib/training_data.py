@@ -86,12 +86,17 @@ class RenderSettings:
         detector_size: pixels along the longer side of the downsampled detector.
         input_size: side of the square network input, pixels.
         step_vox: ray-marching step in (resampled) voxels.
+        physics_kvp: domain randomisation with the physics DRR (:mod:`.physics`): each DRR at a tube
+            voltage drawn uniformly in this range (kV); ``None`` (default) renders monochromatic DRRs.
+        physics_scatter: with ``physics_kvp``: range of the scatter-to-primary ratio (uniform).
     """
 
     ct_spacing_mm: float = 4.0
     detector_size: int = 48
     input_size: int = 48
     step_vox: float = 1.5
+    physics_kvp: tuple[float, float] | None = None
+    physics_scatter: tuple[float, float] = (0.0, 0.5)
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""
@@ -136,8 +141,12 @@ class DRRSource:
         self.volume = low_res_volume(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras), settings)
         self.low_camera = low_res_camera(camera, settings.detector_size)
         self.device = torch.device(device)
-        self.projector = Projector(self.volume, self.low_camera, n_samples=low_res_samples(self.volume, settings),
-                                   device=self.device)
+        n = low_res_samples(self.volume, settings)
+        self.projector = Projector(self.volume, self.low_camera, n_samples=n, device=self.device)
+        self.physics = None
+        if settings.physics_kvp is not None:
+            self.physics = _physics_projector(ct_hu, self.volume, self.low_camera, settings, n, self.device)
+            self._generator = torch.Generator().manual_seed(0)
 
     def poses(self, params: torch.Tensor) -> torch.Tensor:
         """``world_from_camera`` ``[B, 4, 4]`` (float32) of parameters ``[B, 6]`` (degrees, mm); differentiable."""
@@ -146,10 +155,34 @@ class DRRSource:
     def render(self, params: torch.Tensor | np.ndarray, grad: bool = False) -> torch.Tensor:
         """Line-integral DRRs ``[B, rows, cols]`` (low-resolution detector) at parameters ``[B, 6]``."""
         p = torch.as_tensor(params, dtype=torch.float64, device=self.device)
-        if grad:
-            return self.projector(self.poses(p))
-        with torch.no_grad():
-            return self.projector(self.poses(p))
+        with torch.set_grad_enabled(grad):
+            if self.physics is None:
+                return self.projector(self.poses(p))
+            return self._render_physics(self.poses(p))
+
+    def _render_physics(self, poses: torch.Tensor) -> torch.Tensor:
+        """Physics DRRs (log images) at ``poses`` ``[B, 4, 4]``, each at a random kVp and scatter."""
+        from .physics import randomised_images
+
+        b = poses.shape[0]
+        (k0, k1), (s0, s1) = self.settings.physics_kvp, self.settings.physics_scatter
+        kvps = k0 + (k1 - k0) * torch.rand(b, generator=self._generator, dtype=torch.float64)
+        fractions = s0 + (s1 - s0) * torch.rand(b, generator=self._generator, dtype=torch.float64)
+        return randomised_images(self.physics, self.physics.paths(poses), kvps, fractions)
+
+
+def _physics_projector(ct_hu: Volume, mu: Volume, camera: Camera, settings: RenderSettings, n_samples: int,
+                       device: torch.device):
+    """A physics projector of ``ct_hu`` resampled to ``mu``'s grid, at the top of the kVp range."""
+    from .materials import decompose
+    from .physics import PhysicsProjector
+    from .spectrum import TubeSpectrum
+
+    hu = resample(ct_hu, settings.ct_spacing_mm) if np.min(ct_hu.spacing) < settings.ct_spacing_mm else ct_hu
+    if hu.data.shape != mu.data.shape:
+        raise RuntimeError("physics training DRRs: the resampled HU and attenuation grids differ")
+    spectrum = TubeSpectrum(kvp=float(max(settings.physics_kvp)))
+    return PhysicsProjector(decompose(hu), camera, spectrum=spectrum, n_samples=n_samples, device=device)
 
 
 def to_input(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,0 +1,287 @@
+"""Physics-based, differentiable DRR: materials, a polychromatic spectrum, scatter, blur and noise.
+
+The model, per detector pixel (units in :mod:`.spectrum`):
+
+1. **Paths**: ``p_m`` = the line integral of material ``m``'s partial density (g/cm^3) along the
+   ray from the source to the pixel (mm), one DRR per material of a :class:`materials.MaterialVolumes`
+   rendered with :class:`projector.Projector` (same camera, same rays, same sampling).
+2. **Primary intensity** (flat-field normalised, 1 in air):
+   ``I_p = sum_E w(E) exp(-sum_m (mu/rho)_m(E) p_m * 0.1)``, ``w(E) = S(E) eta(E) / sum_E S eta`` with
+   ``S`` the tube's photon fluence (:class:`spectrum.TubeSpectrum`) and ``eta`` the detector response
+   (:class:`spectrum.Detector`); the sum runs over ``n_bins`` energy bins (:func:`spectrum.energy_bins`).
+3. **Scatter fog**: ``I = I_p + f * G_s * I_p`` with ``G_s`` a Gaussian low-pass of ``scatter_sigma_mm``
+   (mm at the detector) and ``f`` the scatter-to-primary ratio in air-free regions (``scatter_fraction``).
+4. **Detector blur**: Gaussian point spread of ``blur_px`` pixels on ``I``.
+5. **Log image**: ``-log(I / (1 + f))``: the flat-field corrected, log-converted image a detector chain
+   gives, attenuation-bright like a DRR (0 in air).
+6. **Noise** (:meth:`PhysicsProjector.simulate` only): counts ``N ~ Poisson(N0 I / (1 + f))`` plus
+   Gaussian electronic noise of ``electronic_std`` counts, then ``-log(max(N, 0.5) / N0)``.
+
+Steps 1-5 are differentiable with respect to the pose on both projector backends (numba and
+torch) and with respect to the tube voltage (:attr:`PhysicsProjector.kvp`; set
+``requires_grad_()``; the energy bins are fixed at construction, so lowering the kVp is exact and
+raising it above the construction value drops the energies above it).
+
+Each material is one :class:`projector.Projector` march through its own density volume (same
+camera and rays), so a physics DRR costs about ``M`` monochromatic DRRs plus the spectral sum. A
+fused multi-channel march (one pass computing each sample's position and trilinear weights once for
+every material) was measured on the CPU and was slower than separate single-channel marches: the
+per-sample gathers, not the index arithmetic, bound the numba kernel
+(``benchmarks/results/physics.md``). On the GPU a fused pass comes with the multi-channel kernel
+(``grid_sample`` already samples several channels at one grid).
+
+Monochromatic limit: one material whose density is ``hu_to_mu(HU) / MU_WATER``, a one-line spectrum
+(:class:`spectrum.LineSpectrum`) and mass attenuation ``MU_WATER / (1 g/cm^3 * 0.1)`` gives exactly
+today's DRR (:func:`monochromatic_equivalent`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .filters import gaussian_blur
+from .geometry import Camera
+from .materials import MaterialVolumes, decompose
+from .projector import DEFAULT_SAMPLES, Projector
+from .spectrum import (
+    CM_PER_MM,
+    Detector,
+    LineSpectrum,
+    TubeSpectrum,
+    bin_table,
+    energy_bins,
+    mass_attenuation,
+)
+from .volume import MU_WATER, Volume, block_average, pad
+
+DEFAULT_BINS = 20
+"""Energy bins of the spectral sum (see :mod:`.spectrum`: 0.5 % of the fine-grid intensity from 80 kVp up)."""
+
+
+class PhysicsProjector(torch.nn.Module):
+    """Physics DRRs of per-material density volumes: the call signature of :class:`projector.Projector`.
+
+    Args:
+        materials: per-material partial densities (g/cm^3), e.g. :func:`materials.decompose` of a CT.
+        camera: detector intrinsics.
+        spectrum: the tube (:class:`spectrum.TubeSpectrum`) or a line spectrum.
+        detector: detector response.
+        n_bins: energy bins of the spectral sum.
+        scatter_fraction: scatter-to-primary ratio ``f`` of the fog (0: none).
+        scatter_sigma_mm: width of the fog's Gaussian low-pass at the detector, mm.
+        blur_px: detector point spread, Gaussian sigma in pixels (0: none).
+        n_samples, device, backend: as for :class:`projector.Projector`.
+        attenuation: optional ``[M, F]`` mass attenuation (cm^2/g) on the spectrum's energy grid,
+            replacing the xraydb values (tests, the monochromatic limit).
+
+    ``forward(world_from_camera [B, 4, 4] or [4, 4])`` returns the log image ``[B, rows, cols]``
+    (or ``[rows, cols]``).
+    """
+
+    def __init__(self, materials: MaterialVolumes, camera: Camera, spectrum: TubeSpectrum | LineSpectrum | None = None,
+                 detector: Detector | None = None, n_bins: int = DEFAULT_BINS, scatter_fraction: float = 0.0,
+                 scatter_sigma_mm: float = 40.0, blur_px: float = 0.0, n_samples: int = DEFAULT_SAMPLES,
+                 device: str | torch.device = "cpu", backend: str = "auto",
+                 attenuation: np.ndarray | None = None) -> None:
+        """Build one projector per material and the spectral tables."""
+        super().__init__()
+        if scatter_fraction < 0 or scatter_sigma_mm <= 0 or blur_px < 0:
+            raise InputError("physics: need scatter_fraction >= 0, scatter_sigma_mm > 0 and blur_px >= 0")
+        self.camera = camera
+        self.names = materials.names
+        self.spectrum = spectrum if spectrum is not None else TubeSpectrum()
+        self.detector = detector if detector is not None else Detector()
+        self.scatter_fraction = float(scatter_fraction)
+        self.scatter_sigma_px = float(scatter_sigma_mm) / float(np.sqrt(camera.row_spacing * camera.col_spacing))
+        self.blur_px = float(blur_px)
+        self.projectors = torch.nn.ModuleList(
+            Projector(v, camera, n_samples=n_samples, device=device, backend=backend) for v in materials.volumes())
+        energies = self.spectrum.energies()
+        if attenuation is None:
+            attenuation = np.stack([mass_attenuation(n, energies) for n in self.names])
+        attenuation = np.asarray(attenuation, dtype=np.float64)
+        if attenuation.shape != (len(self.names), len(energies)):
+            raise InputError(f"attenuation: expected [{len(self.names)}, {len(energies)}], "
+                             f"got {list(attenuation.shape)}")
+        self._energies = energies
+        self.register_buffer("_mass_att", torch.as_tensor(attenuation))  # [M, F] cm^2/g
+        self.register_buffer("_eta", torch.as_tensor(self.detector.efficiency(energies)))  # [F]
+        self.kvp = torch.tensor(float(getattr(self.spectrum, "kvp", 0.0)), dtype=torch.float64)
+        w0 = self._weights().detach().numpy()
+        self.n_bins = int(energy_bins(w0, n_bins).max()) + 1
+        self.register_buffer("_bins", torch.as_tensor(energy_bins(w0, self.n_bins)))
+
+    def _weights(self) -> torch.Tensor:
+        """Detected signal weights ``S(E) eta(E)`` ``[F]`` (sum 1) at the current :attr:`kvp`."""
+        w = self.spectrum.fluence(self._energies, self.kvp) * self._eta.cpu()
+        return w / w.sum()
+
+    def spectral_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per bin: weight ``[n]`` and mass attenuation ``[M, n]`` (cm^2/g), float64, differentiable in kVp."""
+        return bin_table(self._weights(), self._mass_att.cpu(), self._bins.cpu(), self.n_bins)
+
+    def paths(self, world_from_camera: torch.Tensor) -> torch.Tensor:
+        """Density-weighted path lengths ``[B, M, R]`` (g/cm^3 * mm) at poses ``[B, 4, 4]``."""
+        w = world_from_camera[None] if world_from_camera.dim() == 2 else world_from_camera
+        return torch.stack([p(w).reshape(w.shape[0], -1) for p in self.projectors], dim=1)
+
+    def primary(self, paths: torch.Tensor) -> torch.Tensor:
+        """Flat-field primary intensity ``[B, R]`` from paths ``[B, M, R]`` (step 2 of the module docstring)."""
+        wb, mb = self.spectral_table()
+        wb = wb.to(paths.device, torch.float32)
+        mb = (mb * CM_PER_MM).to(paths.device, torch.float32)
+        depth = torch.matmul(mb.T, paths)  # [n, M] @ [B, M, R] -> [B, n, R]
+        return torch.matmul(wb, torch.exp(-depth))  # [B, R]
+
+    def detect(self, primary: torch.Tensor) -> torch.Tensor:
+        """Scatter fog and detector blur on the primary ``[B, rows, cols]``; returns ``I / (1 + f)``."""
+        x = primary[:, None]  # [B, 1, H, W]
+        if self.scatter_fraction > 0:
+            x = x + self.scatter_fraction * lowpass(x, self.scatter_sigma_px)
+        if self.blur_px > 0:
+            x = gaussian_blur(x, self.blur_px, border="replicate")
+        return x[:, 0] / (1.0 + self.scatter_fraction)
+
+    def intensity(self, world_from_camera: torch.Tensor) -> torch.Tensor:
+        """Detected, flat-field normalised intensity ``[B, rows, cols]`` (steps 1-4)."""
+        w = world_from_camera[None] if world_from_camera.dim() == 2 else world_from_camera
+        if w.shape[-2:] != (4, 4):
+            raise InputError(f"world_from_camera: expected shape [B, 4, 4] or [4, 4], got {list(w.shape)}")
+        i_p = self.primary(self.paths(w)).reshape(w.shape[0], self.camera.rows, self.camera.cols)
+        return self.detect(i_p)
+
+    def forward(self, world_from_camera: torch.Tensor) -> torch.Tensor:
+        """Log image ``-log(I / (1 + f))`` ``[B, rows, cols]`` (or ``[rows, cols]`` for one ``[4, 4]`` pose)."""
+        img = -torch.log(self.intensity(world_from_camera).clamp(min=1e-30))
+        return img[0] if world_from_camera.dim() == 2 else img
+
+    def simulate(self, world_from_camera: torch.Tensor, photons: float, electronic_std: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """A noisy log image (step 6) ``[B, rows, cols]`` or ``[rows, cols]``; no gradient."""
+        if photons <= 0:
+            raise InputError(f"photons: must be positive, got {photons!r}")
+        with torch.no_grad():
+            i = self.intensity(world_from_camera).double()
+            counts = torch.poisson(photons * i, generator=generator)
+            if electronic_std > 0:
+                counts = counts + electronic_std * torch.randn(counts.shape, generator=generator, dtype=counts.dtype,
+                                                               device=counts.device)
+            img = -torch.log(counts.clamp(min=0.5) / photons).float()
+        return img[0] if world_from_camera.dim() == 2 else img
+
+
+def lowpass(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Gaussian low-pass of images ``[B, 1, H, W]`` (sigma in pixels), cheap for wide kernels.
+
+    Wide kernels are applied on an image average-pooled by ``k = floor(sigma / 2)`` and the result
+    is interpolated back (bilinear); the pooling's own blur is small against ``sigma``.
+    """
+    h, w = x.shape[-2:]
+    k = max(1, int(sigma_px // 2))
+    small = F.avg_pool2d(x, k, ceil_mode=True) if k > 1 else x
+    small = gaussian_blur(small, float(sigma_px) / k, border="replicate")
+    if k > 1:
+        small = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return small
+
+
+def monochromatic_equivalent(mu_volume: Volume, camera: Camera, energy_kev: float = 60.0,
+                             **kwargs) -> PhysicsProjector:
+    """A :class:`PhysicsProjector` that reproduces the monochromatic DRR of ``mu_volume`` (1/mm).
+
+    One material (water) of density ``mu / MU_WATER`` g/cm^3, one energy, mass attenuation
+    ``MU_WATER / CM_PER_MM`` cm^2/g: its log image equals :class:`projector.Projector`'s line integrals.
+    """
+    mv = MaterialVolumes(("water",), (mu_volume.data / MU_WATER)[None], mu_volume.ijk_to_ras)
+    return PhysicsProjector(mv, camera, spectrum=LineSpectrum((energy_kev,), (1.0,)), n_bins=1,
+                            attenuation=np.array([[MU_WATER / CM_PER_MM]]), **kwargs)
+
+
+def randomised_images(proj: PhysicsProjector, paths: torch.Tensor, kvps: torch.Tensor,
+                      scatter_fractions: torch.Tensor) -> torch.Tensor:
+    """Log images ``[B, rows, cols]`` from paths ``[B, M, R]``, image ``b`` at ``kvps[b]`` and ``scatter_fractions[b]``.
+
+    For domain randomisation: the paths are rendered once per batch and each image gets its own tube
+    voltage (at most the projector's construction kVp) and scatter; ``proj``'s own settings are restored.
+    """
+    kvp0, f0 = proj.kvp, proj.scatter_fraction
+    out = []
+    try:
+        for b in range(paths.shape[0]):
+            proj.kvp = torch.as_tensor(float(kvps[b]), dtype=torch.float64)
+            proj.scatter_fraction = float(scatter_fractions[b])
+            i_p = proj.primary(paths[b:b + 1]).reshape(1, proj.camera.rows, proj.camera.cols)
+            out.append(-torch.log(proj.detect(i_p).clamp(min=1e-30)))
+    finally:
+        proj.kvp, proj.scatter_fraction = kvp0, f0
+    return torch.cat(out)
+
+
+@dataclass
+class PhysicsSettings:
+    """Acquisition of a physics-simulated X-ray (``xrayctreg simulate --physics``).
+
+    Attributes:
+        kvp: tube voltage, kV.
+        filtration_mm_al: total filtration, mm Al.
+        scatter_fraction: scatter-to-primary ratio of the fog.
+        scatter_sigma_mm: width of the fog's low-pass at the detector, mm.
+        photons: unattenuated counts per pixel (0: no noise).
+        electronic_std: electronic noise, counts (standard deviation).
+        blur_px: detector blur, Gaussian sigma in pixels.
+        n_bins: energy bins.
+    """
+
+    kvp: float = 100.0
+    filtration_mm_al: float = 2.5
+    scatter_fraction: float = 0.0
+    scatter_sigma_mm: float = 40.0
+    photons: float = 1e4
+    electronic_std: float = 0.0
+    blur_px: float = 1.0
+    n_bins: int = DEFAULT_BINS
+
+
+def simulate_xray(ct_hu: Volume, camera: Camera, world_from_camera: np.ndarray, settings: PhysicsSettings,
+                  seed: int = 0, n_samples: int = DEFAULT_SAMPLES) -> np.ndarray:
+    """A physics-simulated, attenuation-bright X-ray ``[rows, cols]`` (float32) of a CT in HU at one pose."""
+    proj = PhysicsProjector(decompose(ct_hu), camera, spectrum=TubeSpectrum(settings.kvp, settings.filtration_mm_al),
+                            n_bins=settings.n_bins, scatter_fraction=settings.scatter_fraction,
+                            scatter_sigma_mm=settings.scatter_sigma_mm, blur_px=settings.blur_px, n_samples=n_samples)
+    w = torch.as_tensor(np.asarray(world_from_camera, dtype=np.float64))
+    with torch.no_grad():
+        if settings.photons <= 0:
+            return proj(w).numpy().astype(np.float32)
+        g = torch.Generator().manual_seed(int(seed))
+        return proj.simulate(w, settings.photons, settings.electronic_std, g).numpy().astype(np.float32)
+
+
+def physics_renderer(materials: MaterialVolumes, **options) -> tuple[Volume, Callable[..., PhysicsProjector]]:
+    """Physics DRRs for :func:`registration.register`: returns ``(volume, renderer)``.
+
+    Pass ``volume`` as ``volume_mu`` and ``renderer`` as ``renderer``: ``volume`` is the total density times
+    ``MU_WATER`` (a monochromatic stand-in on the materials' grid, used for the CT's centre, checks and
+    pictures); ``renderer(level_volume, camera, n_samples=, device=)`` builds a :class:`PhysicsProjector` of
+    the materials block-averaged and zero-padded as the registration's pyramid level (made once per level
+    and kept). ``options`` go to :class:`PhysicsProjector` (spectrum, scatter, blur, ...).
+    """
+    carrier = Volume(materials.densities.sum(0) * MU_WATER, materials.ijk_to_ras)
+    levels: dict[tuple[int, ...], MaterialVolumes] = {}
+
+    def build(level_volume: Volume, camera: Camera, n_samples: int = DEFAULT_SAMPLES,
+              device: str | torch.device = "cpu") -> PhysicsProjector:
+        f = tuple(max(1, round(s / b)) for s, b in zip(level_volume.spacing, carrier.spacing, strict=True))
+        if f not in levels:
+            vols = [pad(block_average(v, f)) for v in materials.volumes()]
+            levels[f] = MaterialVolumes.from_volumes(materials.names, vols)
+        if levels[f].densities.shape[1:] != level_volume.data.shape:
+            raise InputError("physics renderer: the level volume is not on the materials' grid")
+        return PhysicsProjector(levels[f], camera, n_samples=n_samples, device=device, **options)
+
+    return carrier, build
