@@ -120,7 +120,7 @@ def methods(args: argparse.Namespace, cases: ev.CaseSet, ct) -> dict:
             rows["SOPI + opt: RTPI + sopi-fine + opt-lncc"] = with_rtpi("sopi-fine-opt", model=fine)
         for name, (_, label) in VARIANTS.items():
             path = args.work / f"fine-{name}.pt"
-            if path.exists():
+            if (args.work / f"train_info-{name}.json").exists():  # finished training
                 rows[f"RTPI + sopi-fine {label}"] = with_rtpi("sopi-fine", model=load_fine_model(path))
     return rows
 
@@ -162,6 +162,20 @@ def write_report(args, summaries, rows, train_info, load_start, load_end, wall) 
                   f"{h[-1][3]:.1f} deg / {h[-1][4]:.1f} mm at the end.", ""]
     lines += [f"## SOPI Table 1 layout: {args.cases} SOPI-like cases (seed {args.seed})", "",
               ev.markdown_table(list(summaries.values()), capture=False), ""]
+    ablation = [summaries[k] for k in summaries if k.startswith("SOPI: ") or k.startswith("RTPI + sopi-fine ")
+                or k == "sopi-fine (from the start)"]
+    if len(ablation) > 1:
+        lines += ["## SOPI Table 2 layout (ablation): RTPI, composite encoder (CE), embedded-feature loss mask (EL)",
+                  "",
+                  "Rows: SOPI = RTPI + CE + EL; without RTPI = sopi-fine from the case's start; the variants are "
+                  "trained with the same budget (`--stages ablation`).", ""]
+        for name in VARIANTS:
+            f = args.work / f"train_info-{name}.json"
+            if f.exists():
+                t = json.loads(f.read_text())
+                lines.append(f"- {name}: {t['steps']} steps in {t['train_time_s']:.0f} s of training time, "
+                             f"{t['wall_s']:.0f} s wall")
+        lines += ["", ev.markdown_table(ablation, capture=False), ""]
     (args.out / "sopi.md").write_text("\n".join(lines) + "\n")
     (args.out / "sopi_rows.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
