@@ -29,7 +29,7 @@ from .names import FINE_MODEL
 from .networks.composite import FineNet
 from .registration import RegistrationResult, register
 from .sopi_fine import FineScene, IterationSettings, iterate
-from .training import TrainOptions, build_network, check_camera_match, read_model_file
+from .training import check_camera_match, read_model_file, read_network
 from .training_data import RenderSettings, ct_hash, prepare_image
 from .volume import Volume
 
@@ -80,11 +80,7 @@ def load_fine_model(path: str | Path, device: str | torch.device = "cpu") -> Fin
     if d["method"] != FINE_MODEL:
         raise InputError(f"{path}: a '{d['method']}' model, not a {FINE_MODEL} one; give it as --init-model, "
                          f"and a model from 'xrayctreg train --model {FINE_MODEL}' as --model")
-    options = TrainOptions.from_dict(d["options"])
-    net = build_network(options)
-    net.load_state_dict(d["state_dict"])
-    net.to(device).eval()
-    info = {k: v for k, v in d.items() if k not in ("state_dict", "optimizer")}
+    options, net, info = read_network(d, device)
     return FineModel(net, ReferenceView.from_dict(d["reference"]), Camera.from_dict(d["geometry"]), options.render,
                      options.mask_loss, info, str(path))
 

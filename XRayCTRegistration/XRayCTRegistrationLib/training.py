@@ -570,17 +570,22 @@ class Initialiser:
             return predict_params(self.net, x, self.pose_range)[0].double().cpu().numpy()
 
 
+def read_network(d: dict, device: str | torch.device = "cpu") -> tuple[TrainOptions, torch.nn.Module, dict]:
+    """``(options, network in evaluation mode, info)`` of a model file's dictionary; ``info`` lacks the weights."""
+    options = TrainOptions.from_dict(d["options"])
+    net = build_network(options)
+    net.load_state_dict(d["state_dict"])
+    net.to(device).eval()
+    return options, net, {k: v for k, v in d.items() if k not in ("state_dict", "optimizer")}
+
+
 def load_initialiser(path: str | Path, device: str | torch.device = "cpu") -> Initialiser:
     """Read a model file written by :func:`train` (a finished or an interrupted one)."""
     d = read_model_file(path, device)
     if d["method"] not in INITIALISER_METHODS:
         raise InputError(f"{path}: a '{d['method']}' model is not an initialiser; use it with "
                          f"'register --method {d['method']} --model {path}'")
-    options = TrainOptions.from_dict(d["options"])
-    net = build_network(options)
-    net.load_state_dict(d["state_dict"])
-    net.to(device).eval()
-    info = {k: v for k, v in d.items() if k not in ("state_dict", "optimizer")}
+    options, net, info = read_network(d, device)
     return Initialiser(net, d["method"], ReferenceView.from_dict(d["reference"]), Camera.from_dict(d["geometry"]),
                        options.render, options.pose_range, info, str(path))
 
