@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from XRayCTRegistrationLib.cli import main
-from XRayCTRegistrationLib.geometry import Camera, ReferenceView, load_pose, save_pose
+from XRayCTRegistrationLib.geometry import PARAM_NAMES, Camera, ReferenceView, load_pose, save_pose
 from XRayCTRegistrationLib.phantoms import chest_phantom
 from XRayCTRegistrationLib.volume import write_volume
 from XRayCTRegistrationLib.xray import read_xray
@@ -126,8 +126,9 @@ def test_register_and_evaluate_round_trip(case, tmp_path, capsys):
     for key in ("world_from_camera", "similarity", "iterations", "wall_time_s", "method", "success"):
         assert key in result
     assert result["method"] == "opt-ncc" and result["success"] is True
+    assert result["uncertainty"]["depth_mm"] > 0 and set(result["uncertainty"]["std"]) == set(PARAM_NAMES)
     assert (tmp_path / "f.png").stat().st_size > 1000
-    capsys.readouterr()
+    assert "uncertainty: depth +-" in capsys.readouterr().out
     assert run("evaluate", "--gt", d / "pose.json", "--est", tmp_path / "r.json", "--ct", d / "ct.nrrd",
                "--geometry", d / "geom.json", "--out", tmp_path / "m.json") == 0
     metrics = json.loads((tmp_path / "m.json").read_text())

@@ -150,3 +150,24 @@ def test_intensity_method_improves():
     rows = ev.run_method(cases.subset([0]), fn, name="opt-ncc")
     assert len(rows) == 1 and rows[0]["case"] == 0 and rows[0]["iterations"] > 0
     assert rows[0]["mtre"] < 0.5 * rows[0]["initial_mtre"]
+
+
+def test_depth_error_and_the_coverage_of_the_reported_depth_sd(sopi):
+    case = sopi[0]
+    ref = sopi.reference
+    # moving the CT 3 mm along the camera's z (tz) puts its centre 3 mm farther from the source
+    moved = ref.pose(case.params_gt + np.array([0, 0, 0, 0, 0, 3.0]))
+    row = ev.evaluate_case(sopi, case, moved)
+    assert row["depth_error_mm"] == pytest.approx(3.0, abs=1e-9)
+    assert ev.evaluate_case(sopi, case, truth(case))["depth_error_mm"] == pytest.approx(0.0, abs=1e-9)
+
+    class Result:  # what a method that reports its depth uncertainty returns
+        def __init__(self, w, sd):
+            self.world_from_camera = w
+            self.uncertainty = type("U", (), {"depth_mm": sd})()
+
+    rows = ev.run_method(sopi.subset([0, 1]), lambda c: Result(ref.pose(c.params_gt + [0, 0, 0, 0, 0, 3.0]),
+                                                               2.0 if c.index == 0 else 1.0))
+    assert [r["depth_sd_mm"] for r in rows] == [2.0, 1.0]
+    s = ev.summarize(rows)
+    assert s["depth_error_median"] == pytest.approx(3.0) and s["depth_coverage_2sd"] == pytest.approx(0.5)

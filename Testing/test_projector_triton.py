@@ -23,7 +23,7 @@ from XRayCTRegistrationLib import _raymarch_triton as T  # noqa: E402
 from XRayCTRegistrationLib.errors import InputError  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView, euler_xyz  # noqa: E402
 from XRayCTRegistrationLib.phantoms import Ellipsoid, chest_phantom  # noqa: E402
-from XRayCTRegistrationLib.projector import Projector  # noqa: E402
+from XRayCTRegistrationLib.projector import Projector, add_sample_slide  # noqa: E402
 from XRayCTRegistrationLib.volume import Volume, hu_to_mu  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,6 +56,8 @@ def numba_reference(vol, cam, w, n_samples):
     out = np.empty((len(w), dirs.shape[0]), np.float32)
     jac = np.empty((len(w), dirs.shape[0], 6), np.float32)
     _raymarch.march_with_jacobian(_raymarch.pad_volume(vol.data), m, dirs, n_samples, out, jac)
+    jac = add_sample_slide(torch.from_numpy(jac), torch.from_numpy(out), torch.from_numpy(m), torch.from_numpy(dirs),
+                           torch.tensor(vol.shape_ijk)).numpy()
     return out, jac, m
 
 
@@ -164,7 +166,8 @@ def test_channels_render_in_one_pass_as_separately():
         assert torch.equal(img[:, c].detach(), single.detach())
         grad += p.grad
     assert grad.abs().max() > 0.1
-    assert torch.allclose(params.grad, grad, rtol=1e-5, atol=1e-6 * grad.abs().max().item())
+    # rtol 1e-4: the samples' slide (projector.add_sample_slide) subtracts terms of the float32 Jacobians
+    assert torch.allclose(params.grad, grad, rtol=1e-4, atol=1e-6 * grad.abs().max().item())
     # the volume gradient of each channel is that channel's own
     vg = T.volume_gradient(tuple(channels.shape), m, dirs, N, weights)
     assert vg[1].abs().max() > 0

@@ -50,7 +50,7 @@ def test_recovers_known_pose(scene, method):
 def test_other_methods_improve(scene, method):
     hu, vol, ref, xray, pts = scene
     w_gt, w0 = ref.pose(GT), ref.pose(START)
-    res = register(vol, xray, CAM, w0, reference=ref, method=method, levels=(2, 1), max_iterations=(40, 10))
+    res = register(vol, xray, CAM, w0, reference=ref, method=method, levels=(2, 1), max_iterations=(40, 30))
     assert res.success, res.message
     assert mtre(pts, w_gt, res.world_from_camera) < 0.5 * mtre(pts, w_gt, w0)
 
@@ -152,7 +152,46 @@ def test_inputs_unchanged_and_callbacks(scene):
 def test_time_budget(scene):
     hu, vol, ref, xray, pts = scene
     res = register(vol, xray, CAM, ref.pose(START), reference=ref, time_budget_s=0.0, **FAST)
-    assert res.iterations == 0 and "time budget" in res.message
+    assert res.iterations == 0 and "time budget" in res.message and not res.success
+
+
+# -- honest success --------------------------------------------------------------------------------------
+def test_source_inside_the_ct_at_the_start_fails_with_the_reason(scene):
+    hu, vol, ref, xray, pts = scene
+    # tz = -700 mm brings the CT's centre onto the source (the reference source-isocentre distance is 700 mm)
+    inside = ref.pose(GT + np.array([0, 0, 0, 0, 0, -690.0]))
+    res = register(vol, xray, CAM, inside, reference=ref, **FAST)
+    assert not res.success and "source" in res.message and "inside the CT" in res.message
+    assert res.iterations == 0
+    np.testing.assert_allclose(res.world_from_camera, inside, atol=1e-9)
+
+
+def test_no_iterations_is_not_success(scene):
+    hu, vol, ref, xray, pts = scene
+    res = register(vol, xray, CAM, ref.pose(START), reference=ref, levels=(2, 1), max_iterations=0)
+    assert not res.success and res.iterations == 0 and "no iterations" in res.message
+
+
+def test_iteration_cap_before_convergence_is_not_success(scene):
+    hu, vol, ref, xray, pts = scene
+    res = register(vol, xray, CAM, ref.pose(START), reference=ref, levels=(2, 1), max_iterations=(3, 4))
+    assert 0 < res.iterations <= 7
+    assert not res.success and "not converged" in res.message
+    assert res.similarity > res.initial_similarity  # it improved, but did not finish
+
+
+def test_converged_result_reports_its_uncertainty(scene):
+    hu, vol, ref, xray, pts = scene
+    res = register(vol, xray, CAM, ref.pose(START), reference=ref, method="opt-ncc", **FAST)
+    assert res.success and res.message.startswith("converged"), res.message
+    u = res.uncertainty
+    assert u is not None and u.std.shape == (6,) and np.all(u.std > 0) and u.depth_mm > 0
+    np.testing.assert_allclose(u.std, np.sqrt(np.diag(u.covariance)))
+    # a single view sees depth least: the centre's depth is less certain than the in-plane shifts
+    assert u.depth_mm > u.std[3] and u.depth_mm > u.std[4]
+    d = json.loads(json.dumps(res.to_dict()))["uncertainty"]
+    assert set(d["std"]) == {"rx", "ry", "rz", "tx", "ty", "tz"} and d["depth_mm"] == pytest.approx(u.depth_mm)
+    assert "depth +-" in u.summary()
 
 
 def test_block_average_geometry():

@@ -110,7 +110,7 @@ def tiny_trainer(ct, **kw):
 
 
 def test_double_backward_trains_both_encoders_and_lowers_the_loss(ct):
-    tr = tiny_trainer(ct)
+    tr = tiny_trainer(ct, batch_size=8)
     rng, gen = np.random.default_rng(5), torch.Generator().manual_seed(5)
     x, params, drr = tr.batch(1.0, rng, gen)
     before = tr.fixed_batch_loss(x, params, drr)
@@ -124,7 +124,7 @@ def test_double_backward_trains_both_encoders_and_lowers_the_loss(ct):
             assert {"direction", "l_n", "cos_rot", "cos_trans"} <= set(parts)
         tr.optimizer.step()
     after = tr.fixed_batch_loss(x, params, drr)
-    assert after < 0.8 * before, (before, after)
+    assert after < 0.85 * before, (before, after)
 
 
 class ImageEmbedding(torch.nn.Module):
@@ -150,7 +150,7 @@ def test_iteration_reduces_the_pose_error_and_stops_on_small_updates(scene):
     out = iterate(ImageEmbedding(), scene, fixed, start, settings, use_mask=False)
     rot0, trans0 = errors(start)
     rot1, trans1 = errors(out.params)
-    assert rot1 < 0.3 * rot0 and trans1 < 0.3 * trans0, (rot0, rot1, trans0, trans1)
+    assert rot1 < 0.5 * rot0 and trans1 < 0.1 * trans0, (rot0, rot1, trans0, trans1)
     assert float(out.loss[0]) < 0.5 * float(out.initial_loss[0])
     assert bool(out.converged[0]) and "converged" in out.message and out.iterations < 120
     # rotation frozen from the start: the rotation does not move at all

@@ -489,8 +489,11 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self._setPose(output.params)
             self.logic.showFusion(p.xrayVolume, p.outputDrr, p.fusionOpacity)
             result = output.result
-            self.ui.resultLabel.text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
+            text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
                 similarity=result.similarity, iterations=result.iterations, time=result.wall_time_s)
+            if getattr(result, "uncertainty", None) is not None:
+                text += "\n" + result.uncertainty.summary()
+            self.ui.resultLabel.text = text
             self.ui.resultLabel.toolTip = _("X-ray: {conversion}").format(conversion=output.xrayConversion)
 
     @staticmethod
@@ -720,13 +723,21 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
         Returns ``(transformNode, drrNode)``; output nodes that are None are created.
         """
+        self.checkOutputNodes(outputTransform, outputDrr)
         volume, camera, pose = self._poseInputs(ctNode, xrayNode, params, sdd, rowSpacing, colSpacing)
         return self._writeOutputs(volume, camera, pose, xrayNode, outputTransform, outputDrr, maxSize)
 
-    def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
-                      outputDrr, maxSize: int | None):
+    @staticmethod
+    def checkOutputNodes(outputTransform, outputDrr) -> None:
+        """Refuse output nodes of the wrong kind before any work (the scene is not changed)."""
         if outputTransform is not None and not isinstance(outputTransform, slicer.vtkMRMLLinearTransformNode):
             raise InputError(f"output transform '{outputTransform.GetName()}': must be a linear transform")
+        if outputDrr is not None and not isinstance(outputDrr, slicer.vtkMRMLScalarVolumeNode):
+            raise InputError(f"output DRR '{outputDrr.GetName()}': must be a scalar volume")
+
+    def _writeOutputs(self, volume: Volume, camera: Camera, pose: np.ndarray, xrayNode, outputTransform,
+                      outputDrr, maxSize: int | None):
+        self.checkOutputNodes(outputTransform, outputDrr)
         drrNode = self._renderAtPose(volume, camera, pose, outputDrr, xrayNode, maxSize, placeXray=True)
         if outputTransform is None:
             scene = xrayNode.GetScene()
@@ -754,12 +765,18 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         pixels a side) and the X-ray and DRR are placed on the detector. When cancelled the scene is not
         changed; when the registration fails a RuntimeError is raised.
         """
+        from XRayCTRegistrationLib.geometry import source_inside_volume
+
         get_method(method, "refine")  # an unknown method fails before any work
+        self.checkOutputNodes(outputTransform, outputDrr)
         volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
                                                                      colSpacing)
         reference = self.referenceView(volume, camera)
         init = self.loadInitialiser(initialiserModel) if initialiserModel else reference.pose(
             self._checkParams(initialParams))
+        if not initialiserModel and source_inside_volume(volume, init):
+            raise InputError(f"initial pose: the X-ray source lies inside CT volume '{ctNode.GetName()}'; "
+                             "move it out (tz, or the sliders) before registering")
         out = self._runPipeline(ctNode, volume, image, camera, init, reference, bool(initialiserModel), method=method,
                                 progress=progress, should_stop=shouldStop, **options)
         result, params = out.result, reference.params(out.world_from_camera)
@@ -822,18 +839,12 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         node's voxels as float32 with its world geometry (parent transforms included), so a model trained
         on it matches the node (see :meth:`initialise`).
         """
-        from XRayCTRegistrationLib.volume import write_volume
+        from XRayCTRegistrationLib.training import write_training_inputs
 
-        volume = self.volumeFromNode(ctNode)
-        camera = self.cameraFromNode(xrayNode, sdd, rowSpacing, colSpacing)
         if not folder:
             raise InputError("training folder: empty path")
-        os.makedirs(folder, exist_ok=True)
-        ctPath = os.path.join(str(folder), "ct.nrrd")
-        geometryPath = os.path.join(str(folder), "geometry.json")
-        write_volume(volume, ctPath)
-        camera.save(geometryPath)
-        return ctPath, geometryPath
+        return write_training_inputs(self.volumeFromNode(ctNode), self.cameraFromNode(xrayNode, sdd, rowSpacing,
+                                                                                      colSpacing), folder)
 
     # -- fusion -------------------------------------------------------------------------------
     sliceToRASForImage = staticmethod(images.sliceToRASForImage)

@@ -15,10 +15,11 @@ integral of the voxel boxes does, instead of a ramp down to zero. The kernels re
 volume padded by one voxel on every side with its edge values (see :func:`pad_volume`), so lookups
 never test bounds.
 
-Pose gradient: ``t_near`` and ``t_far`` are held constant (stop-gradient), so with ``g_i`` the exact
-gradient of the trilinear interpolant at ``p_i`` (index space), ``dI/db = sum_i g_i step`` and
-``dI/dA = (sum_i g_i t_i step) d^T``. The gradient kernel stores these two 3-vectors per ray; the
-caller contracts them with the incoming image gradient.
+Pose gradient: for fixed ``t_near`` and ``t_far``, with ``g_i`` the gradient of the trilinear
+interpolant at ``p_i`` (index space), ``dI/db = sum_i g_i step`` and ``dI/dA = (sum_i g_i t_i step) d^T``.
+The gradient kernel stores these two 3-vectors per ray; :func:`projector.add_sample_slide` then adds what
+the samples' slide with the entry and exit points contributes, and the caller contracts the result with
+the incoming image gradient.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ Kernels, one program per block of ``BLOCK`` rays of one pose and one channel (gr
 a volume of ``C`` channels (e.g. one per material or per structure, ``[C, K, J, I]``) is rendered in one launch.
 
 - :func:`march`: the line integrals and, when asked, the per-ray Jacobian of the pose gradient, the
-  same two 3-vectors as :func:`._raymarch.march_with_jacobian` (``t_near`` and ``t_far`` held constant):
-  ``sum_i g_i step`` and ``sum_i g_i t_i step`` with ``g_i`` the gradient of the interpolant at ``p_i``
-  (index space). :class:`TritonMarch` contracts them with the incoming image gradient.
+  same two 3-vectors as :func:`._raymarch.march_with_jacobian`: ``sum_i g_i step`` and
+  ``sum_i g_i t_i step`` with ``g_i`` the gradient of the interpolant at ``p_i`` (index space), plus the
+  samples' slide with the ray's entry and exit (:func:`projector.add_sample_slide`). :class:`TritonMarch`
+  contracts them with the incoming image gradient.
 - the volume gradient (the transpose of the march): each sample adds its trilinear weights times the
   pixel's incoming gradient times ``step`` to its eight voxels (atomic adds).
 
@@ -233,6 +234,10 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
     grid = (triton.cdiv(nr, BLOCK_RAYS), nb, nc)
     _march_kernel[grid](vol, *vol.stride(), ni, nj, nk, mat, dirs, nr, int(n_samples), out, jac,
                         WITH_JAC=bool(with_jacobian), BLOCK=BLOCK_RAYS)
+    if with_jacobian:
+        from .projector import add_sample_slide
+
+        jac = add_sample_slide(jac, out, mat, dirs, torch.tensor([ni, nj, nk]))
     if mu.dim() == 3:
         out, jac = out[:, 0], jac[:, 0]
     return out, (jac if with_jacobian else None)

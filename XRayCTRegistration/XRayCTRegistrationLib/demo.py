@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .console import Progress, format_params
 from .data import sample_ct_path
+from .errors import InputError
 from .evaluation import make_cases
-from .files import write_text_atomic
+from .files import Outputs, json_text
 from .fusion import before_after, save_rgb
 from .geometry import Camera, save_pose
 from .metrics import evaluate_pose
@@ -28,10 +28,27 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = DEFA
     The case is the benchmark's (:func:`evaluation.make_cases`, SOPI-like start, seed ``seed``): the
     ground-truth pose within +-10 degrees / +-20 mm of the AP view, the start off by a rotation of about
     6.4 +- 3.8 degrees and a translation of about 15 +- 8.6 mm (SOPI's simulated study), the X-ray the
-    DRR with Poisson noise, blur and a random contrast change.
+    DRR with Poisson noise, blur and a random contrast change. The outputs are checked before any work
+    and appear all at once (``files.Outputs``); a refused demo leaves no folder behind.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from .registration import METHODS
+
+    if method not in METHODS:
+        raise InputError(f"--method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    with Outputs() as outputs:
+        out = outputs.folder(out_dir, "--out-dir", DEMO_FILES, make_parents=True)
+        metrics, result = _demo_into(out, seed, method, cache_dir, progress)
+    _print_summary(method, result, metrics["before"], metrics["after"])
+    print(f"wrote {out_dir}/fusion.png, xray.nrrd, xray.json, pose_gt.json, pose_init.json, result.json, metrics.json")
+    return metrics
+
+
+DEMO_FILES = ("fusion.png", "xray.nrrd", "xray.json", "pose_gt.json", "pose_init.json", "result.json", "metrics.json")
+"""What the demo writes into its output folder."""
+
+
+def _demo_into(out: Path, seed: int, method: str, cache_dir: str | Path | None, progress) -> tuple[dict, object]:
+    """The demo's work, writing into the (temporary) folder ``out``; returns the metrics and the result."""
     ct_path = sample_ct_path(cache_dir)
     print(f"CT: {ct_path}")
     ct = read_ct(ct_path)
@@ -55,15 +72,13 @@ def run_demo(out_dir: str | Path = "out/demo", seed: int = 1, method: str = DEFA
     write_image(case.xray, out / "xray.nrrd", camera)
     save_pose(out / "pose_gt.json", gt, reference)
     save_pose(out / "pose_init.json", init, reference)
-    write_text_atomic(json.dumps(result.to_dict(), indent=2) + "\n", out / "result.json")
+    (out / "result.json").write_text(json_text(result.to_dict()))
     metrics = {"before": before, "after": after}
-    write_text_atomic(json.dumps(metrics, indent=2) + "\n", out / "metrics.json")
+    (out / "metrics.json").write_text(json_text(metrics))
     picture = before_after(case.xray, cases.render(init), cases.render(result.world_from_camera),
                            ("X-ray", "start", f"{method}"), zoom=2)
     save_rgb(picture, out / "fusion.png")
-    _print_summary(method, result, before, after)
-    print(f"wrote {out}/fusion.png, xray.nrrd, xray.json, pose_gt.json, pose_init.json, result.json, metrics.json")
-    return metrics
+    return metrics, result
 
 
 def _print_summary(method: str, result, before: dict, after: dict) -> None:

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .geometry import Camera, ReferenceView, check_rigid
+from .files import replace_file
+from .geometry import Camera, ReferenceView, check_rigid, invert_rigid, transform_points
 from .metrics import (
     capture_range,
     image_ncc,
@@ -240,6 +241,9 @@ def _unpack(out: object) -> tuple[np.ndarray, dict]:
     elif hasattr(out, "world_from_camera"):
         w = out.world_from_camera
         extra = {k: getattr(out, k) for k in ("iterations", "success") if hasattr(out, k)}
+        unc = getattr(getattr(out, "result", out), "uncertainty", None)
+        if unc is not None:
+            extra["depth_sd_mm"] = float(unc.depth_mm)
     else:
         w, extra = out, {}
     if w is None:
@@ -252,11 +256,18 @@ def _unit_range(img: np.ndarray) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
+def _depth(world_from_camera: np.ndarray, point: np.ndarray) -> float:
+    """Distance (mm) of a world point from the source along the camera's principal ray."""
+    return float(transform_points(invert_rigid(world_from_camera), np.asarray(point)[None])[0, 2])
+
+
 def evaluate_case(cases: CaseSet, case: Case, world_from_camera: np.ndarray) -> dict:
     """Every error of one pose against a case's ground truth, and the final DRR's agreement with the X-ray.
 
     Keys: ``initial_mtre``, ``mtre``, ``mpd``, ``mrpd`` (mm); ``rotation_error_deg`` (geodesic),
     ``translation_error_mm`` (isocentre distance), ``param_errors`` (``|d rx|, ..., |d tz|``);
+    ``depth_error_mm`` (signed error of the distance of the reference isocentre from the source, along
+    the principal ray: the direction one view sees least);
     ``success_mtre`` (mTRE < 2 mm), ``success_sopi`` (rotation < 3 degrees and translation < 3 mm);
     ``ncc`` (DRR at the pose found vs the X-ray) and ``ssim`` (of both images rescaled to [0, 1],
     since the X-ray's contrast differs from the DRR's).
@@ -275,6 +286,7 @@ def evaluate_case(cases: CaseSet, case: Case, world_from_camera: np.ndarray) -> 
         "rotation_error_deg": rot,
         "translation_error_mm": trans,
         "param_errors": [float(v) for v in param_errors(cases.reference, w_gt, w)],
+        "depth_error_mm": _depth(w, cases.reference.isocenter) - _depth(w_gt, cases.reference.isocenter),
         "success_mtre": bool(success(mtre_mm=m, mtre_threshold=SUCCESS_MTRE_MM)),
         "success_sopi": bool(success(rotation_deg=rot, translation_mm=trans,
                                      rotation_threshold=SOPI_FAILURE_DEG_MM[0],
@@ -313,6 +325,8 @@ def run_method(cases: CaseSet, register_fn: RegisterFn, name: str = "method",
             row["iterations"] = int(extra["iterations"])
         if "success" in extra:
             row["reported_success"] = bool(extra["success"])
+        if "depth_sd_mm" in extra:
+            row["depth_sd_mm"] = extra["depth_sd_mm"]
         row["final_pose"] = np.asarray(w, dtype=float).tolist()
         rows.append(row)
         if log is not None:
@@ -360,7 +374,25 @@ def summarize(rows: Sequence[Mapping], name: str | None = None, bin_mm: float = 
         "capture_range": capture_range(init, ok_mtre, bin_mm=bin_mm, rate=rate),
         "capture_range_loose": capture_range(init, m < LOOSE_MTRE_MM, bin_mm=bin_mm, rate=rate),
         "ncc_mean": float(col("ncc").mean()), "ssim_mean": float(col("ssim").mean()),
+        **_depth_summary(rows),
     }
+
+
+def _depth_summary(rows: Sequence[Mapping]) -> dict:
+    """The median absolute depth error and, where reported, the coverage of the 2-sd depth interval.
+
+    ``depth_error_median`` (mm); where the method reports a depth standard deviation,
+    ``depth_coverage_2sd`` (fraction of cases whose true depth lies within +-2 sd) and ``depth_sd_median``.
+    """
+    out: dict = {}
+    if rows and all("depth_error_mm" in r for r in rows):
+        err = np.abs([r["depth_error_mm"] for r in rows])
+        out["depth_error_median"] = float(np.median(err))
+        if all("depth_sd_mm" in r for r in rows):
+            sd = np.asarray([r["depth_sd_mm"] for r in rows])
+            out["depth_coverage_2sd"] = float(np.mean(err <= 2 * sd))
+            out["depth_sd_median"] = float(np.median(sd))
+    return out
 
 
 def markdown_table(summaries: Sequence[Mapping], capture: bool = True) -> str:
@@ -442,8 +474,10 @@ def plot_success_vs_initial_mtre(rows_by_method: Mapping[str, Sequence[Mapping]]
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        replace_file(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -38,6 +38,12 @@ AP_AXES_RAS = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]]).T
 SID_FRACTION = 0.7
 """Default source-to-isocentre distance as a fraction of the source-to-detector distance."""
 
+MAX_LENGTH_MM = 1e5
+"""Largest distance (mm) a geometry field or a pose translation may hold: 100 m, far beyond any X-ray room."""
+
+MAX_DETECTOR_SIDE = 16384
+"""Largest number of detector rows or columns a geometry may hold (see ``projector.check_request``)."""
+
 
 @dataclass
 class Camera:
@@ -63,8 +69,11 @@ class Camera:
         """Check that every field is a finite number in its range."""
         for name in ("sdd", "row_spacing", "col_spacing", "x0", "y0"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
+            if (not isinstance(value, (int, float, np.floating, np.integer)) or isinstance(value, bool)
+                    or not math.isfinite(value)):
                 raise InputError(f"geometry: '{name}' must be a finite number, got {value!r}")
+            if abs(value) > MAX_LENGTH_MM:
+                raise InputError(f"geometry: '{name}' = {value:g} mm is beyond {MAX_LENGTH_MM:g} mm")
             setattr(self, name, float(value))
         for name in ("sdd", "row_spacing", "col_spacing"):
             if getattr(self, name) <= 0:
@@ -75,6 +84,8 @@ class Camera:
                 value = int(value)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise InputError(f"geometry: '{name}' must be a positive integer, got {value!r}")
+            if value > MAX_DETECTOR_SIDE:
+                raise InputError(f"geometry: '{name}' = {value} pixels is more than {MAX_DETECTOR_SIDE}")
             setattr(self, name, int(value))
 
     # -- construction and files -------------------------------------------------------------
@@ -196,6 +207,9 @@ class ReferenceView:
         appears on the left of the image and the head at the top.
         """
         sid = SID_FRACTION * sdd if sid is None else float(sid)
+        if not (math.isfinite(sid) and 0 < sid < sdd):
+            raise InputError(f"--sid: the source-to-isocentre distance must be between 0 and the source-to-detector "
+                             f"distance ({sdd:g} mm), got {sid:g}")
         iso = np.asarray(isocenter, dtype=np.float64).reshape(3)
         w = np.eye(4)
         w[:3, :3] = AP_AXES_RAS
@@ -281,12 +295,26 @@ def check_rigid(matrix, what: str = "pose", tol: float = 1e-4) -> np.ndarray:
         raise InputError(f"{what}: expected a 4x4 matrix, got shape {m.shape}")
     if not np.all(np.isfinite(m)):
         raise InputError(f"{what}: matrix holds NaN or infinite values")
+    if np.abs(m[:3, 3]).max() > MAX_LENGTH_MM:
+        raise InputError(f"{what}: translation {m[:3, 3].tolist()} mm is beyond {MAX_LENGTH_MM:g} mm")
     if not np.allclose(m[3], [0, 0, 0, 1], atol=tol):
         raise InputError(f"{what}: last row must be [0, 0, 0, 1], got {m[3].tolist()}")
     r = m[:3, :3]
     if not np.allclose(r.T @ r, np.eye(3), atol=tol) or np.linalg.det(r) < 0:
         raise InputError(f"{what}: not a rigid transform (rotation part is not orthonormal with det +1)")
     return m
+
+
+def source_inside_volume(volume, world_from_camera: np.ndarray) -> bool:
+    """Whether the X-ray source of a pose (its translation, world RAS mm) lies inside a volume's box.
+
+    The box is the one the voxels cover (voxel centres +- half a voxel). A DRR rendered from inside
+    the CT is not an X-ray of it, so registration starting or ending there cannot be trusted.
+    ``volume`` is a ``volume.Volume`` (anything with ``ras_to_ijk`` and ``shape_ijk``).
+    """
+    source = np.append(np.asarray(world_from_camera, dtype=np.float64)[:3, 3], 1.0)
+    ijk = (np.asarray(volume.ras_to_ijk) @ source)[:3]
+    return bool(np.all(ijk >= -0.5) and np.all(ijk <= np.asarray(volume.shape_ijk) - 0.5))
 
 
 def invert_rigid(m: np.ndarray) -> np.ndarray:

@@ -11,9 +11,10 @@ voxel boxes).
 Two backends compute the same thing:
 
 - ``"numba"``: compiled CPU kernels (:mod:`._raymarch`), one ray per parallel iteration. The pose
-  gradient comes from its own kernel (the exact gradient of the trilinear interpolant along the
-  ray, with the ray's entry and exit held constant) through a :class:`torch.autograd.Function`,
-  so gradients reach ``world_from_camera`` and anything it was computed from. No volume gradient.
+  gradient comes from its own kernel (the derivative of the rendered sum: the trilinear interpolant's
+  gradient at each sample, plus the samples' slide with the ray's entry and exit points) through a
+  :class:`torch.autograd.Function`, so gradients reach ``world_from_camera`` and anything it was
+  computed from. No volume gradient.
 - ``"torch"``: ``grid_sample`` on chunks of rays; runs on CUDA and gives gradients with respect to
   the volume as well as the pose.
 - ``"triton"``: fused GPU kernels (:mod:`._raymarch_triton`): clipping, sampling and accumulation in
@@ -58,6 +59,63 @@ Rays crossing far more than ~500 voxels may want more: :func:`samples_for` sampl
 BACKENDS = ("auto", "numba", "torch", "triton")
 """Accepted values of the ``backend`` argument."""
 
+MAX_SAMPLES = 16384
+"""Most samples per ray a projector accepts (a ray through 16384 voxels)."""
+
+BYTES_PER_PIXEL = 96
+"""Memory a projector holds per detector pixel: ray directions (float64 and float32), the pixel centres
+made on the way, the image and its gradient, rounded up."""
+
+MAX_PROJECTOR_BYTES = 4 << 30
+"""Memory bound (bytes) of one projector's per-pixel arrays: requests beyond it are refused up front."""
+
+MAX_SAMPLES_PER_IMAGE = 2e10
+"""Bound on rays x samples of one image (about a minute at 3e8 samples per second): beyond it refused."""
+
+
+def available_devices() -> list[str]:
+    """The torch devices this machine can use: ``cpu``, then ``cuda:0``, ``cuda:1``, ... and ``mps`` when present."""
+    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device(name: str | torch.device, option: str = "--device") -> torch.device:
+    """The torch device ``name`` if this machine has it, else an :class:`InputError` naming the devices that exist."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        known = ", ".join(available_devices())
+        raise InputError(f"{option}: unknown device {str(name)!r}; available: {known}") from None
+    known = available_devices()
+    if dev.type == "cpu" or (dev.type == "cuda" and dev.index is None and len(known) > 1 and
+                             any(k.startswith("cuda") for k in known)) or str(dev) in known:
+        return dev
+    raise InputError(f"{option}: device {str(name)!r} is not available here; available: {', '.join(known)}")
+
+
+def check_request(camera: Camera, n_samples: int) -> None:
+    """Refuse (:class:`InputError`) a render whose memory or time is beyond the bounds above, before allocating.
+
+    The memory estimate is ``rows * cols * BYTES_PER_PIXEL``; the work is ``rows * cols * n_samples``
+    trilinear samples per image.
+    """
+    whole = isinstance(n_samples, (int, np.integer, float, np.floating)) and not isinstance(n_samples, bool) \
+        and math.isfinite(n_samples) and float(n_samples).is_integer()
+    if not whole or not 1 <= n_samples <= MAX_SAMPLES:
+        raise InputError(f"--samples (n_samples): samples per ray must be an integer from 1 to {MAX_SAMPLES}, "
+                         f"got {n_samples!r}")
+    pixels = camera.rows * camera.cols
+    need = pixels * BYTES_PER_PIXEL
+    if need > MAX_PROJECTOR_BYTES:
+        raise InputError(f"geometry: a {camera.rows}x{camera.cols} detector needs about {need / 2**30:.1f} GiB to "
+                         f"render, more than the {MAX_PROJECTOR_BYTES / 2**30:.0f} GiB bound; use fewer, larger pixels")
+    work = float(pixels) * int(n_samples)
+    if work > MAX_SAMPLES_PER_IMAGE:
+        raise InputError(f"--samples: {camera.rows}x{camera.cols} pixels x {n_samples} samples = {work:.2g} samples "
+                         f"per image (about {work / 3e8:.0f} s), beyond the bound of {MAX_SAMPLES_PER_IMAGE:.0e}")
 _TRITON: list[ModuleType | None] = []  # the imported Triton kernels (or None), once tried
 
 
@@ -105,8 +163,7 @@ class Projector(torch.nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise InputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-        if int(n_samples) < 1:
-            raise InputError(f"n_samples: must be a positive integer, got {n_samples!r}")
+        check_request(camera, n_samples)
         dev = torch.device(device)
         if backend == "numba" and dev.type != "cpu":
             raise InputError(f"backend: 'numba' runs on the CPU only, got device {dev}")
@@ -136,6 +193,7 @@ class Projector(torch.nn.Module):
         self.register_buffer("ijk_from_world", torch.as_tensor(volume.ras_to_ijk, dtype=torch.float32, device=dev))
         dirs = camera.pixel_centers(np.float64).reshape(-1, 3)  # [R, 3] camera frame, mm
         self._dirs64 = torch.as_tensor(dirs)  # [R, 3] float64, CPU (numba backend)
+        self._dirs64_dev = self._dirs64
         self.register_buffer("dirs", torch.as_tensor(dirs, dtype=torch.float32, device=dev))
         self.register_buffer("shape_ijk", torch.tensor(volume.shape_ijk, dtype=torch.float32, device=dev))
 
@@ -210,8 +268,11 @@ class Projector(torch.nn.Module):
         n_rays = self._dirs64.shape[0]
         out = np.empty((w.shape[0], n_rays), dtype=np.float32)
         jac = np.empty((w.shape[0], n_rays, 6), dtype=np.float32)
-        _raymarch.march_with_jacobian(self._padded_volume(), m, self._dirs64.numpy(), self.n_samples, out, jac)
-        j = torch.from_numpy(jac).double()
+        padded = self._padded_volume()
+        _raymarch.march_with_jacobian(padded, m, self._dirs64.numpy(), self.n_samples, out, jac)
+        shape = torch.tensor(padded.shape[::-1], dtype=torch.float64) - 2  # (I, J, K)
+        j = add_sample_slide(torch.from_numpy(jac), torch.from_numpy(out), torch.from_numpy(m), self._dirs64,
+                             shape).double()  # as the autograd path (_NumbaMarch)
         d_m = torch.cat([j[..., 3:, None] * self._dirs64[None, :, None, :], j[..., :3, None]], dim=-1)  # [B, R, 3, 4]
         d_w = torch.einsum("brim,ip->brpm", d_m, self._ijk_from_world64[:3, :])  # [B, R, 4, 4]
         shape = (w.shape[0], self.camera.rows, self.camera.cols)
@@ -230,25 +291,31 @@ class Projector(torch.nn.Module):
     # -- torch backend ---------------------------------------------------------------------------
     def _forward_torch(self, w: torch.Tensor) -> torch.Tensor:
         """grid_sample ray march at poses ``w`` [B, 4, 4]; returns [B, R] on the volume's device."""
-        w = w.to(self.mu.device, torch.float32)
-        ijk_from_cam = self.ijk_from_world @ w  # [B, 4, 4]
+        # Poses and sample positions in float64 (the source sits ~1000 voxels from the volume, where float32
+        # loses ~1e-4 voxel, enough to bend the pose gradient near an optimum); only the lookup is float32.
+        dev = self.mu.device
+        if self._dirs64_dev.device != dev:  # copies on the volume's device, made once
+            self._dirs64_dev = self._dirs64.to(dev)
+            self._ijk_from_world64_dev = self._ijk_from_world64.to(dev)
+        w = w.to(dev, torch.float64)
+        ijk_from_cam = self._ijk_from_world64_dev @ w  # [B, 4, 4]
         a, b = ijk_from_cam[:, :3, :3], ijk_from_cam[:, :3, 3]
         n_rays = self.dirs.shape[0]
         chunk = max(1, self.max_samples_per_chunk // (self.n_samples * w.shape[0]))
-        parts = [self._march(a, b, self.dirs[s:s + chunk]) for s in range(0, n_rays, chunk)]
-        return torch.cat(parts, dim=1)
+        dirs = self._dirs64_dev
+        parts = [self._march(a, b, dirs[s:s + chunk]) for s in range(0, n_rays, chunk)]
+        return torch.cat(parts, dim=1).to(self.mu.dtype)
 
     def _march(self, a: torch.Tensor, b: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
         """Integrate along rays ``dirs`` [R, 3] for poses ``a`` [B, 3, 3], ``b`` [B, 3]; returns [B, R]."""
         d = torch.einsum("bij,rj->bri", a, dirs)  # [B, R, 3] ray direction in ijk per unit t
         o = b[:, None, :]  # [B, 1, 3] source in ijk
-        t_near, t_far = clip_rays(o, d, self.shape_ijk)  # [B, R]
-        t_near, t_far = t_near.detach(), t_far.detach()
+        t_near, t_far = clip_rays(o, d, self.shape_ijk.to(d.dtype))  # [B, R], differentiable: samples slide
         length = (t_far - t_near).clamp(min=0)  # fraction of source-pixel segment
         u = (torch.arange(self.n_samples, device=d.device, dtype=d.dtype) + 0.5) / self.n_samples  # [N]
         t = t_near[..., None] + length[..., None] * u  # [B, R, N]
         p = o[..., None, :] + t[..., None] * d[..., None, :]  # [B, R, N, 3] ijk
-        grid = 2 * p / (self.shape_ijk - 1).clamp(min=1) - 1  # align_corners=True
+        grid = (2 * p / (self.shape_ijk.to(p.dtype) - 1).clamp(min=1) - 1).to(self.mu.dtype)  # align_corners=True
         bsz = p.shape[0]
         vals = F.grid_sample(self.mu.expand(bsz, -1, -1, -1, -1), grid[:, None], mode="bilinear",
                              padding_mode="border", align_corners=True)  # [B, 1, 1, R, N]
@@ -269,7 +336,9 @@ class _NumbaMarch(torch.autograd.Function):
         if with_grad:
             jac = np.empty((m.shape[0], dirs.shape[0], 6), dtype=np.float32)  # [B, R, 6]
             _raymarch.march_with_jacobian(padded, m, dirs, n_samples, out, jac)
-            ctx.jac = torch.from_numpy(jac)
+            shape = torch.tensor(padded.shape[::-1], dtype=torch.float64) - 2  # (I, J, K)
+            ctx.jac = add_sample_slide(torch.from_numpy(jac), torch.from_numpy(out), ijk_from_cam.detach(),
+                                       dirs64, shape)
             ctx.dirs64 = dirs64
         else:
             _raymarch.march(padded, m, dirs, n_samples, out)
@@ -294,6 +363,60 @@ def _triton_unavailable(device: torch.device) -> str:
         return "backend: 'triton' needs the triton package (pip install triton), which does not import here"
     return (f"backend: 'triton' runs on CUDA (or on the CPU under TRITON_INTERPRET=1 set before its first use), "
             f"got device {device}")
+
+
+def add_sample_slide(jac: torch.Tensor, value: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor,
+                     shape_ijk: torch.Tensor) -> torch.Tensor:
+    """Per-ray pose Jacobians with the samples' slide along the ray added (the kernels hold entry and exit fixed).
+
+    The samples are spread between a ray's entry ``t0`` and exit ``t1``; when the pose moves the face a ray
+    enters (leaves) by, they all slide along the ray, and ``step = (t1 - t0) |d| / n`` changes. With
+    ``jb = sum_i g_i step`` and ``jt = sum_i g_i t_i step`` (the kernels' two 3-vectors) and ``D = A d``:
+    ``dI/dt1 = D . (jt - t0 jb) / (t1 - t0) + I / (t1 - t0)``, ``dI/dt0 = D . jb - D . (jt - t0 jb) / (t1 - t0)
+    - I / (t1 - t0)``; a face ``x_a = f`` is crossed at ``t = (f - b_a) / D_a``, so ``jb_a -= (dI/dt) / D_a``
+    and ``jt_a -= (dI/dt) t / D_a`` (the ``A`` gradient is ``jt d^T``). Ends inside the box (``t`` clamped
+    to 0 or 1) do not move.
+
+    Args:
+        jac: ``[B, R, 6]`` or ``[B, C, R, 6]``: ``jb`` (0-2) and ``jt`` (3-5) per ray (and channel).
+        value: the line integrals ``[B, R]`` or ``[B, C, R]``.
+        ijk_from_cam: ``[B, 3, 4]`` poses ``[A | b]``.
+        dirs: ``[R, 3]`` pixel centres in the camera frame, mm.
+        shape_ijk: ``[3]`` voxels along i, j, k.
+
+    Returns:
+        The corrected Jacobians, same shape and dtype as ``jac``.
+    """
+    f64 = torch.float64
+    m = ijk_from_cam.to(jac.device, f64)
+    d = torch.einsum("bij,rj->bri", m[:, :, :3], dirs.to(jac.device, f64))  # [B, R, 3]
+    o = m[:, None, :, 3]  # [B, 1, 3]
+    n = shape_ijk.to(jac.device, f64)
+    flat = d.abs() < 1e-12
+    safe = torch.where(flat, torch.ones_like(d), d)
+    ta, tb = (-0.5 - o) / safe, (n - 0.5 - o) / safe
+    t_in = torch.where(flat, torch.full_like(d, -math.inf), torch.minimum(ta, tb))
+    t_out = torch.where(flat, torch.full_like(d, math.inf), torch.maximum(ta, tb))
+    t_in_max, a_in = t_in.max(-1)  # [B, R]
+    t_out_min, a_out = t_out.min(-1)
+    t0, t1 = t_in_max.clamp(0.0, 1.0), t_out_min.clamp(0.0, 1.0)
+    span = t1 - t0
+    ok = span > 1e-12
+    span = torch.where(ok, span, torch.ones_like(span))
+    if jac.dim() == 4:  # channels share the geometry
+        d, t0, t1, span, ok = d[:, None], t0[:, None], t1[:, None], span[:, None], ok[:, None]
+        a_in, a_out, t_in_max, t_out_min = a_in[:, None], a_out[:, None], t_in_max[:, None], t_out_min[:, None]
+    jb, jt, v = jac[..., :3].to(f64), jac[..., 3:].to(f64), value.to(f64)
+    g_end = (d * (jt - t0[..., None] * jb)).sum(-1) / span
+    g_start = (d * jb).sum(-1) - g_end
+    for axis, t_face, di_dt, moves in ((a_in, t0, g_start - v / span, ok & (t_in_max > 0)),
+                                       (a_out, t1, g_end + v / span, ok & (t_out_min < 1))):
+        face = F.one_hot(axis, 3).to(f64) * moves[..., None]  # [.., R, 3]
+        d_a = (d * face).sum(-1, keepdim=True)
+        d_a = torch.where(d_a == 0, torch.ones_like(d_a), d_a)
+        jb = jb - face * di_dt[..., None] / d_a
+        jt = jt - face * (di_dt * t_face)[..., None] / d_a
+    return torch.cat([jb, jt], -1).to(jac.dtype)
 
 
 def clip_rays(o: torch.Tensor, d: torch.Tensor, shape_ijk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

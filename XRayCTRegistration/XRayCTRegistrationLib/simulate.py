@@ -9,10 +9,12 @@ attenuation-bright like a DRR, as CONVENTIONS.md asks of every X-ray image in th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
 from .filters import blur_image
 
 
@@ -32,6 +34,16 @@ class NoiseModel:
     gamma: float = 1.0
     gain: float = 1.0
     offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Refuse values that give NaN, infinite, constant or inverted images (options named as on the CLI)."""
+        rules = (("--photons", self.photons, 0.0, 1e12, True), ("--blur", self.blur_px, 0.0, 100.0, True),
+                 ("--gamma", self.gamma, 0.05, 20.0, True), ("--gain", self.gain, 1e-6, 1e6, True),
+                 ("--offset", self.offset, -1e3, 1e3, True))
+        for option, value, low, high, _ in rules:
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+                    not (math.isfinite(value) and low <= value <= high):
+                raise InputError(f"{option}: must be a number from {low:g} to {high:g}, got {value!r}")
 
     @classmethod
     def random(cls, rng: np.random.Generator, photons: float = 1e4, blur_px: float = 1.0) -> NoiseModel:
@@ -57,6 +69,9 @@ def xray_from_drr(drr: np.ndarray, noise: NoiseModel, rng: np.random.Generator) 
 def random_params(rng: np.random.Generator, rot_deg: float | tuple[float, float, float] = 10.0,
                   trans_mm: float | tuple[float, float, float] = 20.0) -> np.ndarray:
     """Pose parameters drawn uniformly in ``[-rot_deg, rot_deg]`` (per axis) and ``[-trans_mm, trans_mm]``."""
+    from .training_data import check_pose_range
+
+    check_pose_range(rot_deg, trans_mm)
     rot = np.broadcast_to(np.asarray(rot_deg, dtype=np.float64), (3,))
     trans = np.broadcast_to(np.asarray(trans_mm, dtype=np.float64), (3,))
     return np.concatenate([rng.uniform(-rot, rot), rng.uniform(-trans, trans)])

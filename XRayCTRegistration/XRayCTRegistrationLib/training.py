@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from . import __version__
 from .errors import InputError
-from .files import write_text_atomic
+from .files import Outputs, write_text_atomic
 from .geometry import Camera, ReferenceView, euler_xyz
 from .names import FINE_MODEL, INITIALISER_METHODS, MODEL_KINDS
 from .networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
@@ -146,8 +146,16 @@ class TrainOptions:
             raise InputError(f"--model: unknown model kind '{self.method}'; use one of {', '.join(MODEL_KINDS)}")
         if self.iterations is not None and self.iterations < 1:
             raise InputError(f"--iterations: must be at least 1, got {self.iterations}")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise InputError(f"--time-budget: must be positive, got {self.time_budget_s}")
+        if self.time_budget_s is not None and not (self.time_budget_s > 0 and math.isfinite(self.time_budget_s)):
+            raise InputError(f"--time-budget: must be a positive number of seconds, got {self.time_budget_s}")
+        batch = self.batch_size
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
+            raise InputError(f"--batch-size: must be an integer from 1 to 4096, got {self.batch_size!r}")
+        if not (self.checkpoint_every_s >= 0 and math.isfinite(self.checkpoint_every_s)):
+            raise InputError(f"--checkpoint-every: must be 0 (every step) or more seconds, "
+                             f"got {self.checkpoint_every_s}")
+        if self.seed < 0:
+            raise InputError(f"--seed: must be 0 or more, got {self.seed}")
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""
@@ -468,10 +476,49 @@ def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> dic
         raise InputError(f"{p}: not an initialiser model file ({type(e).__name__})") from None
     if not isinstance(d, dict) or d.get("format") != FILE_FORMAT:
         raise InputError(f"{p}: not an initialiser model file (no '{FILE_FORMAT}' format tag)")
-    if int(d.get("format_version", 0)) > FORMAT_VERSION:
+    version = d.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InputError(f"{p}: model file is damaged ('format_version' is {version!r}, not an integer)")
+    if version > FORMAT_VERSION:
         raise InputError(f"{p}: model file format {d['format_version']} is newer than this library reads "
                          f"({FORMAT_VERSION}); update xrayctreg")
+    check_model_dict(d, p)
     return d
+
+
+MODEL_KEYS = ("method", "options", "network", "ct", "geometry", "reference", "pose_range", "state_dict",
+              "optimizer", "step", "train_time_s", "history")
+"""Keys every model file holds besides its format tag."""
+
+
+def check_model_dict(d: dict, path: Path) -> None:
+    """Raise :class:`InputError` naming ``path`` unless the model dictionary is complete and consistent.
+
+    Builds every part (options, geometry, reference view, the network with its weights) the way
+    :func:`load_initialiser` and ``train(resume=True)`` do, so damage shows here as one sentence.
+    """
+    missing = [k for k in MODEL_KEYS if k not in d]
+    if missing:
+        raise InputError(f"{path}: model file is incomplete (no {', '.join(missing)})")
+    try:
+        options = TrainOptions.from_dict(d["options"])
+        if d["method"] != options.method:
+            raise ValueError(f"method {d['method']!r} differs from its options' {options.method!r}")
+        Camera.from_dict(d["geometry"], "geometry")
+        ReferenceView.from_dict(d["reference"])
+        if not isinstance(d["ct"]["sha256"], str) or len(d["ct"]["shape_ijk"]) != 3:
+            raise ValueError("bad CT record")
+        int(d["step"]), float(d["train_time_s"]), list(d["history"])
+        if not isinstance(d["optimizer"], dict) or not {"state", "param_groups"} <= d["optimizer"].keys():
+            raise ValueError("optimizer state lacks 'state' or 'param_groups'")
+        net = build_network(options)
+        net.load_state_dict(d["state_dict"])
+        torch.optim.AdamW(net.parameters()).load_state_dict(d["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, InputError) as e:
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, KeyError):
+            reason = f"no {e}"
+        raise InputError(f"{path}: model file is damaged or does not match its network ({reason[:200]})") from None
 
 
 def check_ct_match(d: dict, ct_hu: Volume, model_name: str, ct_name: str = "the CT") -> None:
@@ -486,7 +533,7 @@ def check_ct_match(d: dict, ct_hu: Volume, model_name: str, ct_name: str = "the 
 
 def check_camera_match(d: dict, camera: Camera, model_name: str) -> None:
     """Raise :class:`InputError` unless ``camera`` equals the geometry the model was trained for."""
-    trained = d["geometry"]
+    trained = Camera.from_dict(d["geometry"], model_name).to_dict()
     given = camera.to_dict()
     same = all(math.isclose(float(trained[k]), float(given[k]), rel_tol=1e-6, abs_tol=1e-6) for k in given)
     if not same:
@@ -495,6 +542,25 @@ def check_camera_match(d: dict, camera: Camera, model_name: str) -> None:
                     f"offset ({g['x0']:g}, {g['y0']:g}) mm")
         raise InputError(f"{model_name}: model was trained for another detector geometry ({show(trained)}), "
                          f"not this X-ray's ({show(given)}); train one for this geometry with 'xrayctreg train'")
+
+
+def write_training_inputs(ct_hu: Volume, camera: Camera, folder: str | Path) -> tuple[str, str]:
+    """Write a CT (HU, ``ct.nrrd``) and a detector geometry (``geometry.json``) into ``folder`` for ``train``.
+
+    The folder is created when needed; both files appear together or not at all (``files.Outputs``).
+    Returns ``(ct_path, geometry_path)``.
+    """
+    from .volume import write_volume
+
+    p = Path(folder)
+    if str(folder) == "" or (p.exists() and not p.is_dir()):
+        raise InputError(f"{folder}: training folder: {'empty path' if str(folder) == '' else 'not a folder'}")
+    p.mkdir(parents=True, exist_ok=True)
+    ct_path, geometry_path = p / "ct.nrrd", p / "geometry.json"
+    with Outputs() as out:
+        write_volume(ct_hu, out.file(ct_path, "training CT", (".nrrd",)))
+        camera.save(out.file(geometry_path, "training geometry"))
+    return str(ct_path), str(geometry_path)
 
 
 def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOptions | None = None, *,
@@ -508,8 +574,7 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
     """
     options = options or TrainOptions()
     out = Path(out_path)
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: output folder {out.parent} does not exist")
+    Outputs().check(out, "--out")
     previous = None
     if resume and out.exists():
         previous = read_model_file(out, device)

@@ -22,10 +22,27 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .errors import InputError
 from .filters import gaussian_blur
 from .geometry import Camera, ReferenceView
 from .projector import Projector
 from .volume import Volume, hu_to_mu, resample
+
+MAX_ROT_RANGE_DEG = 180.0
+"""Largest rotation half-width (degrees) of a pose range."""
+
+MAX_TRANS_RANGE_MM = 1e4
+"""Largest translation half-width (mm) of a pose range."""
+
+
+def check_pose_range(rot_deg, trans_mm) -> None:
+    """Raise :class:`InputError` unless rotation half-widths are in [0, 180] degrees and translations in [0, 1e4] mm."""
+    for option, values, top in (("--rot-range", rot_deg, MAX_ROT_RANGE_DEG), ("--trans-range", trans_mm,
+                                                                               MAX_TRANS_RANGE_MM)):
+        v = np.atleast_1d(np.asarray(values, dtype=float))
+        if not np.all(np.isfinite(v)) or np.any(v < 0) or np.any(v > top):
+            shown = v[0] if v.size == 1 or np.all(v == v[0]) else v.tolist()
+            raise InputError(f"{option}: must be a number from 0 to {top:g}, got {shown}")
 
 
 @dataclass
@@ -39,6 +56,7 @@ class PoseRange:
         """Broadcast numbers to triples of floats."""
         self.rot_deg = tuple(float(v) for v in np.broadcast_to(np.asarray(self.rot_deg, dtype=float), (3,)))
         self.trans_mm = tuple(float(v) for v in np.broadcast_to(np.asarray(self.trans_mm, dtype=float), (3,)))
+        check_pose_range(self.rot_deg, self.trans_mm)
 
     @property
     def half_widths(self) -> np.ndarray:

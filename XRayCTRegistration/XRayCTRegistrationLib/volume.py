@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .errors import InputError
 from .files import first_line, write_atomic
 from .geometry import LPS_FROM_RAS
+from .integrity import check_dicom_series, verify_image_file
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def read_image(path: Path) -> sitk.Image:
         raise InputError(f"{path}: file not found")
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
+    verify_image_file(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -160,6 +162,7 @@ def read_ct(path: str | Path) -> Volume:
     p = Path(path)
     if p.is_dir():
         files = _dicom_series(p)
+        check_dicom_series(files, p)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         try:

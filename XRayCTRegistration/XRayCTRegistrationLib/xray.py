@@ -43,8 +43,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .files import SINGLE_FILE_SUFFIXES, first_line, image_suffix, write_atomic, write_text_atomic
+from .files import SINGLE_FILE_SUFFIXES, first_line, sidecar_path, write_atomic, write_text_atomic
 from .geometry import Camera
+from .integrity import verify_image_file
 from .names import XRAY_KINDS
 from .volume import check_values
 
@@ -99,17 +100,6 @@ class XRayImage:
         return int(self.image.shape[0]), int(self.image.shape[1])
 
 
-def sidecar_path(image_path: str | Path) -> Path:
-    """The geometry sidecar of an image: its name without the image extension, plus ``.json``.
-
-    ``chest.nii.gz`` -> ``chest.json``, ``view.dcm`` -> ``view.json``, ``IM0001`` -> ``IM0001.json``.
-    """
-    p = Path(image_path)
-    suffix = image_suffix(p)
-    stem = p.name[: -len(suffix)] if suffix else p.name
-    return p.with_name(stem + ".json")
-
-
 # -- reading -------------------------------------------------------------------------------------
 def _read_with_metadata(p: Path) -> tuple[sitk.Image, dict[str, str], bool]:
     """Read an image file; return it, its metadata dictionary and whether it is DICOM."""
@@ -119,6 +109,7 @@ def _read_with_metadata(p: Path) -> tuple[sitk.Image, dict[str, str], bool]:
         raise InputError(f"{p}: is a folder; expected an X-ray image file")
     if p.stat().st_size == 0:
         raise InputError(f"{p}: file is empty")
+    verify_image_file(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
