@@ -310,7 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training_data import PoseRange
     from .volume import read_ct
 
-    batch = args.batch_size or (FINE_BATCH if args.model == FINE_MODEL else 32)
+    batch = args.batch_size if args.batch_size is not None else (FINE_BATCH if args.model == FINE_MODEL else 32)
     options = TrainOptions(method=args.model, iterations=args.iterations, time_budget_s=args.time_budget,
                            batch_size=batch, pose_range=PoseRange(args.rot_range, args.trans_range),
                            checkpoint_every_s=args.checkpoint_every, seed=args.seed)
