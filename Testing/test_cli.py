@@ -62,6 +62,15 @@ def test_simulate_writes_xray_geometry_and_pose(case, tmp_path):
     assert run("simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--seed", "3",
                "--out-dir", tmp_path / "sim2") == 0
     assert np.array_equal(read_xray(tmp_path / "sim2" / "xray.nrrd").image, xr.image)
+    # on a GPU the DRR is rendered there and the noise drawn on the CPU: the same X-ray up to float32 rounding
+    # (which may move a rare Poisson draw by one count)
+    import torch
+
+    if torch.cuda.is_available():
+        assert run("simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--seed", "3",
+                   "--out-dir", tmp_path / "sim3", "--device", "cuda") == 0
+        gpu = read_xray(tmp_path / "sim3" / "xray.nrrd").image
+        assert np.abs(gpu - xr.image).mean() <= 1e-3 * np.abs(xr.image).max()
 
 
 def _bad(capsys, *args):
@@ -109,6 +118,9 @@ def test_simulate_failure_leaves_no_folder(case, tmp_path, capsys):
                             "--pose", tmp_path / "p.json", "--out-dir", tmp_path / "sim")
     assert not (tmp_path / "sim").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]
+    assert "--device" in _bad(capsys, "simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json",
+                              "--out-dir", tmp_path / "sim", "--device", "nosuch")
+    assert not (tmp_path / "sim").exists()
 
 
 def test_register_and_evaluate_round_trip(case, tmp_path, capsys):

@@ -39,6 +39,7 @@ if "--dry-run" in sys.argv:  # must precede the first import of triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import importlib.util  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -322,6 +323,80 @@ def registration(ct_hu: Volume, mu: Volume, size: int, device: torch.device) -> 
     return lines
 
 
+KERNEL_VARIANTS = {  # name: keyword arguments of _raymarch_triton.march (the first is the projector's choice)
+    "default (16x8 pixel tiles, poses fastest, split by size)": {},
+    "rays in a line": {"width": 0},
+    "no sample split": {"split": 1},
+    "tiles fastest (pose by pose)": {"pose_fastest": False},
+}
+
+
+def kernel_variants(mu: Volume, sizes: list[tuple[int, int]], device: torch.device, repeats: int,
+                    inner: int) -> list[str]:
+    """Forward ms of the Triton kernel's launch choices (same images), interleaved; a markdown table."""
+    T = projector.triton_kernels()
+    if T is None:
+        return ["not measured: triton does not import"]
+    vol = torch.as_tensor(mu.data, device=device)
+    head = ["detector, batch"] + list(KERNEL_VARIANTS) + ["split chosen"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for size, batch in sizes:
+        cam = camera(size)
+        ref = ReferenceView.ap(mu.center, cam.sdd)
+        w = np.stack([ref.pose(p) for p in random_params(batch, seed=2)])
+        m = torch.as_tensor((mu.ras_to_ijk @ w)[:, :3], dtype=torch.float32, device=device)
+        dirs = torch.as_tensor(cam.pixel_centers(np.float32).reshape(-1, 3), device=device)
+        jobs = {name: functools.partial(T.march, vol, m, dirs, N_SAMPLES, **{"width": size, **kw})
+                for name, kw in KERNEL_VARIANTS.items()}
+        first = jobs[next(iter(jobs))]()[0]
+        for name, fn in jobs.items():  # warm-up, and every variant renders the same image
+            err = rel_l2(fn()[0], first)
+            if err > 1e-5:
+                raise RuntimeError(f"kernel variant {name!r} differs from the default: rel. L2 {err:.2e}")
+        samples: dict[str, list[float]] = {k: [] for k in jobs}
+        for _ in range(repeats):
+            for name, fn in jobs.items():
+                samples[name].append(timed_ms(fn, device, inner))
+        n_tiles = -(-size // T.TILE_WIDTH) * -(-size // (T.BLOCK_RAYS // T.TILE_WIDTH))
+        cells = [f"{size}x{size}, {batch}"] + [f"{statistics.median(v):.3f}" for v in samples.values()]
+        lines.append("| " + " | ".join(cells + [str(T.sample_split(n_tiles * batch, N_SAMPLES, device))]) + " |")
+        print(f"  kernel variants {lines[-1]}", flush=True)
+    return lines
+
+
+def registration_cpu_vs_gpu(ct_hu: Volume, mu: Volume, size: int, device: torch.device, cases: int) -> list[str]:
+    """Registrations of ``cases`` DRRs at known poses on the CPU (numba) and on ``device``, interleaved.
+
+    Each case starts from the AP view; success: the library's verdict and an mTRE under 2 mm. The kernels
+    were compiled by the sections before.
+    """
+    cam = camera(size)
+    ref = ReferenceView.ap(mu.center, cam.sdd)
+    points = metrics.target_points(ct_hu)
+    rng = np.random.default_rng(5)
+    cpu = torch.device("cpu")
+    rows = {d: {"s": [], "ok": 0, "tre": []} for d in ("cpu", "gpu")}
+    for _ in range(cases):
+        params = np.concatenate([rng.uniform(-5, 5, 3), rng.uniform(-8, 8, 2), rng.uniform(-15, 15, 1)])
+        truth = ref.pose(params)
+        with torch.no_grad():
+            xray = Projector(mu, cam, device=cpu)(torch.as_tensor(truth)).numpy()
+        for key, dev in (("cpu", cpu), ("gpu", device)):
+            res = register(mu, xray, cam, ref.pose(np.zeros(6)), reference=ref, device=str(dev))
+            tre = metrics.mtre(points, truth, res.world_from_camera)
+            rows[key]["s"].append(res.wall_time_s)
+            rows[key]["ok"] += int(res.success and tre < 2.0)
+            rows[key]["tre"].append(tre)
+    med = {k: statistics.median(v["s"]) for k, v in rows.items()}
+    return [f"{size}x{size}, {cases} DRRs at random poses (+-5 deg, +-8 mm, +-15 mm in depth) from the AP view, "
+            f"default method, CPU (numba, {__import__('numba').get_num_threads()} threads) and {device} interleaved",
+            f"CPU: median {med['cpu']:.3f} s, {rows['cpu']['ok']}/{cases} within 2 mm mTRE "
+            f"(median {statistics.median(rows['cpu']['tre']):.2f} mm)",
+            f"{device}: median {med['gpu']:.3f} s, {rows['gpu']['ok']}/{cases} within 2 mm mTRE "
+            f"(median {statistics.median(rows['gpu']['tre']):.2f} mm)",
+            f"CPU / {device} time: {med['cpu'] / med['gpu']:.2f}x (issue 15's target: >= 3x with the same success)"]
+
+
 def training(ct_hu: Volume, device: torch.device, seconds: float, dry: bool) -> list[str]:
     """Steps per second of the regressor's training (default options) over ``seconds`` after the first step."""
     options = TrainOptions(time_budget_s=max(seconds, 1.0), seed=0)
@@ -369,7 +444,8 @@ def speed_table(results: dict, names: list[str]) -> list[str]:
     return lines
 
 
-def report(args, env: list[str], checks: list[str], results: dict, reg: list[str], train: list[str]) -> str:
+def report(args, env: list[str], checks: list[str], results: dict, variants: list[str], reg: list[str],
+           train: list[str]) -> str:
     order = ["ours-triton", "ours-triton-fp16", "ours-torch", "nanodrr"]
     names = sorted({n for by_name in results.values() for n in by_name},
                    key=lambda n: order.index(n) if n in order else len(order))
@@ -380,7 +456,8 @@ def report(args, env: list[str], checks: list[str], results: dict, reg: list[str
             f"square at SDD {SDD:.0f} mm, poses within 15 deg / 15 mm (40 mm in depth) of AP. Median of {args.repeats} "
             f"interleaved repetitions of {args.inner} back-to-back calls (CUDA events), after warm-up. "
             f"fwd+grad: gradient of the image sum with respect to the 6 pose parameters.", ""]
-    out += speed_table(results, names) + ["", "Correctness:", ""] + [f"- {line}" for line in checks]
+    out += speed_table(results, names) + ["", "Triton kernel launch choices, forward ms (same images):", ""] + variants
+    out += ["", "Correctness:", ""] + [f"- {line}" for line in checks]
     out += ["", "Registration:", ""] + [f"- {line}" for line in reg]
     out += ["", "Training:", ""] + [f"- {line}" for line in train]
     return "\n".join(out) + "\n"
@@ -393,6 +470,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--inner", type=int, default=10, help="back-to-back calls per timing")
     ap.add_argument("--train-seconds", type=float, default=20.0)
+    ap.add_argument("--reg-cases", type=int, default=5, help="registrations timed on the CPU and the GPU each")
     ap.add_argument("--out", type=Path, default=None, help="markdown output (default $OUT/gpu.md when OUT is set)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny CT and sizes, Triton interpreter")
     args = ap.parse_args()
@@ -401,6 +479,7 @@ def main() -> None:
         N_SAMPLES = 50  # the interpreter is slow
         device, sizes, reg_size = torch.device("cpu"), DRY_SIZES, 32
         args.repeats, args.inner, args.train_seconds = min(args.repeats, 2), 1, min(args.train_seconds, 2.0)
+        args.reg_cases = min(args.reg_cases, 2)
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: run on a GPU, or use --dry-run")
@@ -414,11 +493,13 @@ def main() -> None:
     checks = correctness(mu, sizes[0][0], device, nano is not None)
     print("\n".join(checks), flush=True)
     results = speed(mu, sizes, device, nano is not None, args.repeats, args.inner)
+    variants = kernel_variants(mu, sizes, device, args.repeats, args.inner)
     reg = registration(ct_hu, mu, reg_size, device)
+    reg += registration_cpu_vs_gpu(ct_hu, mu, reg_size, device, args.reg_cases)
     print("\n".join(reg), flush=True)
     train = training(ct_hu, device, args.train_seconds, args.dry_run)
     print("\n".join(train), flush=True)
-    text = report(args, env, checks, results, reg, train)
+    text = report(args, env, checks, results, variants, reg, train)
     text += f"\nTotal run time {time.perf_counter() - t_start:.0f} s.\n"
     out = args.out or (Path(os.environ["OUT"]) / "gpu.md" if os.environ.get("OUT") else None)
     if out is not None:

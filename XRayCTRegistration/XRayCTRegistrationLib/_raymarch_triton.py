@@ -100,16 +100,57 @@ def _corners(f, n, stride):
 
 
 @triton.jit
+def _tile_rays(tile, n_rays, width, BLOCK: tl.constexpr, TW: tl.constexpr):
+    """Ray indices of tile ``tile`` and whether each exists.
+
+    With ``TW > 0`` the rays are a ``(BLOCK // TW) x TW`` block of pixels of a row-major detector ``width``
+    pixels wide (neighbouring rays meet neighbouring voxels: fewer cache lines per sample), else ``BLOCK``
+    consecutive rays.
+    """
+    if TW > 0:
+        TH: tl.constexpr = BLOCK // TW
+        tiles_w = tl.cdiv(width, TW)
+        row = (tile // tiles_w) * TH + tl.arange(0, BLOCK) // TW
+        col = (tile % tiles_w) * TW + tl.arange(0, BLOCK) % TW
+        r = row * width + col
+        live = (col < width) & (r < n_rays)
+    else:
+        r = tile * BLOCK + tl.arange(0, BLOCK)
+        live = r < n_rays
+    return r, live
+
+
+@triton.jit
 def _march_kernel(vol_ptr, sc, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays, n_samples, out_ptr, jac_ptr,
-                  WITH_JAC: tl.constexpr, BLOCK: tl.constexpr):
-    """Line integrals of ``BLOCK`` rays of pose ``program_id(1)`` in channel ``program_id(2)`` (and Jacobians)."""
-    b = tl.program_id(1)
-    c = tl.program_id(2)
+                  width, n_poses, WITH_JAC: tl.constexpr, BLOCK: tl.constexpr, TW: tl.constexpr,
+                  SPLIT: tl.constexpr, POSE_FASTEST: tl.constexpr):
+    """Line integrals of ``BLOCK`` rays of one pose in channel ``program_id(1)`` over one part of the samples.
+
+    ``program_id(0)`` enumerates (tile, sample part, pose), with ``POSE_FASTEST`` the pose fastest: the
+    programs running at one time render one region of the detector for every pose, which (for nearby
+    poses) reads one region of the volume, kept in the L2 cache; else the tile fastest (pose by pose).
+    Part ``k`` of ``SPLIT`` sums samples ``k, k + SPLIT, ...`` into slice ``k`` of ``out`` (and ``jac``);
+    the caller adds the slices (a launch of few rays keeps more of the GPU busy that way).
+    """
+    pid = tl.program_id(0)
+    if POSE_FASTEST:
+        b = pid % n_poses
+        part = (pid // n_poses) % SPLIT
+        tile = pid // (n_poses * SPLIT)
+    else:
+        n_tiles = tl.num_programs(0) // (n_poses * SPLIT)
+        tile = pid % n_tiles
+        part = (pid // n_tiles) % SPLIT
+        b = pid // (n_tiles * SPLIT)
+    c = tl.program_id(1)
     vol_ptr += c * sc
-    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    live = r < n_rays
+    r, live = _tile_rays(tile, n_rays, width, BLOCK, TW)
     o0, o1, o2, d0, d1, d2, t_near, dt, step, valid = _ray_setup(mat_ptr, dirs_ptr, b, r, live, n_rays,
                                                                    ni, nj, nk, n_samples)
+    # rays that miss the box sample (clamped, in-bounds) voxels at t = 0 and are zeroed by step = 0;
+    # a tile of such rays only does no samples
+    t_near = tl.where(valid, t_near, 0.0)
+    n_iter = tl.where(tl.max(valid.to(tl.int32), axis=0) > 0, n_samples, 0)
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     gb0 = tl.zeros((BLOCK,), dtype=tl.float32)
     gb1 = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -117,19 +158,19 @@ def _march_kernel(vol_ptr, sc, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays
     gt0 = tl.zeros((BLOCK,), dtype=tl.float32)
     gt1 = tl.zeros((BLOCK,), dtype=tl.float32)
     gt2 = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(n_samples):
+    for s in range(part, n_iter, SPLIT):
         t = t_near + (s + 0.5) * dt
         ia, ib, wi = _corners(o0 + t * d0, ni, si)
         ja, jb, wj = _corners(o1 + t * d1, nj, sj)
         ka, kb, wk = _corners(o2 + t * d2, nk, sk)
-        v000 = tl.load(vol_ptr + ka + ja + ia, mask=valid, other=0.0).to(tl.float32)
-        v001 = tl.load(vol_ptr + ka + ja + ib, mask=valid, other=0.0).to(tl.float32)
-        v010 = tl.load(vol_ptr + ka + jb + ia, mask=valid, other=0.0).to(tl.float32)
-        v011 = tl.load(vol_ptr + ka + jb + ib, mask=valid, other=0.0).to(tl.float32)
-        v100 = tl.load(vol_ptr + kb + ja + ia, mask=valid, other=0.0).to(tl.float32)
-        v101 = tl.load(vol_ptr + kb + ja + ib, mask=valid, other=0.0).to(tl.float32)
-        v110 = tl.load(vol_ptr + kb + jb + ia, mask=valid, other=0.0).to(tl.float32)
-        v111 = tl.load(vol_ptr + kb + jb + ib, mask=valid, other=0.0).to(tl.float32)
+        v000 = tl.load(vol_ptr + ka + ja + ia).to(tl.float32)
+        v001 = tl.load(vol_ptr + ka + ja + ib).to(tl.float32)
+        v010 = tl.load(vol_ptr + ka + jb + ia).to(tl.float32)
+        v011 = tl.load(vol_ptr + ka + jb + ib).to(tl.float32)
+        v100 = tl.load(vol_ptr + kb + ja + ia).to(tl.float32)
+        v101 = tl.load(vol_ptr + kb + ja + ib).to(tl.float32)
+        v110 = tl.load(vol_ptr + kb + jb + ia).to(tl.float32)
+        v111 = tl.load(vol_ptr + kb + jb + ib).to(tl.float32)
         x00 = v001 - v000
         x01 = v011 - v010
         x10 = v101 - v100
@@ -153,7 +194,7 @@ def _march_kernel(vol_ptr, sc, sk, sj, si, ni, nj, nk, mat_ptr, dirs_ptr, n_rays
             gt0 += g0 * t
             gt1 += g1 * t
             gt2 += g2 * t
-    ray = (b * tl.num_programs(2) + c) * n_rays + r
+    ray = ((part * n_poses + b) * tl.num_programs(1) + c) * n_rays + r
     tl.store(out_ptr + ray, acc * step, mask=live)
     if WITH_JAC:
         tl.store(jac_ptr + ray * 6 + 0, gb0 * step, mask=live)
@@ -210,8 +251,35 @@ def _check(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor) -> 
         raise ValueError("mu: more than 2^31 voxels")
 
 
+TILE_WIDTH = 16
+"""Pixels per row of a program's tile of a row-major detector (``BLOCK_RAYS // TILE_WIDTH`` rows)."""
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _busy_programs(device: torch.device) -> int:
+    """Programs that keep ``device`` busy: eight per streaming multiprocessor (1 under the interpreter)."""
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return 8 * _SM_COUNT[index]
+
+
+def sample_split(n_programs: int, n_samples: int, device: torch.device) -> int:
+    """Parts to split each ray's samples into, so that a launch of ``n_programs`` tiles fills ``device``.
+
+    1 where the launch already fills it; at most 8, and at least 16 samples a part. A function of the
+    sizes and the device only, so a render is the same from call to call.
+    """
+    want = -(-_busy_programs(device) // max(n_programs, 1))
+    return max(1, min(want, 8, n_samples // 16))
+
+
 def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_samples: int,
-          with_jacobian: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+          with_jacobian: bool = False, width: int = 0, split: int | None = None,
+          pose_fastest: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Line integrals ``[B, R]`` float32 and, with ``with_jacobian``, the per-ray Jacobians ``[B, R, 6]``.
 
     With a volume of ``C`` channels ``[C, K, J, I]`` they are ``[B, C, R]`` and ``[B, C, R, 6]``.
@@ -222,6 +290,12 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
         dirs: ``[R, 3]`` float32 pixel centres in the camera frame, mm.
         n_samples: samples per ray.
         with_jacobian: also return ``sum_i g_i step`` (entries 0-2) and ``sum_i g_i t_i step`` (3-5).
+        width: pixels per detector row when ``dirs`` is a row-major detector (``R = rows * width``):
+            programs then take square-ish tiles of pixels (faster); 0 for any list of rays.
+        split: parts each ray's samples are summed in (partial sums added at the end); None chooses
+            by :func:`sample_split`.
+        pose_fastest: launch order, poses fastest (tiles of all poses at once) or tiles fastest (pose by pose);
+            the result is the same (a knob for benchmarks).
     """
     _check(mu, ijk_from_cam, dirs)
     vol = mu if mu.dim() == 4 else mu[None]  # [C, K, J, I]
@@ -229,15 +303,25 @@ def march(mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor, n_sa
     dirs = dirs.contiguous()
     nb, nr = mat.shape[0], dirs.shape[0]
     nc, nk, nj, ni = vol.shape
-    out = torch.empty((nb, nc, nr), dtype=torch.float32, device=mu.device)
-    jac = torch.empty((nb, nc, nr, 6), dtype=torch.float32, device=mu.device) if with_jacobian else out
-    grid = (triton.cdiv(nr, BLOCK_RAYS), nb, nc)
-    _march_kernel[grid](vol, *vol.stride(), ni, nj, nk, mat, dirs, nr, int(n_samples), out, jac,
-                        WITH_JAC=bool(with_jacobian), BLOCK=BLOCK_RAYS)
+    tw = TILE_WIDTH if width > 0 and nr % width == 0 else 0
+    if tw:
+        n_tiles = triton.cdiv(width, tw) * triton.cdiv(nr // width, BLOCK_RAYS // tw)
+    else:
+        n_tiles, width = triton.cdiv(nr, BLOCK_RAYS), 0
+    if split is None:
+        split = sample_split(n_tiles * nb * nc, int(n_samples), mu.device)
+    out = torch.empty((split, nb, nc, nr), dtype=torch.float32, device=mu.device)
+    jac = torch.empty((split, nb, nc, nr, 6), dtype=torch.float32, device=mu.device) if with_jacobian else out
+    _march_kernel[(n_tiles * split * nb, nc)](vol, *vol.stride(), ni, nj, nk, mat, dirs, nr, int(n_samples), out,
+                                             jac, width, nb, WITH_JAC=bool(with_jacobian), BLOCK=BLOCK_RAYS,
+                                             TW=tw, SPLIT=int(split), POSE_FASTEST=bool(pose_fastest), num_warps=4)
+    out = out[0] if split == 1 else out.sum(0)
+    jac = (jac[0] if split == 1 else jac.sum(0)) if with_jacobian else out
     if with_jacobian:
+        from .devices import host_to_device
         from .projector import add_sample_slide
 
-        jac = add_sample_slide(jac, out, mat, dirs, torch.tensor([ni, nj, nk]))
+        jac = add_sample_slide(jac, out, mat, dirs, host_to_device([ni, nj, nk], torch.float64, mu.device))
     if mu.dim() == 3:
         out, jac = out[:, 0], jac[:, 0]
     return out, (jac if with_jacobian else None)
@@ -264,12 +348,14 @@ class TritonMarch(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu: torch.Tensor, ijk_from_cam: torch.Tensor, dirs: torch.Tensor,
-                n_samples: int) -> torch.Tensor:
+                n_samples: int, width: int = 0) -> torch.Tensor:
         """Render ``mu`` [K, J, I] ([C, K, J, I]) at ``ijk_from_cam`` [B, 3, 4] along ``dirs`` [R, 3].
 
+        ``width``: pixels per row when ``dirs`` is a row-major detector (see :func:`march`), else 0.
         Returns [B, R] ([B, C, R]) float32.
         """
-        out, jac = march(mu.detach(), ijk_from_cam.detach(), dirs, n_samples, with_jacobian=ctx.needs_input_grad[1])
+        out, jac = march(mu.detach(), ijk_from_cam.detach(), dirs, n_samples, with_jacobian=ctx.needs_input_grad[1],
+                         width=width)
         ctx.jac = jac
         ctx.shape = tuple(mu.shape)
         ctx.dtype = mu.dtype
@@ -291,4 +377,4 @@ class TritonMarch(torch.autograd.Function):
             grad_b = g[..., :3].sum(1)  # [B, 3]
             grad_a = torch.einsum("bri,rj->bij", g[..., 3:], dirs)  # [B, 3, 3]
             grad_mat = torch.cat([grad_a, grad_b[..., None]], dim=-1)
-        return grad_mu, grad_mat, None, None
+        return grad_mu, grad_mat, None, None, None

@@ -159,7 +159,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             xray = _simulate_physics(args, ct, camera, pose)
         else:
             with torch.no_grad():
-                drr = Projector(mu, camera, **_samples(args))(torch.as_tensor(pose)).numpy()
+                drr = Projector(mu, camera, **_samples(args), device=args.device)(torch.as_tensor(pose)).cpu().numpy()
             xray = xray_from_drr(drr, noise, rng)
         write_image(xray, tmp / "xray.nrrd", camera)
         save_pose(tmp / "pose.json", pose, reference)
@@ -223,10 +223,10 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
         start = load_pose(init) if init else reference.world_from_camera
         check_source_outside(ct, start, init or "--sid (the reference view)")
     options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
-    if args.labels:
-        options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
     if args.model:
         options["model"] = args.model
+    if args.labels:
+        options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
     if args.renderer == "physics":
         mu, options["renderer"] = _physics_renderer(args, ct)
     progress = Progress("register", enabled=not args.quiet)
@@ -328,9 +328,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.progress_lines:
             print(f"PROGRESS {fraction:.4f} {message}", flush=True)
 
+    factory = None
+    if args.model == "ppc":
+        from .ppc_learned import make_trainer as factory
     try:
         summary = train(ct, camera, args.out, options, reference=_reference(ct, camera, args), resume=args.resume,
-                        device=args.device, ct_source=str(args.ct), progress=progress)
+                        device=args.device, ct_source=str(args.ct), progress=progress, trainer_factory=factory)
     finally:
         bar.close()
     print(f"trained {summary['steps']} steps in {summary['train_time_s']:.1f} s: validation error "
@@ -418,6 +421,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--scatter", type=float, default=0.0, help="--physics: scatter-to-primary ratio of the fog")
     p.add_argument("--electronic-noise", type=float, default=0.0, help="--physics: electronic noise, counts (std)")
     p.add_argument("--out-dir", required=True, help="output folder (created)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the DRR (cpu, cuda; the noise is drawn on the CPU, so the X-ray is the same "
+                        "on either; --physics renders on the CPU)")
     _add_common_render(p)
     p.set_defaults(func=cmd_simulate)
 
@@ -442,12 +448,12 @@ def _add_register(sub) -> None:
                    + ", ".join(m for m in method_names("init") if m not in ("pose", "model"))
                    + " (default: reference, the AP reference view)")
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
+    p.add_argument("--model", help=f"model file of a learned refinement method (--method ppc or ppc-opt, "
+                   f"{FINE_MODEL} or {FINE_MODEL}-opt; from 'xrayctreg train --model ppc' or '--model {FINE_MODEL}')")
     p.add_argument("--no-refine", action="store_true", help="with --init-model: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
                    help=f"refinement method: {describe('refine')}")
-    p.add_argument("--model", help=f"model file of a learned refinement (--method {FINE_MODEL}, "
-                   f"{FINE_MODEL}-opt; from 'xrayctreg train --model {FINE_MODEL}')")
     p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
     p.add_argument("--labels", help="label map aligned with the CT: register on chosen structures only")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
@@ -475,7 +481,8 @@ def _add_train(sub) -> None:
     p.add_argument("--ct", required=True, help="CT image, HU")
     p.add_argument("--geometry", required=True, help="detector geometry JSON of the X-rays to register")
     p.add_argument("--model", choices=MODEL_KINDS, default="regressor",
-                   help=f"model kind: initialisers regressor, rtpi; {FINE_MODEL}: SOPI's fine registration")
+                   help=f"model kind: an initialiser (regressor, rtpi), ppc (the learned point-to-plane refinement) "
+                        f"or {FINE_MODEL} (SOPI's learned fine registration)")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="total training time, seconds (default 900 when --iterations is not given)")

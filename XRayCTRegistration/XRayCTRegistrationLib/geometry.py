@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import host_to_device
 from .errors import InputError
 from .files import write_text_atomic
 from .names import PARAM_NAMES
@@ -238,8 +239,8 @@ class ReferenceView:
 
     def pose_torch(self, params: torch.Tensor) -> torch.Tensor:
         """Differentiable :meth:`pose` for a tensor ``[..., 6]`` (degrees, mm); returns ``[..., 4, 4]``."""
-        ref = torch.as_tensor(self.world_from_camera, dtype=params.dtype, device=params.device)
-        iso = torch.as_tensor(self.isocenter_camera, dtype=params.dtype, device=params.device)
+        ref = host_to_device(self.world_from_camera, params.dtype, params.device)
+        iso = host_to_device(self.isocenter_camera, params.dtype, params.device)
         return ref @ motion_inverse(params, iso)
 
     def params(self, world_from_camera: np.ndarray) -> np.ndarray:

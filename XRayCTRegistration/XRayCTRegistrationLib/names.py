@@ -16,9 +16,14 @@ INITIALISER_METHODS = ("regressor", "rtpi")
 """Learned initialiser kinds that ``training.train`` knows (``xrayctreg train --model``)."""
 
 FINE_MODEL = "sopi-fine"
-"""The learned fine registration (SOPI stage 2) that ``training.train`` knows; used by ``--method sopi-fine``."""
+"""SOPI's learned fine registration (stage 2), trained by ``training.train``; used by ``--method sopi-fine``."""
 
-MODEL_KINDS = (*INITIALISER_METHODS, FINE_MODEL)
+REFINER_MODELS = ("ppc", FINE_MODEL)
+"""Learned refinement methods that ``training.train`` also trains (``xrayctreg train --model ppc`` or
+``sopi-fine``); their model file is given to the refine method (``xrayctreg register --method ppc --model
+FILE``, likewise ``sopi-fine``), not to ``--init-model``."""
+
+MODEL_KINDS = (*INITIALISER_METHODS, *REFINER_MODELS)
 """Every model kind ``training.train`` knows (``xrayctreg train --model``)."""
 
 DEFAULT_METHOD = "opt-lncc"

@@ -286,7 +286,8 @@ class Projector(torch.nn.Module):
             self._ijk_from_world64_dev = self._ijk_from_world64.to(dev)
         m = self._ijk_from_world64_dev  # [4, 4] float64
         ijk_from_cam = (m @ w.to(dev, torch.float64))[:, :3, :].to(torch.float32)  # [B, 3, 4]
-        return triton_kernels().TritonMarch.apply(self.mu[0, 0], ijk_from_cam, self.dirs, self.n_samples)
+        return triton_kernels().TritonMarch.apply(self.mu[0, 0], ijk_from_cam, self.dirs, self.n_samples,
+                                                 self.camera.cols)
 
     # -- torch backend ---------------------------------------------------------------------------
     def _forward_torch(self, w: torch.Tensor) -> torch.Tensor:

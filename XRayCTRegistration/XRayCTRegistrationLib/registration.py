@@ -604,14 +604,17 @@ def _weight(view: _View) -> torch.Tensor | None:
 
 def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
                 similarity: Callable) -> tuple[torch.Tensor, float]:
-    """Summed similarity over the views (differentiable) and the smallest coverage of any view."""
-    total = torch.zeros((), dtype=torch.float64)
-    coverage = 1.0
+    """Summed similarity over the views (differentiable, float64 on the CPU) and the smallest coverage of any view.
+
+    Both come to the host in one transfer (one wait for the device per call, whatever the number of views).
+    """
+    sims, covs = [], []
     for view, w in zip(level.views, _view_poses(level, reference, params), strict=True):
         drr = view.projector(w)  # [rows, cols]
-        coverage = min(coverage, _coverage(drr.detach(), view))
-        total = total + similarity(drr[None], view.image, _weight(view))[0].to(torch.float64).cpu()
-    return total, coverage
+        covs.append(_coverage(drr.detach(), view))
+        sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
+    both = torch.stack([torch.stack(sims).sum(), torch.stack(covs).min().to(torch.float64)]).cpu()
+    return both[0], float(both[1].detach())
 
 
 def _evaluate(level: _Level, reference: ReferenceView, params: torch.Tensor,
@@ -621,16 +624,16 @@ def _evaluate(level: _Level, reference: ReferenceView, params: torch.Tensor,
     return float(sim) / len(level.views), cov
 
 
-def _coverage(drr: torch.Tensor, view: _View) -> float:
-    """Fraction of the (weighted) X-ray pixels that the projected CT covers."""
-    peak = float(drr.max())
-    if not math.isfinite(peak) or peak <= 0:
-        return 0.0
+def _coverage(drr: torch.Tensor, view: _View) -> torch.Tensor:
+    """Fraction (a 0-d tensor on the DRR's device) of the (weighted) X-ray pixels that the projected CT covers.
+
+    0 when the DRR has no positive finite peak.
+    """
+    peak = drr.max()
     covered = (drr > 1e-3 * peak).to(drr.dtype)
     w = _weight(view)
-    if w is None:
-        return float(covered.mean())
-    return float((covered * w).sum() / w.sum().clamp(min=1e-12))
+    frac = covered.mean() if w is None else (covered * w).sum() / w.sum().clamp(min=1e-12)
+    return torch.where(torch.isfinite(peak) & (peak > 0), frac, torch.zeros_like(frac))
 
 
 def _update_label_weights(level: _Level, reference: ReferenceView, params: torch.Tensor) -> None:

@@ -138,6 +138,14 @@ register_method("pose", f"{__package__}.pipeline:init_pose", kind="init",
                 description="a given pose (4x4 world_from_camera or a pose JSON file)")
 register_method("model", f"{__package__}.pipeline:init_model", kind="init",
                 description="the prediction of a trained initialiser (model file from 'xrayctreg train')")
+register_method("dppc", f"{__package__}.dppc:register_dppc", kind="refine",
+                description="point-to-plane correspondences from NCC patch matching (classical DPPC)")
+register_method("dppc-opt", f"{__package__}.dppc:register_dppc", kind="refine", final="opt-lncc",
+                description="dppc, then an opt-lncc intensity step")
+register_method("ppc", f"{__package__}.ppc_learned:register_ppc", kind="refine",
+                description="learned point-to-plane: recurrent flow + PointNet weights (needs --model)")
+register_method("ppc-opt", f"{__package__}.ppc_learned:register_ppc", kind="refine", final="opt-lncc",
+                description="ppc, then an opt-lncc intensity step (needs --model)")
 
 # SOPI's learned fine registration (stage 2); needs a model from 'xrayctreg train --model sopi-fine'
 register_method("sopi-fine", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine",

@@ -33,10 +33,11 @@ import torch
 from torch.nn import functional as F
 
 from . import __version__
+from .devices import host_to_device
 from .errors import InputError
 from .files import Outputs, write_text_atomic
 from .geometry import Camera, ReferenceView, euler_xyz
-from .names import FINE_MODEL, INITIALISER_METHODS, MODEL_KINDS
+from .names import FINE_MODEL, INITIALISER_METHODS, MODEL_KINDS, REFINER_MODELS
 from .networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
 from .networks.composite import CompositeConfig, FineNet
 from .networks.losses import gradient_difference_loss, l2_weights, rotation_loss
@@ -54,8 +55,8 @@ from .training_data import (
 )
 from .volume import Volume, hu_to_mu
 
-METHODS = INITIALISER_METHODS
-"""Initialiser kinds :func:`train` knows (defined in :mod:`names`); it also trains ``sopi-fine`` (``MODEL_KINDS``)."""
+METHODS = (*INITIALISER_METHODS, *REFINER_MODELS)
+"""Model kinds :func:`train` knows (defined in :mod:`names`): the initialisers and the learned ppc refinement."""
 
 FILE_FORMAT = "xrayctreg-initialiser"
 """``format`` entry of a model file."""
@@ -239,11 +240,13 @@ class Trainer:
             self.fine = FineObjective(scene, FineOffsets(options.fine_rot_deg, options.fine_trans_mm),
                                       options.mask_loss, options.seed)
         torch.manual_seed(options.seed)
-        self.net = build_network(options).to(self.device)
+        self.net = self.make_network().to(self.device)
         if isinstance(self.net, RTPI):
             self.net.set_volume(torch.as_tensor(self.source.volume.data))
         decay = options.weight_decay if options.method == "regressor" else 0.0
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr, weight_decay=decay)
+        # on CUDA one fused kernel updates all the weights (the same AdamW update; on the CPU torch's default)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr, weight_decay=decay,
+                                           fused=True if self.device.type == "cuda" else None)
         self.state = TrainState()
         self.pool_params: torch.Tensor | None = None
         self.pool_drr: torch.Tensor | None = None
@@ -253,6 +256,10 @@ class Trainer:
             else options.pool_size
         self.half_widths = torch.as_tensor(options.pose_range.half_widths, dtype=torch.float32, device=self.device)
         self._make_validation()
+
+    def make_network(self) -> torch.nn.Module:
+        """The untrained network (a subclass training another kind of model overrides it)."""
+        return build_network(self.options)
 
     # -- data ---------------------------------------------------------------------------------
     def _make_validation(self) -> None:
@@ -276,11 +283,11 @@ class Trainer:
             self.pool_next = 0
             return
         n = min(o.fresh_per_step, self.pool_size)
-        params = o.pose_range.sample(rng, n, scale)
+        params = host_to_device(o.pose_range.sample(rng, n, scale), torch.float64, self.device)
         idx = (self.pool_next + torch.arange(n, device=self.device)) % self.pool_size
         self.pool_drr[idx] = self.source.render(params)
-        self.pool_params[idx] = torch.as_tensor(params, dtype=torch.float32, device=self.device)
-        self.pool_next = int(idx[-1] + 1) % self.pool_size
+        self.pool_params[idx] = params.float()
+        self.pool_next = (self.pool_next + n) % self.pool_size
 
     def batch(self, scale: float, rng: np.random.Generator, gen: torch.Generator
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -293,8 +300,8 @@ class Trainer:
         if self.pool_size == o.batch_size:
             idx = torch.arange(o.batch_size, device=self.device)
         else:
-            idx = torch.as_tensor(rng.choice(self.pool_size, o.batch_size, replace=o.batch_size > self.pool_size),
-                                  device=self.device)
+            idx = host_to_device(rng.choice(self.pool_size, o.batch_size, replace=o.batch_size > self.pool_size),
+                                 torch.int64, self.device)
         drr = self.pool_drr[idx]
         x = to_input(augment(drr, gen, o.augmentation), o.render.input_size)
         return x, self.pool_params[idx], drr
@@ -330,8 +337,8 @@ class Trainer:
 
     # -- losses -------------------------------------------------------------------------------
     def loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor, fraction: float
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss of a batch and its parts."""
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss of a batch and its parts (0-d tensors on the device, detached)."""
         o = self.options
         if self.fine is not None:
             return self.fine.loss(self.net, x, params, self.state.step, self.range_scale(fraction))
@@ -353,7 +360,7 @@ class Trainer:
                 parts["gd"] = o.alpha * gradient_difference_loss(fixed, to_input(moving, o.render.input_size)).mean()
             parts["l2"] = o.lam * l2_weights(self.net)
         total = torch.stack(list(parts.values())).sum()
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}
 
     def fixed_batch_loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor) -> float:
         """Loss of a given batch (training-mode batch statistics, no update; for tests and diagnostics)."""
@@ -393,8 +400,9 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
         self.optimizer.step()
         self.state.step += 1
-        parts["loss"] = float(loss.detach())
-        return parts
+        parts["loss"] = loss.detach()
+        values = torch.stack(list(parts.values())).tolist()  # one wait for the device per step
+        return dict(zip(parts, values, strict=True))
 
     def run(self, out_path: str | Path, progress: Callable[[float, str], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> dict:
@@ -511,9 +519,10 @@ def check_model_dict(d: dict, path: Path) -> None:
         int(d["step"]), float(d["train_time_s"]), list(d["history"])
         if not isinstance(d["optimizer"], dict) or not {"state", "param_groups"} <= d["optimizer"].keys():
             raise ValueError("optimizer state lacks 'state' or 'param_groups'")
-        net = build_network(options)
-        net.load_state_dict(d["state_dict"])
-        torch.optim.AdamW(net.parameters()).load_state_dict(d["optimizer"])
+        if options.method not in REFINER_MODELS:  # a refinement model's own loader builds its network
+            net = build_network(options)
+            net.load_state_dict(d["state_dict"])
+            torch.optim.AdamW(net.parameters()).load_state_dict(d["optimizer"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, InputError) as e:
         reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, KeyError):
@@ -566,11 +575,13 @@ def write_training_inputs(ct_hu: Volume, camera: Camera, folder: str | Path) -> 
 def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOptions | None = None, *,
           reference: ReferenceView | None = None, resume: bool = False, device: str | torch.device = "cpu",
           ct_source: str = "", progress: Callable[[float, str], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, trainer_factory: Callable[..., Trainer] | None = None) -> dict:
     """Train an initialiser on ``ct_hu`` for ``camera`` and write the model file ``out_path``.
 
     With ``resume`` and an existing ``out_path``, training continues from it (same CT, geometry and
-    method required; the new ``options``' limits apply to the total). Returns :meth:`Trainer.run`'s summary.
+    method required; the new ``options``' limits apply to the total). ``trainer_factory`` builds the
+    :class:`Trainer` from ``(ct_hu, camera, options, reference, device, ct_source)`` (default :class:`Trainer`;
+    ``ppc_learned.make_trainer`` for ``method="ppc"``). Returns :meth:`Trainer.run`'s summary.
     """
     options = options or TrainOptions()
     out = Path(out_path)
@@ -586,7 +597,7 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
         saved.iterations, saved.time_budget_s = options.iterations, options.time_budget_s
         options = saved
         reference = ReferenceView.from_dict(previous["reference"])
-    trainer = Trainer(ct_hu, camera, options, reference, device, ct_source)
+    trainer = (trainer_factory or Trainer)(ct_hu, camera, options, reference, device, ct_source)
     if previous is not None:
         trainer.restore(previous)
     return trainer.run(out, progress, should_stop)

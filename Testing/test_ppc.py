@@ -1,0 +1,210 @@
+"""Point-to-plane correspondence geometry, solver and the DPPC method."""
+
+import numpy as np
+import pytest
+import torch
+from XRayCTRegistrationLib.dppc import MatchOptions, match_patches, register_dppc
+from XRayCTRegistrationLib.geometry import Camera, ReferenceView
+from XRayCTRegistrationLib.metrics import mtre, target_points
+from XRayCTRegistrationLib.phantoms import chest_phantom
+from XRayCTRegistrationLib.ppc import (
+    BONE_HU,
+    CONTOUR_COS,
+    contour_points,
+    motion_matrix,
+    pixels_to_detector,
+    ppc_system,
+    project_torch,
+    solve_motion,
+    surface_points,
+)
+from XRayCTRegistrationLib.projector import render
+from XRayCTRegistrationLib.registry import method_names
+from XRayCTRegistrationLib.volume import Volume, hu_to_mu
+
+SDD = 1000.0
+CAM = Camera(SDD, 32, 32, 8.0, 8.0)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    hu = chest_phantom((32, 32, 32), (5.0, 5.0, 5.0))
+    vol = Volume(hu_to_mu(hu.data), hu.ijk_to_ras)
+    ref = ReferenceView.ap(vol.center, SDD)
+    return hu, vol, ref
+
+
+def _tangent_points(rng, n=80):
+    """Points around (0, 0, 700) mm with unit normals perpendicular to their viewing rays."""
+    w = rng.normal(size=(n, 3)) * [60.0, 60.0, 40.0] + [0.0, 0.0, 700.0]
+    d = w / np.linalg.norm(w, axis=1, keepdims=True)
+    n_ = np.cross(d, rng.normal(size=(n, 3)))
+    return torch.as_tensor(w), torch.as_tensor(n_ / np.linalg.norm(n_, axis=1, keepdims=True))
+
+
+def test_solver_recovers_linear_motion_exactly():
+    rng = np.random.default_rng(1)
+    w, n = _tangent_points(rng)
+    c = w.mean(0)
+    x_true = torch.tensor([0.02, -0.015, 0.03, 2.0, -1.5, 6.0], dtype=torch.float64)
+    moved = w + torch.linalg.cross(x_true[:3].expand_as(w), w - c, dim=-1) + x_true[3:]
+    q = moved * (SDD / moved[:, 2:3])  # exact detector points of the moved contour
+    a, b = ppc_system(w, n, q, c)
+    x = solve_motion(a, b, torch.rand(len(w), dtype=torch.float64) + 0.5, reg=0.0)
+    torch.testing.assert_close(x, x_true, atol=1e-8, rtol=1e-7)
+
+
+def test_solver_iterates_to_a_rigid_motion():
+    rng = np.random.default_rng(2)
+    w, n = _tangent_points(rng, 200)
+    c = w.mean(0)
+    m_true = motion_matrix(torch.tensor([0.05, -0.04, 0.06, 5.0, -4.0, 10.0], dtype=torch.float64), c)
+    target = w @ m_true[:3, :3].T + m_true[:3, 3]
+    q = target * (SDD / target[:, 2:3])
+    n_true = n @ m_true[:3, :3].T  # normals at the final pose keep the tangent planes exact
+    cur = w.clone()
+    total = torch.eye(4, dtype=torch.float64)
+    for _ in range(6):
+        m = motion_matrix(solve_motion(*ppc_system(cur, n_true, q, cur.mean(0)), reg=0.0), cur.mean(0))
+        cur = cur @ m[:3, :3].T + m[:3, 3]
+        total = m @ total
+    torch.testing.assert_close(total, m_true, atol=1e-6, rtol=1e-6)
+
+
+def test_solver_is_differentiable():
+    rng = np.random.default_rng(3)
+    w, n = _tangent_points(rng, 30)
+    q = (w + torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)) * SDD / w[:, 2:3]
+    weights = torch.ones(len(w), dtype=torch.float64, requires_grad=True)
+    x = solve_motion(*ppc_system(w, n, q, w.mean(0)), weights)
+    x.pow(2).sum().backward()
+    assert weights.grad is not None and torch.isfinite(weights.grad).all() and weights.grad.abs().sum() > 0
+
+
+def test_pixels_and_projection_agree_with_camera():
+    rc = torch.tensor([[0.0, 0.0], [31.0, 12.5], [7.25, 30.0]], dtype=torch.float64)
+    det = pixels_to_detector(rc, CAM).numpy()
+    x, y = CAM.pixel_xy(rc[:, 0].numpy(), rc[:, 1].numpy())
+    np.testing.assert_allclose(det[:, 0], x)
+    np.testing.assert_allclose(det[:, 1], y)
+    pts = torch.tensor([[10.0, -20.0, 600.0], [-50.0, 40.0, 800.0]], dtype=torch.float64)
+    np.testing.assert_allclose(project_torch(pts, CAM).numpy(), CAM.project_camera_points(pts.numpy()))
+
+
+def test_contour_points_are_tangent_and_on_drr_edges(scene):
+    _, vol, ref = scene
+    surf = surface_points(vol, 3000)
+    assert len(surf) > 100
+    np.testing.assert_allclose(np.linalg.norm(surf.normals, axis=1), 1.0)
+    pose = ref.pose([3.0, -2.0, 5.0, 4.0, -3.0, 2.0])
+    cont = contour_points(surf, CAM, pose)
+    assert len(cont) > 30
+    d = cont.points / np.linalg.norm(cont.points, axis=1, keepdims=True)
+    assert np.all(np.abs((cont.normals * d).sum(1)) < CONTOUR_COS)
+    thr = hu_to_mu(np.array(BONE_HU))
+    bone = Volume(np.where(vol.data >= thr, vol.data, 0.0), vol.ijk_to_ras)
+    drr = render(bone, CAM, pose, n_samples=120)  # the bone's DRR: its edges are the contour's image
+    gy, gx = np.gradient(drr)
+    mag = np.hypot(gx, gy)
+    r, c = np.rint(cont.pixels).astype(int).T
+    assert np.median(mag[r, c]) > 1.5 * np.median(mag[drr > 0])
+
+
+def test_match_patches_finds_a_shift():
+    rng = np.random.default_rng(0)
+    img = torch.as_tensor(rng.normal(size=(40, 40)).cumsum(0).cumsum(1))
+    shifted = torch.roll(img, shifts=(3, -2), dims=(0, 1))
+    rc = np.array([[15.0, 15.0], [20.0, 22.0], [25.0, 18.0]])
+    pos, score = match_patches(img, 2.0 * shifted + 1.0, rc, MatchOptions(4, 5))
+    np.testing.assert_allclose(pos - rc, [[3, -2]] * 3, atol=0.25)  # integer shift, sub-pixel parabola
+    assert np.all(score > 0.99)
+
+
+def test_dppc_reduces_pose_error(scene):
+    hu, vol, ref = scene
+    gt = np.array([2.0, -2.0, 3.0, 4.0, -5.0, 3.0])
+    start = gt + np.array([2.0, -2.0, 3.0, 6.0, 5.0, -4.0])
+    xray = render(vol, CAM, ref.pose(gt), n_samples=120)
+    pts = target_points(hu, 60)
+    before = mtre(pts, ref.pose(gt), ref.pose(start))
+    res = register_dppc(vol, xray, CAM, ref.pose(start), reference=ref, levels=(2, 1), iterations=(4, 4),
+                        half_patch=3, search=4)
+    after = mtre(pts, ref.pose(gt), res.world_from_camera)
+    assert res.success, res.message
+    assert after < 0.5 * before, (before, after)
+    assert res.similarity > res.initial_similarity
+
+
+def test_dppc_then_intensity_step(scene):
+    hu, vol, ref = scene
+    gt = np.array([1.0, -2.0, 2.0, 3.0, -4.0, 2.0])
+    start = gt + np.array([2.0, 1.0, -2.0, 5.0, 4.0, -3.0])
+    xray = render(vol, CAM, ref.pose(gt), n_samples=120)
+    res = register_dppc(vol, xray, CAM, ref.pose(start), reference=ref, levels=(2, 1), iterations=(3, 2),
+                        half_patch=3, search=4, final="opt-ncc", max_iterations=(20, 10))
+    pts = target_points(hu, 60)
+    assert res.method == "dppc+opt-ncc" and res.iterations > 5
+    assert mtre(pts, ref.pose(gt), res.world_from_camera) < 0.5 * mtre(pts, ref.pose(gt), ref.pose(start))
+
+
+def test_registry_lists_ppc_methods():
+    names = method_names("refine")
+    assert {"dppc", "dppc-opt", "ppc", "ppc-opt"} <= set(names)
+
+
+# -- the learned ppc method ----------------------------------------------------------------------------------
+def _tiny_trainer(hu, iterations=8):
+    from XRayCTRegistrationLib.networks.flow import FlowConfig
+    from XRayCTRegistrationLib.ppc_learned import PPCConfig, make_trainer
+    from XRayCTRegistrationLib.training import TrainOptions
+    from XRayCTRegistrationLib.training_data import PoseRange
+
+    opts = TrainOptions(method="ppc", iterations=iterations, batch_size=2, pose_range=PoseRange(4.0, 8.0),
+                        val_size=2, gd_start=0.0, lr=3e-3, checkpoint_every_s=1e9)
+    trainer = make_trainer(hu, CAM, opts)
+    tiny = PPCConfig(size=32, max_points=64, flow=FlowConfig(features=8, hidden=8, radius=2, iterations=2))
+    trainer.net = type(trainer.net)(tiny)
+    trainer.optimizer = torch.optim.AdamW(trainer.net.parameters(), lr=opts.lr)
+    return trainer
+
+
+def test_ppc_networks_train_on_a_fixed_batch(scene):
+    torch.manual_seed(0)
+    hu, _, _ = scene
+    trainer = _tiny_trainer(hu)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    batch = trainer.batch(1.0, rng, gen)
+    assert batch[2].mask.sum() > 20
+    first = trainer.fixed_batch_loss(*batch)
+    for _ in range(15):
+        loss, parts = trainer.loss(*batch, 1.0)
+        assert set(parts) == {"flow", "reg"}
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+    assert trainer.fixed_batch_loss(*batch) < 0.8 * first
+
+
+def test_ppc_cli_round_trip(scene, tmp_path, capsys):
+    import json
+
+    from XRayCTRegistrationLib.cli import main
+    from XRayCTRegistrationLib.volume import write_volume
+    from XRayCTRegistrationLib.xray import write_image
+
+    hu, vol, ref = scene
+    ct, geom, xr, model, out = (str(tmp_path / n) for n in ("ct.nii.gz", "geom.json", "xray.nrrd", "ppc.pt", "r.json"))
+    write_volume(hu, ct)
+    CAM.save(geom)
+    write_image(render(vol, CAM, ref.pose([1.0, 0.0, 2.0, 3.0, -2.0, 0.0]), n_samples=120), xr, CAM)
+    assert main(["train", "--ct", ct, "--geometry", geom, "--model", "ppc", "--out", model, "--iterations", "1",
+                 "--batch-size", "2", "--threads", "1", "--quiet"]) == 0
+    common = ["register", "--ct", ct, "--xray", xr, "--geometry", geom, "--out", out, "--quiet"]
+    assert main([*common, "--method", "ppc", "--model", model]) in (0, 1)  # 1: ran, reported no convergence
+    res = json.loads(open(out).read())
+    assert res["method"] == "ppc" and len(res["world_from_camera"]) == 4
+    capsys.readouterr()
+    assert main([*common, "--method", "ppc"]) == 2
+    assert "needs a model file" in capsys.readouterr().err
+    assert main([*common, "--init-model", model]) == 2
+    assert "refinement model, not an initialiser" in capsys.readouterr().err

@@ -1,0 +1,261 @@
+"""DPPC: the classical point-to-plane registration (patch-matching correspondences, heuristic weights).
+
+Each iteration renders the DRR at the current pose, finds the apparent contour of the CT's bone
+surface (:func:`ppc.contour_points`), matches a patch of the DRR around each projected contour point
+in the X-ray (NCC block matching within a search window, sub-pixel by a parabola through the peak),
+weights each correspondence by its match quality, and solves the weighted PPC model
+(:func:`ppc.ppc_step`) for the motion. It runs coarse to fine over downsampled detectors, with the
+search window in pixels of each level. Registered as the refine methods ``dppc`` and ``dppc+opt``
+(the same, then an intensity-based step, ``registration.register`` with ``opt-lncc``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .errors import InputError
+from .geometry import Camera, ReferenceView, check_rigid
+from .metrics import image_ncc
+from .ppc import Contour, contour_points, ppc_step, surface_points
+from .projector import Projector
+from .volume import Volume, block_average
+
+DEFAULT_LEVELS = (4.0, 2.0, 1.0)
+"""Detector downsampling factors, coarse to fine (a factor is lowered where fewer than 16 pixels would remain)."""
+
+DEFAULT_ITERATIONS = (4, 4, 2)
+"""PPC iterations per level (ten in all, as in the paper)."""
+
+MIN_CONTOUR_POINTS = 12
+"""Fewest contour points (with a usable match) for an update."""
+
+MIN_SCORE = 0.3
+"""Matches whose NCC peak is below this get no weight."""
+
+
+@dataclass
+class MatchOptions:
+    """Block matching settings, in pixels of the level's detector.
+
+    Attributes:
+        half_patch: patch half-size (the patch is ``2 h + 1`` pixels square).
+        search: search half-width (displacements ``-s..s`` along rows and columns).
+    """
+
+    half_patch: int = 4
+    search: int = 6
+
+
+def match_patches(drr: torch.Tensor, xray: torch.Tensor, rc: np.ndarray, opts: MatchOptions | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """NCC block matching of DRR patches around pixels ``rc`` ``[M, 2]`` (row, col) in the X-ray.
+
+    Returns the matched positions ``[M, 2]`` (continuous pixels, sub-pixel by a parabola through the peak
+    along each axis) and the NCC peak ``[M]`` (0 where the DRR patch is flat).
+    """
+    o = opts or MatchOptions()
+    h, s = o.half_patch, o.search
+    pad = h + s + 1
+    m, p, n = len(rc), 2 * h + 1, 2 * s + 1
+    a = F.pad(drr[None, None].float(), (pad,) * 4, mode="replicate")[0, 0]
+    b = F.pad(xray[None, None].float(), (pad,) * 4, mode="replicate")[0, 0]
+    ij = torch.as_tensor(np.rint(rc).astype(np.int64)) + pad  # [M, 2]
+    off = torch.arange(-h, h + 1)
+    tmpl = a[ij[:, 0, None, None] + off[None, :, None], ij[:, 1, None, None] + off[None, None, :]]  # [M, P, P]
+    tmpl = tmpl - tmpl.mean((1, 2), keepdim=True)
+    t_norm = tmpl.flatten(1).norm(dim=1)
+    woff = torch.arange(-h - s, h + s + 1)
+    win = b[ij[:, 0, None, None] + woff[None, :, None], ij[:, 1, None, None] + woff[None, None, :]]  # [M, W, W]
+    win = win - win.mean((1, 2), keepdim=True)
+    num = F.conv2d(win[None], tmpl[:, None], groups=m)[0]  # [M, S, S]: sum of template x candidate
+    mean = F.avg_pool2d(win[:, None], p, stride=1)[:, 0]
+    sq = F.avg_pool2d(win[:, None] ** 2, p, stride=1)[:, 0]
+    c_norm = (p * p * (sq - mean ** 2)).clamp(min=0).sqrt()
+    tiny = 1e-4 * p * float(xray.abs().max().clamp(min=1e-30))  # flat X-ray windows give no match
+    score = torch.where(c_norm > tiny, num / (t_norm[:, None, None] * c_norm).clamp(min=1e-30), 0.0).double()
+    best = score.reshape(m, -1).argmax(-1)
+    br, bc = best // n, best % n
+    peak = score.reshape(m, -1).gather(1, best[:, None])[:, 0]
+    dr = br.double() - s + _parabola(score, br, bc, axis=0)
+    dc = bc.double() - s + _parabola(score, br, bc, axis=1)
+    pos = np.rint(rc) + torch.stack([dr, dc], -1).numpy()
+    peak = torch.where(t_norm < 1e-6 * float(drr.abs().max().clamp(min=1e-30)), torch.zeros_like(peak), peak)
+    return pos, peak.numpy()
+
+
+def _parabola(score: torch.Tensor, br: torch.Tensor, bc: torch.Tensor, axis: int) -> torch.Tensor:
+    """Sub-pixel offset of the peak along one axis of ``score`` ``[M, S, S]`` (0 at the window's border)."""
+    n = score.shape[1]
+    idx = torch.arange(len(br))
+    c = br if axis == 0 else bc
+    lo, hi = (c - 1).clamp(min=0), (c + 1).clamp(max=n - 1)
+    at = (lambda k: score[idx, k, bc]) if axis == 0 else (lambda k: score[idx, br, k])
+    f0, fm, fp = at(c), at(lo), at(hi)
+    den = fm - 2 * f0 + fp
+    off = torch.where(den < -1e-12, 0.5 * (fm - fp) / den, torch.zeros_like(den))
+    inner = (c > 0) & (c < n - 1)
+    return torch.where(inner, off.clamp(-0.5, 0.5), torch.zeros_like(off))
+
+
+def match_weights(score: np.ndarray, min_score: float = MIN_SCORE) -> np.ndarray:
+    """Heuristic correspondence weights from the NCC peaks: ``score^2`` above ``min_score``, else 0."""
+    s = np.asarray(score, dtype=np.float64)
+    return np.where(s >= min_score, s * s, 0.0)
+
+
+# -- levels -----------------------------------------------------------------------------------------------------
+@dataclass
+class PPCLevel:
+    """One detector resolution: its camera, projector and the X-ray averaged onto it."""
+
+    factor: float
+    camera: Camera
+    projector: Projector
+    xray: torch.Tensor
+
+
+def build_levels(volume_mu: Volume, xray: np.ndarray, camera: Camera, factors: Sequence[float],
+                 device: str = "cpu") -> list[PPCLevel]:
+    """The detector pyramid: per factor a downsampled camera, a projector of a block-averaged CT and the X-ray."""
+    levels = []
+    img = torch.as_tensor(np.asarray(xray, dtype=np.float32))
+    for f in factors:
+        f = float(max(1.0, min(f, min(camera.rows, camera.cols) / 16)))
+        cam = camera.downsampled(f)
+        vf = max(1, int(f // 2))
+        vol = volume_mu.derived(("ppc-level", vf), lambda vf=vf: block_average(
+            volume_mu, [max(1, round(vf * min(volume_mu.spacing) / s)) for s in volume_mu.spacing]))
+        proj = Projector(vol, cam, device=device)
+        low = F.adaptive_avg_pool2d(img[None, None], (cam.rows, cam.cols))[0, 0] if f > 1 else img
+        levels.append(PPCLevel(f, cam, proj, low))
+    return levels
+
+
+def render(level: PPCLevel, world_from_camera: np.ndarray) -> torch.Tensor:
+    """The level's DRR ``[rows, cols]`` at a pose (no gradients)."""
+    with torch.no_grad():
+        return level.projector(torch.as_tensor(world_from_camera, dtype=torch.float64)).cpu()
+
+
+# -- the method ---------------------------------------------------------------------------------------------------
+Correspond = Callable[[PPCLevel, torch.Tensor, Contour], tuple[np.ndarray, np.ndarray]]
+"""``(level, drr, contour) -> (target pixels [M, 2], weights [M])``: the correspondence step of a PPC method."""
+
+
+def patch_matching(match: MatchOptions | None = None) -> Correspond:
+    """The DPPC correspondence step: NCC block matching, heuristic weights."""
+    def correspond(level: PPCLevel, drr: torch.Tensor, contour: Contour) -> tuple[np.ndarray, np.ndarray]:
+        pos, score = match_patches(drr, level.xray, contour.pixels, match)
+        return pos, match_weights(score)
+    return correspond
+
+
+def iterate_ppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np.ndarray, correspond: Correspond, *,
+                levels: Sequence[float] = DEFAULT_LEVELS, iterations: Sequence[int] = DEFAULT_ITERATIONS,
+                n_surface: int = 4000, max_points: int = 600, reg: float = 1e-3, robust: int = 0, device: str = "cpu",
+                progress: Callable[[float, str], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, int, str, bool]:
+    """The PPC iteration shared by ``dppc`` and ``ppc``: returns (pose, iterations, message, completed).
+
+    Every iteration: the DRR at the current pose on the level's detector, the apparent contour, the
+    correspondences ``correspond`` finds, one weighted PPC solve, the pose update.
+    """
+    if len(iterations) != len(levels):
+        raise InputError(f"iterations: give one count per level ({len(levels)}), got {len(iterations)}")
+    surface = surface_points(volume_mu, n_surface)
+    pyramid = build_levels(volume_mu, xray, camera, levels, device)
+    pose = np.asarray(init, dtype=np.float64)
+    total, done = sum(int(n) for n in iterations), 0
+    for level, n_it in zip(pyramid, iterations, strict=True):
+        for _ in range(int(n_it)):
+            if should_stop is not None and should_stop():
+                return pose, done, "stopped by the caller", False
+            contour = contour_points(surface, level.camera, pose, max_points=max_points)
+            if len(contour) < MIN_CONTOUR_POINTS:
+                return pose, done, f"only {len(contour)} contour points in view", False
+            targets, weights = correspond(level, render(level, pose), contour)
+            if np.count_nonzero(weights > 0) < MIN_CONTOUR_POINTS:
+                return pose, done, f"only {np.count_nonzero(weights > 0)} usable correspondences", False
+            pose, _ = ppc_step(contour, targets, weights, level.camera, pose, reg, robust)
+            done += 1
+            if progress is not None:
+                progress(done / total, f"level x{level.factor:g}, iteration {done}/{total}")
+    return pose, done, f"{done} PPC iterations", True
+
+
+def register_dppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_world_from_camera: np.ndarray, *,
+                  reference: ReferenceView | None = None, progress: Callable[[float, str], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, device: str = "cpu",
+                  levels: Sequence[float] = DEFAULT_LEVELS, iterations: Sequence[int] = DEFAULT_ITERATIONS,
+                  half_patch: int = 4, search: int = 6, robust: int = 2, final: str | None = None,
+                  **final_options):
+    """The ``dppc`` refine method (registry calling convention); ``final="opt-lncc"`` adds an intensity step.
+
+    Args:
+        volume_mu: attenuation (1/mm), world RAS.
+        xray: attenuation-bright X-ray ``[rows, cols]``.
+        camera: its geometry.
+        init_world_from_camera: 4x4 start pose.
+        reference: the view the result's parameters are relative to (default AP).
+        progress: ``progress(fraction, message)`` after every iteration.
+        should_stop: polled every iteration; True stops (the result says so, success False).
+        device: torch device of the rendering.
+        levels: detector downsampling factors, coarse to fine.
+        iterations: PPC iterations per level.
+        half_patch: block matching patch half-size, pixels of each level.
+        search: block matching search half-width, pixels of each level.
+        robust: re-solves with Tukey weights of the residuals per iteration (discounts wrong matches).
+        final: an intensity method of ``registration.register`` run after the PPC iterations, or None.
+        **final_options: options of that step (default ``registration.refine_schedule`` of the camera).
+
+    Returns:
+        A ``registration.RegistrationResult`` (similarity: NCC of the full-resolution DRR with the X-ray).
+    """
+    match = MatchOptions(int(half_patch), int(search))
+    return run_ppc_method(volume_mu, xray, camera, init_world_from_camera, patch_matching(match),
+                          "dppc", reference=reference, progress=progress, should_stop=should_stop, device=device,
+                          levels=levels, iterations=iterations, final=final, robust=robust, **final_options)
+
+
+def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np.ndarray, correspond: Correspond,
+                   name: str, *, reference: ReferenceView | None, progress, should_stop, device: str,
+                   levels: Sequence[float], iterations: Sequence[int], final: str | None, robust: int = 0,
+                   **final_options):
+    """A PPC method as a ``RegistrationResult``: the iterations, then the optional intensity step ``final``."""
+    from .registration import RegistrationResult, refine_schedule, register
+
+    t0 = time.perf_counter()
+    init = check_rigid(init, "init_world_from_camera")
+    reference = reference or ReferenceView.ap(volume_mu.center, camera.sdd)
+    full = Projector(volume_mu, camera, device=device)
+    init_sim = image_ncc(render_full(full, init), xray)
+    share = 0.5 if final else 1.0
+    prog = None if progress is None else (lambda f, m: progress(share * f, f"{name}: {m}"))
+    pose, n_it, msg, ok = iterate_ppc(volume_mu, xray, camera, init, correspond, levels=levels,
+                                      iterations=iterations, robust=robust, device=device, progress=prog,
+                                      should_stop=should_stop)
+    method, uncertainty = name, None
+    if final and ok:
+        prog2 = None if progress is None else (lambda f, m: progress(0.5 + 0.5 * f, m))
+        opts = {**refine_schedule(camera), **final_options}
+        res = register(volume_mu, xray, camera, pose, reference=reference, method=final, progress=prog2,
+                       should_stop=should_stop, device=device, **opts)
+        pose, n_it, ok = res.world_from_camera, n_it + res.iterations, res.success
+        msg, method = f"{msg}; {final}: {res.message}", f"{name}+{final}"
+        uncertainty = getattr(res, "uncertainty", None)
+    sim = image_ncc(render_full(full, pose), xray)
+    return RegistrationResult(world_from_camera=pose, params=reference.params(pose), similarity=sim,
+                              initial_similarity=init_sim, iterations=n_it, wall_time_s=time.perf_counter() - t0,
+                              method=method, success=ok, message=msg, reference=reference, uncertainty=uncertainty)
+
+
+def render_full(projector: Projector, pose: np.ndarray) -> np.ndarray:
+    """A full-resolution DRR as a numpy array."""
+    with torch.no_grad():
+        return projector(torch.as_tensor(pose, dtype=torch.float64)).cpu().numpy()

@@ -1,0 +1,365 @@
+"""The learned point-to-plane registration (``ppc``): recurrent flow correspondences, PointNet weights, PPC solver.
+
+Each PPC iteration (:func:`dppc.iterate_ppc`) gets its correspondences from :class:`PPCNet`: a small
+RAFT-like flow network (:class:`networks.flow.FlowNet`) between the DRR at the current pose and the
+X-ray, both on a ``size x size`` detector, sampled at the projected contour points; a PointNet-style
+network (:class:`networks.pointnet.WeightNet`) weights each correspondence; the weighted PPC solver
+(:func:`ppc.solve_motion`, no learnable weights) turns them into the motion.
+
+Training (:class:`PPCTrainer`, through ``training.train`` with ``TrainOptions(method="ppc")``, i.e.
+``xrayctreg train --model ppc``) is patient-specific: the ground truth is drawn from the options' pose
+range, the start from it by a random offset (up to :data:`START_OFFSET`, grown by the curriculum), the
+"X-ray" is the augmented DRR at the ground truth. The loss is the flow error at the contour points
+(L1, input pixels), discounted over the recurrent updates (``FLOW_GAMMA``), plus, after ``gd_start`` of
+the training, the registration loss (mean 3D distance, mm, of the contour points moved by the solved
+motion from their true positions) with a motion regulariser. Frames and units as in :mod:`ppc`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .dppc import PPCLevel, run_ppc_method
+from .errors import InputError
+from .geometry import Camera, ReferenceView, invert_rigid, transform_points
+from .metrics import rotation_error_deg, translation_error_mm
+from .networks.flow import FlowConfig, FlowNet
+from .networks.pointnet import WeightConfig, WeightNet
+from .ppc import (
+    Contour,
+    SurfacePoints,
+    contour_points,
+    motion_matrix,
+    pixels_to_detector,
+    ppc_system,
+    solve_motion,
+    surface_points,
+)
+from .training_data import RenderSettings, augment, low_res_camera, normalise
+from .volume import Volume, hu_to_mu
+
+START_OFFSET = (8.0, 25.0)
+"""Largest start offset from the ground truth in training: degrees per angle, mm per translation."""
+
+FLOW_GAMMA = 0.8
+"""Discount of the flow loss of earlier recurrent updates (the last one counts 1)."""
+
+FEATURES = 9
+"""Features per correspondence of the weighting network: position (2), flow (2), image normal (2), flow along the
+normal (1), ``|n . d|`` (1), flow length (1)."""
+
+RENDER = RenderSettings(ct_spacing_mm=2.0, detector_size=64, input_size=64, step_vox=1.0)
+"""Training DRRs of the ppc model: a 64-pixel detector (its inputs are the DRR and X-ray at that size)."""
+
+
+@dataclass
+class PPCConfig:
+    """Architecture of :class:`PPCNet`.
+
+    Attributes:
+        size: side of the square flow-network inputs, pixels (divisible by 4).
+        max_points: contour points per training sample.
+        flow: the flow network.
+        weight: the weighting network.
+        reg: damping of the PPC solve (see :func:`ppc.solve_motion`).
+    """
+
+    size: int = 64
+    max_points: int = 256
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    weight: WeightConfig = field(default_factory=lambda: WeightConfig(features=FEATURES))
+    reg: float = 1e-3
+
+    def to_dict(self) -> dict:
+        """Plain dictionary (saved in model files)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PPCConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(int(d["size"]), int(d["max_points"]), FlowConfig(**d["flow"]), WeightConfig(**d["weight"]),
+                   float(d["reg"]))
+
+
+@dataclass
+class Batch:
+    """Contour data of a batch, padded to ``N`` points (camera frame of the start pose, mm; pixels of the level).
+
+    Attributes:
+        pixels: ``[B, N, 2]`` (row, col) projections at the start pose.
+        points, normals: ``[B, N, 3]`` contour points and normals.
+        true_points: ``[B, N, 3]`` the same CT points under the true pose (same camera frame convention).
+        mask: ``[B, N]`` real points.
+        cos: ``[B, N]`` ``|n . d|``.
+    """
+
+    pixels: torch.Tensor
+    points: torch.Tensor
+    normals: torch.Tensor
+    true_points: torch.Tensor
+    mask: torch.Tensor
+    cos: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The same batch on ``device``."""
+        return Batch(*(getattr(self, k).to(device) for k in ("pixels", "points", "normals", "true_points", "mask",
+                                                              "cos")))
+
+
+class PPCNet(torch.nn.Module):
+    """Flow network + weighting network; :meth:`forward` gives the flows, the targets and the weights."""
+
+    def __init__(self, config: PPCConfig | None = None) -> None:
+        """Build both networks."""
+        super().__init__()
+        self.config = config or PPCConfig()
+        self.flow = FlowNet(self.config.flow)
+        self.weight = WeightNet(self.config.weight)
+
+    def forward(self, drr: torch.Tensor, xray: torch.Tensor, batch: Batch, iterations: int | None = None
+                ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Flows at the points after each update ``[B, N, 2]`` (d_row, d_col, level pixels), targets, weights.
+
+        ``drr`` and ``xray``: ``[B, rows, cols]`` of the level's detector, any scale (each is normalised).
+        """
+        s = self.config.size
+        rows, cols = drr.shape[-2:]
+        img1 = normalise(F.interpolate(drr[:, None].float(), size=(s, s), mode="bilinear", align_corners=False))
+        img2 = normalise(F.interpolate(xray[:, None].float(), size=(s, s), mode="bilinear", align_corners=False))
+        flows = self.flow(img1, img2, iterations)
+        scale = torch.tensor([s / rows, s / cols], dtype=torch.float32, device=drr.device)
+        at = batch.pixels.float() * scale  # (row, col) on the s-grid (pixel centres at integers)
+        grid = torch.stack([2 * at[..., 1] / (s - 1) - 1, 2 * at[..., 0] / (s - 1) - 1], -1)[:, :, None]
+        sampled = [F.grid_sample(f, grid, align_corners=True)[..., 0].permute(0, 2, 1).flip(-1) / scale
+                   for f in flows]  # [B, N, 2] (d_row, d_col) in level pixels
+        last = sampled[-1]
+        n2 = batch.normals[..., :2].float()
+        n2 = n2.flip(-1) / n2.norm(dim=-1, keepdim=True).clamp(min=1e-6)  # (row, col) order: (y, x)
+        feats = torch.cat([2 * at / s - 1, last / 8, n2, (last * n2).sum(-1, keepdim=True) / 8,
+                           batch.cos.float()[..., None], (last.norm(dim=-1, keepdim=True) / 8)], -1)
+        weights = self.weight(feats, batch.mask)
+        return sampled, batch.pixels.float() + last, weights
+
+
+def solve_batch(batch: Batch, targets: torch.Tensor, weights: torch.Tensor, camera: Camera, reg: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Motions ``x`` ``[B, 6]`` and their rotation centres ``[B, 3]`` from target pixels ``[B, N, 2]``."""
+    dt = torch.float64
+    w = weights.to(dt) * batch.mask
+    pts = batch.points.to(dt)
+    center = (pts * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-9)
+    a, b = ppc_system(pts, batch.normals.to(dt), pixels_to_detector(targets.to(dt), camera), center)
+    return solve_motion(a, b, w, reg), center
+
+
+def moved_points(batch: Batch, x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """The contour points ``[B, N, 3]`` moved by the motions ``x`` about ``center``."""
+    m = motion_matrix(x, center)
+    return batch.points.to(m.dtype) @ m[:, :3, :3].transpose(1, 2) + m[:, None, :3, 3]
+
+
+def make_batch(surface: SurfacePoints, camera: Camera, starts: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+               max_points: int) -> Batch:
+    """Contours at the start poses, padded to ``max_points``, with the points' true positions (camera frames)."""
+    b = len(starts)
+    out = {k: np.zeros((b, max_points, d)) for k, d in (("pixels", 2), ("points", 3), ("normals", 3),
+                                                         ("true_points", 3), ("cos", 1))}
+    mask = np.zeros((b, max_points), dtype=bool)
+    for i, (ws, wt) in enumerate(zip(starts, truths, strict=True)):
+        c = contour_points(surface, camera, ws, max_points=max_points)
+        n = len(c)
+        out["pixels"][i, :n], out["points"][i, :n], out["normals"][i, :n] = c.pixels, c.points, c.normals
+        out["cos"][i, :n, 0] = c.cos
+        out["true_points"][i, :n] = transform_points(invert_rigid(wt), surface.points[c.index])
+        mask[i, :n] = True
+    t = {k: torch.as_tensor(v) for k, v in out.items()}
+    return Batch(t["pixels"], t["points"], t["normals"], t["true_points"], torch.as_tensor(mask), t["cos"][..., 0])
+
+
+def true_flow(batch: Batch, camera: Camera) -> torch.Tensor:
+    """Ground-truth flow ``[B, N, 2]`` (d_row, d_col, level pixels) at the contour points."""
+    rc = torch.as_tensor(camera.project_camera_points(batch.true_points.cpu().numpy()), device=batch.pixels.device)
+    return torch.nan_to_num(rc - batch.pixels) * batch.mask[..., None]
+
+
+def flow_loss(flows: list[torch.Tensor], gt: torch.Tensor, mask: torch.Tensor, gamma: float = FLOW_GAMMA
+              ) -> torch.Tensor:
+    """Discounted masked L1 flow error over the recurrent updates (the last weighs 1), level pixels."""
+    n = len(flows)
+    m = mask.float()[..., None]
+    per = [((f - gt.float()).abs() * m).sum() / m.sum().clamp(min=1) for f in flows]
+    return sum(gamma ** (n - 1 - i) * p for i, p in enumerate(per))
+
+
+def registration_loss(batch: Batch, x: torch.Tensor, center: torch.Tensor, motion_weight: float = 1e-3
+                      ) -> torch.Tensor:
+    """Mean 3D distance (mm) of the moved contour points from their true positions, plus the motion regulariser."""
+    d = (moved_points(batch, x, center) - batch.true_points).norm(dim=-1)
+    m = batch.mask.to(d.dtype)
+    return (d * m).sum() / m.sum().clamp(min=1) + motion_weight * (x ** 2).sum(-1).mean()
+
+
+# -- training ---------------------------------------------------------------------------------------------------
+def build_ppc_net(options) -> PPCNet:
+    """The untrained :class:`PPCNet` of ``training.TrainOptions`` with ``method="ppc"``."""
+    return PPCNet(PPCConfig())
+
+
+def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceView | None = None,
+                 device: str | torch.device = "cpu", ct_source: str = ""):
+    """A :class:`PPCTrainer` (a ``training.Trainer`` with the ppc data, loss and validation)."""
+    from .training import Trainer
+
+    class PPCTrainer(Trainer):
+        """``training.Trainer`` for the ppc model: start/truth pairs, flow + registration loss, pose validation."""
+
+        def __init__(self) -> None:
+            options.render = RENDER
+            self.surface = surface_points(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras))
+            super().__init__(ct_hu, camera, options, reference, device, ct_source)
+            self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr,
+                                               weight_decay=options.weight_decay)
+
+        def make_network(self) -> PPCNet:
+            return build_ppc_net(self.options)
+
+        def _sample(self, rng: np.random.Generator, n: int, scale: float, gen: torch.Generator):
+            o = self.options
+            gt = o.pose_range.sample(rng, n)
+            off = np.asarray(START_OFFSET)[[0, 0, 0, 1, 1, 1]]
+            start = gt + scale * rng.uniform(-1, 1, (n, 6)) * off
+            xray = augment(self.source.render(gt), gen, o.augmentation)
+            drr = self.source.render(start)
+            ref = self.reference
+            batch = make_batch(self.surface, self.source.low_camera, [ref.pose(p) for p in start],
+                               [ref.pose(p) for p in gt], self.net.config.max_points).to(self.device)
+            return (drr, xray), torch.as_tensor(np.concatenate([start, gt], 1)), batch
+
+        def _make_validation(self) -> None:
+            rng = np.random.default_rng(10_000 + self.options.seed)
+            gen = torch.Generator(device=self.device).manual_seed(10_000 + self.options.seed)
+            self.val = self._sample(rng, min(self.options.val_size, 2 * self.options.batch_size, 16), 1.0, gen)
+
+        def batch(self, scale, rng, gen):
+            return self._sample(rng, self.options.batch_size, scale, gen)
+
+        def loss(self, x, params, drr, fraction):
+            batch = drr
+            flows, targets, weights = self.net(x[0], x[1], batch)
+            parts = {"flow": flow_loss(flows, true_flow(batch, self.source.low_camera), batch.mask)}
+            if fraction >= self.options.gd_start:
+                xm, c = solve_batch(batch, targets, weights, self.source.low_camera, self.net.config.reg)
+                parts["reg"] = self.options.beta * registration_loss(batch, xm, c).float()
+            total = torch.stack(list(parts.values())).sum()
+            return total, {k: float(v.detach()) for k, v in parts.items()}
+
+        def validate(self) -> dict[str, float]:
+            (drr, xray), params, batch = self.val
+            with torch.no_grad():
+                _, targets, weights = self.net(drr, xray, batch)
+                x, c = solve_batch(batch, targets, weights, self.source.low_camera, self.net.config.reg)
+                m = motion_matrix(x, c).cpu().numpy()
+            rot, trans = [], []
+            for k in range(len(m)):
+                start, gt = self.reference.pose(params[k, :6].numpy()), self.reference.pose(params[k, 6:].numpy())
+                pose = start @ invert_rigid(m[k])
+                rot.append(rotation_error_deg(gt, pose))
+                trans.append(translation_error_mm(gt, pose, self.reference.isocenter))
+            return {"rot_deg": float(np.mean(rot)), "trans_mm": float(np.mean(trans))}
+
+    return PPCTrainer()
+
+
+# -- the refine method -------------------------------------------------------------------------------------------
+_MODELS: dict[tuple[str, float], tuple[PPCNet, dict]] = {}
+
+
+def load_ppc_model(path: str | Path) -> tuple[PPCNet, dict]:
+    """The network and the model file's dictionary (kept per path and modification time)."""
+    from .training import read_model_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--model: {p}: model file not found (train one with 'xrayctreg train --model ppc')")
+    key = (str(p.resolve()), p.stat().st_mtime)
+    if key not in _MODELS:
+        d = read_model_file(p)
+        if d.get("method") != "ppc":
+            raise InputError(f"--model: {p} is a '{d.get('method')}' model, not a ppc model "
+                             "(train one with 'xrayctreg train --model ppc')")
+        net = PPCNet(PPCConfig.from_dict(d["network"]))
+        try:
+            net.load_state_dict(d["state_dict"])
+        except RuntimeError as e:
+            raise InputError(f"--model: {p}: model file does not match the ppc network ({str(e)[:200]})") from None
+        _MODELS[key] = (net.eval(), {k: v for k, v in d.items() if k not in ("state_dict", "optimizer")})
+    return _MODELS[key]
+
+
+def check_volume(info: dict, volume_mu: Volume, model_name: str) -> None:
+    """Raise :class:`InputError` unless ``volume_mu`` has the grid the model's CT had."""
+    same = list(volume_mu.shape_ijk) == list(info["ct"]["shape_ijk"]) and np.allclose(
+        volume_mu.ijk_to_ras, np.asarray(info["ct"]["ijk_to_ras"]), atol=1e-4)
+    if not same:
+        raise InputError(f"--model: {model_name} was trained on another CT ({info['ct'].get('source') or 'unnamed'}, "
+                         f"{'x'.join(map(str, info['ct']['shape_ijk']))} voxels), not this one "
+                         f"({'x'.join(map(str, volume_mu.shape_ijk))} voxels)")
+
+
+def learned_correspondences(net: PPCNet) -> Callable[[PPCLevel, torch.Tensor, Contour], tuple[np.ndarray, np.ndarray]]:
+    """The ppc correspondence step: flow at the contour points and PointNet weights."""
+    def correspond(level: PPCLevel, drr: torch.Tensor, contour: Contour) -> tuple[np.ndarray, np.ndarray]:
+        t = {k: torch.as_tensor(getattr(contour, k))[None] for k in ("pixels", "points", "normals", "cos")}
+        batch = Batch(t["pixels"], t["points"], t["normals"], t["points"], torch.ones(1, len(contour), dtype=bool),
+                      t["cos"])
+        with torch.no_grad():
+            _, targets, weights = net(drr[None], level.xray[None], batch)
+        return targets[0].double().numpy(), weights[0].double().numpy()
+    return correspond
+
+
+def register_ppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_world_from_camera: np.ndarray, *,
+                 model: str | Path | None = None, reference: ReferenceView | None = None,
+                 progress: Callable[[float, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                 device: str = "cpu", iterations: int = 10, final: str | None = None, **final_options):
+    """The ``ppc`` refine method (registry calling convention).
+
+    Args:
+        volume_mu: attenuation (1/mm), world RAS; the CT the model was trained on.
+        xray: attenuation-bright X-ray ``[rows, cols]``.
+        camera: its geometry (the model's).
+        init_world_from_camera: 4x4 start pose.
+        model: the model file from ``xrayctreg train --model ppc``.
+        reference: the view the result's parameters are relative to (default AP).
+        progress: ``progress(fraction, message)`` after every iteration.
+        should_stop: polled every iteration; True stops.
+        device: torch device of the rendering (the networks run on the CPU).
+        iterations: PPC iterations (ten, as in the paper).
+        final: an intensity method of ``registration.register`` run afterwards (``ppc-opt``: ``opt-lncc``).
+        **final_options: options of that step.
+
+    Returns:
+        A ``registration.RegistrationResult``.
+    """
+    from .training import check_camera_match
+
+    if model is None:
+        raise InputError("--model: the ppc method needs a model file (train one with 'xrayctreg train --model ppc')")
+    net, info = load_ppc_model(model)
+    check_camera_match(info, camera, str(model))
+    check_volume(info, volume_mu, str(model))
+    level = low_res_camera(camera, RENDER.detector_size)
+    factor = camera.rows / level.rows
+    t0 = time.perf_counter()
+    res = run_ppc_method(volume_mu, xray, camera, init_world_from_camera, learned_correspondences(net), "ppc",
+                         reference=reference, progress=progress, should_stop=should_stop, device=device,
+                         levels=(factor,), iterations=(int(iterations),), final=final, **final_options)
+    res.wall_time_s = time.perf_counter() - t0
+    return res
