@@ -213,5 +213,5 @@ def test_cli_train_and_register_round_trip(files, tmp_path, capsys):
     assert main([*reg, "--method", "sopi-fine", "--model", str(rtpi), "--out", str(tmp_path / "x.json")]) == 2
     assert "not a sopi-fine one" in capsys.readouterr().err
     assert main([*reg, "--init-model", str(fine), "--out", str(tmp_path / "x.json")]) == 2
-    assert "is not an initialiser" in capsys.readouterr().err
+    assert "refinement model, not an initialiser" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -659,7 +659,7 @@ def load_initialiser(path: str | Path, device: str | torch.device = "cpu") -> In
     """Read a model file written by :func:`train` (a finished or an interrupted one)."""
     d = read_model_file(path, device)
     if d["method"] not in INITIALISER_METHODS:
-        raise InputError(f"{path}: a '{d['method']}' model is not an initialiser; use it with "
+        raise InputError(f"{path}: a '{d['method']}' refinement model, not an initialiser; use it with "
                          f"'register --method {d['method']} --model {path}'")
     options, net, info = read_network(d, device)
     return Initialiser(net, d["method"], ReferenceView.from_dict(d["reference"]), Camera.from_dict(d["geometry"]),
