@@ -401,7 +401,8 @@ class Trainer:
         self.optimizer.step()
         self.state.step += 1
         parts["loss"] = loss.detach()
-        values = torch.stack(list(parts.values())).tolist()  # one wait for the device per step
+        values = torch.stack([torch.as_tensor(v).to(loss.device, torch.float64)  # numbers or tensors: one wait
+                              for v in parts.values()]).tolist()  # for the device per step
         return dict(zip(parts, values, strict=True))
 
     def run(self, out_path: str | Path, progress: Callable[[float, str], None] | None = None,
