@@ -45,6 +45,9 @@ def wheel(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(LIBRARY, src / "XRayCTRegistration" / LIBRARY.name, ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "XRayCTRegistration" / "Resources").mkdir()
+    shutil.copy(ROOT / "XRayCTRegistration" / "Resources" / "requirements.txt",
+                src / "XRayCTRegistration" / "Resources" / "requirements.txt")
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
                     "-w", str(out), str(src)], check=True, capture_output=True, text=True, env=clean_env())

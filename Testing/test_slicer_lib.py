@@ -32,6 +32,9 @@ class FakeProcess:
         data, self.buffer = self.buffer, b""
         return data
 
+    def processId(self):
+        return 0  # no operating-system process behind it
+
     def kill(self):
         self.killed = True
 

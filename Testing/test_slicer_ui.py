@@ -111,3 +111,11 @@ def test_pose_slider_ranges_match_parameter_ranges():
         block = text[text.index(f'name="{name}Slider"'):]
         block = block[:block.index("</widget>")]
         assert re.search(rf"<double>{lo}\.0</double>", block) and re.search(rf"<double>{hi}\.0</double>", block)
+
+
+def test_device_choices_match_combo_box(ui_root):
+    from PySide6.QtWidgets import QComboBox
+    from XRayCTRegistrationSlicerLib.rendering import DEVICES
+
+    combo = ui_root.findChild(QComboBox, "deviceComboBox")
+    assert [combo.itemText(i) for i in range(combo.count())] == list(DEVICES) == ["auto", "cpu", "cuda"]

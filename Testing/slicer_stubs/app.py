@@ -5,6 +5,8 @@ import tempfile
 
 class _App:
     applicationName = "Slicer"
+    majorVersion = 5  # the slicer-core the tests run on is 5.x, newer than the module's minimum
+    minorVersion = 10
     temporaryPath = tempfile.gettempdir()
 
     def __init__(self):

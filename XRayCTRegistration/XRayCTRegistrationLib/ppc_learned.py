@@ -258,7 +258,7 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
                 xm, c = solve_batch(batch, targets, weights, self.source.low_camera, self.net.config.reg)
                 parts["reg"] = self.options.beta * registration_loss(batch, xm, c).float()
             total = torch.stack(list(parts.values())).sum()
-            return total, {k: float(v.detach()) for k, v in parts.items()}
+            return total, {k: v.detach() for k, v in parts.items()}
 
         def validate(self) -> dict[str, float]:
             (drr, xray), params, batch = self.val

@@ -153,3 +153,6 @@ register_method("sopi-fine", f"{__package__}.sopi_refine:register_sopi_fine", ki
                             "'train --model sopi-fine')")
 register_method("sopi-fine-opt", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine",
                 polish=DEFAULT_METHOD, description=f"sopi-fine, then {DEFAULT_METHOD} from its result (needs --model)")
+register_method("dicom", f"{__package__}.carm:init_dicom", kind="init",
+                description="the C-arm angles of the X-ray's DICOM attributes (PositionerPrimaryAngle, "
+                            "PositionerSecondaryAngle, DistanceSourceToPatient) about the CT's centre")

@@ -74,6 +74,9 @@ TAG_MODALITY = "0008|0060"
 TAG_INTENSITY_RELATIONSHIP = "0028|1040"
 TAG_INTENSITY_SIGN = "0028|1041"
 
+GEOMETRY_TAGS = (TAG_SDD, TAG_SID, TAG_IMAGER_SPACING, TAG_PIXEL_SPACING, TAG_ROWS, TAG_COLS)
+"""The DICOM tags :func:`dicom_geometry` reads."""
+
 
 @dataclass
 class XRayImage:
@@ -121,6 +124,27 @@ def _read_with_metadata(p: Path) -> tuple[sitk.Image, dict[str, str], bool]:
     # GDCM names DICOM tags "gggg|eeee"; other readers do not.
     is_dicom = any(_DICOM_KEY.fullmatch(k) for k in meta)
     return image, meta, is_dicom
+
+
+def read_dicom_tags(path: str | Path) -> dict[str, str]:
+    """The DICOM attributes of an image file as ``{"gggg|eeee": value string}`` (pixels are not read).
+
+    Raises:
+        InputError: missing or unreadable file, or a file that holds no DICOM attributes.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"{p}: unreadable image ({first_line(e)})") from None
+    meta = {k.lower(): reader.GetMetaData(k).strip() for k in reader.GetMetaDataKeys() if _DICOM_KEY.fullmatch(k)}
+    if not meta:
+        raise InputError(f"{p}: not a DICOM file (no DICOM attributes)")
+    return meta
 
 
 def _to_2d_array(image: sitk.Image, p: Path, is_dicom: bool, report: list[str]) -> np.ndarray:
@@ -186,7 +210,7 @@ def air_is_bright(arr: np.ndarray) -> tuple[bool, str]:
     return bool(bright), why
 
 
-def _dicom_number(meta: dict[str, str], tag: str) -> list[float] | None:
+def dicom_number(meta: dict[str, str], tag: str) -> list[float] | None:
     """The numbers of a DICOM decimal-string tag (backslash-separated), or None when absent or unparsable."""
     if tag not in meta or not meta[tag]:
         return None
@@ -196,17 +220,22 @@ def _dicom_number(meta: dict[str, str], tag: str) -> list[float] | None:
         return None
 
 
-def _dicom_geometry(meta: dict[str, str], report: list[str], hints: dict[str, float]) -> Camera | None:
-    """Camera from DICOM tags, or None (saying why in ``report``); fills ``hints`` with what is there."""
-    sdd = _dicom_number(meta, TAG_SDD)
-    sid = _dicom_number(meta, TAG_SID)
+def dicom_geometry(meta: dict[str, str], report: list[str], hints: dict[str, float]) -> Camera | None:
+    """Camera from DICOM tags, or None (saying why in ``report``); fills ``hints`` with what is there.
+
+    ``meta`` maps tags ``"gggg|eeee"`` (lower- or upper-case hex) to their values as DICOM strings
+    (multiple values separated by backslashes), as SimpleITK's reader and Slicer's DICOM database
+    give them; the rules are those of the module docstring (also used by the Slicer module).
+    """
+    sdd = dicom_number(meta, TAG_SDD)
+    sid = dicom_number(meta, TAG_SID)
     if sdd and sdd[0] > 0:
         hints["sdd"] = sdd[0]
     if sid and sid[0] > 0:
         hints["sid"] = sid[0]
     spacing, spacing_tag = None, None
     for tag, name in ((TAG_IMAGER_SPACING, "ImagerPixelSpacing"), (TAG_PIXEL_SPACING, "PixelSpacing")):
-        values = _dicom_number(meta, tag)
+        values = dicom_number(meta, tag)
         if values is None:
             continue
         if len(values) == 2 and min(values) > 0:
@@ -220,7 +249,7 @@ def _dicom_geometry(meta: dict[str, str], report: list[str], hints: dict[str, fl
         missing.append("DistanceSourceToDetector (0018,1110)")
     if spacing is None:
         missing.append("ImagerPixelSpacing (0018,1164) or PixelSpacing (0028,0030)")
-    rows, cols = _dicom_number(meta, TAG_ROWS), _dicom_number(meta, TAG_COLS)
+    rows, cols = dicom_number(meta, TAG_ROWS), dicom_number(meta, TAG_COLS)
     if not rows or not cols:
         missing.append("Rows/Columns")
     if missing:
@@ -245,7 +274,7 @@ def _attenuation_bright(arr: np.ndarray, meta: dict[str, str], is_dicom: bool, k
         air_bright, why = True, "kind='intensity' given"
         log_scale = False
     elif is_dicom:
-        sign = _dicom_number(meta, TAG_INTENSITY_SIGN)
+        sign = dicom_number(meta, TAG_INTENSITY_SIGN)
         relation = meta.get(TAG_INTENSITY_RELATIONSHIP, "").upper()
         if sign:
             # The sign describes the stored values; a MONOCHROME1 inversion flips it.
@@ -276,7 +305,7 @@ def _resolve_geometry(geometry: Camera | str | Path | None, p: Path, meta: dict[
     """Pick the camera by precedence; return it and the name of where it came from (for errors)."""
     if is_dicom:
         sub_report: list[str] = []
-        dicom_camera = _dicom_geometry(meta, sub_report, hints)
+        dicom_camera = dicom_geometry(meta, sub_report, hints)
     else:
         dicom_camera, sub_report = None, []
         if any(abs(s - 1.0) > 1e-9 for s in image_spacing[:2]):
@@ -331,6 +360,52 @@ def read_xray(path: str | Path, geometry: Camera | str | Path | None = None, kin
         raise InputError(f"{where}: geometry is {camera.rows}x{camera.cols} pixels (rows x cols) but the image "
                          f"{p.name} is {arr.shape[0]}x{arr.shape[1]}")
     return XRayImage(np.ascontiguousarray(arr, dtype=np.float32), camera, report, p, hints)
+
+
+# -- masks ---------------------------------------------------------------------------------------
+def read_mask(path: str | Path) -> np.ndarray:
+    """A drawn X-ray mask ``[rows, cols]`` from a 2D image file (any values; 0 = ignored), as float32."""
+    p = Path(path)
+    image, _meta, is_dicom = _read_with_metadata(p)
+    arr = _to_2d_array(image, p, is_dicom, [])
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"{p}: mask holds NaN or infinite values")
+    return arr
+
+
+def xray_mask(image: np.ndarray, value_range: tuple[float, float] | None = None, border_px: int = 0,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """Similarity weights ``[rows, cols]`` (1 = used, 0 = ignored) of an X-ray, for ``registration.register(mask=)``.
+
+    Args:
+        image: the attenuation-bright X-ray ``[rows, cols]``.
+        value_range: ``(low, high)``: only pixels with ``low <= value <= high`` are used (a threshold that drops
+            collimator blades, burnt-out air or bright overlays).
+        border_px: pixels dropped at each edge (a collimator crop).
+        mask: a drawn mask ``[rows, cols]``: pixels where it is 0 are dropped.
+
+    Raises:
+        InputError: a bad range, a negative border, a mask of another shape, or nothing left.
+    """
+    img = np.asarray(image)
+    out = np.ones(img.shape, dtype=np.float32)
+    if value_range is not None:
+        low, high = (float(v) for v in value_range)
+        if not (np.isfinite(low) and np.isfinite(high)) or low > high:
+            raise InputError(f"X-ray mask: value range must be two finite numbers low <= high, got {value_range}")
+        out[(img < low) | (img > high)] = 0.0
+    if border_px < 0 or 2 * border_px >= min(img.shape):
+        raise InputError(f"X-ray mask: border of {border_px} px does not fit a {img.shape[0]}x{img.shape[1]} image")
+    if border_px:
+        out[:border_px], out[-border_px:], out[:, :border_px], out[:, -border_px:] = 0.0, 0.0, 0.0, 0.0
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != img.shape:
+            raise InputError(f"X-ray mask: shape {m.shape} does not match the X-ray {img.shape}")
+        out[m == 0] = 0.0
+    if not out.any():
+        raise InputError("X-ray mask: no pixel is left to register on")
+    return out
 
 
 # -- writing -------------------------------------------------------------------------------------

@@ -45,3 +45,37 @@ def showFusion(xrayNode, drrNode, ijkToWorld: np.ndarray, dims, opacity: float =
         sliceNode.GetSliceToRAS().DeepCopy(slicer.util.vtkMatrixFromArray(sliceToRASForImage(ijkToWorld, dims)))
         sliceNode.SetFieldOfView(*fieldOfViewForImage(ijkToWorld, dims, sliceNode.GetDimensions()))
         sliceNode.UpdateMatrices()
+
+
+def previewNodes(xrayNode, detectorIjkToCamera: np.ndarray, transformNode=None, previewNode=None) -> tuple:
+    """The nodes that show the X-ray at a previewed pose without changing the X-ray node.
+
+    ``previewNode`` is a scalar volume that shares the X-ray node's image data (no copy) with IJK-to-camera
+    ``detectorIjkToCamera`` (4x4, the detector in the camera frame), placed under ``transformNode``, whose
+    matrix to parent is then the pose ``world_from_camera``: a slider move changes that matrix only.
+    Missing nodes are created. Returns ``(transformNode, previewNode)``.
+    """
+    import slicer
+
+    scene = xrayNode.GetScene()
+    if transformNode is None:
+        transformNode = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode",
+                                                scene.GenerateUniqueName(f"{xrayNode.GetName()} preview pose"))
+    if previewNode is None:
+        previewNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                              scene.GenerateUniqueName(f"{xrayNode.GetName()} preview"))
+    with slicer.util.NodeModify(previewNode):
+        if previewNode.GetImageData() is not xrayNode.GetImageData():
+            previewNode.SetAndObserveImageData(xrayNode.GetImageData())
+        previewNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.asarray(detectorIjkToCamera)))
+        previewNode.SetAndObserveTransformNodeID(transformNode.GetID())
+    return transformNode, previewNode
+
+
+def shownXray(previewNodes: tuple, xrayNode):
+    """The X-ray as the fusion shows it: the live preview's display volume while it is in the scene, else the node.
+
+    ``previewNodes`` is the ``(transform, display volume)`` pair of :func:`previewNodes`.
+    """
+    preview = previewNodes[1]
+    return preview if preview is not None and preview.GetScene() is not None else xrayNode

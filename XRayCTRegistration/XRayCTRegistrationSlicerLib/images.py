@@ -136,14 +136,17 @@ def cameraFromValues(shape: Sequence[int], given: dict[str, float], tags: dict[s
     """The library ``Camera`` of an X-ray ``[rows, cols]``: geometry from ``given`` (mm) or, where 0, ``tags``.
 
     ``given`` and ``tags`` hold ``sdd``, ``rowSpacing`` and ``colSpacing`` (see
-    :func:`geometryFromAttributeValues`); a value missing from both is an ``InputError``.
+    :func:`geometryFromAttributeValues`); a value missing from both is an ``InputError``. ``given`` may
+    also hold the principal point ``x0``, ``y0`` (mm, default 0), used as given.
     """
     from XRayCTRegistrationLib.geometry import Camera
 
+    given = dict(given)
+    x0, y0 = float(given.pop("x0", 0.0) or 0.0), float(given.pop("y0", 0.0) or 0.0)
     values = {name: float(v) if v else tags.get(name, 0.0) for name, v in given.items()}
     missing = [name for name in ("sdd", "rowSpacing", "colSpacing") if not values.get(name)]
     if missing:
         raise InputError(f"X-ray volume '{nodeName}': imaging geometry missing ({', '.join(missing)}); enter it or "
                          "load an X-ray with the DICOM tags DistanceSourceToDetector and ImagerPixelSpacing")
     return Camera(sdd=values["sdd"], rows=int(shape[0]), cols=int(shape[1]), row_spacing=values["rowSpacing"],
-                  col_spacing=values["colSpacing"])
+                  col_spacing=values["colSpacing"], x0=x0, y0=y0)

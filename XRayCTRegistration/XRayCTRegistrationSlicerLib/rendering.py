@@ -4,6 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
+DEVICES = ("auto", "cpu", "cuda")
+"""Device choices of the module: ``auto`` is CUDA when torch sees a GPU, else the CPU."""
+
+
+def resolveDevice(choice: str) -> str:
+    """The torch device of a choice of :data:`DEVICES`; ``cuda`` without a GPU is an ``InputError``."""
+    import torch
+    from XRayCTRegistrationLib.errors import InputError
+
+    if choice not in DEVICES:
+        raise InputError(f"device: {choice!r} is not one of {', '.join(DEVICES)}")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InputError("device: cuda chosen but torch sees no CUDA GPU; choose cpu or auto")
+    return choice
+
 
 def samplesPerRay(volume, maxSize: int | None, previewSize: int) -> int:
     """Samples per ray: one per voxel along the longest chord, halved (and capped) for previews.

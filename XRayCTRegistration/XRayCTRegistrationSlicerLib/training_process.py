@@ -13,6 +13,8 @@ import math
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +101,58 @@ def parseProgressLine(line: str) -> tuple[float, str] | None:
     return min(1.0, max(0.0, fraction)), parts[2] if len(parts) > 2 else ""
 
 
+def childPids() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every process this user can see (``/proc`` on Linux, ``ps`` elsewhere)."""
+    children: dict[int, list[int]] = {}
+    if os.path.isdir("/proc"):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # ended meanwhile
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+            children.setdefault(ppid, []).append(int(entry))
+        return children
+    out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True, check=False)
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    return children
+
+
+def descendantPids(pid: int) -> list[int]:
+    """Every process started by ``pid``, directly or not (children before grandchildren)."""
+    children, out, todo = childPids(), [], [pid]
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            if child not in out:
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def killProcessTree(pid: int) -> None:
+    """Kill ``pid`` and every process it started (a launcher such as PythonSlicer starts the real Python).
+
+    Windows: ``taskkill /T /F``. Elsewhere the descendants are listed first (a killed parent's children are
+    re-parented and could no longer be found), then each gets SIGKILL; processes already gone are skipped.
+    """
+    if pid <= 0:
+        return
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
+        return
+    for target in [pid, *descendantPids(pid)]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 @dataclass
 class TrainingOutcome:
     """How a training process ended.
@@ -138,8 +192,8 @@ class TrainingProcess:
     ``onProgress(fraction, message)`` is called for each progress line, ``onFinished(outcome)`` once
     when the process ends. ``processFactory(environment)`` makes the process (default: a
     ``qt.QProcess``); it needs ``connect(signal, slot)``, ``start(program, args)``,
-    ``waitForStarted(ms)``, ``readAllStandardOutput()``, ``kill()``, ``waitForFinished(ms)`` and
-    ``errorString()``.
+    ``waitForStarted(ms)``, ``readAllStandardOutput()``, ``processId()``, ``kill()``, ``waitForFinished(ms)``
+    and ``errorString()``.
     """
 
     def __init__(self, onProgress: Callable[[float, str], None], onFinished: Callable[[TrainingOutcome], None],
@@ -172,9 +226,10 @@ class TrainingProcess:
             raise RuntimeError(f"Could not start {command[0]}: {process.errorString()}")
 
     def cancel(self) -> None:
-        """Kill the training; its last checkpoint stays (the outcome says whether there is one)."""
+        """Kill the training and every process it started; its last checkpoint stays (the outcome says so)."""
         if self.process is not None:
             self.cancelled = True
+            killProcessTree(int(self.process.processId()))
             self.process.kill()
 
     def stop(self, waitMs: int = 3000) -> None:
