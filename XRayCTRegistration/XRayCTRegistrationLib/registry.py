@@ -146,6 +146,13 @@ register_method("ppc", f"{__package__}.ppc_learned:register_ppc", kind="refine",
                 description="learned point-to-plane: recurrent flow + PointNet weights (needs --model)")
 register_method("ppc-opt", f"{__package__}.ppc_learned:register_ppc", kind="refine", final="opt-lncc",
                 description="ppc, then an opt-lncc intensity step (needs --model)")
+
+# SOPI's learned fine registration (stage 2); needs a model from 'xrayctreg train --model sopi-fine'
+register_method("sopi-fine", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine",
+                description="SOPI's learned fine registration on embedded features (needs --model from "
+                            "'train --model sopi-fine')")
+register_method("sopi-fine-opt", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine",
+                polish=DEFAULT_METHOD, description=f"sopi-fine, then {DEFAULT_METHOD} from its result (needs --model)")
 register_method("dicom", f"{__package__}.carm:init_dicom", kind="init",
                 description="the C-arm angles of the X-ray's DICOM attributes (PositionerPrimaryAngle, "
                             "PositionerSecondaryAngle, DistanceSourceToPatient) about the CT's centre")
