@@ -36,6 +36,11 @@ def test_registry_holds_the_library_methods():
         register_method("a b", "a.b:c")
     with pytest.raises(InputError, match="give a function"):
         register_method("ab", "no_colon")
+    # learned refiners are marked as needing a model file; benchmarks that train nothing leave them out
+    with_model = set(method_names("refine", needs_model=True))
+    assert {"ppc", "ppc-opt", "sopi-fine", "sopi-fine-opt"} <= with_model
+    assert set(method_names("refine", needs_model=False)) == set(method_names("refine")) - with_model
+    assert set(METHODS) <= set(method_names("refine", needs_model=False))
 
 
 def test_light_modules_load_neither_torch_nor_numpy():

@@ -79,6 +79,11 @@ def test_train_command_flags(module):
     assert cmd[cmd.index("--out") + 1] == "/out dir/m.pt" and cmd[cmd.index("--model") + 1] == "rtpi"
     assert cmd[cmd.index("--time-budget") + 1] == "900" and "--resume" in cmd and "--progress-lines" in cmd
     assert "--iterations" not in cmd and "--threads" not in cmd
+    fine = logic.trainCommand("/data/ct.nrrd", "/data/geom.json", "/out/fine.pt", method="sopi-fine", iterations=5)
+    assert fine[fine.index("--model") + 1] == "sopi-fine"
+    from XRayCTRegistrationLib.cli import build_parser
+
+    assert build_parser().parse_args(fine[3:]).model == "sopi-fine"
     with pytest.raises(InputError, match="method 'cnn'"):
         logic.trainCommand("c", "g", "m", method="cnn")
     with pytest.raises(InputError, match="time budget"):

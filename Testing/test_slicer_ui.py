@@ -96,6 +96,7 @@ def test_choices_match_combo_boxes_and_library(ui_root):
     # the .ui lists the built-in methods (the widget refills the list from the registry in setup())
     assert items("methodComboBox") == M.registrationMethods() == list(method_names("refine"))
     assert list(method_names("refine"))[:len(METHODS)] == list(METHODS)  # the intensity methods first
+    assert "sopi-fine" in method_names("refine")
     # the names are the library's own objects, not copies
     assert items("xrayKindComboBox") == list(M.XRAY_KINDS) and M.XRAY_KINDS is KINDS
     from XRayCTRegistrationLib.names import INITIALISER_METHODS as INIT_METHODS

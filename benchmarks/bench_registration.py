@@ -176,8 +176,8 @@ def main() -> None:
     ap.add_argument("--diffdrr-cases", type=int, default=6, help="SOPI-like cases DiffDRR registers (the first n)")
     ap.add_argument("--diffdrr-iterations", type=int, default=100, help="DiffDRR's iteration budget per scale")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--methods", default=",".join(method_names("refine")),
-                    help="registered refinement methods to run (default: every one)")
+    ap.add_argument("--methods", default=",".join(method_names("refine", needs_model=False)),
+                    help="registered refinement methods to run (default: every one that needs no model file)")
     ap.add_argument("--hard-methods", default="all", help="methods run on the hard set (\"all\": every method)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tag", default="registration", help="stem of the output files")

@@ -22,7 +22,7 @@ from .console import Progress, format_params
 from .data import DEFAULT_SAMPLE, SAMPLES
 from .errors import InputError
 from .files import SINGLE_FILE_SUFFIXES, Outputs, json_text
-from .names import DEFAULT_METHOD, INITIALISER_METHODS, REFINER_MODELS
+from .names import DEFAULT_METHOD, FINE_MODEL, MODEL_KINDS
 from .registry import describe, method_names
 
 # -- option checks --------------------------------------------------------------------------------
@@ -63,6 +63,10 @@ def check_source_outside(ct, pose: np.ndarray, where: str) -> None:
         x, y, z = np.asarray(pose)[:3, 3]
         raise InputError(f"{where}: the X-ray source ({x:.1f}, {y:.1f}, {z:.1f}) mm lies inside the CT volume; "
                          f"a radiograph needs the source outside the patient")
+
+
+FINE_BATCH = 8
+"""Default training batch of ``sopi-fine`` (each pair costs a differentiable render and a double backward)."""
 
 
 # -- loading helpers ----------------------------------------------------------------------------
@@ -351,8 +355,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training_data import PoseRange
     from .volume import read_ct
 
+    batch = args.batch_size if args.batch_size is not None else (FINE_BATCH if args.model == FINE_MODEL else 32)
     options = TrainOptions(method=args.model, iterations=args.iterations, time_budget_s=args.time_budget,
-                           batch_size=args.batch_size, pose_range=PoseRange(args.rot_range, args.trans_range),
+                           batch_size=batch, pose_range=PoseRange(args.rot_range, args.trans_range),
                            checkpoint_every_s=args.checkpoint_every, seed=args.seed)
     Outputs([args.ct, args.geometry]).check(args.out, "--out")  # checkpoints are written in place, atomically
     if args.threads is not None:
@@ -369,7 +374,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"PROGRESS {fraction:.4f} {message}", flush=True)
 
     factory = None
-    if args.model in REFINER_MODELS:
+    if args.model == "ppc":
         from .ppc_learned import make_trainer as factory
     try:
         summary = train(ct, camera, args.out, options, reference=_reference(ct, camera, args), resume=args.resume,
@@ -495,8 +500,8 @@ def _add_register(sub) -> None:
                    + " (default: reference, the AP reference view); 'dicom' reads the C-arm angles of the X-ray's "
                    "DICOM attributes (see docs/CONVENTIONS.md)")
     p.add_argument("--init-model", help="initialiser model file (from 'xrayctreg train') predicting the initial pose")
-    p.add_argument("--model", help="model file of a learned refinement method (--method ppc or ppc-opt; from "
-                   "'xrayctreg train --model ppc')")
+    p.add_argument("--model", help=f"model file of a learned refinement method (--method ppc or ppc-opt, "
+                   f"{FINE_MODEL} or {FINE_MODEL}-opt; from 'xrayctreg train --model ppc' or '--model {FINE_MODEL}')")
     p.add_argument("--projection", metavar="P.json",
                    help="geometry and initial pose from a 3x4 projection matrix (P, or K, R and t, with rows, cols "
                         "and the pixel size or sdd; see docs/CONVENTIONS.md)")
@@ -528,22 +533,25 @@ def _add_register(sub) -> None:
 
 def _add_train(sub) -> None:
     """The ``train`` sub-command's arguments."""
-    p = sub.add_parser("train", help="train a patient-specific pose initialiser on DRRs of the CT",
-                       description="Train a pose initialiser (the pose regressor or SOPI's RTPI) on DRRs of the CT "
+    p = sub.add_parser("train", help="train a patient-specific network (initialiser or sopi-fine) on DRRs of the CT",
+                       description="Train a pose initialiser (the pose regressor or SOPI's RTPI) or SOPI's learned "
+                                   f"fine registration ({FINE_MODEL}) on DRRs of the CT "
                                    "rendered at random poses around the AP view, for one detector geometry. The "
                                    "model file is a checkpoint written periodically and at the end; --resume "
                                    "continues it. --iterations and --time-budget count the whole training.")
     p.add_argument("--ct", required=True, help="CT image, HU")
     p.add_argument("--geometry", required=True, help="detector geometry JSON of the X-rays to register")
-    p.add_argument("--model", choices=(*INITIALISER_METHODS, *REFINER_MODELS), default="regressor",
-                   help="model kind: an initialiser, or ppc (the learned point-to-plane refinement)")
+    p.add_argument("--model", choices=MODEL_KINDS, default="regressor",
+                   help=f"model kind: an initialiser (regressor, rtpi), ppc (the learned point-to-plane refinement) "
+                        f"or {FINE_MODEL} (SOPI's learned fine registration)")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="total training time, seconds (default 900 when --iterations is not given)")
     p.add_argument("--iterations", type=int, default=None, help="total training steps")
     p.add_argument("--resume", action="store_true", help="continue the training in --out if it exists")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--batch-size", type=int, default=32, help="DRRs per step")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"DRRs per step (default 32; {FINE_BATCH} for {FINE_MODEL}, whose steps are double backward)")
     p.add_argument("--rot-range", type=float, default=30.0, help="training poses: rotations in +-this, degrees")
     p.add_argument("--trans-range", type=float, default=50.0, help="training poses: translations in +-this, mm")
     p.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds between checkpoints")

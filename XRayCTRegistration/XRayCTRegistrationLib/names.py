@@ -15,9 +15,16 @@ intensities (air bright), converted with ``-log(I / I0)``; ``auto`` = decided by
 INITIALISER_METHODS = ("regressor", "rtpi")
 """Learned initialiser kinds that ``training.train`` knows (``xrayctreg train --model``)."""
 
-REFINER_MODELS = ("ppc",)
-"""Learned refinement methods that ``training.train`` also trains (``xrayctreg train --model ppc``); their model
-file is given to the refine method (``xrayctreg register --method ppc --model FILE``), not to ``--init-model``."""
+FINE_MODEL = "sopi-fine"
+"""SOPI's learned fine registration (stage 2), trained by ``training.train``; used by ``--method sopi-fine``."""
+
+REFINER_MODELS = ("ppc", FINE_MODEL)
+"""Learned refinement methods that ``training.train`` also trains (``xrayctreg train --model ppc`` or
+``sopi-fine``); their model file is given to the refine method (``xrayctreg register --method ppc --model
+FILE``, likewise ``sopi-fine``), not to ``--init-model``."""
+
+MODEL_KINDS = (*INITIALISER_METHODS, *REFINER_MODELS)
+"""Every model kind ``training.train`` knows (``xrayctreg train --model``)."""
 
 DEFAULT_METHOD = "opt-lncc"
 """The registration method used when none is named: the most accurate on the chest CT benchmark

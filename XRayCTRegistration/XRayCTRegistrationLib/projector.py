@@ -253,6 +253,31 @@ class Projector(torch.nn.Module):
         return _NumbaMarch.apply(ijk_from_cam[:, :3, :], self._padded_volume(), self._dirs64, self.n_samples,
                                  with_grad)
 
+    def pose_jacobian(self, world_from_camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and their derivatives with respect to the pose, by the numba kernels (CPU, no autograd).
+
+        ``world_from_camera`` ``[B, 4, 4]``. Returns ``(images [B, rows, cols] float32, jacobian
+        [B, rows, cols, 4, 4] float64)`` with ``jacobian[b, r, c] = d images[b, r, c] / d
+        world_from_camera[b]``: the derivative the autograd path contracts with an image gradient,
+        given whole. Forming a pose gradient ``J^T u`` from it keeps that gradient differentiable in
+        ``u`` (the numba autograd path is differentiable once only).
+        """
+        w = world_from_camera.detach().to("cpu", torch.float64)
+        w = w[None] if w.dim() == 2 else w
+        m = np.ascontiguousarray((self._ijk_from_world64 @ w)[:, :3, :].numpy())
+        n_rays = self._dirs64.shape[0]
+        out = np.empty((w.shape[0], n_rays), dtype=np.float32)
+        jac = np.empty((w.shape[0], n_rays, 6), dtype=np.float32)
+        padded = self._padded_volume()
+        _raymarch.march_with_jacobian(padded, m, self._dirs64.numpy(), self.n_samples, out, jac)
+        shape = torch.tensor(padded.shape[::-1], dtype=torch.float64) - 2  # (I, J, K)
+        j = add_sample_slide(torch.from_numpy(jac), torch.from_numpy(out), torch.from_numpy(m), self._dirs64,
+                             shape).double()  # as the autograd path (_NumbaMarch)
+        d_m = torch.cat([j[..., 3:, None] * self._dirs64[None, :, None, :], j[..., :3, None]], dim=-1)  # [B, R, 3, 4]
+        d_w = torch.einsum("brim,ip->brpm", d_m, self._ijk_from_world64[:3, :])  # [B, R, 4, 4]
+        shape = (w.shape[0], self.camera.rows, self.camera.cols)
+        return torch.from_numpy(out).reshape(shape), d_w.reshape(*shape, 4, 4)
+
     # -- triton backend --------------------------------------------------------------------------
     def _forward_triton(self, w: torch.Tensor) -> torch.Tensor:
         """Triton ray march at poses ``w`` [B, 4, 4]; returns [B, R] float32 on the volume's device."""

@@ -43,6 +43,7 @@ class Method:
         spec: the function, or ``"package.module:function"`` imported on first use.
         options: keyword arguments always passed to the function (callers' options override them).
         description: one line for help texts.
+        needs_model: the method needs a trained model file (``--model``).
     """
 
     name: str
@@ -50,6 +51,7 @@ class Method:
     spec: Callable | str
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    needs_model: bool = False
 
     def function(self) -> Callable:
         """The method's function (imports its module when the spec is a string)."""
@@ -63,7 +65,7 @@ _REGISTRY: dict[str, dict[str, Method]] = {kind: {} for kind in KINDS}
 
 
 def register_method(name: str, fn: Callable | str, *, kind: str = "refine", description: str = "",
-                    replace: bool = False, **options: Any) -> Method:
+                    replace: bool = False, needs_model: bool = False, **options: Any) -> Method:
     """Register a method under ``name``; returns it.
 
     Args:
@@ -72,6 +74,7 @@ def register_method(name: str, fn: Callable | str, *, kind: str = "refine", desc
         kind: ``"refine"`` (default) or ``"init"``.
         description: one line shown in help texts.
         replace: allow replacing a method of the same name and kind (else an ``InputError``).
+        needs_model: the method needs a trained model file (benchmarks that train nothing leave it out).
         **options: keyword arguments bound to every call (e.g. the similarity of a generic optimiser).
     """
     if kind not in KINDS:
@@ -82,7 +85,7 @@ def register_method(name: str, fn: Callable | str, *, kind: str = "refine", desc
         raise InputError(f"register_method: {name}: give a function or 'package.module:function', got {fn!r}")
     if name in _REGISTRY[kind] and not replace:
         raise InputError(f"register_method: a {kind} method named {name!r} is already registered")
-    method = Method(name, kind, fn, MappingProxyType(dict(options)), description)
+    method = Method(name, kind, fn, MappingProxyType(dict(options)), description, needs_model)
     _REGISTRY[kind][name] = method
     return method
 
@@ -92,11 +95,14 @@ def unregister_method(name: str, kind: str = "refine") -> None:
     _REGISTRY[kind].pop(name, None)
 
 
-def method_names(kind: str = "refine") -> tuple[str, ...]:
-    """Names of the registered methods of a kind, in registration order."""
+def method_names(kind: str = "refine", needs_model: bool | None = None) -> tuple[str, ...]:
+    """Names of the registered methods of a kind, in registration order.
+
+    With ``needs_model`` given, only the methods that need a trained model file (True) or only those that do not.
+    """
     if kind not in KINDS:
         raise InputError(f"method_names: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return tuple(_REGISTRY[kind])
+    return tuple(n for n, m in _REGISTRY[kind].items() if needs_model is None or m.needs_model == needs_model)
 
 
 def get_method(name: str, kind: str = "refine") -> Method:
@@ -142,10 +148,18 @@ register_method("dppc", f"{__package__}.dppc:register_dppc", kind="refine",
                 description="point-to-plane correspondences from NCC patch matching (classical DPPC)")
 register_method("dppc-opt", f"{__package__}.dppc:register_dppc", kind="refine", final="opt-lncc",
                 description="dppc, then an opt-lncc intensity step")
-register_method("ppc", f"{__package__}.ppc_learned:register_ppc", kind="refine",
+register_method("ppc", f"{__package__}.ppc_learned:register_ppc", kind="refine", needs_model=True,
                 description="learned point-to-plane: recurrent flow + PointNet weights (needs --model)")
-register_method("ppc-opt", f"{__package__}.ppc_learned:register_ppc", kind="refine", final="opt-lncc",
+register_method("ppc-opt", f"{__package__}.ppc_learned:register_ppc", kind="refine", needs_model=True,
+                final="opt-lncc",
                 description="ppc, then an opt-lncc intensity step (needs --model)")
+
+# SOPI's learned fine registration (stage 2); needs a model from 'xrayctreg train --model sopi-fine'
+register_method("sopi-fine", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine", needs_model=True,
+                description="SOPI's learned fine registration on embedded features (needs --model from "
+                            "'train --model sopi-fine')")
+register_method("sopi-fine-opt", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine", needs_model=True,
+                polish=DEFAULT_METHOD, description=f"sopi-fine, then {DEFAULT_METHOD} from its result (needs --model)")
 register_method("dicom", f"{__package__}.carm:init_dicom", kind="init",
                 description="the C-arm angles of the X-ray's DICOM attributes (PositionerPrimaryAngle, "
                             "PositionerSecondaryAngle, DistanceSourceToPatient) about the CT's centre")

@@ -1,8 +1,10 @@
-"""Training the stage-1 initialisers on the patient's own CT, and the model files they live in.
+"""Training the patient-specific networks on the patient's own CT, and the model files they live in.
 
 :func:`train` trains a :class:`networks.PoseRegressor` (``method='regressor'``) or a
-:class:`networks.RTPI` (``method='rtpi'``) on DRRs of one CT rendered on the fly at random poses
-(:mod:`training_data`), with incremental learning: the pose range grows linearly from
+:class:`networks.RTPI` (``method='rtpi'``), the stage-1 initialisers, or SOPI's stage-2
+fine-registration network (``method='sopi-fine'``, :class:`networks.composite.FineNet` trained by
+the double backward of :class:`sopi_fine.FineObjective`) on DRRs of one CT rendered on the fly at
+random poses (:mod:`training_data`), with incremental learning: the pose range grows linearly from
 ``curriculum_start`` times the full range to the full range over the first ``curriculum_end``
 fraction of training, then the learning rate decays (cosine) to 5 %. Training length is
 ``iterations`` steps and/or ``time_budget_s`` seconds of training time, both counted over the
@@ -35,10 +37,12 @@ from .devices import host_to_device
 from .errors import InputError
 from .files import Outputs, write_text_atomic
 from .geometry import Camera, ReferenceView, euler_xyz
-from .names import INITIALISER_METHODS, REFINER_MODELS
+from .names import FINE_MODEL, INITIALISER_METHODS, MODEL_KINDS, REFINER_MODELS
 from .networks import RTPI, PoseRegressor, RegressorConfig, RTPIConfig
+from .networks.composite import CompositeConfig, FineNet
 from .networks.losses import gradient_difference_loss, l2_weights, rotation_loss
 from .networks.rotations import geodesic_deg, params_to_target, target_to_params
+from .sopi_fine import FineObjective, FineOffsets, FineScene
 from .training_data import (
     Augmentation,
     DRRSource,
@@ -49,7 +53,7 @@ from .training_data import (
     prepare_image,
     to_input,
 )
-from .volume import Volume
+from .volume import Volume, hu_to_mu
 
 METHODS = (*INITIALISER_METHODS, *REFINER_MODELS)
 """Model kinds :func:`train` knows (defined in :mod:`names`): the initialisers and the learned ppc refinement."""
@@ -84,6 +88,11 @@ class TrainOptions:
         alpha, beta, lam: RTPI loss weights (gradient difference between the X-ray and the DRR at
             the predicted pose, MSE of normalised parameters, L2 of the weights).
         gd_start: fraction of training after which the RTPI's gradient-difference term is on.
+        fine_channels, fine_embed, composite, fine_norm: sopi-fine architecture (see :class:`CompositeConfig`).
+        mask_loss: sopi-fine: weight the embedded distance by the projected CT mask.
+        fine_rot_deg, fine_trans_mm: sopi-fine: standard deviations of the training starts' offsets
+            from their targets (see :class:`sopi_fine.FineOffsets`).
+        val_iterations: sopi-fine: fine-registration iterations of each validation.
         pool_size: DRRs kept in the replay pool that batches are drawn from (each is augmented anew
             every time it is drawn).
         fresh_per_step: new DRRs rendered into the pool (replacing the oldest) at every step, at the
@@ -117,6 +126,14 @@ class TrainOptions:
     beta: float = 1.0
     lam: float = 1e-5
     gd_start: float = 0.5
+    fine_channels: int = 8
+    fine_embed: int = 16
+    composite: bool = True
+    fine_norm: str = "none"
+    mask_loss: bool = True
+    fine_rot_deg: float = 5.0
+    fine_trans_mm: float = 10.0
+    val_iterations: int = 15
     pool_size: int = 512
     fresh_per_step: int = 4
     val_size: int = 64
@@ -126,8 +143,8 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         """Check the method and the limits."""
-        if self.method not in METHODS:
-            raise InputError(f"--model: unknown initialiser '{self.method}'; use one of {', '.join(METHODS)}")
+        if self.method not in MODEL_KINDS:
+            raise InputError(f"--model: unknown model kind '{self.method}'; use one of {', '.join(MODEL_KINDS)}")
         if self.iterations is not None and self.iterations < 1:
             raise InputError(f"--iterations: must be at least 1, got {self.iterations}")
         if self.time_budget_s is not None and not (self.time_budget_s > 0 and math.isfinite(self.time_budget_s)):
@@ -169,6 +186,10 @@ def build_network(options: TrainOptions) -> torch.nn.Module:
     if options.method == "regressor":
         return PoseRegressor(RegressorConfig(input_size=size, width=options.width, depth=options.depth,
                                              autoencoder=options.autoencoder, attention=options.attention))
+    if options.method == FINE_MODEL:
+        return FineNet(CompositeConfig(input_size=size, channels=options.fine_channels,
+                                       embed_channels=options.fine_embed, composite=options.composite,
+                                       norm=options.fine_norm))
     return RTPI(RTPIConfig(input_size=size))
 
 
@@ -212,6 +233,12 @@ class Trainer:
         self.ct_info = {"sha256": ct_hash(ct_hu), "shape_ijk": list(ct_hu.shape_ijk),
                         "ijk_to_ras": ct_hu.ijk_to_ras.tolist(), "source": str(ct_source)}
         self.source = DRRSource(ct_hu, camera, self.reference, options.render, self.device)
+        self.fine: FineObjective | None = None
+        if options.method == FINE_MODEL:
+            self.ct_info["mu_sha256"] = ct_hash(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras))
+            scene = FineScene(self.source.volume, self.source.low_camera, self.reference, options.render, self.device)
+            self.fine = FineObjective(scene, FineOffsets(options.fine_rot_deg, options.fine_trans_mm),
+                                      options.mask_loss, options.seed)
         torch.manual_seed(options.seed)
         self.net = self.make_network().to(self.device)
         if isinstance(self.net, RTPI):
@@ -243,6 +270,8 @@ class Trainer:
         drr = self.source.render(params)
         self.val_params = torch.as_tensor(params, dtype=torch.float32, device=self.device)
         self.val_x = to_input(augment(drr, gen, self.options.augmentation), self.options.render.input_size)
+        if self.fine is not None:
+            self.fine.make_validation(self.val_x, self.val_params, min(self.options.val_size, 8))
 
     def _refresh_pool(self, scale: float, rng: np.random.Generator) -> None:
         """Render ``fresh_per_step`` DRRs at ``scale`` times the range into the pool (filling it on first use)."""
@@ -311,6 +340,8 @@ class Trainer:
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss of a batch and its parts (0-d tensors on the device, detached)."""
         o = self.options
+        if self.fine is not None:
+            return self.fine.loss(self.net, x, params, self.state.step, self.range_scale(fraction))
         out = self.net(x)
         parts: dict[str, torch.Tensor] = {}
         if o.method == "regressor":
@@ -341,7 +372,12 @@ class Trainer:
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """Mean rotation error (geodesic, degrees) and translation error (mm) on the validation set."""
+        """Mean rotation error (geodesic, degrees) and translation error (mm) on the validation set.
+
+        For ``sopi-fine``: the errors after :attr:`TrainOptions.val_iterations` fine-registration steps.
+        """
+        if self.fine is not None:
+            return self.fine.validate(self.net, self.options.val_iterations)
         self.net.eval()
         with torch.no_grad():
             pred = torch.cat([predict_params(self.net, xb, self.options.pose_range)
@@ -365,7 +401,8 @@ class Trainer:
         self.optimizer.step()
         self.state.step += 1
         parts["loss"] = loss.detach()
-        values = torch.stack(list(parts.values())).tolist()  # one wait for the device per step
+        values = torch.stack([torch.as_tensor(v).to(loss.device, torch.float64)  # numbers or tensors: one wait
+                              for v in parts.values()]).tolist()  # for the device per step
         return dict(zip(parts, values, strict=True))
 
     def run(self, out_path: str | Path, progress: Callable[[float, str], None] | None = None,
@@ -610,17 +647,22 @@ class Initialiser:
             return predict_params(self.net, x, self.pose_range)[0].double().cpu().numpy()
 
 
-def load_initialiser(path: str | Path, device: str | torch.device = "cpu") -> Initialiser:
-    """Read a model file written by :func:`train` (a finished or an interrupted one)."""
-    d = read_model_file(path, device)
-    if d["method"] in REFINER_MODELS:
-        raise InputError(f"{path}: a '{d['method']}' refinement model, not an initialiser; use it with "
-                         f"'register --method {d['method']} --model {path}'")
+def read_network(d: dict, device: str | torch.device = "cpu") -> tuple[TrainOptions, torch.nn.Module, dict]:
+    """``(options, network in evaluation mode, info)`` of a model file's dictionary; ``info`` lacks the weights."""
     options = TrainOptions.from_dict(d["options"])
     net = build_network(options)
     net.load_state_dict(d["state_dict"])
     net.to(device).eval()
-    info = {k: v for k, v in d.items() if k not in ("state_dict", "optimizer")}
+    return options, net, {k: v for k, v in d.items() if k not in ("state_dict", "optimizer")}
+
+
+def load_initialiser(path: str | Path, device: str | torch.device = "cpu") -> Initialiser:
+    """Read a model file written by :func:`train` (a finished or an interrupted one)."""
+    d = read_model_file(path, device)
+    if d["method"] not in INITIALISER_METHODS:
+        raise InputError(f"{path}: a '{d['method']}' refinement model, not an initialiser; use it with "
+                         f"'register --method {d['method']} --model {path}'")
+    options, net, info = read_network(d, device)
     return Initialiser(net, d["method"], ReferenceView.from_dict(d["reference"]), Camera.from_dict(d["geometry"]),
                        options.render, options.pose_range, info, str(path))
 

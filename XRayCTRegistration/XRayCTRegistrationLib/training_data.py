@@ -127,6 +127,18 @@ def low_res_camera(camera: Camera, detector_size: int) -> Camera:
     return camera.downsampled(factor)
 
 
+def low_res_volume(volume_mu: Volume, settings: RenderSettings) -> Volume:
+    """The attenuation volume resampled to ``settings.ct_spacing_mm`` (kept when already that coarse)."""
+    if np.min(volume_mu.spacing) < settings.ct_spacing_mm:
+        return resample(volume_mu, settings.ct_spacing_mm)
+    return volume_mu
+
+
+def low_res_samples(volume: Volume, settings: RenderSettings) -> int:
+    """Samples per ray of the training DRRs: one every ``settings.step_vox`` voxels of ``volume`` (at least 16)."""
+    return max(16, int(math.ceil(np.linalg.norm(volume.shape_ijk) / settings.step_vox)))
+
+
 class DRRSource:
     """Render low-resolution DRRs of one CT at batches of pose parameters.
 
@@ -144,11 +156,10 @@ class DRRSource:
         self.settings = settings = settings or RenderSettings()
         self.reference = reference
         self.camera = camera
-        mu = Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras)
-        self.volume = resample(mu, settings.ct_spacing_mm) if np.min(mu.spacing) < settings.ct_spacing_mm else mu
+        self.volume = low_res_volume(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras), settings)
         self.low_camera = low_res_camera(camera, settings.detector_size)
-        n = max(16, int(math.ceil(np.linalg.norm(self.volume.shape_ijk) / settings.step_vox)))
         self.device = torch.device(device)
+        n = low_res_samples(self.volume, settings)
         self.projector = Projector(self.volume, self.low_camera, n_samples=n, device=self.device)
         self.physics = None
         if settings.physics_kvp is not None:

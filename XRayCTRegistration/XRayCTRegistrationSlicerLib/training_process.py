@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from XRayCTRegistrationLib.errors import InputError
-from XRayCTRegistrationLib.names import INITIALISER_METHODS
+from XRayCTRegistrationLib.names import MODEL_KINDS
 
 PROGRESS_PREFIX = "PROGRESS"
 """Start of the progress lines printed by ``xrayctreg train``: ``PROGRESS <fraction> <message>``."""
@@ -40,7 +40,9 @@ def pythonExecutable() -> str:
 def trainCommand(ctPath: str, geometryPath: str, modelPath: str, method: str = "regressor",
                  timeBudgetS: float | None = None, iterations: int | None = None, resume: bool = False,
                  threads: int | None = None, python: str | None = None, extraArgs: Sequence[str] = ()) -> list[str]:
-    """Command line that trains the initialiser out of process: ``xrayctreg train ...`` run by Python.
+    """Command line that trains a model out of process: ``xrayctreg train ...`` run by Python.
+
+    ``method``: a model kind of ``names.MODEL_KINDS`` (an initialiser, or ``sopi-fine``).
 
     The program is ``python`` (default: :func:`pythonExecutable`) running the library's CLI module, so
     no console script needs to be on PATH. The process prints ``PROGRESS <fraction> <message>`` lines
@@ -51,8 +53,8 @@ def trainCommand(ctPath: str, geometryPath: str, modelPath: str, method: str = "
     for name, value in (("ctPath", ctPath), ("geometryPath", geometryPath), ("modelPath", modelPath)):
         if not value:
             raise InputError(f"train: '{name}' is empty")
-    if method not in INITIALISER_METHODS:
-        raise InputError(f"train: method {method!r} is not one of {', '.join(INITIALISER_METHODS)}")
+    if method not in MODEL_KINDS:
+        raise InputError(f"train: method {method!r} is not one of {', '.join(MODEL_KINDS)}")
     if timeBudgetS is not None and not (math.isfinite(timeBudgetS) and timeBudgetS > 0):
         raise InputError(f"train: time budget must be > 0 s, got {timeBudgetS}")
     if iterations is not None and iterations < 1:
