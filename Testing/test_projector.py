@@ -354,3 +354,18 @@ def test_kernel_slide_equals_float64_reference(n_samples):
     other = np.ones((r.size, 3), bool)
     other[np.arange(r.size), a_out[0, r]] = False
     assert np.allclose(fused[0, r, :3][other], fixed[0, r, :3][other], rtol=1e-5, atol=1e-7)
+
+
+def test_pose_jacobian_equals_the_autograd_gradient():
+    # both take the samples' slide from the kernel once (tissue up to every face, so the slide matters)
+    vol = Volume(slide_volume()[0], np.diag([4.0, 5.0, 6.0, 1.0]))
+    cam = Camera(1000.0, 24, 20, 4.0, 4.0)
+    proj = Projector(vol, cam, n_samples=48, backend="numba")
+    w = torch.as_tensor(ReferenceView.ap(vol.center, cam.sdd).pose(POSES[1]))[None]
+    weights = torch.rand(1, 24, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    img, jac = proj.pose_jacobian(w)
+    wg = w.clone().requires_grad_(True)
+    (proj(wg) * weights).sum().backward()
+    from_jac = torch.einsum("brc,brcpm->bpm", weights, jac)
+    assert wg.grad.abs().max() > 0
+    assert torch.allclose(from_jac, wg.grad, rtol=1e-6, atol=1e-9 * wg.grad.abs().max().item())

@@ -268,11 +268,9 @@ class Projector(torch.nn.Module):
         n_rays = self._dirs64.shape[0]
         out = np.empty((w.shape[0], n_rays), dtype=np.float32)
         jac = np.empty((w.shape[0], n_rays, 6), dtype=np.float32)
-        padded = self._padded_volume()
-        _raymarch.march_with_jacobian(padded, m, self._dirs64.numpy(), self.n_samples, out, jac)
-        shape = torch.tensor(padded.shape[::-1], dtype=torch.float64) - 2  # (I, J, K)
-        j = add_sample_slide(torch.from_numpy(jac), torch.from_numpy(out), torch.from_numpy(m), self._dirs64,
-                             shape).double()  # as the autograd path (_NumbaMarch)
+        # the samples' slide included, as in the autograd path (_NumbaMarch)
+        _raymarch.march_with_jacobian(self._padded_volume(), m, self._dirs64.numpy(), self.n_samples, out, jac)
+        j = torch.from_numpy(jac).double()
         d_m = torch.cat([j[..., 3:, None] * self._dirs64[None, :, None, :], j[..., :3, None]], dim=-1)  # [B, R, 3, 4]
         d_w = torch.einsum("brim,ip->brpm", d_m, self._ijk_from_world64[:3, :])  # [B, R, 4, 4]
         shape = (w.shape[0], self.camera.rows, self.camera.cols)
