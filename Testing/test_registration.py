@@ -194,6 +194,29 @@ def test_converged_result_reports_its_uncertainty(scene):
     assert "depth +-" in u.summary()
 
 
+def test_undetermined_pose_is_not_success(scene, monkeypatch):
+    """A converged registration whose 2-sigma depth interval exceeds the bound is refused, with the reason."""
+    import XRayCTRegistrationLib.registration as registration
+
+    hu, vol, ref, xray, pts = scene
+    res = register(vol, xray, CAM, ref.pose(START), reference=ref, method="opt-ncc", **FAST)
+    assert res.success and 0 < 2 * res.uncertainty.depth_mm < registration.UNDETERMINED_DEPTH_MM
+    monkeypatch.setattr(registration, "UNDETERMINED_DEPTH_MM", res.uncertainty.depth_mm)
+    res2 = register(vol, xray, CAM, ref.pose(START), reference=ref, method="opt-ncc", **FAST)
+    assert not res2.success and "the pose is not determined" in res2.message
+    np.testing.assert_allclose(res2.params, res.params)  # the same pose; only the verdict differs
+
+
+def test_label_masked_registration_far_off_is_not_success(scene):
+    """Restricted to a small dense structure, a far start can converge on a flat similarity far from the truth."""
+    hu, vol, ref, xray, pts = scene
+    labels = Volume((hu.data > 600).astype(np.float32), hu.ijk_to_ras)
+    start = GT + np.array([-10.0, 8.0, -6.0, 25.0, -20.0, -40.0])
+    res = register(vol, xray, CAM, ref.pose(start), reference=ref, labels=labels, label_ids=[1])
+    error = mtre(pts, ref.pose(GT), res.world_from_camera)
+    assert not (res.success and error >= 2.0), f"success at mTRE {error:.1f} mm: {res.message}"
+
+
 def test_block_average_geometry():
     data = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
     m = np.eye(4)
