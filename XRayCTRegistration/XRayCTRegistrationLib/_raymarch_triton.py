@@ -64,8 +64,12 @@ def _slab(o, d, n):
 
 
 @triton.jit
-def _ray_setup(mat_ptr, dirs_ptr, b, r, live, n_rays, ni, nj, nk, n_samples):
-    """Source, direction (index space per unit t), first t, t step, step in mm and validity of rays ``r``."""
+def _ray_geometry(mat_ptr, dirs_ptr, b, r, live, ni, nj, nk):
+    """Rays ``r`` of pose ``b``: pixel centre, source, direction and the slab entries and exits along i, j, k.
+
+    Returns the camera-frame pixel centre (mm), the source and the direction in index space (per unit t), and the
+    unclamped entries ``a`` and exits ``e`` of the slabs.
+    """
     x = tl.load(dirs_ptr + r * 3 + 0, mask=live, other=0.0)
     y = tl.load(dirs_ptr + r * 3 + 1, mask=live, other=0.0)
     z = tl.load(dirs_ptr + r * 3 + 2, mask=live, other=0.0)
@@ -79,6 +83,14 @@ def _ray_setup(mat_ptr, dirs_ptr, b, r, live, n_rays, ni, nj, nk, n_samples):
     a0, e0 = _slab(o0, d0, ni)
     a1, e1 = _slab(o1, d1, nj)
     a2, e2 = _slab(o2, d2, nk)
+    return x, y, z, o0, o1, o2, d0, d1, d2, a0, a1, a2, e0, e1, e2
+
+
+@triton.jit
+def _ray_setup(mat_ptr, dirs_ptr, b, r, live, n_rays, ni, nj, nk, n_samples):
+    """Source, direction (index space per unit t), first t, t step, step in mm and validity of rays ``r``."""
+    x, y, z, o0, o1, o2, d0, d1, d2, a0, a1, a2, e0, e1, e2 = _ray_geometry(mat_ptr, dirs_ptr, b, r, live,
+                                                                         ni, nj, nk)
     t_near = tl.maximum(tl.maximum(tl.maximum(a0, a1), a2), 0.0)
     t_far = tl.minimum(tl.minimum(tl.minimum(e0, e1), e2), 1.0)
     valid = live & (t_far > t_near)
@@ -151,16 +163,7 @@ def _add_slide(mat_ptr, dirs_ptr, b, r, live, ni, nj, nk, value, jb0, jb1, jb2, 
     per unit of ``b_a`` (``jb_a -= dI/dt / D_a``, ``jt_a -= dI/dt t / D_a``). Ends inside the box (``t``
     clamped to 0 or 1) do not move.
     """
-    x = tl.load(dirs_ptr + r * 3 + 0, mask=live, other=0.0)
-    y = tl.load(dirs_ptr + r * 3 + 1, mask=live, other=0.0)
-    z = tl.load(dirs_ptr + r * 3 + 2, mask=live, other=0.0)
-    m = mat_ptr + b * 12
-    d0 = tl.load(m + 0) * x + tl.load(m + 1) * y + tl.load(m + 2) * z
-    d1 = tl.load(m + 4) * x + tl.load(m + 5) * y + tl.load(m + 6) * z
-    d2 = tl.load(m + 8) * x + tl.load(m + 9) * y + tl.load(m + 10) * z
-    a0, e0 = _slab(tl.load(m + 3), d0, ni)
-    a1, e1 = _slab(tl.load(m + 7), d1, nj)
-    a2, e2 = _slab(tl.load(m + 11), d2, nk)
+    _, _, _, _, _, _, d0, d1, d2, a0, a1, a2, e0, e1, e2 = _ray_geometry(mat_ptr, dirs_ptr, b, r, live, ni, nj, nk)
     t_in, d_in = _face_axis(a0, a1, a2, d0, d1, d2, True)
     t_out, d_out = _face_axis(e0, e1, e2, d0, d1, d2, False)
     t0 = tl.maximum(t_in, 0.0)
