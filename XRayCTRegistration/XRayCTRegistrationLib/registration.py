@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .filters import detector_blur
 from .geometry import PARAM_NAMES, Camera, ReferenceView, check_rigid, invert_rigid, transform_points
 from .names import DEFAULT_METHOD
 from .projector import Projector
@@ -125,6 +126,18 @@ the estimate is conservative on small detectors (48 x 48 pixels: +-12-20 mm at e
 MIN_COVERAGE = 0.02
 """Fewest fraction of X-ray pixels the projected CT must cover (at the start and while optimising)."""
 
+BLUR_PASSES = 4
+"""The detector blur is :data:`BLUR_PASSES` passes of a 3-tap binomial-like kernel per axis (see :func:`detector_blur`)."""
+
+MAX_BLUR_VARIANCE = 4.0
+"""Largest detector-blur variance (pixels^2 of a level) the registration fits: sigma up to 2 pixels."""
+
+BLUR_START = 0.1
+"""Detector-blur variance (pixels^2 of the coarsest level) the fit starts from (not 0: ``|v|`` has no slope there)."""
+
+BLUR_STEP = 0.1
+"""Change of the blur variance (pixels^2 of the level) per unit step of the optimiser."""
+
 
 @dataclass
 class PoseUncertainty:
@@ -180,6 +193,8 @@ class RegistrationResult:
         reference: the reference view the parameters are relative to.
         uncertainty: standard deviations of the pose found (None when no optimisation ran or the
             similarity has no curvature there).
+        detector_blur_px: the detector blur fitted with the pose (``fit_blur``): the standard deviation of
+            its point spread, pixels of the full detector; None when not fitted.
     """
 
     world_from_camera: np.ndarray
@@ -194,6 +209,7 @@ class RegistrationResult:
     history: list[tuple[int, int, float]] = field(default_factory=list)
     reference: ReferenceView | None = None
     uncertainty: PoseUncertainty | None = None
+    detector_blur_px: float | None = None
 
     def to_dict(self) -> dict:
         """The registration result JSON of CONVENTIONS.md."""
@@ -211,6 +227,7 @@ class RegistrationResult:
         if self.reference is not None:
             d["reference"] = self.reference.to_dict()
         d["uncertainty"] = None if self.uncertainty is None else self.uncertainty.to_dict()
+        d["detector_blur_px"] = self.detector_blur_px
         return d
 
 
@@ -240,7 +257,7 @@ class _Level:
 
     factor: float
     views: list[_View]
-    scales: torch.Tensor  # [6] parameter change (deg, mm) per unit of the optimised variable
+    scales: torch.Tensor  # [6] or [7] parameter change (deg, mm; blur variance, pixels^2) per unit step
     max_iterations: int
     sensitivity: torch.Tensor  # [6] mm at the detector per degree / mm of each parameter
 
@@ -256,7 +273,7 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              progress: Callable[[float, str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
              tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
-             backend: str = "auto",
+             backend: str = "auto", fit_blur: bool = True,
              renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
@@ -291,6 +308,10 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         patience: iterations without improvement before the step is halved.
         max_shrinks: halvings after which a level's Adam phase ends.
         backend: :class:`projector.Projector`'s backend (``auto``, ``numba``, ``torch``, ``triton``).
+        fit_blur: fit the detector's blur (a point spread acting on the intensity, see
+            :func:`filters.detector_blur`) with the pose, as a seventh, nuisance parameter. An X-ray is
+            blurred where a DRR is not; left unmodelled, the blur makes the CT look smaller and biases the
+            depth by millimetres (``benchmarks/results/multict.md``).
         renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
             builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
@@ -314,15 +335,18 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         volume, label_volume = _apply_labels(volume_mu, labels, label_ids)
 
     p0 = torch.as_tensor(reference.params(init), dtype=torch.float64)
+    if fit_blur:
+        p0 = torch.cat([p0, p0.new_full((1,), BLUR_START)])  # [7]: the pose and the blur's variance (pixels^2)
     if levels is None:
         levels = default_levels(cameras[0])
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
-    sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0.numpy()))
+    sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0[:6].numpy()))
     build = (volume, label_volume, images, cameras, masks, relatives)
     make = (renderer or functools.partial(Projector, backend=backend), torch.device(device))
-    pyramid = _build_levels(*build, levels, _iterations(max_iterations, len(levels)), step_sizes, sid, sens, *make)
+    pyramid = _build_levels(*build, levels, _iterations(max_iterations, len(levels)), step_sizes, sid, sens,
+                            fit_blur, *make)
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else \
-        _build_levels(*build, [1], [0], step_sizes, sid, sens, *make)[0]
+        _build_levels(*build, [1], [0], step_sizes, sid, sens, fit_blur, *make)[0]
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
     return _optimise(run, pyramid, final_level, p0, method)
@@ -352,7 +376,7 @@ class _Run:
 
     def source_inside(self, params: torch.Tensor) -> int | None:
         """The first view whose X-ray source lies inside the CT's box at ``params``, else None."""
-        w = self.reference.pose(params.detach().numpy())
+        w = self.reference.pose(params[:6].detach().numpy())
         n = np.asarray(self.volume.shape_ijk, dtype=np.float64)
         for v, rel in enumerate(self.relatives):
             ijk = transform_points(self.volume.ras_to_ijk, (w @ rel)[:3, 3][None])[0]
@@ -404,6 +428,8 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
                        "of the image); give a closer initial pose")
     params = p0.clone()
     for li, level in enumerate(pyramid):
+        if li > 0:
+            params = _rescale_blur(params, pyramid[li - 1].factor, level.factor)
         _update_label_weights(level, run.reference, params)
         run.report(len(run.history) / run.total_budget,
                    f"level {li + 1}/{len(pyramid)}: detector x1/{level.factor:g}")
@@ -414,6 +440,7 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
         if run.failed or run.stop_msg:
             break
     unc = None if run.failed or not run.history else _uncertainty(run, pyramid[-1], params)
+    params = _rescale_blur(params, pyramid[-1].factor, final_level.factor)
     _update_label_weights(final_level, run.reference, params)
     with torch.no_grad():
         final_sim, final_cov = _evaluate(final_level, run.reference, params, run.similarity)
@@ -425,7 +452,18 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
         msg += f"; {unc.summary()}"
     res = _result(run, params, final_sim, init_sim, method, ok, msg)
     res.uncertainty = unc
+    if params.numel() == 7:
+        res.detector_blur_px = math.sqrt(abs(float(params[6])))
     return res
+
+
+def _rescale_blur(params: torch.Tensor, factor_from: float, factor_to: float) -> torch.Tensor:
+    """``params`` with the blur variance (pixels^2 of a level) moved from one detector factor to another."""
+    if params.numel() != 7:
+        return params
+    out = params.clone()
+    out[6] = out[6] * (factor_from / factor_to) ** 2
+    return out
 
 
 def _verdict(run: _Run, init_sim: float, final_sim: float, final_cov: float,
@@ -453,14 +491,14 @@ def _verdict(run: _Run, init_sim: float, final_sim: float, final_cov: float,
 
 def _result(run: _Run, params: torch.Tensor, sim: float, init_sim: float, method: str, ok: bool,
             msg: str) -> RegistrationResult:
-    p = params.detach().numpy().copy()
+    p = params[:6].detach().numpy().copy()
     return RegistrationResult(run.reference.pose(p), p, float(sim), float(init_sim), len(run.history),
                               time.perf_counter() - run.t_start, method, ok, msg, list(run.history), run.reference)
 
 
 def _adam_level(run: _Run, li: int, level: _Level, params: torch.Tensor, max_iterations: int) -> torch.Tensor:
     """Adam ascent on one level from ``params``; the step halves on every plateau; returns the best pose seen."""
-    u = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    u = torch.zeros_like(params, requires_grad=True)
     opt = torch.optim.Adam([u], lr=1.0, eps=1e-12, maximize=True)
     base = params.clone()
     best_sim, best_params = -math.inf, params.clone()
@@ -495,7 +533,7 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
     Runs until an update moves the image by less than :data:`STEP_TOLERANCE_MM` at the detector (then
     ``run.converged``) or :data:`LBFGS_ITERATIONS` run out.
     """
-    u = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    u = torch.zeros_like(params, requires_grad=True)
     opt = torch.optim.LBFGS([u], lr=1.0, max_iter=1, max_eval=10, tolerance_grad=0.0, tolerance_change=0.0,
                             history_size=10, line_search_fn="strong_wolfe")
     base = params.clone()
@@ -537,7 +575,7 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
             return params
         # the full quasi-Newton step (before the line search shortened it): how far the optimum still is
         d = opt.state[u]["d"]
-        run.last_step_mm = float((d.abs() * level.scales * level.sensitivity).max())
+        run.last_step_mm = float((d[:6].abs() * level.scales[:6] * level.sensitivity).max())
         if k > 0 and run.last_step_mm < STEP_TOLERANCE_MM:
             run.converged = True
             break
@@ -546,15 +584,17 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
 
 def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertainty | None:
     """:class:`PoseUncertainty` at ``params`` from the Hessian of the summed similarity on ``level``."""
+    n = params.numel()  # 6, or 7 with the blur: its uncertainty widens the pose's where the two trade off
     h = 0.5 / level.sensitivity  # [6] a change of each parameter that moves the image by 0.5 mm
+    h = torch.cat([h, h.new_full((n - 6,), 0.05)])  # the blur: 0.05 pixels^2
     grads = []
-    for i in range(6):
+    for i in range(n):
         for sign in (1.0, -1.0):
-            p = (params + sign * h[i] * torch.eye(6, dtype=torch.float64)[i]).requires_grad_(True)
+            p = (params + sign * h[i] * torch.eye(n, dtype=torch.float64)[i]).requires_grad_(True)
             sim, _ = _similarity(level, run.reference, p, run.similarity)
             (g,) = torch.autograd.grad(sim, p)
             grads.append(g)
-    hess = torch.stack([(grads[2 * i] - grads[2 * i + 1]) / (2 * h[i]) for i in range(6)], 1).numpy()
+    hess = torch.stack([(grads[2 * i] - grads[2 * i + 1]) / (2 * h[i]) for i in range(n)], 1).numpy()
     curv = -0.5 * (hess + hess.T)  # [6, 6] of -S, positive definite at a maximum
     with torch.no_grad():
         value, _ = _similarity(level, run.reference, params, run.similarity)
@@ -568,8 +608,8 @@ def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertai
     # a direction along which the similarity does not fall (within the differences' resolution) is as good as
     # undetermined: its curvature is floored at 1e-6 of the largest, so its standard deviation is ~1000x larger
     evals = np.maximum(evals, 1e-6 * evals[-1])
-    cov = UNCERTAINTY_SCALE * residual / n_pix * (vecs / evals) @ vecs.T
-    p0 = params.detach().numpy()
+    cov = (UNCERTAINTY_SCALE * residual / n_pix * (vecs / evals) @ vecs.T)[:6, :6]  # the pose's marginal
+    p0 = params[:6].detach().numpy()
     iso = run.reference.isocenter
 
     def depth(p: np.ndarray) -> float:
@@ -602,7 +642,7 @@ def detector_sensitivity(reference: ReferenceView, camera: Camera, volume: Volum
 
 # -- evaluation -----------------------------------------------------------------------------------------
 def _view_poses(level: _Level, reference: ReferenceView, params: torch.Tensor) -> list[torch.Tensor]:
-    w = reference.pose_torch(params)  # [4, 4] view 0
+    w = reference.pose_torch(params[:6])  # [4, 4] view 0
     return [w @ view.relative for view in level.views]
 
 
@@ -622,6 +662,8 @@ def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
     for view, w in zip(level.views, _view_poses(level, reference, params), strict=True):
         drr = view.projector(w)  # [rows, cols]
         covs.append(_coverage(drr.detach(), view))
+        if params.numel() == 7:
+            drr = detector_blur(drr, params[6].clamp(-MAX_BLUR_VARIANCE, MAX_BLUR_VARIANCE), BLUR_PASSES)
         sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
     both = torch.stack([torch.stack(sims).sum(), torch.stack(covs).min().to(torch.float64)]).cpu()
     return both[0], float(both[1].detach())
@@ -784,8 +826,8 @@ def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
                   masks: list, relatives: list[np.ndarray], levels: Sequence[float], iterations: list[int],
-                  step_sizes, sid: float, sensitivity: torch.Tensor, renderer: Callable[..., torch.nn.Module],
-                  dev: torch.device) -> list[_Level]:
+                  step_sizes, sid: float, sensitivity: torch.Tensor, fit_blur: bool,
+                  renderer: Callable[..., torch.nn.Module], dev: torch.device) -> list[_Level]:
     """The pyramid: per level, each view's downsampled X-ray, renderer of the block-averaged CT, and the scales."""
     out = []
     coarse = None
@@ -814,6 +856,8 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
                 label_proj = Projector(lab, c, n_samples=n_samples, device=dev)
             views.append(_View(proj, image, weight, torch.as_tensor(rel, dtype=torch.float64), label_proj))
         pixel_det = min(cam0.row_spacing, cam0.col_spacing) * factor
-        out.append(_Level(factor, views, _scales(step_sizes, sensitivity, pixel_det, coarse, factor), n_it,
-                          sensitivity))
+        scales = _scales(step_sizes, sensitivity, pixel_det, coarse, factor)
+        if fit_blur:
+            scales = torch.cat([scales, scales.new_full((1,), BLUR_STEP)])
+        out.append(_Level(factor, views, scales, n_it, sensitivity))
     return out
