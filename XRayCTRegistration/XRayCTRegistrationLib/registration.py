@@ -127,16 +127,21 @@ MIN_COVERAGE = 0.02
 """Fewest fraction of X-ray pixels the projected CT must cover (at the start and while optimising)."""
 
 BLUR_PASSES = 4
-"""The detector blur is :data:`BLUR_PASSES` passes of a 3-tap binomial-like kernel per axis (see :func:`detector_blur`)."""
+"""The detector blur is this many passes per axis of a 3-tap kernel (see :func:`filters.detector_blur`)."""
 
 MAX_BLUR_VARIANCE = 4.0
 """Largest detector-blur variance (pixels^2 of a level) the registration fits: sigma up to 2 pixels."""
 
 BLUR_START = 0.1
-"""Detector-blur variance (pixels^2 of the coarsest level) the fit starts from (not 0: ``|v|`` has no slope there)."""
+"""Detector-blur variance (pixels^2 of the coarsest level) the fit starts from. The optimiser works on the log of
+the variance, so the blur stays positive and its fit is smooth down to no blur at all."""
 
-BLUR_STEP = 0.1
-"""Change of the blur variance (pixels^2 of the level) per unit step of the optimiser."""
+BLUR_STEP = 0.5
+"""Change of the log of the blur variance per unit step of the optimiser."""
+
+BLUR_TOLERANCE = 0.01
+"""The last level has converged only once an L-BFGS update also changes the blur variance by less than this
+(pixels^2 of the level): while the blur still moves, the pose's steps are not yet the distance to the optimum."""
 
 
 @dataclass
@@ -257,7 +262,7 @@ class _Level:
 
     factor: float
     views: list[_View]
-    scales: torch.Tensor  # [6] or [7] parameter change (deg, mm; blur variance, pixels^2) per unit step
+    scales: torch.Tensor  # [6] or [7] parameter change (deg, mm; log blur variance) per unit step
     max_iterations: int
     sensitivity: torch.Tensor  # [6] mm at the detector per degree / mm of each parameter
 
@@ -336,7 +341,7 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
 
     p0 = torch.as_tensor(reference.params(init), dtype=torch.float64)
     if fit_blur:
-        p0 = torch.cat([p0, p0.new_full((1,), BLUR_START)])  # [7]: the pose and the blur's variance (pixels^2)
+        p0 = torch.cat([p0, p0.new_full((1,), math.log(BLUR_START))])  # [7]: pose, log blur variance (pixels^2)
     if levels is None:
         levels = default_levels(cameras[0])
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
@@ -453,7 +458,7 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
     res = _result(run, params, final_sim, init_sim, method, ok, msg)
     res.uncertainty = unc
     if params.numel() == 7:
-        res.detector_blur_px = math.sqrt(abs(float(params[6])))
+        res.detector_blur_px = math.sqrt(_blur_variance(params))
     return res
 
 
@@ -462,8 +467,13 @@ def _rescale_blur(params: torch.Tensor, factor_from: float, factor_to: float) ->
     if params.numel() != 7:
         return params
     out = params.clone()
-    out[6] = out[6] * (factor_from / factor_to) ** 2
+    out[6] = out[6] + 2 * math.log(factor_from / factor_to)
     return out
+
+
+def _blur_variance(params: torch.Tensor) -> float:
+    """The detector blur's variance (pixels^2 of the level) that ``params[6]`` (its log) stands for."""
+    return min(math.exp(float(params[6])), MAX_BLUR_VARIANCE)
 
 
 def _verdict(run: _Run, init_sim: float, final_sim: float, final_cov: float,
@@ -530,8 +540,8 @@ def _adam_level(run: _Run, li: int, level: _Level, params: torch.Tensor, max_ite
 def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> torch.Tensor:
     """L-BFGS (strong-Wolfe line search) on one level from ``params``.
 
-    Runs until an update moves the image by less than :data:`STEP_TOLERANCE_MM` at the detector (then
-    ``run.converged``) or :data:`LBFGS_ITERATIONS` run out.
+    Runs until an update moves the image by less than :data:`STEP_TOLERANCE_MM` at the detector and the blur by
+    less than :data:`BLUR_TOLERANCE` (then ``run.converged``) or :data:`LBFGS_ITERATIONS` run out.
     """
     u = torch.zeros_like(params, requires_grad=True)
     opt = torch.optim.LBFGS([u], lr=1.0, max_iter=1, max_eval=10, tolerance_grad=0.0, tolerance_change=0.0,
@@ -563,6 +573,7 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
         last[key] = (-sim.detach() * norm[0], u.grad.clone())
         return last[key][0]
 
+    small_before = False
     for k in range(LBFGS_ITERATIONS):
         remaining = level.max_iterations - evals[0]
         if run.interrupted() or remaining < 3:
@@ -576,9 +587,13 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
         # the full quasi-Newton step (before the line search shortened it): how far the optimum still is
         d = opt.state[u]["d"]
         run.last_step_mm = float((d[:6].abs() * level.scales[:6] * level.sensitivity).max())
-        if k > 0 and run.last_step_mm < STEP_TOLERANCE_MM:
+        blur_settled = d.numel() == 6 or \
+            float(d[6].abs() * level.scales[6]) * _blur_variance(base + u.detach() * level.scales) < BLUR_TOLERANCE
+        small = run.last_step_mm < STEP_TOLERANCE_MM and blur_settled
+        if k > 0 and small and small_before:  # twice: one short step can be the quasi-Newton scaling's
             run.converged = True
             break
+        small_before = small
     return (base + u.detach() * level.scales).clone()
 
 
@@ -586,7 +601,7 @@ def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertai
     """:class:`PoseUncertainty` at ``params`` from the Hessian of the summed similarity on ``level``."""
     n = params.numel()  # 6, or 7 with the blur: its uncertainty widens the pose's where the two trade off
     h = 0.5 / level.sensitivity  # [6] a change of each parameter that moves the image by 0.5 mm
-    h = torch.cat([h, h.new_full((n - 6,), 0.05)])  # the blur: 0.05 pixels^2
+    h = torch.cat([h, h.new_full((n - 6,), 0.1)])  # the blur: 10 % of its variance
     grads = []
     for i in range(n):
         for sign in (1.0, -1.0):
@@ -663,7 +678,7 @@ def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
         drr = view.projector(w)  # [rows, cols]
         covs.append(_coverage(drr.detach(), view))
         if params.numel() == 7:
-            drr = detector_blur(drr, params[6].clamp(-MAX_BLUR_VARIANCE, MAX_BLUR_VARIANCE), BLUR_PASSES)
+            drr = detector_blur(drr, params[6].exp().clamp(max=MAX_BLUR_VARIANCE), BLUR_PASSES)
         sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
     both = torch.stack([torch.stack(sims).sum(), torch.stack(covs).min().to(torch.float64)]).cpu()
     return both[0], float(both[1].detach())
