@@ -344,6 +344,8 @@ def _report_registration(args: argparse.Namespace, out) -> None:
     print(f"pose: {format_params(result.params)}")
     if getattr(result, "uncertainty", None) is not None:
         print(f"uncertainty: {result.uncertainty.summary()}")
+    if getattr(result, "detector_blur_px", None) is not None:
+        print(f"detector blur fitted with the pose: sigma {result.detector_blur_px:.2f} pixels")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
