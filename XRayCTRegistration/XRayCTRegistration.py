@@ -106,6 +106,8 @@ class XRayCTRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = list(about.CONTRIBUTORS)
         about.checkSlicerVersion(slicer.app.majorVersion, slicer.app.minorVersion)
+        from XRayCTRegistrationSlicerLib.sampledata import registerSampleData
+        slicer.app.connect("startupCompleted()", registerSampleData)  # the sample CTs in the Sample Data module
         self.parent.helpText = _("""
 Registers an intra-operative X-ray image to a pre-operative CT: finds the pose of the C-arm that sees
 the CT as in the X-ray, renders the CT as a digitally reconstructed radiograph (DRR) and shows it fused
