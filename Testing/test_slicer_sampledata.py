@@ -32,7 +32,7 @@ def test_registered_at_startup_with_the_library_checksums(ns, module, stand_in):
     slots[-1]()  # Slicer emits startupCompleted()
     sources = stand_in[sampledata.CATEGORY]
     assert [s.sampleName for s in sources] == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine"]
-    for source, (name, sample) in zip(sources, data.SAMPLES.items(), strict=True):
+    for source, sample in zip(sources, data.SAMPLES.values(), strict=True):
         assert source.checksums == "SHA256:" + sample.members["ct"][1] == sample.checksum("ct")
         assert len(source.checksums) == len("SHA256:") + 64
         assert source.fileNames == Path(sample.members["ct"][0]).name
