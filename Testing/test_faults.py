@@ -675,6 +675,9 @@ SLICER_NODES = [  # (id, change of the call's arguments, calls it applies to, wh
     ("ok-second-xray-no-relative-geometry", lambda ns, m, ct, xr, f: {"options": _options(secondXray=_tagged(
         m, _slicer_node(ns, "vtkMRMLScalarVolumeNode", np.ones((1, 8, 8), np.float32))))}, "u",
      "second X-ray 'bad': no relative geometry: choose a relative transform"),
+    ("ok-second-xray-one-view-method", lambda ns, m, ct, xr, f: {"method": "dppc", "options": _options(
+        secondXray=_tagged(m, _slicer_node(ns, "vtkMRMLScalarVolumeNode", np.ones((1, 8, 8), np.float32))),
+        relativeTransform=_transform(ns, np.eye(4)))}, "u", "method: dppc registers one X-ray; for 2 views use one of"),
     ("ok-second-xray-is-the-first", lambda ns, m, ct, xr, f: {"options": _options(secondXray=xr)}, "u",
      "second X-ray 'X-ray': is the first X-ray"),
     ("ok-relative-transform-not-rigid", lambda ns, m, ct, xr, f: {"options": _options(secondXray=_tagged(
