@@ -105,24 +105,25 @@ LBFGS_ITERATIONS = 40
 """Most L-BFGS iterations (each a strong-Wolfe line search of at most 10 evaluations) on the last level after
 its Adam phase, within the level's iteration budget."""
 
-UNCERTAINTY_SCALE = 256.0
-"""Calibration factor of the reported covariance (see :class:`PoseUncertainty`). Set with ``opt-lncc`` on 30
-SOPI-like cases (``evaluation.make_cases``, seed 0, 128 x 128 pixels, default levels: the last at 64 x 64) of each
-tuning CT, the chest and the abdomen sample CTs: a factor of 200 puts the true depth inside the 2-sigma interval
-in 90 % of them, 215 in 95 %. The errors are mostly the similarity's own bias in depth under the
-X-ray's contrast change, which the curvature alone does not see; check held-out CTs before trusting it
-elsewhere (``benchmarks/results/registration.md``)."""
+UNCERTAINTY_SCALE = 110.0
+"""Calibration factor of the reported covariance (see :class:`PoseUncertainty`). Set on the tuning CTs (chest and
+abdomen sample CTs) with the default registration (detector blur fitted): SOPI-like cases on detectors of 48, 64 and
+128 pixels, X-rays from this project's projector and from DiffDRR's Siddon renderer (183 registrations,
+``benchmarks/results/uncertainty.md``). 106 puts the true depth inside the 2-sigma interval in 95 % of them; on the
+held-out spine CT it is inside in 100 %. The errors left are mostly the similarity's own bias in depth under the
+X-ray's contrast change, which the curvature alone does not see."""
 
 WEAK_DEPTH_MM = 2.0
 """A 2-sigma depth interval wider than this (mm, each side) is reported as weakly determined."""
 
-UNDETERMINED_DEPTH_MM = 50.0
-"""A 2-sigma depth interval wider than this (mm, each side) makes a converged registration unsuccessful: the
-similarity is flat at the pose found, so convergence there promises nothing. On the multi-CT benchmark's rows
-(``benchmarks/results/multict_rows.json``) this flags 59 of 352 registrations reported as converged, 49 of them
-2 mm or more from the truth (mostly the spine crop's); a label-masked registration of the test phantom that
-converged 180 mm from the truth reported +-4600 mm. A tighter bound would catch more of the spine's failures, but
-the estimate is conservative on small detectors (48 x 48 pixels: +-12-20 mm at errors under 1 mm)."""
+UNDETERMINED_DEPTH_MM = 5.0
+"""A 2-sigma depth interval wider than this (mm, each side) makes a converged registration unsuccessful: the X-ray
+does not determine the depth of the pose found well enough to be trusted. On the multi-CT benchmark's 360
+registrations (``benchmarks/results/multict.md``, 128 x 128 detectors) no registration reported as a success ends
+2 mm or more from the truth with this bound; it turns one accurate chest registration (of 115) into a failure, and
+every registration of the spine crop, whose single view leaves the depth to +-12 mm (median): a second view is
+what that CT needs. A label-masked registration of the test phantom that converged 180 mm from the truth reports
+thousands of millimetres."""
 
 MIN_COVERAGE = 0.02
 """Fewest fraction of X-ray pixels the projected CT must cover (at the start and while optimising)."""
