@@ -3,6 +3,8 @@ geometry as a transform node or from the two X-rays' C-arm angles in the DICOM d
 segmentation node, and the X-ray threshold and crop; each goes through the library's one path (the pipeline's
 views, its labels, ``xray.xray_mask``), and a refusal leaves the scene unchanged."""
 
+import re
+
 import numpy as np
 import pytest
 from dicom_files import write_xa
@@ -52,15 +54,16 @@ def biplane(ns, module, inputs):
 def test_second_xray_with_relative_transform_recovers_depth_better(ns, module, biplane):
     ct, first, second, mu, camera, pose = biplane
     logic = module.XRayCTRegistrationLogic()
-    one = logic.register(ct, first, START, **FAST)
+    # one view of this small phantom leaves the depth undetermined: refused, with the reported interval
+    with pytest.raises(RuntimeError, match="the pose is not determined") as one:
+        logic.register(ct, first, START, **FAST)
+    one_depth_2sd = float(re.search(r"depth \+-([\d.]+) mm", str(one.value)).group(1))
     options = RegistrationOptions(secondXray=second, relativeTransform=_transform_node(ns, LAO90))
     two = logic.register(ct, first, START, registrationOptions=options, **FAST)
-    assert two.result.success and two.pipeline.views == 2 and one.pipeline.views == 1
+    assert two.result.success and two.pipeline.views == 2
     reference = ReferenceView.ap(mu.center, camera.sdd)
-    e1 = depth_error(mu, pose, reference.pose(one.params))
-    e2 = depth_error(mu, pose, reference.pose(two.params))
-    assert e2 < 0.5 and e2 < 0.6 * e1, (e1, e2)
-    assert two.result.uncertainty.depth_mm < 0.3 * one.result.uncertainty.depth_mm
+    assert depth_error(mu, pose, reference.pose(two.params)) < 0.5
+    assert 2 * two.result.uncertainty.depth_mm < 0.3 * one_depth_2sd
     # the outputs are the first view's: its transform holds the pose found
     np.testing.assert_allclose(ns.slicer.util.arrayFromTransformMatrix(two.transformNode),
                                two.result.world_from_camera, atol=1e-5)

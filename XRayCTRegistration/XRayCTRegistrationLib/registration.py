@@ -116,14 +116,14 @@ X-ray's contrast change, which the curvature alone does not see."""
 WEAK_DEPTH_MM = 2.0
 """A 2-sigma depth interval wider than this (mm, each side) is reported as weakly determined."""
 
-UNDETERMINED_DEPTH_MM = 5.0
+UNDETERMINED_DEPTH_MM = 8.0
 """A 2-sigma depth interval wider than this (mm, each side) makes a converged registration unsuccessful: the X-ray
 does not determine the depth of the pose found well enough to be trusted. On the multi-CT benchmark's 360
 registrations (``benchmarks/results/multict.md``, 128 x 128 detectors) no registration reported as a success ends
-2 mm or more from the truth with this bound; it turns one accurate chest registration (of 115) into a failure, and
-every registration of the spine crop, whose single view leaves the depth to +-12 mm (median): a second view is
-what that CT needs. A label-masked registration of the test phantom that converged 180 mm from the truth reports
-thousands of millimetres."""
+2 mm or more from the truth with this bound (at 10 mm, 9 of the spine crop's would); it turns one accurate chest
+registration (of 115) into a failure, and all but one of the spine crop's, whose single view leaves the depth to
++-12 mm (median): a second view is what that CT needs. A label-masked registration of the test phantom that
+converged 180 mm from the truth reports thousands of millimetres."""
 
 MIN_COVERAGE = 0.02
 """Fewest fraction of X-ray pixels the projected CT must cover (at the start and while optimising)."""
@@ -315,10 +315,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         patience: iterations without improvement before the step is halved.
         max_shrinks: halvings after which a level's Adam phase ends.
         backend: :class:`projector.Projector`'s backend (``auto``, ``numba``, ``torch``, ``triton``).
-        fit_blur: fit the detector's blur (a point spread acting on the intensity, see
-            :func:`filters.detector_blur`) with the pose, as a seventh, nuisance parameter. An X-ray is
-            blurred where a DRR is not; left unmodelled, the blur makes the CT look smaller and biases the
-            depth by millimetres (``benchmarks/results/multict.md``).
+        fit_blur: fit the detector's blur on the intensity (:func:`filters.detector_blur`) with the pose; left
+            unmodelled it makes the CT look smaller and biases the depth (``benchmarks/results/multict.md``).
         renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
             builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
@@ -334,22 +332,17 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     similarity = get_similarity(METHODS[method])
     images, cameras, relatives, masks = _check_views(volume_mu, xray, camera, relative_views, mask)
     init = check_rigid(init_world_from_camera, "init_world_from_camera")
-    if reference is None:
-        reference = ReferenceView.ap(volume_mu.center, cameras[0].sdd)
-    volume = volume_mu
-    label_volume = None
-    if labels is not None or label_ids is not None:
-        volume, label_volume = _apply_labels(volume_mu, labels, label_ids)
-
+    reference = ReferenceView.ap(volume_mu.center, cameras[0].sdd) if reference is None else reference
+    volume, label_volume = (volume_mu, None) if labels is None and label_ids is None else \
+        _apply_labels(volume_mu, labels, label_ids)
     p0 = torch.as_tensor(reference.params(init), dtype=torch.float64)
     if fit_blur:
         p0 = torch.cat([p0, p0.new_full((1,), math.log(BLUR_START))])  # [7]: pose, log blur variance (pixels^2)
-    if levels is None:
-        levels = default_levels(cameras[0])
+    levels = default_levels(cameras[0]) if levels is None else levels
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
     sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0[:6].numpy()))
-    build = (volume, label_volume, images, cameras, masks, relatives)
-    make = (renderer or functools.partial(Projector, backend=backend), torch.device(device))
+    build, make = (volume, label_volume, images, cameras, masks, relatives), \
+        (renderer or functools.partial(Projector, backend=backend), torch.device(device))
     pyramid = _build_levels(*build, levels, _iterations(max_iterations, len(levels)), step_sizes, sid, sens,
                             fit_blur, *make)
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else \
@@ -592,7 +585,8 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
         blur_settled = d.numel() == 6 or \
             float(d[6].abs() * level.scales[6]) * _blur_variance(base + u.detach() * level.scales) < BLUR_TOLERANCE
         small = run.last_step_mm < STEP_TOLERANCE_MM and blur_settled
-        if k > 0 and small and small_before:  # twice: one short step can be the quasi-Newton scaling's
+        # the first short steps can be the quasi-Newton scaling's (one curvature pair): then two in a row are needed
+        if small and (small_before or k >= 2) and k > 0:
             run.converged = True
             break
         small_before = small
