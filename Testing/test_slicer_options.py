@@ -3,6 +3,8 @@ geometry as a transform node or from the two X-rays' C-arm angles in the DICOM d
 segmentation node, and the X-ray threshold and crop; each goes through the library's one path (the pipeline's
 views, its labels, ``xray.xray_mask``), and a refusal leaves the scene unchanged."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from dicom_files import write_xa
@@ -16,8 +18,9 @@ from XRayCTRegistrationLib.projector import render
 from XRayCTRegistrationLib.registration import register
 from XRayCTRegistrationLib.volume import Volume, hu_to_mu
 from XRayCTRegistrationLib.xray import xray_mask
-from XRayCTRegistrationSlicerLib import dicom
+from XRayCTRegistrationSlicerLib import dicom, display
 from XRayCTRegistrationSlicerLib.registration_options import RegistrationOptions, structureLabels
+from XRayCTRegistrationSlicerLib.rendering import samplesPerRay
 
 START = POSE + np.array([1.0, -1.0, 1.0, 3.0, -3.0, 40.0])  # 40 mm off in depth
 FAST = dict(levels=(2, 1), max_iterations=(60, 30), method="opt-ncc")
@@ -64,6 +67,54 @@ def test_second_xray_with_relative_transform_recovers_depth_better(ns, module, b
     # the outputs are the first view's: its transform holds the pose found
     np.testing.assert_allclose(ns.slicer.util.arrayFromTransformMatrix(two.transformNode),
                                two.result.world_from_camera, atol=1e-5)
+
+
+def test_second_view_principal_point_and_its_drr_shown_after_registration(ns, module, inputs):
+    """The second X-ray's principal point (x0, y0) is used, and the registration writes the second view's DRR at its
+    pose, with the second X-ray, on the second detector; the fusion shows it in the yellow slice view."""
+    ct, _xray, volume, camera, image, pose = inputs
+    mu = Volume(hu_to_mu(volume.data), volume.ijk_to_ras)
+    camera2 = dataclasses.replace(camera, x0=9.0, y0=-6.0)
+    rng = np.random.default_rng(2)
+    first = _image_node(ns, module, noisy(image, rng, 0.3), "X-ray A")
+    second = _image_node(ns, module, noisy(render(mu, camera2, pose @ LAO90, n_samples=128), rng, 0.3), "X-ray B")
+    logic = module.XRayCTRegistrationLogic()
+    relative = _transform_node(ns, LAO90)
+    before = scene_state(ns.scene)
+    for output, why in ((ct, "'CT': is an input"), (second, "'X-ray B': is an input"),
+                        (relative, "'camera0_from_camera1': must be a scalar volume")):
+        bad = RegistrationOptions(secondXray=second, relativeTransform=relative, secondOutputDrr=output)
+        with pytest.raises(InputError, match=f"second view's output DRR {why}"):
+            logic.register(ct, first, START, registrationOptions=bad, **FAST)  # refused before any work
+    assert scene_state(ns.scene) == before
+    options = RegistrationOptions(secondXray=second, relativeTransform=relative, secondGeometry={"x0": 9.0, "y0": -6.0})
+    out = logic.register(ct, first, START, registrationOptions=options, **FAST)
+    reference = ReferenceView.ap(mu.center, camera.sdd)
+    assert out.result.success and depth_error(mu, pose, reference.pose(out.params)) < 0.5
+    second_pose = out.result.world_from_camera @ LAO90
+    placed = second_pose @ camera2.detector_ijk_to_camera()
+    for node in (out.secondDrrNode, second):  # on the second detector, principal point included (world RAS, mm)
+        np.testing.assert_allclose(logic.ijkToWorld(node), placed, atol=1e-6)
+    drr = ns.slicer.util.arrayFromVolume(out.secondDrrNode)[0]
+    samples = samplesPerRay(logic.attenuationVolume(ct), module.FINAL_SIZE, module.PREVIEW_SIZE)
+    np.testing.assert_allclose(drr, render(logic.attenuationVolume(ct), camera2, second_pose, n_samples=samples),
+                               rtol=1e-4, atol=1e-4)  # the renderer's float32 pose
+    expected = render(mu, camera2, pose @ LAO90, n_samples=128)
+    assert np.corrcoef(drr.ravel(), expected.ravel())[0, 1] > 0.99
+    # the fusion of the second view: the second X-ray under its DRR in the yellow view, turned to its plane
+    yellow_logic = ns.slicer.vtkMRMLSliceLogic()  # a second slice view, as Slicer's layout has
+    yellow_logic.SetMRMLScene(ns.scene)
+    yellow_logic.SetMRMLApplicationLogic(ns.app_logic)
+    yellow = yellow_logic.AddSliceNode("Yellow")
+    assert yellow.GetID() == display.SECOND_VIEW_SLICE_NODE
+    logic.showFusion(second, out.secondDrrNode, 0.4, yellow)
+    composite = display.compositeNodeForSliceNode(yellow)
+    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (second.GetID(),
+                                                                                      out.secondDrrNode.GetID())
+    normal = ns.slicer.util.arrayFromVTKMatrix(yellow.GetSliceToRAS())[:3, 2]
+    assert abs(abs(normal @ second_pose[:3, 2]) - 1.0) < 1e-9  # the view looks along the second beam
+    # a one-view registration writes no second DRR
+    assert logic.register(ct, first, START, **FAST).secondDrrNode is None
 
 
 def test_relative_geometry_from_the_c_arm_angles_in_the_dicom_database(ns, tmp_path, monkeypatch):
@@ -154,12 +205,14 @@ def test_parameter_node_fields_become_the_options(ns, module, inputs):
 
     p = module.XRayCTRegistrationLogic().getParameterNode()
     assert optionsFromParameterNode(p) == RegistrationOptions(secondGeometry={"sdd": 0.0, "rowSpacing": 0.0,
-                                                                              "colSpacing": 0.0})
+                                                                              "colSpacing": 0.0, "x0": 0.0, "y0": 0.0})
     p.secondXrayVolume, p.secondSdd, p.structureSegments = xray, 1100.0, "bone, rib"
+    p.secondX0, p.secondY0, p.secondOutputDrr = 2.5, -1.5, ct
     p.xrayMaskThreshold, p.xrayMaskLow, p.xrayMaskHigh = True, 0.5, 2.5
     p.xrayCropTop, p.xrayCropRight = 4, 7
     o = optionsFromParameterNode(p)
     assert o.secondXray is xray and o.secondGeometry["sdd"] == 1100.0 and o.segments == "bone, rib"
+    assert (o.secondGeometry["x0"], o.secondGeometry["y0"], o.secondOutputDrr) == (2.5, -1.5, ct)
     assert o.maskRange == (0.5, 2.5) and o.crop == (4, 0, 0, 7)
     with pytest.raises(InputError, match="no segment named 'rib'"):
         structureLabels(_segmentation(ns, np.ones((4, 4, 4), np.uint8), np.eye(4)), "bone, rib", np.eye(4), (4, 4, 4))

@@ -1,7 +1,8 @@
 """Time a live pose-slider update in the Slicer module: DRR re-render at preview resolution through the logic.
 
-A slider move calls XRayCTRegistrationLogic.renderDrr(..., maxSize=PREVIEW_SIZE): pose from the six
-parameters, DRR at preview resolution, written into the DRR node and placed on the detector, X-ray moved.
+A slider move calls XRayCTRegistrationLogic.updatePosePreview(..., maxSize=PREVIEW_SIZE), as the widget does:
+pose from the six parameters, DRR at preview resolution written into the DRR node and placed on the detector,
+the X-ray's display copy moved by its pose transform (the X-ray node itself is not changed).
 Runs headless on a real MRML scene (slicer-core) with the sample chest CT. Each run is a fresh logic
 (first render = set-up) followed by ``--updates`` timed slider moves at random poses; the machine's
 load average is recorded before and after, since the timings depend on what else runs.
@@ -35,16 +36,17 @@ def one_run(ns, M, ct, xray, updates: int, seed: int) -> tuple[float, list[float
     """First render (set-up) time, slider update times (s) and the logic of one run with a fresh logic."""
     logic = M.XRayCTRegistrationLogic()
     t0 = time.perf_counter()
-    drr = logic.renderDrr(ct, xray, np.zeros(6), maxSize=M.PREVIEW_SIZE)
+    drr, nodes = logic.updatePosePreview(ct, xray, np.zeros(6), maxSize=M.PREVIEW_SIZE)
     first = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     times = []
     for _ in range(updates):
         params = rng.uniform([-10, -10, -10, -20, -20, -40], [10, 10, 10, 20, 20, 40])
         t0 = time.perf_counter()
-        logic.renderDrr(ct, xray, params, drrNode=drr, maxSize=M.PREVIEW_SIZE)
+        drr, nodes = logic.updatePosePreview(ct, xray, params, drr, nodes, maxSize=M.PREVIEW_SIZE)
         times.append(time.perf_counter() - t0)
-    ns.scene.RemoveNode(drr)
+    for node in (drr, *nodes):
+        ns.scene.RemoveNode(node)
     return first, times, logic
 
 
@@ -63,6 +65,7 @@ def main() -> None:
 
     import torch
     from mrml_scene import blank_xray_node, load_node, make_scene
+    from XRayCTRegistrationSlicerLib.rendering import samplesPerRay
 
     ns = make_scene(Path(tempfile.mkdtemp()) / "cache")
     import XRayCTRegistration as M
@@ -76,7 +79,7 @@ def main() -> None:
     logic = runs[-1][2]
     volume = logic.attenuationVolume(ct)
     camera = logic.previewCamera(logic.cameraFromNode(xray), M.PREVIEW_SIZE)
-    samples = logic.samplesPerRay(volume, M.PREVIEW_SIZE)
+    samples = samplesPerRay(volume, M.PREVIEW_SIZE, M.PREVIEW_SIZE)
     all_times = [t for _, times, _ in runs for t in times]
     medians = [statistics.median(times) for _, times, _ in runs]
     dims = ct.GetImageData().GetDimensions()
@@ -85,8 +88,9 @@ def main() -> None:
         "# Live slider update (Slicer module, headless)",
         "",
         f"`python benchmarks/bench_slider.py --runs {args.runs} --updates {args.updates}` — "
-        "`XRayCTRegistrationLogic.renderDrr(..., maxSize=PREVIEW_SIZE)` per slider move: pose, DRR at preview "
-        "resolution, DRR node written and placed on the detector, X-ray moved.",
+        "`XRayCTRegistrationLogic.updatePosePreview(..., maxSize=PREVIEW_SIZE)` per slider move, as the widget "
+        "calls it: pose, DRR at preview resolution written into its node and placed on the detector, the X-ray's "
+        "display copy moved by its pose transform (the X-ray node is not changed).",
         "",
         f"- CT: `{Path(args.ct).name}`, {dims[0]}x{dims[1]}x{dims[2]} voxels; X-ray {n}x{n}; "
         f"preview DRR {camera.cols}x{camera.rows}, {samples} samples per ray, full-resolution CT",

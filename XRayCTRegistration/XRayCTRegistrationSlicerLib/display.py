@@ -7,6 +7,9 @@ from XRayCTRegistrationLib.errors import InputError
 
 from .images import fieldOfViewForImage, sliceToRASForImage
 
+SECOND_VIEW_SLICE_NODE = "vtkMRMLSliceNodeYellow"
+"""The slice view that shows the second view's fusion after a two-view registration (the first view's: red)."""
+
 
 def compositeNodeForSliceNode(sliceNode):
     """The slice composite node of a slice view (same layout name), None when there is none."""

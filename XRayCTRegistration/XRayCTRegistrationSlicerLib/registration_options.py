@@ -33,13 +33,16 @@ class RegistrationOptions:
     """The optional inputs of a registration (all off by default).
 
     secondXray: a second X-ray node (biplane), or None.
-    secondGeometry: ``sdd``, ``rowSpacing``, ``colSpacing`` of the second X-ray (mm; 0 = from its DICOM tags).
+    secondGeometry: ``sdd``, ``rowSpacing``, ``colSpacing`` of the second X-ray (mm; 0 = from its DICOM tags or
+        geometry attribute) and its principal point ``x0``, ``y0`` (mm, CONVENTIONS.md).
     relativeTransform: a linear transform node whose matrix to parent is ``camera0_from_camera1`` (mm), or None
         to take it from the two X-rays' C-arm angles (DICOM).
     segmentation: a segmentation node of the CT, or None; segments: the chosen segments' names, comma-separated
         ("" = every segment).
     maskRange: ``(low, high)`` of the X-ray values used (attenuation, as registered), or None.
     crop: collimator crop ``(top, bottom, left, right)`` in pixels, for every X-ray.
+    secondOutputDrr: a scalar volume node that receives the second view's DRR after the registration, or None to
+        create one.
     """
 
     secondXray: Any = None
@@ -49,6 +52,7 @@ class RegistrationOptions:
     segments: str = ""
     maskRange: tuple[float, float] | None = None
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    secondOutputDrr: Any = None
 
 
 @dataclass
@@ -64,6 +68,7 @@ class RegistrationOutput:
     initialParams: the pose parameters the refinement started from (the model's prediction when
         registering with an initialiser model, else the given initial parameters).
     pipeline: the library's ``pipeline.PipelineResult`` (initialisation, refinement, timings).
+    secondDrrNode: after a two-view registration, the second view's DRR node (placed on its detector), else None.
     """
 
     result: Any
@@ -74,13 +79,15 @@ class RegistrationOutput:
     xrayConversion: str = ""
     initialParams: np.ndarray | None = None
     pipeline: Any = None
+    secondDrrNode: Any = None
 
 
 def optionsFromParameterNode(p) -> RegistrationOptions:
     """The :class:`RegistrationOptions` of the module's parameter node."""
     return RegistrationOptions(
         secondXray=p.secondXrayVolume, relativeTransform=p.relativeTransform,
-        secondGeometry={"sdd": p.secondSdd, "rowSpacing": p.secondRowSpacing, "colSpacing": p.secondColSpacing},
+        secondGeometry={"sdd": p.secondSdd, "rowSpacing": p.secondRowSpacing, "colSpacing": p.secondColSpacing,
+                        "x0": p.secondX0, "y0": p.secondY0}, secondOutputDrr=p.secondOutputDrr,
         segmentation=p.structureSegmentation, segments=p.structureSegments,
         maskRange=(p.xrayMaskLow, p.xrayMaskHigh) if p.xrayMaskThreshold else None,
         crop=(p.xrayCropTop, p.xrayCropBottom, p.xrayCropLeft, p.xrayCropRight))
@@ -182,6 +189,19 @@ def relativeView(xrayNode, secondNode, transformNode, sdd: float, secondSdd: flo
     return relative_carm_view(*positions, sdd, secondSdd)
 
 
+def checkSecondOutput(node, inputs: tuple) -> None:
+    """Refuse a second-view DRR output that is not a scalar volume or is one of the ``inputs`` (before any work)."""
+    import slicer
+
+    if node is None:
+        return
+    if not isinstance(node, slicer.vtkMRMLScalarVolumeNode):
+        raise InputError(f"second view's output DRR '{node.GetName()}': must be a scalar volume")
+    if any(node is other for other in inputs):
+        raise InputError(f"second view's output DRR '{node.GetName()}': is an input (the CT or an X-ray); "
+                         "choose another volume or none")
+
+
 def libraryInputs(logic, ctNode, xrayNode, image: np.ndarray, camera, xrayKind: str,
                   options: RegistrationOptions | None) -> tuple[list, dict]:
     """``(views, options)`` for the library's ``pipeline.register_xray`` from the registration options.
@@ -208,6 +228,7 @@ def libraryInputs(logic, ctNode, xrayNode, image: np.ndarray, camera, xrayKind: 
         return [], out
     if second is xrayNode:
         raise InputError(f"second X-ray '{second.GetName()}': is the first X-ray; choose another image or none")
+    checkSecondOutput(options.secondOutputDrr, (ctNode, xrayNode, second))
     secondImage, _conversion = logic.attenuationImageFromNode(second, xrayKind)
     secondCamera = logic.cameraFromNode(second, **{k: float(v) for k, v in options.secondGeometry.items()})
     relative = relativeView(xrayNode, second, options.relativeTransform, camera.sdd, secondCamera.sdd)
