@@ -704,6 +704,15 @@ SLICER_NODES = [  # (id, change of the call's arguments, calls it applies to, wh
         relativeTransform=_transform(ns, np.eye(4)),
         secondOutputDrr=ns.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "t"))}, "u",
      "second view's output DRR 't': must be a scalar volume"),
+    ("ok-drawn-mask-3d", lambda ns, m, ct, xr, f: {"options": _options(drawnMask=_slicer_node(
+        ns, "vtkMRMLLabelMapVolumeNode", np.ones((3, 48, 40), np.uint8)))}, "u",
+     "X-ray mask 'bad': is a 3D volume with 3 slices"),
+    ("ok-drawn-mask-no-image", lambda ns, m, ct, xr, f: {"options": _options(
+        drawnMask=ns.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "empty"))}, "u",
+     "X-ray mask 'empty': holds no image data"),
+    ("ok-drawn-mask-all-zero", lambda ns, m, ct, xr, f: {"options": _options(drawnMask=_slicer_node(
+        ns, "vtkMRMLLabelMapVolumeNode", np.zeros((1, 48, 40), np.uint8)))}, "u",
+     "X-ray volume 'X-ray': X-ray mask: no pixel is left to register on"),
     ("ok-xray-geometry-attribute-not-json", lambda ns, m, ct, xr, f: {"xray": _sidecar(
         m, _with_value(ns, xr, (0, 0, 0), 0.0), "{sdd: 1000")}, "rout",
      "X-ray volume 'bad': attribute XRayCTRegistration.Geometry is not a geometry sidecar"),

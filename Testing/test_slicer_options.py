@@ -199,6 +199,45 @@ def test_xray_threshold_and_crop_are_the_library_mask(ns, module, inputs):
     assert not np.allclose(unmasked.result.world_from_camera, library.world_from_camera, atol=1e-9)
 
 
+def test_drawn_mask_node_is_the_library_mask(ns, module, inputs):
+    """A mask drawn on the X-ray's pixels (a labelmap node) joins the threshold and the crop, as ``register --mask``."""
+    ct, xray, volume, camera, image, pose = inputs
+    logic = module.XRayCTRegistrationLogic()
+    drawn = np.zeros(image.shape, np.uint8)
+    drawn[5:40, 4:30] = 1
+    node = ns.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "painted")
+    ns.slicer.util.updateVolumeFromArray(node, drawn[None])
+    options = RegistrationOptions(drawnMask=node, crop=(0, 0, 0, 6))
+    out = logic.register(ct, xray, POSE + 1.0, registrationOptions=options, **FAST)
+    mu = logic.attenuationVolume(ct)
+    reference = ReferenceView.ap(mu.center, camera.sdd)
+    mask = xray_mask(image, None, (0, 0, 0, 6), drawn)
+    assert mask.sum() == 35 * 26 and mask[:, 30:].sum() == 0
+    library = register(mu, image, camera, reference.pose(POSE + 1.0), reference=reference, mask=mask, **FAST)
+    np.testing.assert_allclose(out.result.world_from_camera, library.world_from_camera, atol=1e-9)
+    # a mask of another size is refused before any work
+    ns.slicer.util.updateVolumeFromArray(node, drawn[None, :, :-1])
+    before = scene_state(ns.scene)
+    with pytest.raises(InputError, match=r"X-ray volume 'X-ray': X-ray mask: shape \(48, 39\) does not match"):
+        logic.register(ct, xray, POSE + 1.0, registrationOptions=options, **FAST)
+    assert scene_state(ns.scene) == before
+
+
+def test_first_view_principal_point_is_used(ns, module, inputs):
+    """An X-ray whose detector centre is off the source's perpendicular (x0, y0) registers to its pose only when the
+    module is told x0 and y0."""
+    ct, _xray, volume, camera, _image, pose = inputs
+    shifted = dataclasses.replace(camera, x0=15.0, y0=-10.0)
+    mu = Volume(hu_to_mu(volume.data), volume.ijk_to_ras)
+    node = _image_node(ns, module, render(mu, shifted, pose, n_samples=128), "X-ray off-centre")
+    logic = module.XRayCTRegistrationLogic()
+    assert logic.cameraFromNode(node, x0=15.0, y0=-10.0) == shifted
+    right = logic.register(ct, node, POSE + 1.0, x0=15.0, y0=-10.0, **FAST)
+    wrong = logic.register(ct, node, POSE + 1.0, **FAST)
+    np.testing.assert_allclose(right.params, POSE, atol=0.3)
+    assert np.abs(wrong.params - POSE)[3:5].max() > 3.0  # without x0, y0 the pose found is shifted sideways
+
+
 def test_parameter_node_fields_become_the_options(ns, module, inputs):
     ct, xray, *_ = inputs
     from XRayCTRegistrationSlicerLib.registration_options import optionsFromParameterNode
@@ -207,12 +246,12 @@ def test_parameter_node_fields_become_the_options(ns, module, inputs):
     assert optionsFromParameterNode(p) == RegistrationOptions(secondGeometry={"sdd": 0.0, "rowSpacing": 0.0,
                                                                               "colSpacing": 0.0, "x0": 0.0, "y0": 0.0})
     p.secondXrayVolume, p.secondSdd, p.structureSegments = xray, 1100.0, "bone, rib"
-    p.secondX0, p.secondY0, p.secondOutputDrr = 2.5, -1.5, ct
+    p.secondX0, p.secondY0, p.secondOutputDrr, p.xrayMaskVolume = 2.5, -1.5, ct, xray
     p.xrayMaskThreshold, p.xrayMaskLow, p.xrayMaskHigh = True, 0.5, 2.5
     p.xrayCropTop, p.xrayCropRight = 4, 7
     o = optionsFromParameterNode(p)
     assert o.secondXray is xray and o.secondGeometry["sdd"] == 1100.0 and o.segments == "bone, rib"
-    assert (o.secondGeometry["x0"], o.secondGeometry["y0"], o.secondOutputDrr) == (2.5, -1.5, ct)
+    assert (o.secondGeometry["x0"], o.secondGeometry["y0"], o.secondOutputDrr, o.drawnMask) == (2.5, -1.5, ct, xray)
     assert o.maskRange == (0.5, 2.5) and o.crop == (4, 0, 0, 7)
     with pytest.raises(InputError, match="no segment named 'rib'"):
         structureLabels(_segmentation(ns, np.ones((4, 4, 4), np.uint8), np.eye(4)), "bone, rib", np.eye(4), (4, 4, 4))

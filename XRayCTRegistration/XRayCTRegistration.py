@@ -130,8 +130,8 @@ class XRayCTRegistrationParameterNode:
     initialiserMethod: kind of initialiser trained (see INITIALISER_METHODS).
     trainingMinutes: training time budget, minutes.
     secondXrayVolume, relativeTransform, secondSdd, secondRowSpacing, secondColSpacing, secondX0, secondY0,
-    structureSegmentation, structureSegments, xrayMaskThreshold, xrayMaskLow, xrayMaskHigh, xrayCrop*: a second view,
-    structures and the X-ray mask (see ``XRayCTRegistrationSlicerLib.registration_options``).
+    structureSegmentation, structureSegments, xrayMaskThreshold, xrayMaskLow, xrayMaskHigh, xrayCrop*, xrayMaskVolume:
+    a second view, structures and the X-ray mask (see ``XRayCTRegistrationSlicerLib.registration_options``).
     secondOutputDrr: receives the second view's DRR after a two-view registration, placed on its detector.
     """
 
@@ -174,6 +174,7 @@ class XRayCTRegistrationParameterNode:
     xrayCropBottom: Annotated[int, WithinRange(0, 4096)] = 0
     xrayCropLeft: Annotated[int, WithinRange(0, 4096)] = 0
     xrayCropRight: Annotated[int, WithinRange(0, 4096)] = 0
+    xrayMaskVolume: vtkMRMLScalarVolumeNode
 
 
 #

@@ -41,6 +41,8 @@ class RegistrationOptions:
         ("" = every segment).
     maskRange: ``(low, high)`` of the X-ray values used (attenuation, as registered), or None.
     crop: collimator crop ``(top, bottom, left, right)`` in pixels, for every X-ray.
+    drawnMask: a volume node on the first X-ray's pixel grid (same rows and columns, e.g. a labelmap painted on
+        the X-ray), whose 0 pixels are ignored, or None; for the first X-ray, as ``register --mask``.
     secondOutputDrr: a scalar volume node that receives the second view's DRR after the registration, or None to
         create one.
     """
@@ -52,6 +54,7 @@ class RegistrationOptions:
     segments: str = ""
     maskRange: tuple[float, float] | None = None
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    drawnMask: Any = None
     secondOutputDrr: Any = None
 
 
@@ -90,19 +93,39 @@ def optionsFromParameterNode(p) -> RegistrationOptions:
                         "x0": p.secondX0, "y0": p.secondY0}, secondOutputDrr=p.secondOutputDrr,
         segmentation=p.structureSegmentation, segments=p.structureSegments,
         maskRange=(p.xrayMaskLow, p.xrayMaskHigh) if p.xrayMaskThreshold else None,
-        crop=(p.xrayCropTop, p.xrayCropBottom, p.xrayCropLeft, p.xrayCropRight))
+        crop=(p.xrayCropTop, p.xrayCropBottom, p.xrayCropLeft, p.xrayCropRight), drawnMask=p.xrayMaskVolume)
 
 
-def xrayMask(image: np.ndarray, options: RegistrationOptions, nodeName: str) -> np.ndarray | None:
-    """Similarity weights ``[rows, cols]`` of one X-ray: threshold and crop (``xray.xray_mask``); None if unset."""
+def xrayMask(image: np.ndarray, options: RegistrationOptions, nodeName: str,
+             drawn: np.ndarray | None = None) -> np.ndarray | None:
+    """Similarity weights ``[rows, cols]`` of one X-ray (``xray.xray_mask``); None when no mask is set.
+
+    Threshold and crop come from ``options``; ``drawn`` is a drawn mask ``[rows, cols]`` (0 = ignored) or None.
+    """
     from XRayCTRegistrationLib.xray import xray_mask
 
-    if options.maskRange is None and not any(options.crop):
+    if options.maskRange is None and not any(options.crop) and drawn is None:
         return None
     try:
-        return xray_mask(image, options.maskRange, tuple(int(v) for v in options.crop))
+        return xray_mask(image, options.maskRange, tuple(int(v) for v in options.crop), drawn)
     except InputError as e:
         raise InputError(f"X-ray volume '{nodeName}': {e}") from None
+
+
+def drawnMaskArray(node) -> np.ndarray | None:
+    """The pixels ``[rows, cols]`` (float32) of a drawn X-ray mask node (0 = ignored), None without one."""
+    import slicer
+
+    from .images import checkImageData, finiteFloat32
+
+    if node is None:
+        return None
+    what = f"X-ray mask '{node.GetName()}'"
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise InputError(f"{what}: holds no image data")
+    checkImageData(what, image.GetDimensions(), image.GetNumberOfScalarComponents(), xray=True)
+    return finiteFloat32(slicer.util.arrayFromVolume(node)[0], what)
 
 
 def segmentNames(segmentationNode) -> dict[str, str]:
@@ -215,7 +238,7 @@ def libraryInputs(logic, ctNode, xrayNode, image: np.ndarray, camera, xrayKind: 
     if options is None:
         return [], {}
     out: dict = {}
-    mask = xrayMask(image, options, xrayNode.GetName())
+    mask = xrayMask(image, options, xrayNode.GetName(), drawnMaskArray(options.drawnMask))
     if mask is not None:
         out["mask"] = mask
     if options.segmentation is not None:
