@@ -3,6 +3,7 @@ the checksums are the library's pinned sha256 (one record), the button loads the
 the library's sha256-checked cache, and an altered cache is fetched again, not used."""
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -125,3 +126,18 @@ def test_simulated_xray_button_loads_it_with_geometry_and_registering_it_recover
         '"rows": 256', '"rows": 128'))
     with pytest.raises(InputError, match="geometry is for 128x256 pixels .* the image has 256x256"):
         logic.cameraFromNode(xrayNode)
+
+
+def test_registered_at_startup_before_torch_is_installed():
+    """Slicer registers the samples when it starts, before the module has installed torch: no torch is imported."""
+    import subprocess
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from XRayCTRegistrationSlicerLib import sampledata\n"
+            "print(' '.join(s['sampleName'] for s in sampledata.sampleSources()))\n"
+            "assert 'XRayCTRegistrationLib.geometry' not in sys.modules\n")
+    root = Path(__file__).resolve().parents[1] / "XRayCTRegistration"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine", "XRayCTChestSimulatedXray"]

@@ -13,6 +13,9 @@ rounding may differ between CPUs, so the files are not compared with checksums r
 written last, records the CT's sha256, the recipe and the sha256 of each file as written. The cached files are
 used only when the manifest matches the recipe and the CT and every file still has its sha256; otherwise (a
 truncated or altered file, another recipe) they are made again.
+
+The module imports neither torch nor the renderer until an X-ray is made: the Slicer module lists the recipes at
+startup, before torch may be installed.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .data import SAMPLES, DataError, cache_folder, sample_ct_path, sha256_of
 from .files import write_text_atomic
-from .geometry import Camera, ReferenceView
-from .simulate import NoiseModel
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .geometry import Camera
 
 RECIPE_VERSION = 1
 """Changes whenever the way the X-ray is made changes (a new version makes the cached files again)."""
@@ -43,7 +48,7 @@ class SimulatedXray:
         sample: name of the sample CT it is simulated from (``data.SAMPLES``).
         params: the ground-truth pose ``(rx, ry, rz, tx, ty, tz)`` (degrees, mm) relative to the CT's AP
             reference view (CONVENTIONS.md; isocentre at the CT's centre, source-isocentre 0.7 sdd).
-        camera: the detector geometry (written as the geometry sidecar).
+        detector: the detector geometry as the geometry sidecar's fields (CONVENTIONS.md; mm, pixels).
         photons: unattenuated counts per pixel of the Poisson noise.
         blur_px: Gaussian detector blur, sigma in pixels.
         seed: seed of the noise.
@@ -52,11 +57,18 @@ class SimulatedXray:
 
     sample: str
     params: tuple[float, float, float, float, float, float]
-    camera: Camera
+    detector: tuple[tuple[str, float], ...]
     photons: float
     blur_px: float
     seed: int
     n_samples: int
+
+    @property
+    def camera(self) -> Camera:
+        """The detector geometry as a library ``Camera``."""
+        from .geometry import Camera
+
+        return Camera.from_dict(dict(self.detector), f"simulated {self.sample} X-ray")
 
     @property
     def stem(self) -> str:
@@ -66,7 +78,7 @@ class SimulatedXray:
     def recipe(self) -> dict:
         """Everything that decides the image, as JSON values (recorded in the manifest)."""
         return {"version": RECIPE_VERSION, "sample": self.sample, "params": [float(v) for v in self.params],
-                "camera": asdict(self.camera), "photons": float(self.photons), "blur_px": float(self.blur_px),
+                "camera": dict(self.detector), "photons": float(self.photons), "blur_px": float(self.blur_px),
                 "seed": int(self.seed), "n_samples": int(self.n_samples), "device": "cpu"}
 
     def paths(self, cache_dir: str | Path | None = None) -> dict[str, Path]:
@@ -78,7 +90,8 @@ class SimulatedXray:
 
 SIMULATED_XRAYS: dict[str, SimulatedXray] = {
     "chest": SimulatedXray("chest", (4.0, -6.0, 3.0, 8.0, -12.0, 25.0),
-                           Camera(sdd=1020.0, rows=256, cols=256, row_spacing=2.0, col_spacing=2.0),
+                           (("sdd", 1020.0), ("rows", 256), ("cols", 256), ("row_spacing", 2.0),
+                            ("col_spacing", 2.0), ("x0", 0.0), ("y0", 0.0)),
                            photons=2e4, blur_px=1.0, seed=14, n_samples=256),
 }
 """The simulated sample X-rays, by the name of the sample CT they are made from."""
@@ -99,12 +112,12 @@ def describe_simulated_xrays() -> list[str]:
     """One line per simulated X-ray (for ``sample-data --list``)."""
     lines = []
     for name, sim in SIMULATED_XRAYS.items():
-        c = sim.camera
+        c = dict(sim.detector)
         pose = ", ".join(f"{k} {v:g}" for k, v in zip(("rx", "ry", "rz", "tx", "ty", "tz"), sim.params, strict=True))
         lines.append(f"{name} simulated X-ray (--simulated-xray): a DRR of the {name} sample CT with Poisson noise "
-                     f"({sim.photons:g} photons) and {sim.blur_px:g}-pixel blur, {c.rows}x{c.cols} pixels of "
-                     f"{c.row_spacing:g} mm, sdd {c.sdd:g} mm, at the known pose {pose} (degrees, mm, from the AP "
-                     "view); made here from the CT, not an acquired radiograph")
+                     f"({sim.photons:g} photons) and {sim.blur_px:g}-pixel blur, {c['rows']}x{c['cols']} pixels of "
+                     f"{c['row_spacing']:g} mm, sdd {c['sdd']:g} mm, at the known pose {pose} (degrees, mm, from the "
+                     "AP view); made here from the CT, not an acquired radiograph")
     return lines
 
 
@@ -125,22 +138,25 @@ def make_simulated_xray(sim: SimulatedXray, ct_path: str | Path, folder: str | P
     Writes ``<stem>.nrrd`` (attenuation-bright, float32 ``[rows, cols]``), its geometry sidecar ``<stem>.json``
     and the ground-truth pose ``<stem>_pose.json`` (``world_from_camera`` and the parameters, world RAS, mm).
     """
-    from .geometry import save_pose, source_inside_volume
+    import numpy as np
+
+    from .geometry import ReferenceView, save_pose, source_inside_volume
     from .projector import render
-    from .simulate import xray_from_drr
+    from .simulate import NoiseModel, xray_from_drr
     from .volume import Volume, hu_to_mu, read_ct
     from .xray import write_image
 
     ct = read_ct(ct_path)
-    reference = ReferenceView.ap(ct.center, sim.camera.sdd)
+    camera = sim.camera
+    reference = ReferenceView.ap(ct.center, camera.sdd)
     pose = reference.pose(np.asarray(sim.params, dtype=np.float64))
     if source_inside_volume(ct, pose):
         raise DataError(f"simulated X-ray of {sim.sample!r}: its pose puts the source inside the CT")
-    drr = render(Volume(hu_to_mu(ct.data), ct.ijk_to_ras), sim.camera, pose, n_samples=sim.n_samples)
+    drr = render(Volume(hu_to_mu(ct.data), ct.ijk_to_ras), camera, pose, n_samples=sim.n_samples)
     noise = NoiseModel(photons=sim.photons, blur_px=sim.blur_px)
     image = xray_from_drr(drr, noise, np.random.default_rng(sim.seed))
     folder = Path(folder)
-    write_image(image, folder / f"{sim.stem}.nrrd", sim.camera)
+    write_image(image, folder / f"{sim.stem}.nrrd", camera)
     save_pose(folder / f"{sim.stem}_pose.json", pose, reference)
     return image, pose
 
