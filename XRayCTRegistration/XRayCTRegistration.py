@@ -119,7 +119,8 @@ class XRayCTRegistrationParameterNode:
         for the registration.
     sdd, rowSpacing, colSpacing: source-to-detector distance and detector pixel size (mm);
         0 means "take it from the X-ray's DICOM tags".
-    x0, y0: principal point (mm): the detector centre's offset from the source's perpendicular (CONVENTIONS.md).
+    x0, y0: principal point (mm): the detector centre's offset from the source's perpendicular (CONVENTIONS.md); 0 takes
+        the X-ray's geometry attribute's value, if any.
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
     method: registration method (a name of :func:`registrationMethods`, checked by the logic); device: see DEVICES.
     outputTransform: receives world_from_camera (matrix to parent).
