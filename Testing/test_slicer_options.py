@@ -107,10 +107,13 @@ def test_second_view_principal_point_and_its_drr_shown_after_registration(ns, mo
     yellow_logic.SetMRMLApplicationLogic(ns.app_logic)
     yellow = yellow_logic.AddSliceNode("Yellow")
     assert yellow.GetID() == display.SECOND_VIEW_SLICE_NODE
-    logic.showFusion(second, out.secondDrrNode, 0.4, yellow)
-    composite = display.compositeNodeForSliceNode(yellow)
-    assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (second.GetID(),
-                                                                                      out.secondDrrNode.GetID())
+    p = logic.getParameterNode()  # as the widget leaves it after the registration
+    p.xrayVolume, p.outputDrr, p.secondXrayVolume, p.secondOutputDrr = first, out.drrNode, second, out.secondDrrNode
+    display.showViewFusions(logic, p, (None, None), 0.4)  # the Show fusion button
+    for view, (xray, drr) in ((ns.slice_node, (first, out.drrNode)), (yellow, (second, out.secondDrrNode))):
+        composite = display.compositeNodeForSliceNode(view)
+        assert (composite.GetBackgroundVolumeID(), composite.GetForegroundVolumeID()) == (xray.GetID(), drr.GetID())
+        assert composite.GetForegroundOpacity() == pytest.approx(0.4)
     normal = ns.slicer.util.arrayFromVTKMatrix(yellow.GetSliceToRAS())[:3, 2]
     assert abs(abs(normal @ second_pose[:3, 2]) - 1.0) < 1e-9  # the view looks along the second beam
     # a one-view registration writes no second DRR

@@ -363,11 +363,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def _showFusions(self, opacity: float) -> None:
         """The first view's fusion in the red slice view; after a two-view registration the second's in yellow."""
-        p = self._parameterNode
-        self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, opacity)
-        yellow = slicer.mrmlScene.GetNodeByID(display.SECOND_VIEW_SLICE_NODE)
-        if p.secondXrayVolume and p.secondOutputDrr and yellow:
-            self.logic.showFusion(p.secondXrayVolume, p.secondOutputDrr, opacity, yellow)
+        display.showViewFusions(self.logic, self._parameterNode, self._previewNodes, opacity)
 
     # -- registration ---------------------------------------------------------------------------
     def onInitialise(self) -> None:
