@@ -139,26 +139,34 @@ def _slide(o0, o1, o2, d0, d1, d2, n0, n1, n2, t0, t1, value, jb0, jb1, jb2, jt0
 
 
 @njit(fastmath=True, cache=True, inline="always")
-def _ray(m, x, y, z, ni, nj, nk, n_samples):
-    """Set-up of the ray to the pixel centre ``(x, y, z)`` (camera frame, mm) for the pose ``m = [A | b]``.
+def _ray(idx, ijk_from_cam, dirs, vol_shape, n_samples):
+    """Set-up of ray ``idx`` (pose ``idx // R``, pixel ``idx % R``) through a padded volume of shape ``vol_shape``.
 
-    Returns ``(d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2)``: the direction ``A (x, y, z)`` (index space per
-    unit ``t``), the entry and exit ``t`` (:func:`_clip`), the sample spacing in ``t`` and in mm, and the first
-    sample's position in the padded volume. ``t1 <= t0``: the ray misses the volume (the rest is then 0).
+    Returns ``(bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2)``: the pose and pixel index,
+    the pose ``m = [A | b]``, the unpadded volume's size, the direction ``A d`` (index space per unit ``t``,
+    ``d`` the pixel centre in the camera frame, mm), the entry and exit ``t`` (:func:`_clip`), the sample
+    spacing in ``t`` and in mm, and the first sample's position in the padded volume. ``t1 <= t0``: the ray
+    misses the volume (the spacings and position are then 0).
     """
+    nk, nj, ni = vol_shape[0] - 2, vol_shape[1] - 2, vol_shape[2] - 2
+    nr = dirs.shape[0]
+    bi = idx // nr
+    r = idx - bi * nr
+    m = ijk_from_cam[bi]
+    x, y, z = dirs[r, 0], dirs[r, 1], dirs[r, 2]
     d0 = m[0, 0] * x + m[0, 1] * y + m[0, 2] * z
     d1 = m[1, 0] * x + m[1, 1] * y + m[1, 2] * z
     d2 = m[2, 0] * x + m[2, 1] * y + m[2, 2] * z
     t0, t1 = _clip(m[0, 3], m[1, 3], m[2, 3], d0, d1, d2, ni, nj, nk)
     if t1 <= t0:
-        return d0, d1, d2, t0, t1, 0.0, 0.0, 0.0, 0.0, 0.0
+        return bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, 0.0, 0.0, 0.0, 0.0, 0.0
     dt = (t1 - t0) / n_samples
     step_mm = dt * math.sqrt(x * x + y * y + z * z)
     # +1: index in the padded volume
     p0 = m[0, 3] + 1.0 + (t0 + 0.5 * dt) * d0
     p1 = m[1, 3] + 1.0 + (t0 + 0.5 * dt) * d1
     p2 = m[2, 3] + 1.0 + (t0 + 0.5 * dt) * d2
-    return d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2
+    return bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2
 
 
 @njit(fastmath=True, cache=True, inline="always")
@@ -242,15 +250,9 @@ def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples
         n_samples: samples per ray.
         out: ``[B, R]`` float32, written with the line integrals (mm * 1/mm).
     """
-    nk = vol.shape[0] - 2
-    nj = vol.shape[1] - 2
-    ni = vol.shape[2] - 2
-    nr = dirs.shape[0]
-    for idx in prange(ijk_from_cam.shape[0] * nr):
-        bi = idx // nr
-        r = idx - bi * nr
-        x, y, z = dirs[r, 0], dirs[r, 1], dirs[r, 2]
-        d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(ijk_from_cam[bi], x, y, z, ni, nj, nk, n_samples)
+    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+        bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
+                                                                              n_samples)
         acc = np.float32(0.0)
         for s in range(n_samples if t1 > t0 else 0):
             i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
@@ -278,16 +280,9 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
         slide: add the samples' slide with the ray's entry and exit (:func:`_slide`); False leaves the
             entry and exit fixed (what :func:`projector.add_sample_slide` takes, for tests).
     """
-    nk = vol.shape[0] - 2
-    nj = vol.shape[1] - 2
-    ni = vol.shape[2] - 2
-    nr = dirs.shape[0]
-    for idx in prange(ijk_from_cam.shape[0] * nr):
-        bi = idx // nr
-        r = idx - bi * nr
-        m = ijk_from_cam[bi]
-        x, y, z = dirs[r, 0], dirs[r, 1], dirs[r, 2]
-        d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(m, x, y, z, ni, nj, nk, n_samples)
+    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+        bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
+                                                                              n_samples)
         acc = np.float32(0.0)
         gb0 = gb1 = gb2 = gt0 = gt1 = gt2 = np.float32(0.0)
         for s in range(n_samples if t1 > t0 else 0):
@@ -346,15 +341,9 @@ def march_pair(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, di
         n_samples: samples per ray.
         out: ``[B, 2, R]`` float32, written with each volume's line integrals.
     """
-    nk = vol.shape[0] - 2
-    nj = vol.shape[1] - 2
-    ni = vol.shape[2] - 2
-    nr = dirs.shape[0]
-    for idx in prange(ijk_from_cam.shape[0] * nr):
-        bi = idx // nr
-        r = idx - bi * nr
-        x, y, z = dirs[r, 0], dirs[r, 1], dirs[r, 2]
-        d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(ijk_from_cam[bi], x, y, z, ni, nj, nk, n_samples)
+    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+        bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
+                                                                              n_samples)
         acc0 = np.float32(0.0)
         acc1 = np.float32(0.0)
         for s in range(n_samples if t1 > t0 else 0):
@@ -379,16 +368,9 @@ def march_pair_with_jacobian(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: 
     ``out`` ``[B, 2, R]`` and ``jac`` ``[B, 2, R, 6]`` (float32) per volume of the pair; the rest as for
     :func:`march_pair` and :func:`march_with_jacobian`.
     """
-    nk = vol.shape[0] - 2
-    nj = vol.shape[1] - 2
-    ni = vol.shape[2] - 2
-    nr = dirs.shape[0]
-    for idx in prange(ijk_from_cam.shape[0] * nr):
-        bi = idx // nr
-        r = idx - bi * nr
-        m = ijk_from_cam[bi]
-        x, y, z = dirs[r, 0], dirs[r, 1], dirs[r, 2]
-        d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(m, x, y, z, ni, nj, nk, n_samples)
+    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+        bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
+                                                                              n_samples)
         a0 = b0 = c0 = e0 = f0 = g0 = h0 = np.float32(0.0)  # first volume: value, jb, jt
         a1 = b1 = c1 = e1 = f1 = g1 = h1 = np.float32(0.0)  # second volume
         for s in range(n_samples if t1 > t0 else 0):
