@@ -7,7 +7,7 @@ from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.materials import MaterialVolumes, decompose
 from XRayCTRegistrationLib.phantoms import Ellipsoid, chest_phantom
-from XRayCTRegistrationLib.physics import PhysicsProjector, lowpass, monochromatic_equivalent
+from XRayCTRegistrationLib.physics import PhysicsProjector, fit_scatter_fraction, lowpass, monochromatic_equivalent
 from XRayCTRegistrationLib.projector import Projector
 from XRayCTRegistrationLib.spectrum import Detector, TubeSpectrum, intensity_fine
 from XRayCTRegistrationLib.volume import Volume, hu_to_mu
@@ -234,3 +234,17 @@ def test_fast_path_equals_torch_reference_with_three_materials():
     assert slow.max() > 1.0
     assert torch.allclose(fast, slow, rtol=1e-3, atol=1e-3)
     assert torch.allclose(g_fast, g_slow, rtol=1e-2, atol=1e-2 * g_slow.abs().max().item())
+
+
+def test_fitted_scatter_fraction_recovers_the_xrays_fog(phantom):
+    ref = ReferenceView.ap(np.zeros(3), CAMERA.sdd)
+    sim = PhysicsProjector(phantom, CAMERA, scatter_fraction=0.3, blur_px=1.0, n_samples=128)
+    fit = PhysicsProjector(phantom, CAMERA, blur_px=1.0, n_samples=128)  # no scatter of its own
+    truth = torch.as_tensor(ref.pose(POSES[1]))
+    with torch.no_grad():
+        xray = sim(truth)
+    assert fit_scatter_fraction(fit, truth, xray) == pytest.approx(0.3, abs=0.01)
+    off = torch.as_tensor(ref.pose(np.add(POSES[1], (2, -2, 1, 5, -4, 8))))  # a start some mm and degrees off
+    assert fit_scatter_fraction(fit, off, xray) == pytest.approx(0.3, abs=0.1)
+    with torch.no_grad():
+        assert fit_scatter_fraction(fit, truth, fit(truth)) == pytest.approx(0.0, abs=0.01)

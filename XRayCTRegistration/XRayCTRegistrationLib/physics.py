@@ -167,9 +167,11 @@ class PhysicsProjector(torch.nn.Module):
         x = primary[:, None]  # [B, 1, H, W]
         if self.scatter_fraction > 0:
             x = x + self.scatter_fraction * lowpass(x, self.scatter_sigma_px)
-        if self.blur_px > 0:
-            x = gaussian_blur(x, self.blur_px, border="replicate")
-        return x[:, 0] / (1.0 + self.scatter_fraction)
+        return self.blur(x)[:, 0] / (1.0 + self.scatter_fraction)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """The detector blur (step 4) of images ``[B, 1, H, W]``."""
+        return gaussian_blur(x, self.blur_px, border="replicate") if self.blur_px > 0 else x
 
     def intensity(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """Detected, flat-field normalised intensity ``[B, rows, cols]`` (steps 1-4)."""
@@ -249,6 +251,38 @@ class _SpectralSum(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         """``dI/dp`` times ``grad_out`` [B, R]: the gradient of the paths [B, M, R]."""
         return grad_out[:, None, :] * ctx.d_out, None, None
+
+
+def fit_scatter_fraction(proj: PhysicsProjector, world_from_camera: torch.Tensor, xray: torch.Tensor,
+                         step: float = 0.005) -> float:
+    """The scatter fraction ``f`` whose image at a pose has the X-ray's distribution of intensities.
+
+    With ``g = f / (1 + f)`` the model's normalised intensity (steps 3-4 of the module docstring) is
+    ``B[(1 - g) I_p + g G I_p]``. The fit compares the sorted pixel intensities of that image with the
+    sorted ``exp(-xray)`` (least squares over ``g`` on a grid of ``step`` in ``[0, 0.9]``): the sorted values
+    do not depend on where structures lie in the image, so the fit holds at a pose some millimetres and
+    degrees off (a registration's initial pose), where a pixel-wise fit mistakes misalignment for fog.
+    ``proj``'s own scatter fraction is not used, its camera, spectrum, fog width and blur are.
+
+    Args:
+        proj: the physics projector (camera, spectrum, fog width, blur of the X-ray).
+        world_from_camera: the pose ``[4, 4]``, e.g. a registration's initial or final pose.
+        xray: the X-ray's log image ``[rows, cols]`` (attenuation-bright, 0 in air).
+        step: grid step of ``g``.
+
+    Returns:
+        ``f`` (scatter-to-primary ratio, >= 0).
+    """
+    rows, cols = proj.camera.rows, proj.camera.cols
+    with torch.no_grad():
+        i_p = proj.primary(proj.paths(world_from_camera)).reshape(1, 1, rows, cols).double()
+        a = proj.blur(i_p).flatten()
+        b = proj.blur(lowpass(i_p, proj.scatter_sigma_px)).flatten()
+        x = torch.sort(torch.exp(-torch.as_tensor(xray, dtype=torch.float64)).flatten()).values
+        gs = torch.arange(0.0, 0.9 + 0.5 * step, step, dtype=torch.float64)
+        err = [float(((torch.sort((1 - g) * a + g * b).values - x) ** 2).sum()) for g in gs]
+        g = float(gs[int(np.argmin(err))])
+    return g / (1.0 - g)
 
 
 def lowpass(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
@@ -344,19 +378,21 @@ def physics_renderer(materials: MaterialVolumes, **options) -> tuple[Volume, Cal
     ``MU_WATER`` (a monochromatic stand-in on the materials' grid, used for the CT's centre, checks and
     pictures); ``renderer(level_volume, camera, n_samples=, device=)`` builds a :class:`PhysicsProjector` of
     the materials block-averaged and zero-padded as the registration's pyramid level (made once per level
-    and kept). ``options`` go to :class:`PhysicsProjector` (spectrum, scatter, blur, ...).
+    and kept). ``options`` go to :class:`PhysicsProjector` (spectrum, scatter, blur, ...); keyword
+    ``overrides`` of a call replace them (e.g. ``functools.partial(renderer, scatter_fraction=f)`` for one
+    X-ray's fitted scatter, :func:`fit_scatter_fraction`, on the same cached levels).
     """
     carrier = Volume(materials.densities.sum(0) * MU_WATER, materials.ijk_to_ras)
     levels: dict[tuple[int, ...], MaterialVolumes] = {}
 
     def build(level_volume: Volume, camera: Camera, n_samples: int = DEFAULT_SAMPLES,
-              device: str | torch.device = "cpu") -> PhysicsProjector:
+              device: str | torch.device = "cpu", **overrides) -> PhysicsProjector:
         f = tuple(max(1, round(s / b)) for s, b in zip(level_volume.spacing, carrier.spacing, strict=True))
         if f not in levels:
             vols = [pad(block_average(v, f)) for v in materials.volumes()]
             levels[f] = MaterialVolumes.from_volumes(materials.names, vols)
         if levels[f].densities.shape[1:] != level_volume.data.shape:
             raise InputError("physics renderer: the level volume is not on the materials' grid")
-        return PhysicsProjector(levels[f], camera, n_samples=n_samples, device=device, **options)
+        return PhysicsProjector(levels[f], camera, n_samples=n_samples, device=device, **{**options, **overrides})
 
     return carrier, build
