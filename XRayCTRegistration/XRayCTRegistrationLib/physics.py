@@ -3,8 +3,8 @@
 The model, per detector pixel (units in :mod:`.spectrum`):
 
 1. **Paths**: ``p_m`` = the line integral of material ``m``'s partial density (g/cm^3) along the
-   ray from the source to the pixel (mm), one DRR per material of a :class:`materials.MaterialVolumes`
-   rendered with :class:`projector.Projector` (same camera, same rays, same sampling).
+   ray from the source to the pixel (mm), a DRR of each material of a :class:`materials.MaterialVolumes`
+   (same camera, rays and sampling as :class:`projector.Projector`; backends below).
 2. **Primary intensity** (flat-field normalised, 1 in air):
    ``I_p = sum_E w(E) exp(-sum_m (mu/rho)_m(E) p_m * 0.1)``, ``w(E) = S(E) eta(E) / sum_E S eta`` with
    ``S`` the tube's photon fluence (:class:`spectrum.TubeSpectrum`) and ``eta`` the detector response
@@ -28,8 +28,10 @@ Two backends compute the same model:
   material's density quantised to 16 bits (step ``max / 65535``; :meth:`materials.MaterialVolumes.packed_pairs`,
   made once per CT) and two materials sharing one 32-bit word, so one march renders two materials at
   about the memory traffic of one monochromatic DRR (the march is bound by its voxel reads). The
-  quantisation changes a path by at most half a step times its length (e.g. 8e-6 g/cm^3 over 500 mm
-  of the chest CT: 4e-4 g/cm^2, under 3e-4 of the intensity at 20 keV). The spectral sum and its path
+  quantisation changes a path by at most half a step times the ray's length in the volume: on the
+  chest CT (steps 1.7e-5 and 4.3e-5 g/cm^3 for soft tissue and bone) and a 500 mm ray, 4e-4 and
+  1.1e-3 g/cm^2 if every rounding along the ray had the same sign (they do not: the measured
+  difference to the float32 reference is in ``benchmarks/results/physics_speed.md``). The spectral sum and its path
   derivatives share one exponential per bin and ray (:class:`_SpectralSum`), so the pose
   gradient is the per-ray Jacobians of the paths weighted by ``dI/dp_m``; with :attr:`kvp` requiring a
   gradient the sum is the torch one below.
