@@ -269,7 +269,8 @@ def write_report(path: Path, args, spd: dict | None, rows: dict | None, meta: di
     from XRayCTRegistrationLib import evaluation as ev
 
     lines = ["# Physics DRR: speed and registration on physics-simulated X-rays", "",
-             f"Command: `{' '.join(meta['command'])}`", "", f"Machine: {meta['machine']}", "",
+             f"Command: `{' '.join(meta['command'])}`", "",
+             f"Machine: {meta['machine']}; environment: {meta.get('environment', 'not recorded')}", "",
              f"Load average (1, 5, 15 min) at start {meta['load_start']}, at end {meta['load_end']}; "
              f"wall time {meta['wall_s']:.0f} s.", ""]
     if spd is not None:
@@ -337,7 +338,10 @@ def main() -> None:
             rows.update(registration(read_ct(sample_ct_path(name=name)), name, args.cases, kvps, args.seed,
                                      lambda m: print(m, flush=True), args.renderer_scatter, args.xray_scatter,
                                      not args.no_fit))
-    meta = {"command": sys.argv, "machine": machine_info(), "load_start": [round(v, 2) for v in load_start],
+    env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
+                                                                   "OMP_WAIT_POLICY"))
+    meta = {"command": sys.argv, "machine": machine_info(), "environment": env,
+            "load_start": [round(v, 2) for v in load_start],
             "load_end": [round(v, 2) for v in os.getloadavg()], "wall_s": time.time() - t_start}
     if args.device.startswith("cuda"):
         meta["machine"] += f"; GPU {torch.cuda.get_device_name()}"
