@@ -227,33 +227,33 @@ def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: i
 
 NOTES = """## Notes
 
-- **Cost of the physics DRR.** Each material is one ray march of the existing projector, so two materials cost two
-  monochromatic marches plus the spectral sum, scatter and blur (a few ms at 256x256 on one idle core: the exponentials
-  of 20 bins x 65536 pixels 1.6 ms, the matrix products 0.9 ms, scatter low-pass 0.2 ms, blur 0.7 ms), so the
-  ratio cannot fall below 2 with this design. Measured here only on a busy machine: forward 2.2 (a short run at load
-  4-6), 2.9 (`physics_speed.md`, load 10-11) and 3.7 (this file, load 5-11); forward + pose gradient 2.8-4.5. Under
-  such load the many small torch operations of the spectral part and the two 137 MB material volumes suffer more than
-  one march does (the spectral part took 108-144 ms in these runs against 3.5 ms on one idle core). A fused
-  multi-channel march (one pass computing each sample's position and trilinear weights once for both materials) was
-  tried and not kept: on one thread, a random 2 x 133 x 256 x 256
-  volume, 128 x 128 rays and 200 samples, two single-channel marches took 48-87 ms, a generic channel-last fused kernel
-  134-201 ms, a channel-first one 88-93 ms and one specialised to two channels 59 ms. The per-sample gathers, not
-  the index arithmetic, bound the kernel; the target of under 2x the monochromatic DRR is not met on this CPU.
+- **Cost of the physics DRR (CPU, numba backend).** The two materials are rendered in one march: each density is
+  quantised to 16 bits (step max / 65535) and the pair shares one 32-bit word per voxel
+  (`MaterialVolumes.packed_pairs`, made once per CT), so the march reads as many bytes as the monochromatic one; the
+  spectral sum and its path derivatives share one exponential per bin and ray (no autograd graph over the bins);
+  the pose gradient contracts each material's per-ray Jacobian weighted by dI/dp. The march is bound by its voxel
+  reads: in a prototype on the chest CT (load 2-3, 2 threads) two float32 single-material marches took
+  255-265 ms, a fused float32 two-channel march (channel-last) 232-241 ms, the 16-bit pair march 162-226 ms and
+  the monochromatic march 137-184 ms. Accuracy against the float32 reference: see the speed section above.
+SPEED_SUMMARY
 - **GPU.** Not measured: the device machine lent to this session receives the main checkout, not this branch. After
   the merge: `PYTHONPATH=$PWD/XRayCTRegistration python3 benchmarks/bench_physics.py --device cuda --skip-registration
   --runs 30 --tag physics_gpu` (that machine has neither xraydb nor SimpleITK: first run `--save-tables T.npz` here
   and pass `--tables T.npz`, and give the CT as `.npz` arrays `hu`, `ijk_to_ras`).
-- **Registration.** Scatter, not the spectrum, is what hurts, and modelling it brings the accuracy back. On the
-  same 12 cases at 100 kVp (opt-lncc, success mTRE < 2 mm): X-rays without scatter, monochromatic renderer 100 %,
-  physics renderer 100 % (`physics_noscatter.md`); X-rays with scatter 0.3, monochromatic renderer 0 %, physics
-  renderer without scatter 17 % (this file), physics renderer with the X-rays' scatter fraction 91.7 %, mTRE 1.24 mm
-  mean (`physics_scatter.md`). The last renderer uses the simulator's own scatter model and fraction (a best case):
-  on real X-rays the fraction would have to be estimated (a seventh parameter of the optimiser, or from the X-ray's
-  background), which is not done. The failures are mostly translation along the principal ray (depth). Still to do:
-  the multi-CT set (the issue10data branch), the learned initialisers and stage-2 methods on physics X-rays, the
-  capture range (hard set) on physics X-rays.
-- **Registration times** here are from a machine with a load average of 5-11 on 2 cores (other work running);
-  the monochromatic registration takes 0.15 s median on an idle machine (`registration.md`).
+- **Registration** (`physics_multict.md`: 10 SOPI-like cases per CT and kVp, X-rays with scatter 0.3). Scatter,
+  not the spectrum, is what hurts: without a scatter model both renderers fail on every CT (chest 0-10 %,
+  abdomen 0 %, spine 0 %, success at mTRE < 2 mm; on the chest, 12 cases at 100 kVp without scatter in the X-rays:
+  100 % for both, `physics_noscatter.md`). With the scatter fraction fitted to each X-ray
+  (`physics.fit_scatter_fraction`: the fraction whose image has the X-ray's sorted intensities, so misalignment
+  does not pass for fog; fitted at the initial pose, registered, refitted at the result and registered again):
+  chest 90-100 %, abdomen 50-60 %, spine 40-60 %, at 2-3 times the time of one registration. With the X-rays'
+  true fraction (a best case, `physics_scatter.md`, chest, 100 kVp): 91.7 %. The fit at the true pose recovers
+  0.299-0.301 of 0.3 (chest, 6 cases at 80 and 120 kVp); at the initial pose 0.30-0.39 on 8 of 12, 0.75-1.6 on the
+  others, hence the refit. On the spine crop both renderers without scatter diverge (mTRE 87-180 mm): the fog
+  flattens the small crop's contrast. Still to do: the learned initialisers and stage-2 methods on physics
+  X-rays, the capture range (hard set) on physics X-rays, the fit as a `register` option.
+- **Registration times** are from a machine with a load average of about 6 on 2 cores (other work running) and
+  one numba / torch thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`).
 - **DeepDRR 1.2.2** (the physics peer) does not install in a bench environment here: it pins numpy < 2 (this project
   runs numpy 2), its projector imports cupy and pyrender (OpenGL through EGL) at import time and runs CUDA kernels
   only (no CPU path), and it pulls cuda-python, open3d, pyvista, PyOpenGL 3.1.6 and torchvision. This machine has no

@@ -99,7 +99,7 @@ class PhysicsProjector(torch.nn.Module):
                  scatter_sigma_mm: float = 40.0, blur_px: float = 0.0, n_samples: int = DEFAULT_SAMPLES,
                  device: str | torch.device = "cpu", backend: str = "auto",
                  attenuation: np.ndarray | None = None) -> None:
-        """Build one projector per material and the spectral tables."""
+        """Pack the material pairs (numba) or build one projector per material (torch, triton); the spectral tables."""
         super().__init__()
         if scatter_fraction < 0 or scatter_sigma_mm <= 0 or blur_px < 0:
             raise InputError("physics: need scatter_fraction >= 0, scatter_sigma_mm > 0 and blur_px >= 0")
