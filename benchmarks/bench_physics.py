@@ -235,9 +235,29 @@ NOTES = """## Notes
   reads: in a prototype on the chest CT (load 2-3, 2 threads) two float32 single-material marches took
   255-265 ms, a fused float32 two-channel march (channel-last) 232-241 ms, the 16-bit pair march 162-226 ms and
   the monochromatic march 137-184 ms. Accuracy against the float32 reference: see the speed section above.
-SPEED_SUMMARY
-- **GPU.** Not measured: the device machine lent to this session receives the main checkout, not this branch. After
-  the merge: `PYTHONPATH=$PWD/XRayCTRegistration python3 benchmarks/bench_physics.py --device cuda --skip-registration
+- **Before and after, by thread configuration** (physics / monochromatic time, median of 15 interleaved runs,
+  256x256, this machine shared with other work; before = commit 0e3e736, one float32 march per material and the
+  spectral sum through autograd; runs of `benchmarks/bench_physics.py --skip-registration --runs 15` under the
+  environment named, before and after back to back):
+
+  | threads (environment) | load (1 min) | before: forward / gradient | after: forward / gradient |
+  |---|---|---|---|
+  | numba 1, torch 1 (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`) | 8.8-9.6, after 9.6-5.5 | 2.19 / 2.17 | 1.34 / 1.56 |
+  | numba 2, torch 2, `OMP_WAIT_POLICY=PASSIVE` | 5.1-5.7 | 2.34 / 2.07 | 1.32 / 1.72 |
+  | numba 2, torch 2 (defaults) | 5.4-3.8 | 2.66 / 2.82 | 1.73 / 2.16 |
+  | numba 2, torch 2 (defaults), this file | 3.0-10.5, after 3.5-3.3 | 3.85 / 4.06 | 3.02 / 1.62 |
+  | numba 2, `OMP_NUM_THREADS=1` | 2.9-3.0 | | 1.30 / 1.94 |
+
+  The target (under 2x) is met with one thread and with passive OpenMP waiting, forward and gradient; with the
+  default threads the ratio swings (forward 1.73 and 3.02 in two windows, gradient 2.16 and 1.62). In this file
+  the forward's parts take 118.5 ms (paths) + 12.7 ms (spectral sum, scatter, blur), 1.3x the monochromatic
+  101.3 ms, yet the whole forward 306 ms: numba's and torch's OpenMP thread pools each spin after their parallel
+  regions, and the physics DRR alternates between a numba march and small torch operations, so on two cores
+  already loaded by other processes the spinning threads of one pool take the cores the other needs (the
+  monochromatic DRR is one numba region). `OMP_WAIT_POLICY=PASSIVE` (threads sleep instead of spinning) or one
+  thread removes it. Absolute times vary with the load by up to 10x between these runs; compare ratios only.
+- **GPU.** Not measured (no GPU machine for this work). On one:
+  `PYTHONPATH=$PWD/XRayCTRegistration python3 benchmarks/bench_physics.py --device cuda --skip-registration
   --runs 30 --tag physics_gpu` (that machine has neither xraydb nor SimpleITK: first run `--save-tables T.npz` here
   and pass `--tables T.npz`, and give the CT as `.npz` arrays `hu`, `ijk_to_ras`).
 - **Registration** (`physics_multict.md`: 10 SOPI-like cases per CT and kVp, X-rays with scatter 0.3). Scatter,
