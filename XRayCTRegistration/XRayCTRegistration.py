@@ -27,17 +27,16 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, Validator, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -48,10 +47,12 @@ from slicer.util import VTKObservationMixin
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.names import DEFAULT_METHOD, INITIALISER_METHODS, XRAY_KINDS
 from XRayCTRegistrationLib.names import PARAM_NAMES as POSE_PARAMETER_NAMES
-from XRayCTRegistrationLib.registry import get_method, method_names
-from XRayCTRegistrationSlicerLib import about, dicom, display, images, training_process
+from XRayCTRegistrationLib.registry import get_method
+from XRayCTRegistrationSlicerLib import about, dicom, display, images, registration_options, training_process
 from XRayCTRegistrationSlicerLib.dependencies import ensureDependencies
-from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE
+from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE, GEOMETRY_ATTRIBUTE
+from XRayCTRegistrationSlicerLib.parameters import RegisteredMethod, modelPath, poseParameters, registrationMethods
+from XRayCTRegistrationSlicerLib.registration_options import RegistrationOutput, libraryInputs
 from XRayCTRegistrationSlicerLib.rendering import DEVICES, DrrRenderer, resolveDevice, samplesPerRay
 from XRayCTRegistrationSlicerLib.selftest import SelfTestMixin
 from XRayCTRegistrationSlicerLib.training_process import InitialiserCache, TrainingOutcome, TrainingProcess
@@ -59,24 +60,7 @@ from XRayCTRegistrationSlicerLib.training_process import InitialiserCache, Train
 if TYPE_CHECKING:
     from XRayCTRegistrationLib.geometry import Camera, ReferenceView
     from XRayCTRegistrationLib.volume import Volume
-
-
-def registrationMethods() -> list[str]:
-    """Registration methods offered in the GUI: every refinement method of the library's registry."""
-    return list(method_names("refine"))
-
-
-class RegisteredMethod(Validator):
-    """Parameter-node validator: the value must be a registered refinement method.
-
-    The registry is read when the value is set, so methods registered after this module was imported
-    are accepted.
-    """
-
-    def validate(self, value) -> None:
-        """Raise ValueError unless ``value`` is a registered refinement method."""
-        if value not in method_names("refine"):
-            raise ValueError(f"method {value!r} is not one of {', '.join(registrationMethods())}")
+    from XRayCTRegistrationSlicerLib.registration_options import RegistrationOptions
 
 
 PREVIEW_SIZE = 128
@@ -87,7 +71,6 @@ FINAL_SIZE = 512
 
 PREVIEW_DELAY_MS = 40
 """Slider throttle: at most one preview render is started per this many milliseconds."""
-
 
 
 #
@@ -105,6 +88,8 @@ class XRayCTRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = list(about.CONTRIBUTORS)
         about.checkSlicerVersion(slicer.app.majorVersion, slicer.app.minorVersion)
+        from XRayCTRegistrationSlicerLib.sampledata import registerSampleData
+        slicer.app.connect("startupCompleted()", registerSampleData)  # the sample CTs in the Sample Data module
         self.parent.helpText = _("""
 Registers an intra-operative X-ray image to a pre-operative CT: finds the pose of the C-arm that sees
 the CT as in the X-ray, renders the CT as a digitally reconstructed radiograph (DRR) and shows it fused
@@ -134,7 +119,8 @@ class XRayCTRegistrationParameterNode:
         for the registration.
     sdd, rowSpacing, colSpacing: source-to-detector distance and detector pixel size (mm);
         0 means "take it from the X-ray's DICOM tags".
-    x0, y0: principal point (mm): the detector centre's offset from the source's perpendicular (CONVENTIONS.md).
+    x0, y0: principal point (mm): the detector centre's offset from the source's perpendicular (CONVENTIONS.md); 0 takes
+        the X-ray's geometry attribute's value, if any.
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
     method: registration method (a name of :func:`registrationMethods`, checked by the logic); device: see DEVICES.
     outputTransform: receives world_from_camera (matrix to parent).
@@ -144,6 +130,10 @@ class XRayCTRegistrationParameterNode:
         Initialise and Register); empty or "." means none.
     initialiserMethod: kind of initialiser trained (see INITIALISER_METHODS).
     trainingMinutes: training time budget, minutes.
+    secondXrayVolume, relativeTransform, secondSdd, secondRowSpacing, secondColSpacing, secondX0, secondY0,
+    structureSegmentation, structureSegments, xrayMaskThreshold, xrayMaskLow, xrayMaskHigh, xrayCrop*, xrayMaskVolume:
+    a second view, structures and the X-ray mask (see ``XRayCTRegistrationSlicerLib.registration_options``).
+    secondOutputDrr: receives the second view's DRR after a two-view registration, placed on its detector.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
@@ -168,18 +158,24 @@ class XRayCTRegistrationParameterNode:
     initialiserModel: pathlib.Path
     initialiserMethod: Annotated[str, Choice(list(INITIALISER_METHODS))] = "regressor"
     trainingMinutes: Annotated[float, WithinRange(0.1, 1440.0)] = 15.0
-
-
-def modelPath(parameterNode: XRayCTRegistrationParameterNode) -> str:
-    """The initialiser model file of a parameter node as a string, "" when none is set."""
-    path = parameterNode.initialiserModel
-    text = str(path) if path is not None else ""
-    return "" if text in ("", ".") else text
-
-
-def poseParameters(parameterNode: XRayCTRegistrationParameterNode) -> np.ndarray:
-    """The six pose parameters ``(rx, ry, rz, tx, ty, tz)`` of a parameter node, degrees and mm."""
-    return np.array([getattr(parameterNode, name) for name in POSE_PARAMETER_NAMES], dtype=np.float64)
+    secondXrayVolume: vtkMRMLScalarVolumeNode
+    relativeTransform: vtkMRMLLinearTransformNode
+    secondSdd: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    secondRowSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    secondColSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    secondX0: Annotated[float, WithinRange(-500.0, 500.0)] = 0.0
+    secondY0: Annotated[float, WithinRange(-500.0, 500.0)] = 0.0
+    secondOutputDrr: vtkMRMLScalarVolumeNode
+    structureSegmentation: vtkMRMLSegmentationNode
+    structureSegments: str = ""
+    xrayMaskThreshold: bool = False
+    xrayMaskLow: float = 0.0
+    xrayMaskHigh: float = 0.0
+    xrayCropTop: Annotated[int, WithinRange(0, 4096)] = 0
+    xrayCropBottom: Annotated[int, WithinRange(0, 4096)] = 0
+    xrayCropLeft: Annotated[int, WithinRange(0, 4096)] = 0
+    xrayCropRight: Annotated[int, WithinRange(0, 4096)] = 0
+    xrayMaskVolume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -350,7 +346,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if not (p and node):
             return
         tags = self.logic.geometryFromAttributes(node)
-        for name in ("sdd", "rowSpacing", "colSpacing"):
+        for name in ("sdd", "rowSpacing", "colSpacing", "x0", "y0"):
             if getattr(p, name) == 0.0 and name in tags:
                 setattr(p, name, tags[name])
 
@@ -358,13 +354,16 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         """Change the DRR's opacity over the X-ray."""
         p = self._parameterNode
         if p and p.xrayVolume and p.outputDrr:
-            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, value)
+            self._showFusions(value)
 
     def onShowFusion(self) -> None:
-        """Show the X-ray and DRR fused in the red slice view."""
+        """Show the X-ray and DRR fused in the red slice view (the second view's in the yellow one)."""
         with slicer.util.tryWithErrorDisplay(_("Failed to show the fusion."), waitCursor=True):
-            p = self._parameterNode
-            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, p.fusionOpacity)
+            self._showFusions(self._parameterNode.fusionOpacity)
+
+    def _showFusions(self, opacity: float) -> None:
+        """The first view's fusion in the red slice view; after a two-view registration the second's in yellow."""
+        display.showViewFusions(self.logic, self._parameterNode, self._previewNodes, opacity)
 
     # -- registration ---------------------------------------------------------------------------
     def onInitialise(self) -> None:
@@ -493,7 +492,8 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, x0=p.x0, y0=p.y0,
                     outputTransform=p.outputTransform, device=resolveDevice(p.device),
                     outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested,
-                    initialiserModel=initialiserModel)
+                    initialiserModel=initialiserModel,
+                    registrationOptions=registration_options.optionsFromParameterNode(p))
             finally:
                 self._busy = False
                 self.ui.progressBar.setVisible(False)
@@ -504,8 +504,10 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             with slicer.util.NodeModify(p.parameterNode):
                 p.outputTransform = output.transformNode
                 p.outputDrr = output.drrNode
+                if output.secondDrrNode is not None:
+                    p.secondOutputDrr = output.secondDrrNode
                 self._setPose(output.params)
-            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, p.fusionOpacity)
+            self._showFusions(p.fusionOpacity)
             result = output.result
             text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
                 similarity=result.similarity, iterations=result.iterations, time=result.wall_time_s)
@@ -522,31 +524,6 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 #
 # Logic
 #
-
-
-@dataclass
-class RegistrationOutput:
-    """What :meth:`XRayCTRegistrationLogic.register` returns.
-
-    result: the final result of the library's pipeline (world_from_camera, params, similarity,
-        iterations, wall_time_s, method, success, message).
-    params: pose parameters of the result (degrees, mm) relative to the AP reference view.
-    transformNode, drrNode: the output nodes written (None when cancelled).
-    cancelled: True when ``shouldStop`` asked to stop; then nothing in the scene was changed.
-    xrayConversion: what was done to the X-ray's grey levels before registering (one sentence).
-    initialParams: the pose parameters the refinement started from (the model's prediction when
-        registering with an initialiser model, else the given initial parameters).
-    pipeline: the library's ``pipeline.PipelineResult`` (initialisation, refinement, timings).
-    """
-
-    result: Any
-    params: np.ndarray
-    transformNode: vtkMRMLLinearTransformNode | None
-    drrNode: vtkMRMLScalarVolumeNode | None
-    cancelled: bool = False
-    xrayConversion: str = ""
-    initialParams: np.ndarray | None = None
-    pipeline: Any = None
 
 
 class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -648,16 +625,18 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def geometryFromAttributes(xrayNode) -> dict[str, float]:
-        """Geometry from the X-ray's DICOM tags: any of sdd, rowSpacing, colSpacing (mm).
+        """Geometry from the X-ray's tags: any of sdd, rowSpacing, colSpacing (mm), and x0, y0, rows, cols.
 
-        Node attributes (``DICOM.DistanceSourceToDetector``, ``DICOM.ImagerPixelSpacing``) come first; what
-        they lack is read from Slicer's DICOM database through the node's ``DICOM.instanceUIDs`` (a volume
-        loaded with the DICOM module), with the rules of the library's X-ray reader.
+        A geometry sidecar attribute (``images.GEOMETRY_ATTRIBUTE``) comes first, then the node attributes
+        ``DICOM.DistanceSourceToDetector`` and ``DICOM.ImagerPixelSpacing``; what they lack is read from Slicer's
+        DICOM database through the node's ``DICOM.instanceUIDs`` (a volume loaded with the DICOM module), with the
+        rules of the library's X-ray reader.
         """
         values = images.geometryFromAttributeValues(xrayNode.GetAttribute(DICOM_SDD_ATTRIBUTE),
                                                     xrayNode.GetAttribute(DICOM_SPACING_ATTRIBUTE),
                                                     xrayNode.GetName())
-        return {**dicom.geometryFromDatabase(xrayNode, log=True)[0], **values}
+        sidecar = images.geometryFromSidecarAttribute(xrayNode.GetAttribute(GEOMETRY_ATTRIBUTE), xrayNode.GetName())
+        return {**dicom.geometryFromDatabase(xrayNode, log=True)[0], **values, **sidecar}
 
     def initialiseFromDicom(self, ctNode, xrayNode, sdd: float = 0.0, rowSpacing: float = 0.0,
                             colSpacing: float = 0.0, *, x0: float = 0.0, y0: float = 0.0) -> np.ndarray:
@@ -809,7 +788,8 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
                  xrayKind: str = "auto", sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
                  outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
                  shouldStop: Callable[[], bool] | None = None, initialiserModel: str | os.PathLike | None = None,
-                 x0: float = 0.0, y0: float = 0.0, **options) -> RegistrationOutput:
+                 x0: float = 0.0, y0: float = 0.0, registrationOptions: RegistrationOptions | None = None,
+                 **options) -> RegistrationOutput:
         """Register the X-ray to the CT from initial pose parameters (degrees, mm) and write the outputs.
 
         Runs the library's ``pipeline.register_xray`` in this process: with ``initialiserModel`` (a model
@@ -818,10 +798,13 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         refinement method, :func:`registrationMethods`) refines it. ``progress(fraction, message)`` is
         called as it goes and ``shouldStop()`` is polled to cancel. ``xrayKind`` (``XRAY_KINDS``) says
         how the X-ray's grey levels become attenuation (see :meth:`attenuationImageFromNode`; what was
-        done is logged and returned). ``options`` go to the refinement unchanged. On success the output
-        transform gets ``world_from_camera``, the DRR is rendered at the result (at most ``FINAL_SIZE``
-        pixels a side) and the X-ray and DRR are placed on the detector. When cancelled the scene is not
-        changed; when the registration fails a RuntimeError is raised.
+        done is logged and returned). ``registrationOptions`` add a second view, structures and an X-ray mask
+        (``registration_options.RegistrationOptions``). ``options`` go to the refinement unchanged. On success the
+        output transform gets ``world_from_camera``, the DRR is rendered at the result (at most ``FINAL_SIZE``
+        pixels a side) and the X-ray and DRR are placed on the detector; with a second view, its DRR (at
+        ``world_from_camera @ camera0_from_camera1``) goes into ``secondOutputDrr`` and it and the second X-ray are
+        placed on the second detector. When cancelled the scene is not changed; when the registration fails a
+        RuntimeError is raised.
         """
         from XRayCTRegistrationLib.geometry import source_inside_volume
 
@@ -829,6 +812,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         self.checkOutputNodes(outputTransform, outputDrr)
         volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
                                                                      colSpacing, x0=x0, y0=y0)
+        views, extra = libraryInputs(self, ctNode, xrayNode, image, camera, xrayKind, registrationOptions)
         reference = self.referenceView(volume, camera)
         init = self.loadInitialiser(initialiserModel) if initialiserModel else reference.pose(
             self._checkParams(initialParams))
@@ -836,7 +820,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"initial pose: the X-ray source lies inside CT volume '{ctNode.GetName()}'; "
                              "move it out (tz, or the sliders) before registering")
         out = self._runPipeline(ctNode, volume, image, camera, init, reference, bool(initialiserModel), method=method,
-                                progress=progress, should_stop=shouldStop, **options)
+                                progress=progress, should_stop=shouldStop, views=views, **{**extra, **options})
         result, params = out.result, reference.params(out.world_from_camera)
         startParams = reference.params(out.initialisation.world_from_camera)
         if shouldStop is not None and shouldStop():
@@ -846,8 +830,13 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Registration did not succeed: {message}").format(message=result.message))
         transformNode, drrNode = self._writeOutputs(volume, camera, out.world_from_camera, xrayNode,
                                                     outputTransform, outputDrr, FINAL_SIZE)
+        secondDrr, view = None, views[0] if views else None
+        if view is not None:  # the second view's DRR at its pose, and the second X-ray, placed on its detector
+            secondDrr = self._renderAtPose(volume, view.camera, out.world_from_camera @ view.camera0_from_camera,
+                                           registrationOptions.secondOutputDrr, registrationOptions.secondXray,
+                                           FINAL_SIZE, placeXray=True)
         return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion,
-                                  initialParams=startParams, pipeline=out)
+                                  initialParams=startParams, pipeline=out, secondDrrNode=secondDrr)
 
     def _registrationInputs(self, ctNode, xrayNode, xrayKind: str, sdd: float, rowSpacing: float,
                             colSpacing: float, *, x0: float = 0.0, y0: float = 0.0) -> tuple:
