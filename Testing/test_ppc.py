@@ -275,3 +275,24 @@ def test_ppc_net_samples_the_flow_at_the_contour_pixels():
     big = Batch(2 * rc + 0.5, n * 500, n, n, torch.ones(1, 3, dtype=bool), torch.zeros(1, 3, dtype=torch.float64))
     flows, _, _ = net(torch.rand(1, 64, 64), torch.rand(1, 64, 64), big)
     torch.testing.assert_close(flows[-1], 2 * want, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_descriptors_give_the_patch_ncc():
+    from XRayCTRegistrationLib.networks.flow import FlowConfig, FlowNet, patch_descriptors
+
+    rng = np.random.default_rng(4)
+    img = torch.as_tensor(rng.normal(size=(1, 1, 32, 32)), dtype=torch.float32)
+    other = 3.0 * img + 1.0  # same patches up to gain and offset
+    d1, d2 = patch_descriptors(img, 8), patch_descriptors(other, 8)
+    assert d1.shape == (1, 64, 8, 8)
+    torch.testing.assert_close((d1 * d2).sum(1), torch.ones(1, 8, 8), atol=1e-5, rtol=0)
+    # cell (2, 3): the 8x8 patch starting at pixel (4 * 2 - 2, 4 * 3 - 2); against cell (5, 1) of the other image
+    a = img[0, 0, 6:14, 10:18].flatten().double()
+    b = img[0, 0, 18:26, 2:10].flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    assert float((d1[0, :, 2, 3] * d2[0, :, 5, 1]).sum()) == pytest.approx(float(a @ b / (a.norm() * b.norm())),
+                                                                         abs=1e-5)
+    flows = FlowNet(FlowConfig(features=8, hidden=8, radius=2, iterations=2, patch=8))(img, other)
+    assert len(flows) == 2 and flows[-1].shape == (1, 2, 32, 32)
+    with pytest.raises(ValueError, match="patch"):
+        FlowNet(FlowConfig(patch=5))

@@ -74,7 +74,7 @@ class PPCConfig:
 
     size: int = 64
     max_points: int = 256
-    flow: FlowConfig = field(default_factory=FlowConfig)
+    flow: FlowConfig = field(default_factory=lambda: FlowConfig(patch=8))
     weight: WeightConfig = field(default_factory=lambda: WeightConfig(features=FEATURES))
     reg: float = 1e-3
 
@@ -108,10 +108,20 @@ class Batch:
     mask: torch.Tensor
     cos: torch.Tensor
 
+    FIELDS = ("pixels", "points", "normals", "true_points", "mask", "cos")
+
     def to(self, device: torch.device | str) -> Batch:
         """The same batch on ``device``."""
-        return Batch(*(getattr(self, k).to(device) for k in ("pixels", "points", "normals", "true_points", "mask",
-                                                              "cos")))
+        return Batch(*(getattr(self, k).to(device) for k in self.FIELDS))
+
+    def select(self, idx: torch.Tensor) -> Batch:
+        """The samples ``idx`` of the batch."""
+        return Batch(*(getattr(self, k)[idx] for k in self.FIELDS))
+
+    def put(self, idx: torch.Tensor, other: Batch) -> None:
+        """Overwrite the samples ``idx`` with those of ``other`` (same point count)."""
+        for k in self.FIELDS:
+            getattr(self, k)[idx] = getattr(other, k)
 
 
 class PPCNet(torch.nn.Module):
@@ -246,24 +256,44 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
         def make_network(self) -> PPCNet:
             return build_ppc_net(self.options)
 
-        def _sample(self, rng: np.random.Generator, n: int, scale: float, gen: torch.Generator):
-            o = self.options
-            gt = o.pose_range.sample(rng, n)
+        def _pairs(self, rng: np.random.Generator, n: int, scale: float):
+            """``n`` new (start, truth) pairs: start DRRs, clean truth DRRs, params ``[n, 12]``, contour batch."""
+            gt = self.options.pose_range.sample(rng, n)
             start = gt + start_offsets(rng, n, scale)
-            xray = augment(self.source.render(gt), gen, o.augmentation)
-            drr = self.source.render(start)
+            chunks = np.array_split(np.arange(n), -(-n // 64))
+            drr = torch.cat([self.source.render(start[c]) for c in chunks])
+            xray = torch.cat([self.source.render(gt[c]) for c in chunks])
             ref = self.reference
             batch = make_batch(self.surface, self.source.low_camera, [ref.pose(p) for p in start],
                                [ref.pose(p) for p in gt], self.net.config.max_points).to(self.device)
-            return (drr, xray), torch.as_tensor(np.concatenate([start, gt], 1)), batch
+            return drr, xray, torch.as_tensor(np.concatenate([start, gt], 1)), batch
 
         def _make_validation(self) -> None:
             rng = np.random.default_rng(10_000 + self.options.seed)
             gen = torch.Generator(device=self.device).manual_seed(10_000 + self.options.seed)
-            self.val = self._sample(rng, min(self.options.val_size, 2 * self.options.batch_size, 16), 1.0, gen)
+            drr, xray, params, batch = self._pairs(rng, min(self.options.val_size, 2 * self.options.batch_size, 16),
+                                                   1.0)
+            self.val = (drr, augment(xray, gen, self.options.augmentation)), params, batch
+            self.ppc_pool = None
 
         def batch(self, scale, rng, gen):
-            return self._sample(rng, self.options.batch_size, scale, gen)
+            """Pairs drawn from the replay pool (``pool_size // 2`` pairs, ``max(1, fresh_per_step // 2)`` new
+            ones rendered per step at the current start-offset scale), the truth DRR augmented into the X-ray."""
+            o = self.options
+            n_pool = max(o.batch_size, self.pool_size // 2)
+            if self.ppc_pool is None:
+                self.ppc_pool, self.pool_next = list(self._pairs(rng, n_pool, scale)), 0
+            else:
+                fresh = self._pairs(rng, min(n_pool, max(1, o.fresh_per_step // 2)), scale)
+                idx = (self.pool_next + torch.arange(len(fresh[0]))) % n_pool
+                for store, new in zip(self.ppc_pool[:3], fresh[:3], strict=True):
+                    store[idx.to(store.device)] = new
+                self.ppc_pool[3].put(idx.to(self.device), fresh[3])
+                self.pool_next = int(idx[-1] + 1) % n_pool
+            idx = torch.as_tensor(rng.choice(n_pool, o.batch_size, replace=False))
+            drr, xray, params, batch = self.ppc_pool
+            return ((drr[idx.to(drr.device)], augment(xray[idx.to(xray.device)], gen, o.augmentation)),
+                    params[idx], batch.select(idx.to(self.device)))
 
         def loss(self, x, params, drr, fraction):
             batch = drr
