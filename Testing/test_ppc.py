@@ -296,3 +296,20 @@ def test_patch_descriptors_give_the_patch_ncc():
     assert len(flows) == 2 and flows[-1].shape == (1, 2, 32, 32)
     with pytest.raises(ValueError, match="patch"):
         FlowNet(FlowConfig(patch=5))
+
+
+def test_correlation_lookup_peaks_at_the_true_shift():
+    """The patch-NCC channels of the lookup at zero flow peak at the displacement of a shifted image (x, y order)."""
+    from XRayCTRegistrationLib.networks.flow import FlowConfig, FlowNet, patch_descriptors
+
+    rng = np.random.default_rng(0)
+    img = torch.as_tensor(rng.normal(size=(64, 64)).cumsum(0).cumsum(1), dtype=torch.float32)[None, None]
+    moved = torch.roll(img, shifts=(8, -4), dims=(2, 3))  # content 8 pixels down, 4 left: 2 cells in y, -1 in x
+    net = FlowNet(FlowConfig(radius=3, levels=1, patch=8))
+    f = torch.zeros(1, 4, 16, 16)
+    pyramid = net._pyramid(f, f, patch_descriptors(img, 8), patch_descriptors(moved, 8))
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    win = net._lookup(pyramid, torch.stack([xs, ys])[None])  # [1, 2 * 49, 16, 16]: learned, then NCC
+    ncc = win[0, 49:].reshape(7, 7, 16, 16)[:, :, 4:12, 4:12].mean((-1, -2))  # [dy, dx] window, inner cells
+    assert np.unravel_index(int(ncc.argmax()), (7, 7)) == (3 + 2, 3 - 1)
+    assert float(ncc.max()) == pytest.approx(1.0, abs=1e-4)

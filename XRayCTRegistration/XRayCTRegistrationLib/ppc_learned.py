@@ -277,8 +277,11 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
             self.ppc_pool = None
 
         def batch(self, scale, rng, gen):
-            """Pairs drawn from the replay pool (``pool_size // 2`` pairs, ``max(1, fresh_per_step // 2)`` new
-            ones rendered per step at the current start-offset scale), the truth DRR augmented into the X-ray."""
+            """A batch of pairs from the replay pool; each truth DRR augmented anew into the X-ray.
+
+            The pool holds ``pool_size // 2`` pairs; ``max(1, fresh_per_step // 2)`` new ones are rendered per
+            step at the current start-offset scale.
+            """
             o = self.options
             n_pool = max(o.batch_size, self.pool_size // 2)
             if self.ppc_pool is None:

@@ -110,7 +110,7 @@ class FlowNet(nn.Module):
         corr = torch.einsum("bci,bcj->bij", f1.flatten(2), f2.flatten(2)) / ch ** 0.5
         if p1 is not None:
             ncc = torch.einsum("bci,bcj->bij", p1.flatten(2), p2.flatten(2))
-            corr = torch.stack([corr, ncc], 1)
+            corr = torch.stack([corr, ncc], 2)  # [B, h * w, 2, h * w]
         corr = corr.reshape(b * h * w, -1, h, w)
         out = [corr]
         for _ in range(self.config.levels - 1):
