@@ -313,3 +313,6 @@ def test_correlation_lookup_peaks_at_the_true_shift():
     ncc = win[0, 49:].reshape(7, 7, 16, 16)[:, :, 4:12, 4:12].mean((-1, -2))  # [dy, dx] window, inner cells
     assert np.unravel_index(int(ncc.argmax()), (7, 7)) == (3 + 2, 3 - 1)
     assert float(ncc.max()) == pytest.approx(1.0, abs=1e-4)
+    # the untrained network (update operator initialised to zero) returns that patch-matching flow, input pixels
+    flow = net(img, moved, iterations=2)[-1][0, :, 16:48, 16:48].mean((1, 2))
+    torch.testing.assert_close(flow, torch.tensor([-4.0, 8.0]), atol=0.1, rtol=0)

@@ -377,7 +377,8 @@ def learned_correspondences(net: PPCNet) -> Callable[[PPCLevel, torch.Tensor, Co
 def register_ppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_world_from_camera: np.ndarray, *,
                  model: str | Path | None = None, reference: ReferenceView | None = None,
                  progress: Callable[[float, str], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                 device: str = "cpu", iterations: int = 10, final: str | None = None, **final_options):
+                 device: str = "cpu", iterations: int = 10, robust: int = 0, final: str | None = None,
+                 **final_options):
     """The ``ppc`` refine method (registry calling convention).
 
     Args:
@@ -391,6 +392,7 @@ def register_ppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_world
         should_stop: polled every iteration; True stops.
         device: torch device of the rendering (the networks run on the CPU).
         iterations: PPC iterations (ten, as in the paper).
+        robust: Tukey re-solves per iteration on top of the learned weights (see :func:`ppc.ppc_step`); 0: none.
         final: an intensity method of ``registration.register`` run afterwards (``ppc-opt``: ``opt-lncc``).
         **final_options: options of that step.
 
@@ -409,6 +411,7 @@ def register_ppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_world
     t0 = time.perf_counter()
     res = run_ppc_method(volume_mu, xray, camera, init_world_from_camera, learned_correspondences(net), "ppc",
                          reference=reference, progress=progress, should_stop=should_stop, device=device,
-                         levels=(factor,), iterations=(int(iterations),), final=final, **final_options)
+                         levels=(factor,), iterations=(int(iterations),), final=final, robust=int(robust),
+                         **final_options)
     res.wall_time_s = time.perf_counter() - t0
     return res

@@ -8,8 +8,9 @@ input pixels, the displacement from a DRR pixel to its match in the X-ray. Small
 
 With ``patch > 0`` a second, fixed correlation volume sits beside the learned one: the normalised
 cross-correlation of ``patch x patch`` image patches centred on the feature cells (block matching at the
-feature stride). It gives the update operator a usable matching cost from the first training step, so a
-short CPU training can spend its steps on reading the cost rather than on learning to match from scratch.
+feature stride). Its soft-argmax at the finest level is the initial flow, and the update operator starts as
+zero (its last layer is initialised to zero): the untrained network is a block matcher, and a short CPU
+training spends its steps on refining that flow rather than on learning to match from scratch.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def _encoder(c_out: int) -> nn.Sequential:
         nn.Conv2d(1, 16, 5, 2, 2), nn.InstanceNorm2d(16), nn.ReLU(inplace=True),
         nn.Conv2d(16, 32, 3, 2, 1), nn.InstanceNorm2d(32), nn.ReLU(inplace=True),
         nn.Conv2d(32, c_out, 3, 1, 1))
+
+
+MATCH_TEMPERATURE = 0.02
+"""Softmax temperature (NCC units) of the patch-matching initial flow."""
 
 
 def patch_descriptors(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -102,6 +107,9 @@ class FlowNet(nn.Module):
         self.gru = ConvGRU(c.hidden, 48 + 2 + c.hidden)
         self.head = nn.Sequential(nn.Conv2d(c.hidden, 64, 3, padding=1), nn.ReLU(inplace=True),
                                   nn.Conv2d(64, 2, 3, padding=1))
+        if c.patch:  # the untrained network returns the patch-matching flow unchanged
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def _pyramid(self, f1: torch.Tensor, f2: torch.Tensor, p1: torch.Tensor | None = None,
                  p2: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -135,6 +143,18 @@ class FlowNet(nn.Module):
             out.append(win.reshape(b, h, w, -1))
         return torch.cat(out, -1).permute(0, 3, 1, 2)
 
+    def _match(self, pyramid: list[torch.Tensor], base: torch.Tensor) -> torch.Tensor:
+        """The initial flow ``[B, 2, h, w]`` (feature pixels) from the patch NCC alone; no learnable weights.
+
+        The soft-argmax (temperature :data:`MATCH_TEMPERATURE`) of each cell's NCC window at the finest level
+        (displacements up to ``radius`` cells); the coarser levels are left to the update operator.
+        """
+        r = self.config.radius
+        d = torch.arange(-r, r + 1, dtype=base.dtype, device=base.device)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        p = torch.softmax(self._lookup([pyramid[0][:, 1:]], base) / MATCH_TEMPERATURE, 1)  # [B, (2r+1)^2, h, w]
+        return torch.stack([(p * dx.reshape(1, -1, 1, 1)).sum(1), (p * dy.reshape(1, -1, 1, 1)).sum(1)], 1)
+
     def forward(self, image1: torch.Tensor, image2: torch.Tensor, iterations: int | None = None
                 ) -> list[torch.Tensor]:
         """Flows ``[B, 2, H, W]`` (input pixels) after each update; images ``[B, 1, H, W]``, H and W divisible by 4."""
@@ -150,7 +170,7 @@ class FlowNet(nn.Module):
         ys, xs = torch.meshgrid(torch.arange(hh, dtype=f1.dtype, device=f1.device),
                                 torch.arange(ww, dtype=f1.dtype, device=f1.device), indexing="ij")
         base = torch.stack([xs, ys])[None].expand(b, -1, -1, -1)
-        flow = torch.zeros_like(base)
+        flow = self._match(pyramid, base) if c.patch else torch.zeros_like(base)
         out = []
         for _ in range(iterations or c.iterations):
             flow = flow.detach()
