@@ -2,14 +2,16 @@
 
 Each PPC iteration (:func:`dppc.iterate_ppc`) gets its correspondences from :class:`PPCNet`: a small
 RAFT-like flow network (:class:`networks.flow.FlowNet`) between the DRR at the current pose and the
-X-ray, both on a ``size x size`` detector, sampled at the projected contour points; a PointNet-style
+X-ray, both on a ``size x size`` detector, sampled at the projected contour points (its initial flow is
+the patch-NCC block matching of ``FlowConfig.patch``, which its recurrent updates refine); a PointNet-style
 network (:class:`networks.pointnet.WeightNet`) weights each correspondence; the weighted PPC solver
 (:func:`ppc.solve_motion`, no learnable weights) turns them into the motion.
 
 Training (:class:`PPCTrainer`, through ``training.train`` with ``TrainOptions(method="ppc")``, i.e.
 ``xrayctreg train --model ppc``) is patient-specific: the ground truth is drawn from the options' pose
-range, the start from it by a random offset (up to :data:`START_OFFSET`, grown by the curriculum), the
-"X-ray" is the augmented DRR at the ground truth. The loss is the flow error at the contour points
+range, the start from it by a random offset (:func:`start_offsets`, grown by the curriculum), the
+"X-ray" is the augmented DRR at the ground truth; pairs come from a replay pool refreshed a few per step
+(rendering dominates a CPU step otherwise). The loss is the flow error at the contour points
 (L1, input pixels), discounted over the recurrent updates (``FLOW_GAMMA``), plus, after ``gd_start`` of
 the training, the registration loss (mean 3D distance, mm, of the contour points moved by the solved
 motion from their true positions) with a motion regulariser. Frames and units as in :mod:`ppc`.
