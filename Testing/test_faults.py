@@ -668,7 +668,59 @@ SLICER_NODES = [  # (id, change of the call's arguments, calls it applies to, wh
     ("d6-training-folder-is-a-file", lambda ns, m, ct, xr, f: {"folder": str(f / "ct.nrrd")}, "t",
      "ct.nrrd: training folder: not a folder"),
     ("ok-training-folder-empty", lambda ns, m, ct, xr, f: {"folder": ""}, "t", "training folder: empty path"),
+    ("ok-second-xray-no-geometry", lambda ns, m, ct, xr, f: {"options": _options(
+        secondXray=_slicer_node(ns, "vtkMRMLScalarVolumeNode", np.ones((1, 8, 8), np.float32)),
+        relativeTransform=ns.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "rel"))}, "u",
+     "X-ray volume 'bad': imaging geometry missing"),
+    ("ok-second-xray-no-relative-geometry", lambda ns, m, ct, xr, f: {"options": _options(secondXray=_tagged(
+        m, _slicer_node(ns, "vtkMRMLScalarVolumeNode", np.ones((1, 8, 8), np.float32))))}, "u",
+     "second X-ray 'bad': no relative geometry: choose a relative transform"),
+    ("ok-second-xray-one-view-method", lambda ns, m, ct, xr, f: {"method": "dppc", "options": _options(
+        secondXray=_tagged(m, _slicer_node(ns, "vtkMRMLScalarVolumeNode", np.ones((1, 8, 8), np.float32))),
+        relativeTransform=_transform(ns, np.eye(4)))}, "u", "method: dppc registers one X-ray; for 2 views use one of"),
+    ("ok-second-xray-is-the-first", lambda ns, m, ct, xr, f: {"options": _options(secondXray=xr)}, "u",
+     "second X-ray 'X-ray': is the first X-ray"),
+    ("ok-relative-transform-not-rigid", lambda ns, m, ct, xr, f: {"options": _options(secondXray=_tagged(
+        m, _slicer_node(ns, "vtkMRMLScalarVolumeNode", np.ones((1, 8, 8), np.float32))),
+        relativeTransform=_transform(ns, 2 * np.eye(4)))}, "u", "relative transform 'rel': last row must be"),
+    ("ok-segmentation-empty", lambda ns, m, ct, xr, f: {"options": _options(
+        segmentation=ns.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg"))}, "u",
+     "segmentation 'seg': has no segments"),
+    ("ok-segment-empty", lambda ns, m, ct, xr, f: {"options": _options(segmentation=_empty_segment(ns))}, "u",
+     "segmentation 'seg': the chosen segments \\(all\\) cover no voxel of the CT"),
+    ("ok-segment-unknown", lambda ns, m, ct, xr, f: {"options": _options(segmentation=_empty_segment(ns),
+                                                                          segments="liver")}, "u",
+     "segmentation 'seg': no segment named 'liver' \\(segments: bone\\)"),
+    ("ok-xray-mask-removes-every-pixel", lambda ns, m, ct, xr, f: {"options": _options(maskRange=(1e6, 2e6))}, "u",
+     "X-ray volume 'X-ray': X-ray mask: no pixel is left to register on"),
+    ("ok-xray-crop-too-wide", lambda ns, m, ct, xr, f: {"options": _options(crop=(30, 30, 0, 0))}, "u",
+     "X-ray volume 'X-ray': X-ray mask: border of \\(30, 30, 0, 0\\) px does not fit a 48x40 image"),
 ]
+
+
+def _options(**kw):
+    from XRayCTRegistrationSlicerLib.registration_options import RegistrationOptions
+
+    return RegistrationOptions(**kw)
+
+
+def _transform(ns, matrix):
+    node = ns.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "rel")
+    node.SetMatrixTransformToParent(ns.slicer.util.vtkMatrixFromArray(matrix))
+    return node
+
+
+def _empty_segment(ns):
+    """A segmentation node with one segment, 'bone', whose binary labelmap holds no voxel (as a new, unpainted one)."""
+    import vtk
+
+    node = ns.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    image = ns.slicer.vtkOrientedImageData()
+    image.SetDimensions(4, 4, 4)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    image.GetPointData().GetScalars().Fill(0)
+    node.AddSegmentFromBinaryLabelmapRepresentation(image, "bone", [1.0, 1.0, 0.0])
+    return node
 SLICER_CALLS = {"r": "renderDrr", "o": "updateOutputs", "u": "register", "i": "initialise", "t": "writeTrainingInputs"}
 SLICER_CASES = [(f"{cid}-{SLICER_CALLS[c]}", change, SLICER_CALLS[c], err)
                 for cid, change, calls, err in SLICER_NODES for c in calls]
@@ -684,7 +736,7 @@ def _call_logic(logic, call: str, kw: dict):
     if call == "register":
         return logic.register(kw["ct"], kw["xray"], kw["params"], method=kw["method"], xrayKind=kw["xrayKind"],
                               outputTransform=kw["outputTransform"], outputDrr=kw["outputDrr"],
-                              max_iterations=(2, 2), **common)
+                              max_iterations=(2, 2), registrationOptions=kw.get("options"), **common)
     if call == "initialise":
         return logic.initialise(kw["ct"], kw["xray"], kw["model"], kw["xrayKind"], **common)
     return logic.writeTrainingInputs(kw["ct"], kw["xray"], kw["folder"], **common)

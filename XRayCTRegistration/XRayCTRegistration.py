@@ -27,14 +27,13 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, Validator, WithinRange, parameterNodeWrapper
@@ -49,9 +48,10 @@ from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.names import DEFAULT_METHOD, INITIALISER_METHODS, XRAY_KINDS
 from XRayCTRegistrationLib.names import PARAM_NAMES as POSE_PARAMETER_NAMES
 from XRayCTRegistrationLib.registry import get_method, method_names
-from XRayCTRegistrationSlicerLib import about, dicom, display, images, training_process
+from XRayCTRegistrationSlicerLib import about, dicom, display, images, registration_options, training_process
 from XRayCTRegistrationSlicerLib.dependencies import ensureDependencies
 from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE
+from XRayCTRegistrationSlicerLib.registration_options import RegistrationOutput, libraryInputs
 from XRayCTRegistrationSlicerLib.rendering import DEVICES, DrrRenderer, resolveDevice, samplesPerRay
 from XRayCTRegistrationSlicerLib.selftest import SelfTestMixin
 from XRayCTRegistrationSlicerLib.training_process import InitialiserCache, TrainingOutcome, TrainingProcess
@@ -59,6 +59,7 @@ from XRayCTRegistrationSlicerLib.training_process import InitialiserCache, Train
 if TYPE_CHECKING:
     from XRayCTRegistrationLib.geometry import Camera, ReferenceView
     from XRayCTRegistrationLib.volume import Volume
+    from XRayCTRegistrationSlicerLib.registration_options import RegistrationOptions
 
 
 def registrationMethods() -> list[str]:
@@ -105,6 +106,8 @@ class XRayCTRegistration(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = list(about.CONTRIBUTORS)
         about.checkSlicerVersion(slicer.app.majorVersion, slicer.app.minorVersion)
+        from XRayCTRegistrationSlicerLib.sampledata import registerSampleData
+        slicer.app.connect("startupCompleted()", registerSampleData)  # the sample CTs in the Sample Data module
         self.parent.helpText = _("""
 Registers an intra-operative X-ray image to a pre-operative CT: finds the pose of the C-arm that sees
 the CT as in the X-ray, renders the CT as a digitally reconstructed radiograph (DRR) and shows it fused
@@ -144,6 +147,9 @@ class XRayCTRegistrationParameterNode:
         Initialise and Register); empty or "." means none.
     initialiserMethod: kind of initialiser trained (see INITIALISER_METHODS).
     trainingMinutes: training time budget, minutes.
+    secondXrayVolume, relativeTransform, secondSdd, secondRowSpacing, secondColSpacing, structureSegmentation,
+    structureSegments, xrayMaskThreshold, xrayMaskLow, xrayMaskHigh, xrayCrop*: a second view, structures and the
+    X-ray mask (see ``XRayCTRegistrationSlicerLib.registration_options``).
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
@@ -168,6 +174,20 @@ class XRayCTRegistrationParameterNode:
     initialiserModel: pathlib.Path
     initialiserMethod: Annotated[str, Choice(list(INITIALISER_METHODS))] = "regressor"
     trainingMinutes: Annotated[float, WithinRange(0.1, 1440.0)] = 15.0
+    secondXrayVolume: vtkMRMLScalarVolumeNode
+    relativeTransform: vtkMRMLLinearTransformNode
+    secondSdd: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
+    secondRowSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    secondColSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    structureSegmentation: vtkMRMLSegmentationNode
+    structureSegments: str = ""
+    xrayMaskThreshold: bool = False
+    xrayMaskLow: float = 0.0
+    xrayMaskHigh: float = 0.0
+    xrayCropTop: Annotated[int, WithinRange(0, 4096)] = 0
+    xrayCropBottom: Annotated[int, WithinRange(0, 4096)] = 0
+    xrayCropLeft: Annotated[int, WithinRange(0, 4096)] = 0
+    xrayCropRight: Annotated[int, WithinRange(0, 4096)] = 0
 
 
 def modelPath(parameterNode: XRayCTRegistrationParameterNode) -> str:
@@ -493,7 +513,8 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, x0=p.x0, y0=p.y0,
                     outputTransform=p.outputTransform, device=resolveDevice(p.device),
                     outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested,
-                    initialiserModel=initialiserModel)
+                    initialiserModel=initialiserModel,
+                    registrationOptions=registration_options.optionsFromParameterNode(p))
             finally:
                 self._busy = False
                 self.ui.progressBar.setVisible(False)
@@ -522,31 +543,6 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 #
 # Logic
 #
-
-
-@dataclass
-class RegistrationOutput:
-    """What :meth:`XRayCTRegistrationLogic.register` returns.
-
-    result: the final result of the library's pipeline (world_from_camera, params, similarity,
-        iterations, wall_time_s, method, success, message).
-    params: pose parameters of the result (degrees, mm) relative to the AP reference view.
-    transformNode, drrNode: the output nodes written (None when cancelled).
-    cancelled: True when ``shouldStop`` asked to stop; then nothing in the scene was changed.
-    xrayConversion: what was done to the X-ray's grey levels before registering (one sentence).
-    initialParams: the pose parameters the refinement started from (the model's prediction when
-        registering with an initialiser model, else the given initial parameters).
-    pipeline: the library's ``pipeline.PipelineResult`` (initialisation, refinement, timings).
-    """
-
-    result: Any
-    params: np.ndarray
-    transformNode: vtkMRMLLinearTransformNode | None
-    drrNode: vtkMRMLScalarVolumeNode | None
-    cancelled: bool = False
-    xrayConversion: str = ""
-    initialParams: np.ndarray | None = None
-    pipeline: Any = None
 
 
 class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
@@ -809,7 +805,8 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
                  xrayKind: str = "auto", sdd: float = 0.0, rowSpacing: float = 0.0, colSpacing: float = 0.0,
                  outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
                  shouldStop: Callable[[], bool] | None = None, initialiserModel: str | os.PathLike | None = None,
-                 x0: float = 0.0, y0: float = 0.0, **options) -> RegistrationOutput:
+                 x0: float = 0.0, y0: float = 0.0, registrationOptions: RegistrationOptions | None = None,
+                 **options) -> RegistrationOutput:
         """Register the X-ray to the CT from initial pose parameters (degrees, mm) and write the outputs.
 
         Runs the library's ``pipeline.register_xray`` in this process: with ``initialiserModel`` (a model
@@ -818,7 +815,9 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         refinement method, :func:`registrationMethods`) refines it. ``progress(fraction, message)`` is
         called as it goes and ``shouldStop()`` is polled to cancel. ``xrayKind`` (``XRAY_KINDS``) says
         how the X-ray's grey levels become attenuation (see :meth:`attenuationImageFromNode`; what was
-        done is logged and returned). ``options`` go to the refinement unchanged. On success the output
+        done is logged and returned). ``registrationOptions`` add a second view, structures and an X-ray mask
+        (``registration_options.RegistrationOptions``). ``options`` go to the refinement unchanged. On success the
+        output
         transform gets ``world_from_camera``, the DRR is rendered at the result (at most ``FINAL_SIZE``
         pixels a side) and the X-ray and DRR are placed on the detector. When cancelled the scene is not
         changed; when the registration fails a RuntimeError is raised.
@@ -829,6 +828,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         self.checkOutputNodes(outputTransform, outputDrr)
         volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
                                                                      colSpacing, x0=x0, y0=y0)
+        views, extra = libraryInputs(self, ctNode, xrayNode, image, camera, xrayKind, registrationOptions)
         reference = self.referenceView(volume, camera)
         init = self.loadInitialiser(initialiserModel) if initialiserModel else reference.pose(
             self._checkParams(initialParams))
@@ -836,7 +836,7 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"initial pose: the X-ray source lies inside CT volume '{ctNode.GetName()}'; "
                              "move it out (tz, or the sliders) before registering")
         out = self._runPipeline(ctNode, volume, image, camera, init, reference, bool(initialiserModel), method=method,
-                                progress=progress, should_stop=shouldStop, **options)
+                                progress=progress, should_stop=shouldStop, views=views, **{**extra, **options})
         result, params = out.result, reference.params(out.world_from_camera)
         startParams = reference.params(out.initialisation.world_from_camera)
         if shouldStop is not None and shouldStop():

@@ -11,6 +11,10 @@ class _App:
 
     def __init__(self):
         self.processEventsCalls = 0
+        self.connections = []  # (signal, slot) of connect(): the tests emit them by hand
+
+    def connect(self, signal, slot):
+        self.connections.append((signal, slot))
 
     def testingEnabled(self):
         return True

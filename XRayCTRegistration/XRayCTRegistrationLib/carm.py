@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .geometry import SID_FRACTION
+from .geometry import SID_FRACTION, invert_rigid
 
 TAG_PRIMARY = "0018|1510"
 """PositionerPrimaryAngle, degrees, LAO positive, RAO negative."""
@@ -134,6 +134,18 @@ def world_from_carm(position: CArmPosition, isocenter: np.ndarray, sdd: float) -
     out[:3, :3] = axes
     out[:3, 3] = np.asarray(isocenter, dtype=np.float64).reshape(3) - sid * axes[:, 2]
     return out
+
+
+def relative_carm_view(first: CArmPosition, second: CArmPosition, sdd_first: float,
+                       sdd_second: float) -> np.ndarray:
+    """``camera0_from_camera1`` (4x4, mm) of two exposures of one C-arm about the same isocentre.
+
+    Each position is placed by :func:`world_from_carm` about a common isocentre; where that isocentre lies
+    cancels out, so the result depends only on the two positions' angles and source distances (or
+    ``0.7 * sdd`` when DistanceSourceToPatient is missing).
+    """
+    origin = np.zeros(3)
+    return invert_rigid(world_from_carm(first, origin, sdd_first)) @ world_from_carm(second, origin, sdd_second)
 
 
 def carm_position(source: object) -> tuple[CArmPosition, str]:

@@ -23,7 +23,7 @@ from .data import DEFAULT_SAMPLE, SAMPLES
 from .errors import InputError
 from .files import SINGLE_FILE_SUFFIXES, Outputs, json_text
 from .names import DEFAULT_METHOD, FINE_MODEL, MODEL_KINDS
-from .registry import describe, method_names
+from .registry import describe, get_method, method_names
 
 # -- option checks --------------------------------------------------------------------------------
 OPTION_RULES = (
@@ -201,9 +201,12 @@ def cmd_register(args: argparse.Namespace) -> int:
     """Register an X-ray to a CT (initialise, then refine) and write the result JSON (and a fusion picture)."""
     _check_register_args(args)
     init, init_method = _init_source(args)
+    relative = args.relative_view if args.relative_view != "dicom" else None
     outputs = Outputs([args.ct, args.geometry, init if init_method is None else None, args.init_model, args.labels,
-                       args.projection, args.mask])
+                       args.projection, args.mask, args.geometry2, relative])
     outputs.add_input(args.xray, sidecar=True)
+    if args.xray2:
+        outputs.add_input(args.xray2, sidecar=True)
     with outputs as staged:
         out_json = staged.file(args.out, "--out", (".json",))
         out_fusion = staged.file(args.fusion, "--fusion", (".png",)) if args.fusion else None
@@ -243,28 +246,52 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
     if args.mask or args.mask_range or args.crop:
-        options["mask"] = _xray_mask(args, xr.image)
+        options["mask"] = _xray_mask(args, xr.image, args.xray, args.mask)
     if args.renderer == "physics":
         mu, options["renderer"] = _physics_renderer(args, ct)
+    views = [_second_view(args, xr)] if args.xray2 else []
     progress = Progress("register", enabled=not args.quiet)
     try:
         out = register_xray(ct, xr.image, xr.camera, init, method=args.method, refine=not args.no_refine,
-                            init_method=init_method, volume_mu=mu, reference=reference,
+                            init_method=init_method, volume_mu=mu, reference=reference, views=views,
                             progress=progress, device=args.device, ct_name=args.ct, **options)
     finally:
         progress.close()
     return out, mu, xr
 
 
-def _xray_mask(args: argparse.Namespace, image: np.ndarray) -> np.ndarray:
-    """``register --mask/--mask-range/--crop``: the similarity weights of the X-ray (``xray.xray_mask``)."""
+def _xray_mask(args: argparse.Namespace, image: np.ndarray, path: str, drawn_path: str | None) -> np.ndarray | None:
+    """``register --mask/--mask-range/--crop``: the similarity weights of one X-ray (``xray.xray_mask``)."""
     from .xray import read_mask, xray_mask
 
-    drawn = read_mask(args.mask) if args.mask else None
+    if not (drawn_path or args.mask_range or args.crop):
+        return None
+    drawn = read_mask(drawn_path) if drawn_path else None
     try:
         return xray_mask(image, args.mask_range, args.crop or 0, drawn)
     except InputError as e:
-        raise InputError(f"{args.xray}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
+
+
+def _second_view(args: argparse.Namespace, first) -> object:
+    """``register --xray2 --relative-view``: the second X-ray as a ``pipeline.View``."""
+    from .carm import carm_position, relative_carm_view
+    from .geometry import load_relative_view
+    from .pipeline import View
+    from .xray import read_xray
+
+    second = read_xray(args.xray2, geometry=args.geometry2)
+    for line in second.report:
+        print(f"{args.xray2}: {line}")
+    if second.camera is None:
+        raise InputError(f"{args.xray2}: no geometry: give --geometry2 G.json (or a sidecar "
+                         f"{Path(args.xray2).stem}.json)")
+    if args.relative_view == "dicom":
+        positions = [carm_position(path)[0] for path in (args.xray, args.xray2)]
+        relative = relative_carm_view(*positions, first.camera.sdd, second.camera.sdd)
+    else:
+        relative = load_relative_view(args.relative_view)
+    return View(second.image, second.camera, relative, _xray_mask(args, second.image, args.xray2, None), args.xray2)
 
 
 def _check_register_args(args: argparse.Namespace) -> None:
@@ -278,6 +305,16 @@ def _check_register_args(args: argparse.Namespace) -> None:
         raise InputError("--labels needs --label-ids")
     if args.renderer == "physics" and args.labels:
         raise InputError("--renderer physics does not take --labels yet")
+    if bool(args.xray2) != bool(args.relative_view):
+        raise InputError("--xray2 and --relative-view go together: a second X-ray needs its pose relative to the "
+                         "first" if args.xray2 else "--relative-view needs --xray2")
+    if args.geometry2 and not args.xray2:
+        raise InputError("--geometry2 needs --xray2")
+    if args.xray2 and args.no_refine:
+        raise InputError("--xray2: the second X-ray is used by the refinement; give no --no-refine with it")
+    if args.xray2 and not get_method(args.method).multi_view:
+        raise InputError(f"--xray2: --method {args.method} registers one X-ray; for two use one of "
+                         f"{', '.join(method_names('refine', multi_view=True))}")
     if args.projection and (args.geometry or args.init or args.init_model):
         raise InputError("--projection gives the geometry and the initial pose: give no --geometry, --init or "
                          "--init-model with it")
@@ -515,8 +552,16 @@ def _add_register(sub) -> None:
     p.add_argument("--mask", help="X-ray mask image (same size as the X-ray): pixels where it is 0 are ignored")
     p.add_argument("--mask-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="use only X-ray pixels whose attenuation-bright value lies in [LOW, HIGH] (a threshold)")
-    p.add_argument("--crop", type=int, default=None, metavar="PX",
-                   help="ignore PX pixels at each edge of the X-ray (collimator crop)")
+    p.add_argument("--crop", type=int, nargs="+", default=None, metavar="PX",
+                   help="collimator crop: ignore PX pixels at each edge of the X-ray, or give four numbers "
+                        "TOP BOTTOM LEFT RIGHT (top = row 0); applied to every X-ray")
+    p.add_argument("--xray2", help="second X-ray of a biplane registration (needs --relative-view); --mask-range "
+                                   "and --crop apply to it too, --mask only to --xray")
+    p.add_argument("--geometry2", help="geometry JSON of --xray2 (default: its sidecar JSON or DICOM tags)")
+    p.add_argument("--relative-view", metavar="FILE|dicom",
+                   help="pose of --xray2's camera in --xray's camera frame: a JSON file {\"camera0_from_camera1\": "
+                        "4x4} or a text file of the 16 numbers, or 'dicom' to take it from the two X-rays' C-arm "
+                        "angles (see docs/CONVENTIONS.md, Several views)")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")

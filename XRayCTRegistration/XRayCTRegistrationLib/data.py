@@ -61,6 +61,16 @@ class SampleCT:
     size: str = ""
     download_mb: float = 0.0
 
+    @property
+    def project_url(self) -> str:
+        """The PyPI page of the pinned distribution release (where the files come from)."""
+        name, _, version = self.requirement.partition("==")
+        return f"https://pypi.org/project/{name}/{version}/"
+
+    def checksum(self, role: str = "ct") -> str:
+        """``SHA256:<hex>`` of a role's file (the form Slicer's Sample Data module takes)."""
+        return f"SHA256:{self.members[role][1]}"
+
     def paths(self, cache_dir: str | Path | None = None) -> dict[str, Path]:
         """Where each role's file lies in the cache (whether or not it is there yet)."""
         folder = cache_folder(cache_dir) / self.subdir

@@ -358,6 +358,39 @@ def load_pose(path: str | Path) -> np.ndarray:
     return check_rigid(d["world_from_camera"], f"{path}")
 
 
+RELATIVE_VIEW_KEY = "camera0_from_camera1"
+"""The key of a relative-view JSON file (``register --relative-view``)."""
+
+
+def load_relative_view(path: str | Path) -> np.ndarray:
+    """Read ``camera0_from_camera1`` (4x4 rigid, mm) of a second view from a JSON or a text file.
+
+    JSON: ``{"camera0_from_camera1": [[...], [...], [...], [0, 0, 0, 1]]}``. Text (any other suffix): the 16
+    numbers of the matrix, row by row, separated by spaces, commas or newlines (lines from ``#`` are comments).
+    The matrix maps the second X-ray's camera frame to the first's (CONVENTIONS.md "Several views").
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        d = read_json(p)
+        if not isinstance(d, dict) or RELATIVE_VIEW_KEY not in d:
+            raise InputError(f"{p}: no '{RELATIVE_VIEW_KEY}' in relative-view file")
+        return check_rigid(d[RELATIVE_VIEW_KEY], str(p))
+    if not p.is_file():
+        raise InputError(f"{p}: file not found")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: cannot be read as text ({e})") from None
+    words = " ".join(line.split("#")[0] for line in text.splitlines()).replace(",", " ").split()
+    try:
+        values = [float(w) for w in words]
+    except ValueError:
+        raise InputError(f"{p}: expected the 16 numbers of a 4x4 matrix (row by row)") from None
+    if len(values) != 16:
+        raise InputError(f"{p}: expected the 16 numbers of a 4x4 matrix (row by row), got {len(values)}")
+    return check_rigid(np.reshape(values, (4, 4)), str(p))
+
+
 def pose_dict(world_from_camera: np.ndarray, reference: ReferenceView | None = None) -> dict:
     """The pose JSON dictionary of CONVENTIONS.md, with parameters when a reference is given."""
     d: dict = {"world_from_camera": np.asarray(world_from_camera, dtype=float).tolist()}

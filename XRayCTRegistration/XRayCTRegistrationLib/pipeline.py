@@ -12,6 +12,11 @@
 2. **Refine** with a registered ``refine`` method (``method=``, e.g. ``opt-lncc``), unless
    ``refine=False``.
 
+Several views (biplane): the first X-ray is given as ``xray``/``camera`` and every further one as a
+:class:`View` (its image, camera and ``camera0_from_camera``, the fixed pose of its camera in the first
+one's frame) in ``views=``. The initialisation uses the first view; the refinement (a ``multi_view``
+method) matches all of them with one CT pose, which pins down the depth that one view sees least.
+
 A new method is one module plus one :func:`registry.register_method` call (re-exported here); it
 then appears in ``xrayctreg register --method``, in the Slicer module's method list and in the
 benchmark's method list. Frames and units follow CONVENTIONS.md: mm, degrees, world RAS, poses
@@ -21,7 +26,7 @@ benchmark's method list. Frames and units follow CONVENTIONS.md: mm, degrees, wo
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +36,31 @@ import numpy as np
 from .errors import InputError
 from .geometry import Camera, ReferenceView, check_rigid, load_pose
 from .names import DEFAULT_METHOD
-from .registry import get_method, method_names, register_method
+from .registry import Method, get_method, method_names, register_method
 from .volume import Volume, hu_to_mu
 
-__all__ = ["DEFAULT_METHOD", "Initialisation", "Inputs", "PipelineResult", "register_method", "method_names",
+__all__ = ["DEFAULT_METHOD", "Initialisation", "Inputs", "PipelineResult", "View", "register_method", "method_names",
            "register_xray"]
+
+
+@dataclass(frozen=True)
+class View:
+    """A further X-ray of the same registration (biplane): view ``v`` > 0.
+
+    Attributes:
+        image: attenuation-bright X-ray ``[rows, cols]``.
+        camera: its detector geometry.
+        camera0_from_camera: 4x4 rigid matrix (mm) mapping this view's camera frame to the first view's camera
+            frame (CONVENTIONS.md "Several views"): the C-arm's motion between the two exposures.
+        mask: similarity weights ``[rows, cols]`` of this X-ray (0 = ignored), or None.
+        name: how error messages name the view (a file, a node).
+    """
+
+    image: np.ndarray
+    camera: Camera
+    camera0_from_camera: np.ndarray
+    mask: np.ndarray | None = None
+    name: str = "view 1"
 
 
 @dataclass
@@ -50,6 +75,7 @@ class Inputs:
         reference: the view pose parameters are relative to (default: the CT's AP view).
         device: torch device.
         ct_name: how error messages name the CT (a file name, a node name).
+        views: the further X-rays of a biplane registration (the first is ``xray``/``camera``).
     """
 
     ct_hu: Volume | None
@@ -59,6 +85,7 @@ class Inputs:
     reference: ReferenceView
     device: str = "cpu"
     ct_name: str = "the CT"
+    views: tuple[View, ...] = ()
 
 
 @dataclass
@@ -91,11 +118,13 @@ class PipelineResult:
             when there was no refinement).
         refinement: the refinement's result (None with ``refine=False``).
         timings: ``initialisation_s``, ``refinement_s`` and ``total_s``, wall-clock seconds.
+        views: how many X-rays the refinement matched (1, or 2 for biplane).
     """
 
     initialisation: Any
     refinement: Any | None
     timings: dict[str, float]
+    views: int = 1
 
     @property
     def result(self) -> Any:
@@ -140,6 +169,7 @@ class PipelineResult:
             "message": init.message,
         }
         d["timings"] = {k: float(v) for k, v in self.timings.items()}
+        d["views"] = int(self.views)
         return d
 
 
@@ -200,17 +230,44 @@ def init_kind(init: object) -> str:
 
 
 def make_inputs(ct: Volume | None, xray: np.ndarray, camera: Camera, *, volume_mu: Volume | None = None,
-                reference: ReferenceView | None = None, device: str = "cpu", ct_name: str = "the CT") -> Inputs:
+                reference: ReferenceView | None = None, device: str = "cpu", ct_name: str = "the CT",
+                views: Sequence[View] = ()) -> Inputs:
     """Check and gather the inputs; the attenuation is computed from ``ct`` (HU) unless ``volume_mu`` is given."""
     if ct is None and volume_mu is None:
         raise InputError("ct: give the CT (HU) or its attenuation volume (volume_mu=)")
     if not isinstance(camera, Camera):
         raise InputError(f"camera: expected a Camera, got {type(camera).__name__}")
+    for view in views:
+        if not isinstance(view, View):
+            raise InputError(f"views: expected pipeline.View items, got {type(view).__name__}")
+        if not isinstance(view.camera, Camera):
+            raise InputError(f"{view.name}: no geometry (expected a Camera, got {type(view.camera).__name__})")
+        check_rigid(view.camera0_from_camera, f"{view.name}: camera0_from_camera")
     if volume_mu is None:
         volume_mu = Volume(hu_to_mu(ct.data), ct.ijk_to_ras)
     if reference is None:
         reference = ReferenceView.ap(volume_mu.center, camera.sdd)
-    return Inputs(ct, volume_mu, np.asarray(xray), camera, reference, str(device), ct_name)
+    return Inputs(ct, volume_mu, np.asarray(xray), camera, reference, str(device), ct_name, tuple(views))
+
+
+def view_arguments(method: Method, inputs: Inputs, options: Mapping[str, Any]) -> tuple[Any, Any, dict]:
+    """``(xray, camera, options)`` of a refinement: the first view alone, or every view's list for biplane.
+
+    With further views the method must be ``multi_view``; the images, cameras, ``relative_views`` (identity
+    first) and masks (``options["mask"]`` for the first view, ``View.mask`` for the others) become lists.
+    """
+    if not inputs.views:
+        return inputs.xray, inputs.camera, dict(options)
+    n = 1 + len(inputs.views)
+    if not method.multi_view:
+        raise InputError(f"method: {method.name} registers one X-ray; for {n} views use one of "
+                         f"{', '.join(method_names('refine', multi_view=True))}")
+    images = [inputs.xray, *(v.image for v in inputs.views)]
+    cameras = [inputs.camera, *(v.camera for v in inputs.views)]
+    out = {**options, "relative_views": [np.eye(4), *(np.asarray(v.camera0_from_camera, float) for v in inputs.views)]}
+    if out.get("mask") is not None or any(v.mask is not None for v in inputs.views):
+        out["mask"] = [out.get("mask"), *(v.mask for v in inputs.views)]
+    return images, cameras, out
 
 
 def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: object = None,
@@ -218,7 +275,7 @@ def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: obj
                   volume_mu: Volume | None = None, reference: ReferenceView | None = None,
                   progress: Callable[[float, str], None] | None = None,
                   should_stop: Callable[[], bool] | None = None, device: str = "cpu", ct_name: str = "the CT",
-                  **options: Any) -> PipelineResult:
+                  views: Sequence[View] = (), **options: Any) -> PipelineResult:
     """Register an X-ray to a CT: initialise, then refine.
 
     Args:
@@ -237,6 +294,8 @@ def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: obj
         should_stop: polled by the refinement; True stops it (the result says so).
         device: torch device.
         ct_name: how error messages name the CT.
+        views: further X-rays (:class:`View`) registered together with ``xray`` (biplane); the refinement must
+            be a ``multi_view`` method.
         **options: passed to the refinement method (e.g. ``levels``, ``max_iterations``, ``time_budget_s``).
 
     Returns:
@@ -249,7 +308,9 @@ def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: obj
     refiner = get_method(method, "refine") if refine else None
     initialiser = get_method(init_method or init_kind(init), "init")
     inputs = make_inputs(ct, xray, camera, volume_mu=volume_mu, reference=reference, device=device,
-                         ct_name=ct_name)
+                         ct_name=ct_name, views=views)
+    if refiner is not None:
+        images, cameras, options = view_arguments(refiner, inputs, options)
     start = initialiser.function()(inputs, init, **initialiser.options)
     ref = start.reference or inputs.reference
     pose = check_rigid(start.world_from_camera, f"init ({initialiser.name})")
@@ -258,13 +319,13 @@ def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: obj
         initialisation = _initialisation_result(start, pose, ref, t_init, _ncc_at(inputs, pose), start.message)
         return PipelineResult(initialisation, None, _timings(t0, t_init, 0.0))
     t1 = time.perf_counter()
-    result = refiner.function()(inputs.volume_mu, inputs.xray, inputs.camera, pose, reference=ref,
+    result = refiner.function()(inputs.volume_mu, images, cameras, pose, reference=ref,
                                 progress=progress, should_stop=should_stop, device=device,
                                 **{**refiner.options, **start.refine_options, **options})
     t_refine = time.perf_counter() - t1
     initialisation = _initialisation_result(start, pose, ref, t_init, float(result.initial_similarity),
                                             start.message)
-    return PipelineResult(initialisation, result, _timings(t0, t_init, t_refine))
+    return PipelineResult(initialisation, result, _timings(t0, t_init, t_refine), 1 + len(inputs.views))
 
 
 def _timings(t0: float, t_init: float, t_refine: float) -> dict[str, float]:

@@ -8,7 +8,9 @@ a method's function may be given as a ``"package.module:function"`` string, impo
 Calling conventions (all lengths mm, poses ``world_from_camera`` 4x4 in world RAS):
 
 - ``kind="refine"``: ``fn(volume_mu, xray, camera, init_world_from_camera, *, reference, progress,
-  should_stop, device, **options) -> result`` where ``result`` has at least ``world_from_camera``,
+  should_stop, device, **options) -> result`` (a ``multi_view`` method also takes a list of X-rays, a list of
+  cameras and ``relative_views=[camera0_from_camera_v, ...]``, see ``pipeline.View``) where ``result`` has at
+  least ``world_from_camera``,
   ``params``, ``similarity``, ``initial_similarity``, ``iterations``, ``wall_time_s``, ``method``,
   ``success``, ``message`` and ``to_dict()`` (e.g. :class:`registration.RegistrationResult`).
 - ``kind="init"``: ``fn(inputs, source) -> pipeline.Initialisation``; ``inputs`` is a
@@ -44,6 +46,7 @@ class Method:
         options: keyword arguments always passed to the function (callers' options override them).
         description: one line for help texts.
         needs_model: the method needs a trained model file (``--model``).
+        multi_view: the method takes several X-rays (lists of images and cameras and ``relative_views``).
     """
 
     name: str
@@ -52,6 +55,7 @@ class Method:
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     needs_model: bool = False
+    multi_view: bool = False
 
     def function(self) -> Callable:
         """The method's function (imports its module when the spec is a string)."""
@@ -65,7 +69,8 @@ _REGISTRY: dict[str, dict[str, Method]] = {kind: {} for kind in KINDS}
 
 
 def register_method(name: str, fn: Callable | str, *, kind: str = "refine", description: str = "",
-                    replace: bool = False, needs_model: bool = False, **options: Any) -> Method:
+                    replace: bool = False, needs_model: bool = False, multi_view: bool = False,
+                    **options: Any) -> Method:
     """Register a method under ``name``; returns it.
 
     Args:
@@ -75,6 +80,7 @@ def register_method(name: str, fn: Callable | str, *, kind: str = "refine", desc
         description: one line shown in help texts.
         replace: allow replacing a method of the same name and kind (else an ``InputError``).
         needs_model: the method needs a trained model file (benchmarks that train nothing leave it out).
+        multi_view: the method registers several X-rays at once (biplane; see ``pipeline.View``).
         **options: keyword arguments bound to every call (e.g. the similarity of a generic optimiser).
     """
     if kind not in KINDS:
@@ -85,7 +91,7 @@ def register_method(name: str, fn: Callable | str, *, kind: str = "refine", desc
         raise InputError(f"register_method: {name}: give a function or 'package.module:function', got {fn!r}")
     if name in _REGISTRY[kind] and not replace:
         raise InputError(f"register_method: a {kind} method named {name!r} is already registered")
-    method = Method(name, kind, fn, MappingProxyType(dict(options)), description, needs_model)
+    method = Method(name, kind, fn, MappingProxyType(dict(options)), description, needs_model, multi_view)
     _REGISTRY[kind][name] = method
     return method
 
@@ -95,14 +101,17 @@ def unregister_method(name: str, kind: str = "refine") -> None:
     _REGISTRY[kind].pop(name, None)
 
 
-def method_names(kind: str = "refine", needs_model: bool | None = None) -> tuple[str, ...]:
+def method_names(kind: str = "refine", needs_model: bool | None = None,
+                 multi_view: bool | None = None) -> tuple[str, ...]:
     """Names of the registered methods of a kind, in registration order.
 
-    With ``needs_model`` given, only the methods that need a trained model file (True) or only those that do not.
+    With ``needs_model`` given, only the methods that need a trained model file (True) or only those that do not;
+    with ``multi_view`` given, only the methods that register several X-rays at once (True) or only the others.
     """
     if kind not in KINDS:
         raise InputError(f"method_names: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return tuple(n for n, m in _REGISTRY[kind].items() if needs_model is None or m.needs_model == needs_model)
+    return tuple(n for n, m in _REGISTRY[kind].items() if (needs_model is None or m.needs_model == needs_model)
+                 and (multi_view is None or m.multi_view == multi_view))
 
 
 def get_method(name: str, kind: str = "refine") -> Method:
@@ -135,7 +144,7 @@ _INTENSITY = {
 }
 """The intensity-based methods of :func:`registration.register` (its ``METHODS``), in the order offered."""
 for _name, _text in _INTENSITY.items():
-    register_method(_name, f"{__package__}.registration:register", kind="refine", method=_name,
+    register_method(_name, f"{__package__}.registration:register", kind="refine", method=_name, multi_view=True,
                     description=f"intensity-based, maximises {_text}")
 
 register_method("reference", f"{__package__}.pipeline:init_reference", kind="init",

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,19 +374,33 @@ def read_mask(path: str | Path) -> np.ndarray:
     return arr
 
 
-def xray_mask(image: np.ndarray, value_range: tuple[float, float] | None = None, border_px: int = 0,
-              mask: np.ndarray | None = None) -> np.ndarray:
+def crop_margins(border_px: int | Sequence[int]) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` pixels of a collimator crop: one number for every edge, or four."""
+    values = [border_px] if np.ndim(border_px) == 0 else list(border_px)
+    if len(values) not in (1, 4) or not all(float(v) == int(v) for v in values):
+        raise InputError(f"X-ray mask: crop must be one whole number of pixels or four (top, bottom, left, right), "
+                         f"got {border_px}")
+    top, bottom, left, right = (int(v) for v in (values * 4 if len(values) == 1 else values))
+    return top, bottom, left, right
+
+
+def xray_mask(image: np.ndarray, value_range: tuple[float, float] | None = None,
+              border_px: int | Sequence[int] = 0, mask: np.ndarray | None = None) -> np.ndarray:
     """Similarity weights ``[rows, cols]`` (1 = used, 0 = ignored) of an X-ray, for ``registration.register(mask=)``.
+
+    The one X-ray mask of the project: ``register --mask/--mask-range/--crop`` and the Slicer module's X-ray mask
+    settings both call it.
 
     Args:
         image: the attenuation-bright X-ray ``[rows, cols]``.
         value_range: ``(low, high)``: only pixels with ``low <= value <= high`` are used (a threshold that drops
             collimator blades, burnt-out air or bright overlays).
-        border_px: pixels dropped at each edge (a collimator crop).
+        border_px: pixels dropped at the edges (a collimator crop): one number for every edge, or four
+            ``(top, bottom, left, right)``; top is row 0, left is column 0.
         mask: a drawn mask ``[rows, cols]``: pixels where it is 0 are dropped.
 
     Raises:
-        InputError: a bad range, a negative border, a mask of another shape, or nothing left.
+        InputError: a bad range, a negative crop or one that leaves no pixel, a mask of another shape, or nothing left.
     """
     img = np.asarray(image)
     out = np.ones(img.shape, dtype=np.float32)
@@ -394,10 +409,11 @@ def xray_mask(image: np.ndarray, value_range: tuple[float, float] | None = None,
         if not (np.isfinite(low) and np.isfinite(high)) or low > high:
             raise InputError(f"X-ray mask: value range must be two finite numbers low <= high, got {value_range}")
         out[(img < low) | (img > high)] = 0.0
-    if border_px < 0 or 2 * border_px >= min(img.shape):
-        raise InputError(f"X-ray mask: border of {border_px} px does not fit a {img.shape[0]}x{img.shape[1]} image")
-    if border_px:
-        out[:border_px], out[-border_px:], out[:, :border_px], out[:, -border_px:] = 0.0, 0.0, 0.0, 0.0
+    top, bottom, left, right = crop_margins(border_px)
+    rows, cols = img.shape[:2]
+    if min(top, bottom, left, right) < 0 or top + bottom >= rows or left + right >= cols:
+        raise InputError(f"X-ray mask: border of {border_px} px does not fit a {rows}x{cols} image")
+    out[:top], out[rows - bottom:], out[:, :left], out[:, cols - right:] = 0.0, 0.0, 0.0, 0.0
     if mask is not None:
         m = np.asarray(mask)
         if m.shape != img.shape:

@@ -12,12 +12,17 @@ CONTRIBUTORS = ["XRayCTRegistration contributors (https://github.com/xrayctregis
 
 PAPERS = (
     "M. Chen, Z. Zhang, S. Gu, Y. Kong: Embedded feature similarity optimization with specific parameter "
-    "initialization for 2D/3D medical image registration (SOPI), ICASSP 2024.",
+    "initialization for 2D/3D medical image registration (SOPI); manuscript submitted to the IEEE, code at "
+    "https://github.com/m1nhengChen/SOPI.",
     "B. Zhang, S. Faghihroohi, M. F. Azampour, S. Liu, R. Ghotbi, H. Schunkert, N. Navab: A patient-specific "
-    "self-supervised model for automatic X-ray/CT registration, MICCAI 2023.",
-    "S. Jaganathan, J. Wang, A. Borsdorf, K. Shetty, A. Maier: Deep iterative 2D/3D registration, MICCAI 2021.",
+    "self-supervised model for automatic X-ray/CT registration (Technical University of Munich; poster).",
+    "S. Jaganathan, J. Wang, A. Borsdorf, K. Shetty, A. Maier: Deep iterative 2D/3D registration, MICCAI 2021, "
+    "Part IV, pp. 383-392.",
 )
-"""The methods the module implements."""
+"""The methods the module implements. Venues as the papers' own texts state them: the SOPI paper says it "has
+been submitted to the IEEE for possible publication" and gives its code's address; the patient-specific model's
+text (a poster) names no venue; the deep iterative registration's venue (MICCAI 2021, Proceedings Part IV,
+pp. 383-392) is how the SOPI paper cites it (its reference 12), its own text naming none."""
 
 MINIMUM_SLICER_VERSION = (5, 8)
 """Slicer 5.8 is the first release with Python 3.12; the code needs Python 3.10 or newer."""
