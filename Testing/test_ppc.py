@@ -316,3 +316,21 @@ def test_correlation_lookup_peaks_at_the_true_shift():
     # the untrained network (update operator initialised to zero) returns that patch-matching flow, input pixels
     flow = net(img, moved, iterations=2)[-1][0, :, 16:48, 16:48].mean((1, 2))
     torch.testing.assert_close(flow, torch.tensor([-4.0, 8.0]), atol=0.1, rtol=0)
+
+
+def test_ppc_training_pool_refreshes_its_oldest_pairs(scene):
+    torch.manual_seed(0)
+    trainer = _tiny_trainer(scene[0])
+    rng, gen = np.random.default_rng(2), torch.Generator().manual_seed(2)
+    (drr, xray), params, batch = trainer.batch(1.0, rng, gen)
+    n_pool = len(trainer.ppc_pool[0])
+    assert drr.shape == xray.shape == (2, 32, 32) and params.shape == (2, 12) and n_pool == 8
+    before = trainer.ppc_pool[2].clone()
+    trainer.batch(1.0, rng, gen)  # fresh_per_step 4: two new pairs replace pairs 0 and 1
+    changed = (trainer.ppc_pool[2] != before).any(1)
+    assert changed.tolist() == [True, True] + [False] * (n_pool - 2) and trainer.ppc_next == 2
+    # each stored pair keeps its own contour: the points of a new pair project to its stored pixels
+    cam = trainer.source.low_camera
+    new = trainer.ppc_pool[3].select(torch.tensor([0]))
+    proj = cam.project_camera_points(new.points[0][new.mask[0]].numpy())
+    np.testing.assert_allclose(proj, new.pixels[0][new.mask[0]].numpy(), atol=1e-9)

@@ -287,14 +287,14 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
             o = self.options
             n_pool = max(o.batch_size, self.pool_size // 2)
             if self.ppc_pool is None:
-                self.ppc_pool, self.pool_next = list(self._pairs(rng, n_pool, scale)), 0
+                self.ppc_pool, self.ppc_next = list(self._pairs(rng, n_pool, scale)), 0
             else:
                 fresh = self._pairs(rng, min(n_pool, max(1, o.fresh_per_step // 2)), scale)
-                idx = (self.pool_next + torch.arange(len(fresh[0]))) % n_pool
+                idx = (self.ppc_next + torch.arange(len(fresh[0]))) % n_pool
                 for store, new in zip(self.ppc_pool[:3], fresh[:3], strict=True):
                     store[idx.to(store.device)] = new
                 self.ppc_pool[3].put(idx.to(self.device), fresh[3])
-                self.pool_next = int(idx[-1] + 1) % n_pool
+                self.ppc_next = int(idx[-1] + 1) % n_pool
             idx = torch.as_tensor(rng.choice(n_pool, o.batch_size, replace=False))
             drr, xray, params, batch = self.ppc_pool
             return ((drr[idx.to(drr.device)], augment(xray[idx.to(xray.device)], gen, o.augmentation)),
