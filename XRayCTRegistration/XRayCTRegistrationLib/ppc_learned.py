@@ -235,6 +235,21 @@ def start_offsets(rng: np.random.Generator, n: int, scale: float = 1.0) -> np.nd
     return rng.uniform(0, 1, (n, 1)) * rng.uniform(-1, 1, (n, 6)) * off
 
 
+def replace_pairs(pool: list, fresh: tuple, start: int) -> int:
+    """Overwrite a training pool's pairs from index ``start`` on (cyclically) with ``fresh``; the next start.
+
+    ``pool`` and ``fresh``: (start DRRs, truth DRRs, params, :class:`Batch`), the pool's fields in place. The
+    ppc trainer's pool holds ``pool_size // 2`` pairs and renders ``max(1, fresh_per_step // 2)`` new ones per
+    step at the current start-offset scale.
+    """
+    n_pool = len(pool[0])
+    idx = (start + torch.arange(len(fresh[0]))) % n_pool
+    for store, new in zip(pool[:3], fresh[:3], strict=True):
+        store[idx.to(store.device)] = new
+    pool[3].put(idx.to(pool[3].pixels.device), fresh[3])
+    return int(idx[-1] + 1) % n_pool
+
+
 def build_ppc_net(options) -> PPCNet:
     """The untrained :class:`PPCNet` of ``training.TrainOptions`` with ``method="ppc"``."""
     return PPCNet(PPCConfig())
@@ -279,22 +294,14 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
             self.ppc_pool = None
 
         def batch(self, scale, rng, gen):
-            """A batch of pairs from the replay pool; each truth DRR augmented anew into the X-ray.
-
-            The pool holds ``pool_size // 2`` pairs; ``max(1, fresh_per_step // 2)`` new ones are rendered per
-            step at the current start-offset scale.
-            """
+            """A batch from the replay pool (see :func:`replace_pairs`), truth DRRs augmented anew into X-rays."""
             o = self.options
             n_pool = max(o.batch_size, self.pool_size // 2)
             if self.ppc_pool is None:
                 self.ppc_pool, self.ppc_next = list(self._pairs(rng, n_pool, scale)), 0
             else:
                 fresh = self._pairs(rng, min(n_pool, max(1, o.fresh_per_step // 2)), scale)
-                idx = (self.ppc_next + torch.arange(len(fresh[0]))) % n_pool
-                for store, new in zip(self.ppc_pool[:3], fresh[:3], strict=True):
-                    store[idx.to(store.device)] = new
-                self.ppc_pool[3].put(idx.to(self.device), fresh[3])
-                self.ppc_next = int(idx[-1] + 1) % n_pool
+                self.ppc_next = replace_pairs(self.ppc_pool, fresh, self.ppc_next)
             idx = torch.as_tensor(rng.choice(n_pool, o.batch_size, replace=False))
             drr, xray, params, batch = self.ppc_pool
             return ((drr[idx.to(drr.device)], augment(xray[idx.to(xray.device)], gen, o.augmentation)),
