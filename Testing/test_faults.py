@@ -695,7 +695,40 @@ SLICER_NODES = [  # (id, change of the call's arguments, calls it applies to, wh
      "X-ray volume 'X-ray': X-ray mask: no pixel is left to register on"),
     ("ok-xray-crop-too-wide", lambda ns, m, ct, xr, f: {"options": _options(crop=(30, 30, 0, 0))}, "u",
      "X-ray volume 'X-ray': X-ray mask: border of \\(30, 30, 0, 0\\) px does not fit a 48x40 image"),
+    ("ok-second-drr-is-the-ct", lambda ns, m, ct, xr, f: {"options": _second_view(ns, m, ct)}, "u",
+     "second view's output DRR 'CT': is an input \\(the CT or an X-ray\\)"),
+    ("ok-second-drr-wrong-kind", lambda ns, m, ct, xr, f: {"options": _second_view(
+        ns, m, ns.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "t"))}, "u",
+     "second view's output DRR 't': must be a scalar volume"),
+    ("ok-drawn-mask-3d", lambda ns, m, ct, xr, f: {"options": _options(drawnMask=_slicer_node(
+        ns, "vtkMRMLLabelMapVolumeNode", np.ones((3, 48, 40), np.uint8)))}, "u",
+     "X-ray mask 'bad': is a 3D volume with 3 slices"),
+    ("ok-drawn-mask-no-image", lambda ns, m, ct, xr, f: {"options": _options(
+        drawnMask=ns.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "empty"))}, "u",
+     "X-ray mask 'empty': holds no image data"),
+    ("ok-drawn-mask-all-zero", lambda ns, m, ct, xr, f: {"options": _options(drawnMask=_slicer_node(
+        ns, "vtkMRMLLabelMapVolumeNode", np.zeros((1, 48, 40), np.uint8)))}, "u",
+     "X-ray volume 'X-ray': X-ray mask: no pixel is left to register on"),
+    ("ok-xray-geometry-attribute-not-json", lambda ns, m, ct, xr, f: {"xray": _sidecar(
+        m, _with_value(ns, xr, (0, 0, 0), 0.0), "{sdd: 1000")}, "rout",
+     "X-ray volume 'bad': attribute XRayCTRegistration.Geometry is not a geometry sidecar"),
+    ("ok-xray-geometry-attribute-other-size", lambda ns, m, ct, xr, f: {"xray": _sidecar(
+        m, _with_value(ns, xr, (0, 0, 0), 0.0), json.dumps(
+            {"sdd": 1000, "rows": 40, "cols": 48, "row_spacing": 6, "col_spacing": 6}))}, "rout",
+     "X-ray volume 'bad': its geometry is for 40x48 pixels \\(rows x cols\\), the image has 48x40"),
 ]
+
+
+def _second_view(ns, module, secondOutputDrr):
+    """Options of a second X-ray (tagged, 8 x 8) with an identity relative transform and the given output DRR."""
+    return _options(secondXray=_tagged(module, _slicer_node(ns, "vtkMRMLScalarVolumeNode", np.ones((1, 8, 8),
+                                                                                               np.float32))),
+                    relativeTransform=_transform(ns, np.eye(4)), secondOutputDrr=secondOutputDrr)
+
+
+def _sidecar(module, node, text: str):
+    node.SetAttribute(module.GEOMETRY_ATTRIBUTE, text)
+    return node
 
 
 def _options(**kw):

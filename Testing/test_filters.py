@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from XRayCTRegistrationLib.filters import blur_image, border_index, gaussian_blur
+from XRayCTRegistrationLib.filters import blur_image, border_index, detector_blur, gaussian_blur
 
 
 def kernel(sigma, radius):
@@ -58,3 +58,42 @@ def test_per_image_sigmas_and_no_blur():
                                    rtol=0)
     with pytest.raises(ValueError, match="border"):
         gaussian_blur(x, 1.0, border="wrap")
+
+
+def test_detector_blur_acts_on_the_intensity_with_the_exact_variance():
+    """An impulse in the intensity spreads with exactly the stated variance, binomially for an integer pass count."""
+    line = torch.zeros(1, 31, 31, dtype=torch.float64)
+    line[0, 15, 15] = -np.log(2.0)  # intensity 2 at the centre, 1 elsewhere
+    for var in (0.3, 1.0, 2.5):
+        out = torch.exp(-detector_blur(line, torch.tensor(var, dtype=torch.float64)))[0] - 1.0
+        w = out.numpy()
+        assert w.sum() == pytest.approx(1.0, abs=1e-12)  # the photons are kept
+        r = np.arange(31) - 15
+        assert (w.sum(0) * r ** 2).sum() == pytest.approx(var, abs=1e-12)
+        assert (w.sum(1) * r ** 2).sum() == pytest.approx(var, abs=1e-12)
+    # 4 passes of [1/4, 1/2, 1/4] (variance 2) are the binomial kernel of 8 + 1 taps
+    out = torch.exp(-detector_blur(line, torch.tensor(2.0, dtype=torch.float64)))[0, 15] - 1.0
+    from math import comb
+    binom = np.array([comb(8, k) for k in range(9)]) / 2 ** 8
+    np.testing.assert_allclose(out.numpy()[11:20], binom * binom[4], atol=1e-12)
+
+
+def test_detector_blur_is_not_a_blur_of_the_line_integrals():
+    """At an edge the log of blurred photons differs from blurred line integrals: the dark side moves most."""
+    line = torch.zeros(1, 1, 21, dtype=torch.float64)
+    line[..., 10:] = 5.0  # a 5-mu step: intensity 1 -> e^-5
+    v = torch.tensor(1.0, dtype=torch.float64)
+    out = detector_blur(line, v)[0, 0]
+    assert float(out[9]) == pytest.approx(-np.log(0.75 + 0.25 * np.exp(-5.0)), rel=0.2)
+    assert float(out[10]) < 2.5 < 5.0 - float(out[10]) + 2.5  # the edge's mid-value moves to the dark side
+    assert torch.equal(detector_blur(line, torch.tensor(0.0, dtype=torch.float64)), line)
+
+
+def test_detector_blur_gradient_is_linear_in_the_variance_near_zero():
+    line = 3.0 * torch.rand(1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for v0 in (1e-6, 1e-4):
+        v = torch.tensor(v0, dtype=torch.float64, requires_grad=True)
+        detector_blur(line, v).sum().backward()
+        grads.append(float(v.grad))
+    assert abs(grads[0]) > 0 and grads[0] == pytest.approx(grads[1], rel=1e-2)

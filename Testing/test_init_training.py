@@ -173,6 +173,6 @@ def test_refine_schedule_adds_a_finer_level():
     from XRayCTRegistrationLib.registration import refine_schedule
 
     assert refine_schedule(Camera(1000.0, 256, 256, 1.6, 1.6)) == {"levels": (8.0, 4.0, 2.0),
-                                                                    "max_iterations": (80, 40, 80)}
+                                                                    "max_iterations": (80, 40, 100)}
     small = refine_schedule(Camera(1000.0, 48, 40, 6.0, 6.0))
     assert small["levels"][-1] == 1.0 and len(small["levels"]) == len(small["max_iterations"])

@@ -79,3 +79,31 @@ def test_minimum_slicer_version_checked_at_module_load(ns, module, monkeypatch):
     monkeypatch.setattr(ns.slicer.app, "minorVersion", 6)
     with pytest.raises(RuntimeError, match="this is Slicer 5.6"):
         module.XRayCTRegistration(types.SimpleNamespace())
+
+
+def test_dependencies_installed_on_first_use_with_consent(ns, monkeypatch):
+    """``ensureDependencies``: asks before installing, installs what is absent or below its floor with that floor,
+    and takes torch from the PyTorch extension with the list's floor."""
+    import sys
+
+    listed = [Requirement("torch", "2.1"), Requirement("numpy", "1.24"), Requirement("no_such_package_here", "1.0")]
+    monkeypatch.setattr(dependencies, "readRequirements", lambda: listed)
+    asked, installed = [], []
+    monkeypatch.setattr(ns.slicer.util, "pip_install", installed.append, raising=False)
+    for consent in (False, True):
+        monkeypatch.setattr(ns.slicer.util, "confirmOkCancelDisplay",
+                            lambda text, answer=consent, **kw: asked.append(text) or answer, raising=False)
+        assert dependencies.ensureDependencies(askConfirmation=True) is consent
+    assert installed == [["no_such_package_here>=1.0"]] and len(asked) == 2  # nothing installed without consent
+    assert "no_such_package_here>=1.0" in asked[0] and "numpy" not in asked[0]  # numpy is there, above its floor
+    # torch below the list's floor: the PyTorch extension is asked for that floor; without it, a clear error
+    listed[0] = Requirement("torch", "99.0")
+    requests = []
+    extension = types.SimpleNamespace(PyTorchUtilsLogic=lambda: types.SimpleNamespace(
+        installTorch=lambda **kw: requests.append(kw)))  # the user declines: installTorch returns None
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", extension)
+    assert dependencies.ensureDependencies(askConfirmation=True) is False
+    assert requests == [{"askConfirmation": True, "torchVersionRequirement": ">=99.0"}]
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    with pytest.raises(RuntimeError, match="needs the PyTorch extension"):
+        dependencies.ensureDependencies(askConfirmation=True)

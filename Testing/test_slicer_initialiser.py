@@ -137,7 +137,8 @@ def test_register_with_model_initialises_then_refines(ns, module, inputs, traine
     start = logic.initialise(ct, xray, modelPath)
     seen = []
     out = logic.register(ct, xray, [90.0, 0, 0, 0, 0, 0], initialiserModel=modelPath,
-                         progress=lambda f, m: seen.append(f), levels=(2, 1), max_iterations=(20, 30))
+                         progress=lambda f, m: seen.append(f), levels=(2, 1), max_iterations=(20, 30),
+                         method="opt-ncc")  # 48 x 40 pixels: global NCC
     assert not out.cancelled and out.transformNode is not None and out.drrNode is not None
     np.testing.assert_allclose(out.initialParams, start)  # started from the model's pose, not the given one
     assert seen and seen[-1] == 1.0

@@ -132,6 +132,25 @@ def test_image_helpers():
     assert (cam.sdd, cam.rows, cam.cols, cam.row_spacing, cam.col_spacing) == (1000.0, 32, 48, 0.5, 0.7)
     with pytest.raises(InputError, match=r"imaging geometry missing \(sdd\)"):
         images.cameraFromValues((4, 4), {"sdd": 0.0, "rowSpacing": 1.0, "colSpacing": 1.0}, {}, "X")
+
+
+def test_geometry_from_a_sidecar_attribute():
+    text = '{"sdd": 1020, "rows": 32, "cols": 48, "row_spacing": 0.5, "col_spacing": 0.7, "x0": 3.5, "y0": -2}'
+    tags = images.geometryFromSidecarAttribute(text, "X")
+    assert tags == {"sdd": 1020.0, "rowSpacing": 0.5, "colSpacing": 0.7, "x0": 3.5, "y0": -2.0, "rows": 32.0,
+                    "cols": 48.0}
+    assert images.geometryFromSidecarAttribute(None, "X") == {}
+    zero = {"sdd": 0.0, "rowSpacing": 0.0, "colSpacing": 0.0, "x0": 0.0, "y0": 0.0}
+    cam = images.cameraFromValues((32, 48), zero, tags, "X")  # 0 entered: the attribute's values, x0 and y0 too
+    assert (cam.sdd, cam.row_spacing, cam.col_spacing, cam.x0, cam.y0) == (1020.0, 0.5, 0.7, 3.5, -2.0)
+    cam = images.cameraFromValues((32, 48), {**zero, "x0": 1.0, "sdd": 900.0}, tags, "X")  # entered values win
+    assert (cam.sdd, cam.x0, cam.y0) == (900.0, 1.0, -2.0)
+    with pytest.raises(InputError, match=r"its geometry is for 32x48 pixels \(rows x cols\), the image has 48x32"):
+        images.cameraFromValues((48, 32), zero, tags, "X")
+    for bad, why in (("{", "is not a geometry sidecar"), ("[1]", "is not a geometry sidecar"),
+                     ('{"sdd": "far"}', "sdd='far' is not a finite number"), ('{"x0": NaN}', "x0=nan is not")):
+        with pytest.raises(InputError, match=f"X-ray volume 'X': attribute XRayCTRegistration.Geometry.*{why}"):
+            images.geometryFromSidecarAttribute(bad, "X")
     with pytest.raises(InputError, match="CT 'c': expected a 3D volume, got 4x4x1 voxels"):
         images.checkImageData("CT 'c'", (4, 4, 1), 1, xray=False)
     with pytest.raises(InputError, match="is a 3D volume with 3 slices"):

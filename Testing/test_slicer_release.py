@@ -129,3 +129,24 @@ def test_device_choice():
     if not gpu:
         with pytest.raises(InputError, match="torch sees no CUDA GPU"):
             resolveDevice("cuda")
+
+
+def test_device_choice_reaches_the_registration(ns, module, inputs, monkeypatch):
+    """The parameter node's device choice, resolved as the widget does, is the device the library registers on."""
+    import numpy as np
+    from slicer_inputs import POSE
+    from XRayCTRegistrationLib import pipeline
+    from XRayCTRegistrationSlicerLib.rendering import resolveDevice
+
+    ct, xray, *_ = inputs
+    p = module.XRayCTRegistrationLogic().getParameterNode()
+    assert p.device == "auto"
+    with pytest.raises(ValueError):
+        p.device = "tpu"
+    p.device = "cpu"
+    seen = []
+    original = pipeline.register_xray
+    monkeypatch.setattr(pipeline, "register_xray", lambda *a, **kw: seen.append(kw["device"]) or original(*a, **kw))
+    out = module.XRayCTRegistrationLogic().register(ct, xray, POSE + 1.0, device=resolveDevice(p.device),
+                                                    levels=(2, 1), max_iterations=(60, 30), method="opt-ncc")
+    assert seen == ["cpu"] and out.result.success and np.abs(out.params - POSE).max() < 1.0

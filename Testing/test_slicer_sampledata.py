@@ -3,6 +3,7 @@ the checksums are the library's pinned sha256 (one record), the button loads the
 the library's sha256-checked cache, and an altered cache is fetched again, not used."""
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,13 @@ def test_registered_at_startup_with_the_library_checksums(ns, module, stand_in):
     assert sampledata.registerSampleData in slots
     slots[-1]()  # Slicer emits startupCompleted()
     sources = stand_in[sampledata.CATEGORY]
-    assert [s.sampleName for s in sources] == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine"]
+    assert [s.sampleName for s in sources] == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine",
+                                               "XRayCTChestSimulatedXray"]
+    # the simulated X-ray: made from the chest CT's source, no checksum of its own (made on this machine)
+    simulated = sources.pop()
+    assert (simulated.uris, simulated.fileNames, simulated.checksums) == (
+        data.SAMPLES["chest"].project_url, "chest_simulated_xray.nrrd", None)
+    assert simulated.customDownloader is sampledata.downloadSource
     for source, sample in zip(sources, data.SAMPLES.values(), strict=True):
         assert source.checksums == "SHA256:" + sample.members["ct"][1] == sample.checksum("ct")
         assert len(source.checksums) == len("SHA256:") + 64
@@ -39,7 +46,7 @@ def test_registered_at_startup_with_the_library_checksums(ns, module, stand_in):
         assert source.uris == f"https://pypi.org/project/{sample.requirement.replace('==', '/')}/"
         assert source.customDownloader is sampledata.downloadSource and Path(source.thumbnailFileName).is_file()
     sampledata.registerSampleData()  # registering twice adds nothing
-    assert len(stand_in[sampledata.CATEGORY]) == 3
+    assert len(stand_in[sampledata.CATEGORY]) == 4
 
 
 def test_button_loads_the_sha256_checked_sample(ns, module, stand_in, tmp_path, monkeypatch):
@@ -75,5 +82,62 @@ def test_button_loads_the_sha256_checked_sample(ns, module, stand_in, tmp_path, 
 def test_unknown_source_refused(ns, module):
     import types
 
-    with pytest.raises(InputError, match="'Other' is not one of XRayCTChest"):
+    with pytest.raises(InputError, match="'Other' is not one of XRayCTChest, .*, XRayCTChestSimulatedXray"):
         sampledata.downloadSource(types.SimpleNamespace(sampleName="Other"))
+
+
+def test_simulated_xray_button_loads_it_with_geometry_and_registering_it_recovers_the_pose(
+        ns, module, stand_in, tmp_path, monkeypatch):
+    """The simulated X-ray's button on the real MRML scene: the X-ray node (the library's image), its geometry read
+    by the module, and the ground-truth pose as a transform; a registration from a perturbed start finds it."""
+    from test_sample_xray import RECIPE, stand_in_chest
+    from XRayCTRegistrationLib.geometry import ReferenceView
+    from XRayCTRegistrationLib.metrics import evaluate_pose
+    from XRayCTRegistrationLib.sample_xray import simulated_xray_paths
+    from XRayCTRegistrationLib.xray import read_xray
+
+    cache = tmp_path / "cache"
+    ct = stand_in_chest(cache, monkeypatch)
+    monkeypatch.setenv("XRAYCTREG_CACHE", str(cache))
+    sampledata.registerSampleData()
+    sources = {s.sampleName: s for s in stand_in[sampledata.CATEGORY]}
+    [ctNode] = sample_data.press(sources["XRayCTChest"])
+    xrayNode, poseNode = sample_data.press(sources["XRayCTChestSimulatedXray"])
+    assert (xrayNode.GetName(), poseNode.GetName()) == ("XRayCTChestSimulatedXray",
+                                                        "XRayCTChestSimulatedXray true pose")
+    paths = simulated_xray_paths(cache)
+    library = read_xray(paths["xray"])
+    logic = module.XRayCTRegistrationLogic()
+    np.testing.assert_array_equal(logic.xrayImageFromNode(xrayNode), library.image)
+    assert logic.cameraFromNode(xrayNode) == RECIPE.camera  # geometry from the node, nothing entered
+    truth = ns.slicer.util.arrayFromTransformMatrix(poseNode)
+    reference = ReferenceView.ap(logic.attenuationVolume(ctNode).center, RECIPE.camera.sdd)
+    np.testing.assert_allclose(truth, reference.pose(RECIPE.params), atol=1e-9)
+    np.testing.assert_allclose(logic.poseFromParameters(ctNode, xrayNode, RECIPE.params), truth, atol=1e-9)
+    start = np.add(RECIPE.params, [-1.5, 2.0, -1.0, -4.0, 5.0, -10.0])
+    out = logic.register(ctNode, xrayNode, start, method="opt-ncc")
+    found = ns.slicer.util.arrayFromTransformMatrix(out.transformNode)
+    points = ct.center + np.random.default_rng(1).uniform(-60, 60, (20, 3))
+    before = evaluate_pose(points, truth, reference.pose(start), RECIPE.camera, reference)
+    after = evaluate_pose(points, truth, found, RECIPE.camera, reference)
+    assert out.result.success and before["mtre_mm"] > 8.0 and after["mtre_mm"] < 2.0, (before, after)
+    # the geometry attribute is checked against the image
+    xrayNode.SetAttribute(module.GEOMETRY_ATTRIBUTE, xrayNode.GetAttribute(module.GEOMETRY_ATTRIBUTE).replace(
+        '"rows": 256', '"rows": 128'))
+    with pytest.raises(InputError, match="geometry is for 128x256 pixels .* the image has 256x256"):
+        logic.cameraFromNode(xrayNode)
+
+
+def test_registered_at_startup_before_torch_is_installed():
+    """Slicer registers the samples when it starts, before the module has installed torch: no torch is imported."""
+    import subprocess
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from XRayCTRegistrationSlicerLib import sampledata\n"
+            "print(' '.join(s['sampleName'] for s in sampledata.sampleSources()))\n"
+            "assert 'XRayCTRegistrationLib.geometry' not in sys.modules\n")
+    root = Path(__file__).resolve().parents[1] / "XRayCTRegistration"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine", "XRayCTChestSimulatedXray"]

@@ -9,9 +9,9 @@ from XRayCTRegistrationLib.registration import register
 
 
 def toy_register(volume_mu, xray, camera, init_world_from_camera, **options):
-    """Register with NCC on the detector downsampled by 2, at most 15 iterations."""
+    """Register with NCC on the detector downsampled by 2, at most 25 iterations."""
     return register(volume_mu, xray, camera, init_world_from_camera, method="opt-ncc",
-                    **{"levels": (2,), "max_iterations": (15,), **options})
+                    **{"levels": (2,), "max_iterations": (25,), **options})
 
 
 register_method("toy-ncc", toy_register, description="toy: NCC, one coarse level")

@@ -36,7 +36,7 @@ import vtk
 from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, Validator, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -47,10 +47,11 @@ from slicer.util import VTKObservationMixin
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.names import DEFAULT_METHOD, INITIALISER_METHODS, XRAY_KINDS
 from XRayCTRegistrationLib.names import PARAM_NAMES as POSE_PARAMETER_NAMES
-from XRayCTRegistrationLib.registry import get_method, method_names
+from XRayCTRegistrationLib.registry import get_method
 from XRayCTRegistrationSlicerLib import about, dicom, display, images, registration_options, training_process
 from XRayCTRegistrationSlicerLib.dependencies import ensureDependencies
-from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE
+from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE, GEOMETRY_ATTRIBUTE
+from XRayCTRegistrationSlicerLib.parameters import RegisteredMethod, modelPath, poseParameters, registrationMethods
 from XRayCTRegistrationSlicerLib.registration_options import RegistrationOutput, libraryInputs
 from XRayCTRegistrationSlicerLib.rendering import DEVICES, DrrRenderer, resolveDevice, samplesPerRay
 from XRayCTRegistrationSlicerLib.selftest import SelfTestMixin
@@ -62,24 +63,6 @@ if TYPE_CHECKING:
     from XRayCTRegistrationSlicerLib.registration_options import RegistrationOptions
 
 
-def registrationMethods() -> list[str]:
-    """Registration methods offered in the GUI: every refinement method of the library's registry."""
-    return list(method_names("refine"))
-
-
-class RegisteredMethod(Validator):
-    """Parameter-node validator: the value must be a registered refinement method.
-
-    The registry is read when the value is set, so methods registered after this module was imported
-    are accepted.
-    """
-
-    def validate(self, value) -> None:
-        """Raise ValueError unless ``value`` is a registered refinement method."""
-        if value not in method_names("refine"):
-            raise ValueError(f"method {value!r} is not one of {', '.join(registrationMethods())}")
-
-
 PREVIEW_SIZE = 128
 """Longest side, in pixels, of the DRR rendered while a pose slider moves."""
 
@@ -88,7 +71,6 @@ FINAL_SIZE = 512
 
 PREVIEW_DELAY_MS = 40
 """Slider throttle: at most one preview render is started per this many milliseconds."""
-
 
 
 #
@@ -137,7 +119,8 @@ class XRayCTRegistrationParameterNode:
         for the registration.
     sdd, rowSpacing, colSpacing: source-to-detector distance and detector pixel size (mm);
         0 means "take it from the X-ray's DICOM tags".
-    x0, y0: principal point (mm): the detector centre's offset from the source's perpendicular (CONVENTIONS.md).
+    x0, y0: principal point (mm): the detector centre's offset from the source's perpendicular (CONVENTIONS.md); 0 takes
+        the X-ray's geometry attribute's value, if any.
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
     method: registration method (a name of :func:`registrationMethods`, checked by the logic); device: see DEVICES.
     outputTransform: receives world_from_camera (matrix to parent).
@@ -147,9 +130,10 @@ class XRayCTRegistrationParameterNode:
         Initialise and Register); empty or "." means none.
     initialiserMethod: kind of initialiser trained (see INITIALISER_METHODS).
     trainingMinutes: training time budget, minutes.
-    secondXrayVolume, relativeTransform, secondSdd, secondRowSpacing, secondColSpacing, structureSegmentation,
-    structureSegments, xrayMaskThreshold, xrayMaskLow, xrayMaskHigh, xrayCrop*: a second view, structures and the
-    X-ray mask (see ``XRayCTRegistrationSlicerLib.registration_options``).
+    secondXrayVolume, relativeTransform, secondSdd, secondRowSpacing, secondColSpacing, secondX0, secondY0,
+    structureSegmentation, structureSegments, xrayMaskThreshold, xrayMaskLow, xrayMaskHigh, xrayCrop*, xrayMaskVolume:
+    a second view, structures and the X-ray mask (see ``XRayCTRegistrationSlicerLib.registration_options``).
+    secondOutputDrr: receives the second view's DRR after a two-view registration, placed on its detector.
     """
 
     ctVolume: vtkMRMLScalarVolumeNode
@@ -179,6 +163,9 @@ class XRayCTRegistrationParameterNode:
     secondSdd: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
     secondRowSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     secondColSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    secondX0: Annotated[float, WithinRange(-500.0, 500.0)] = 0.0
+    secondY0: Annotated[float, WithinRange(-500.0, 500.0)] = 0.0
+    secondOutputDrr: vtkMRMLScalarVolumeNode
     structureSegmentation: vtkMRMLSegmentationNode
     structureSegments: str = ""
     xrayMaskThreshold: bool = False
@@ -188,18 +175,7 @@ class XRayCTRegistrationParameterNode:
     xrayCropBottom: Annotated[int, WithinRange(0, 4096)] = 0
     xrayCropLeft: Annotated[int, WithinRange(0, 4096)] = 0
     xrayCropRight: Annotated[int, WithinRange(0, 4096)] = 0
-
-
-def modelPath(parameterNode: XRayCTRegistrationParameterNode) -> str:
-    """The initialiser model file of a parameter node as a string, "" when none is set."""
-    path = parameterNode.initialiserModel
-    text = str(path) if path is not None else ""
-    return "" if text in ("", ".") else text
-
-
-def poseParameters(parameterNode: XRayCTRegistrationParameterNode) -> np.ndarray:
-    """The six pose parameters ``(rx, ry, rz, tx, ty, tz)`` of a parameter node, degrees and mm."""
-    return np.array([getattr(parameterNode, name) for name in POSE_PARAMETER_NAMES], dtype=np.float64)
+    xrayMaskVolume: vtkMRMLScalarVolumeNode
 
 
 #
@@ -370,7 +346,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if not (p and node):
             return
         tags = self.logic.geometryFromAttributes(node)
-        for name in ("sdd", "rowSpacing", "colSpacing"):
+        for name in ("sdd", "rowSpacing", "colSpacing", "x0", "y0"):
             if getattr(p, name) == 0.0 and name in tags:
                 setattr(p, name, tags[name])
 
@@ -378,13 +354,16 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         """Change the DRR's opacity over the X-ray."""
         p = self._parameterNode
         if p and p.xrayVolume and p.outputDrr:
-            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, value)
+            self._showFusions(value)
 
     def onShowFusion(self) -> None:
-        """Show the X-ray and DRR fused in the red slice view."""
+        """Show the X-ray and DRR fused in the red slice view (the second view's in the yellow one)."""
         with slicer.util.tryWithErrorDisplay(_("Failed to show the fusion."), waitCursor=True):
-            p = self._parameterNode
-            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, p.fusionOpacity)
+            self._showFusions(self._parameterNode.fusionOpacity)
+
+    def _showFusions(self, opacity: float) -> None:
+        """The first view's fusion in the red slice view; after a two-view registration the second's in yellow."""
+        display.showViewFusions(self.logic, self._parameterNode, self._previewNodes, opacity)
 
     # -- registration ---------------------------------------------------------------------------
     def onInitialise(self) -> None:
@@ -525,8 +504,10 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             with slicer.util.NodeModify(p.parameterNode):
                 p.outputTransform = output.transformNode
                 p.outputDrr = output.drrNode
+                if output.secondDrrNode is not None:
+                    p.secondOutputDrr = output.secondDrrNode
                 self._setPose(output.params)
-            self.logic.showFusion(display.shownXray(self._previewNodes, p.xrayVolume), p.outputDrr, p.fusionOpacity)
+            self._showFusions(p.fusionOpacity)
             result = output.result
             text = _("Similarity {similarity:.4f}, {iterations} iterations, {time:.1f} s").format(
                 similarity=result.similarity, iterations=result.iterations, time=result.wall_time_s)
@@ -644,16 +625,18 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def geometryFromAttributes(xrayNode) -> dict[str, float]:
-        """Geometry from the X-ray's DICOM tags: any of sdd, rowSpacing, colSpacing (mm).
+        """Geometry from the X-ray's tags: any of sdd, rowSpacing, colSpacing (mm), and x0, y0, rows, cols.
 
-        Node attributes (``DICOM.DistanceSourceToDetector``, ``DICOM.ImagerPixelSpacing``) come first; what
-        they lack is read from Slicer's DICOM database through the node's ``DICOM.instanceUIDs`` (a volume
-        loaded with the DICOM module), with the rules of the library's X-ray reader.
+        A geometry sidecar attribute (``images.GEOMETRY_ATTRIBUTE``) comes first, then the node attributes
+        ``DICOM.DistanceSourceToDetector`` and ``DICOM.ImagerPixelSpacing``; what they lack is read from Slicer's
+        DICOM database through the node's ``DICOM.instanceUIDs`` (a volume loaded with the DICOM module), with the
+        rules of the library's X-ray reader.
         """
         values = images.geometryFromAttributeValues(xrayNode.GetAttribute(DICOM_SDD_ATTRIBUTE),
                                                     xrayNode.GetAttribute(DICOM_SPACING_ATTRIBUTE),
                                                     xrayNode.GetName())
-        return {**dicom.geometryFromDatabase(xrayNode, log=True)[0], **values}
+        sidecar = images.geometryFromSidecarAttribute(xrayNode.GetAttribute(GEOMETRY_ATTRIBUTE), xrayNode.GetName())
+        return {**dicom.geometryFromDatabase(xrayNode, log=True)[0], **values, **sidecar}
 
     def initialiseFromDicom(self, ctNode, xrayNode, sdd: float = 0.0, rowSpacing: float = 0.0,
                             colSpacing: float = 0.0, *, x0: float = 0.0, y0: float = 0.0) -> np.ndarray:
@@ -817,10 +800,11 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         how the X-ray's grey levels become attenuation (see :meth:`attenuationImageFromNode`; what was
         done is logged and returned). ``registrationOptions`` add a second view, structures and an X-ray mask
         (``registration_options.RegistrationOptions``). ``options`` go to the refinement unchanged. On success the
-        output
-        transform gets ``world_from_camera``, the DRR is rendered at the result (at most ``FINAL_SIZE``
-        pixels a side) and the X-ray and DRR are placed on the detector. When cancelled the scene is not
-        changed; when the registration fails a RuntimeError is raised.
+        output transform gets ``world_from_camera``, the DRR is rendered at the result (at most ``FINAL_SIZE``
+        pixels a side) and the X-ray and DRR are placed on the detector; with a second view, its DRR (at
+        ``world_from_camera @ camera0_from_camera1``) goes into ``secondOutputDrr`` and it and the second X-ray are
+        placed on the second detector. When cancelled the scene is not changed; when the registration fails a
+        RuntimeError is raised.
         """
         from XRayCTRegistrationLib.geometry import source_inside_volume
 
@@ -846,8 +830,13 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Registration did not succeed: {message}").format(message=result.message))
         transformNode, drrNode = self._writeOutputs(volume, camera, out.world_from_camera, xrayNode,
                                                     outputTransform, outputDrr, FINAL_SIZE)
+        secondDrr, view = None, views[0] if views else None
+        if view is not None:  # the second view's DRR at its pose, and the second X-ray, placed on its detector
+            secondDrr = self._renderAtPose(volume, view.camera, out.world_from_camera @ view.camera0_from_camera,
+                                           registrationOptions.secondOutputDrr, registrationOptions.secondXray,
+                                           FINAL_SIZE, placeXray=True)
         return RegistrationOutput(result, params, transformNode, drrNode, xrayConversion=conversion,
-                                  initialParams=startParams, pipeline=out)
+                                  initialParams=startParams, pipeline=out, secondDrrNode=secondDrr)
 
     def _registrationInputs(self, ctNode, xrayNode, xrayKind: str, sdd: float, rowSpacing: float,
                             colSpacing: float, *, x0: float = 0.0, y0: float = 0.0) -> tuple:

@@ -239,6 +239,38 @@ def git_head() -> str:
         return "unknown"
 
 
+def rescore(cts: dict, rows_scale: float) -> None:
+    """Bring rows made with ``UNCERTAINTY_SCALE = rows_scale`` to the library's current scale and depth bound.
+
+    Exact: the scale multiplies the reported covariance and the bound (``UNDETERMINED_DEPTH_MM``) only turns a
+    converged result into a failure; neither changes the pose found. A row keeps ``success: true`` when it had it
+    and its rescaled +-2 sd depth is within the bound.
+    """
+    from XRayCTRegistrationLib.registration import UNCERTAINTY_SCALE, UNDETERMINED_DEPTH_MM
+
+    k = float(np.sqrt(UNCERTAINTY_SCALE / rows_scale))
+    for res in cts.values():
+        for sets in res["rows"].values():
+            for rows in sets.values():
+                for r in rows:
+                    if r.get("depth_sd_mm") is None:
+                        continue
+                    r["depth_sd_mm"] *= k
+                    if r.get("reported_success") and 2 * r["depth_sd_mm"] > UNDETERMINED_DEPTH_MM:
+                        r["reported_success"] = False
+
+
+def rescore_note(args) -> list[str]:
+    """The report's note on rows rescored to the current uncertainty scale and depth bound (none otherwise)."""
+    if getattr(args, "rows_scale", None) is None:
+        return []
+    from XRayCTRegistrationLib.registration import UNCERTAINTY_SCALE, UNDETERMINED_DEPTH_MM
+
+    return [f"- The rows of the run(s) after `--before` were made with `UNCERTAINTY_SCALE` {args.rows_scale:g} and "
+            f"rescored here to the library's {UNCERTAINTY_SCALE:g} and its depth bound of +-{UNDETERMINED_DEPTH_MM:g} "
+            "mm (exact: both act on the reported uncertainty and verdict only, not on the pose found)."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cts", default=",".join(SAMPLES), help="sample CTs to run (names of sample-data --list)")
@@ -254,6 +286,9 @@ def main() -> None:
                     help="write the report from these rows JSONs (e.g. one per CT, run in parallel) instead of running")
     ap.add_argument("--from-logs", type=Path, nargs="+", default=None,
                     help="compare the cases finished in these run logs with --before's same cases (partial runs)")
+    ap.add_argument("--rows-scale", type=float, default=None,
+                    help="with --from-rows: the UNCERTAINTY_SCALE the rows were made with; they are rescored to the "
+                         "library's current scale and depth bound (see rescore)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tag", default="multict", help="stem of the output files")
     args = ap.parse_args()
@@ -273,6 +308,8 @@ def main() -> None:
         runs = [json.loads(p.read_text()) for p in args.from_rows]
         metas = [r["meta"] for r in runs]
         cts = {n: res for r in runs for n, res in r["cts"].items()}
+        if args.rows_scale is not None:
+            rescore(cts, args.rows_scale)
         sys.argv = [*metas[0]["command"], *(["+"] if len(runs) > 1 else [])]
         for m in metas[1:]:  # the other processes' commands, shown after the first
             sys.argv += [*m["command"][1:], "+"]
@@ -339,7 +376,8 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "at the true poses: " + ", ".join(f"{n} {res['siddon_corr_min']:.4f}" for n, res in results.items()) + ".",
         "",
         "Method: `registration.register` with every default of the commit named in the Run column (method "
-        "opt-lncc, two levels: detectors of 32 and 64 pixels), numba projector; time = wall time of the "
+        "opt-lncc, two levels: detectors of 32 and 64 pixels; from commit 28a0a2e on, the detector blur is fitted "
+        "with the pose), numba projector; time = wall time of the "
         "call after one warm-up call per CT (kernel compilation and the CT's pyramid). Depth error Δtz = the absolute "
         "error of the translation along the reference view's principal ray (pose parameters of CONVENTIONS.md).",
         "", "## Results per CT", "", markdown(results, tuning, label, before, before_label, before_tuning),
@@ -354,7 +392,7 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "whatever the final accuracy) and the hard set's success rate show the rest.",
         "- The spine CT is a crop (110 x 110 x 70 mm) around one vertebra: its X-rays show the crop's box, and a "
         "single vertebra gives a weak depth cue; it is the hardest of the three.",
-        "- Sample data and what else was searched: `benchmarks/multict_data_notes.md`.", "",
+        "- Sample data and what else was searched: `benchmarks/multict_data_notes.md`.", *rescore_note(args), "",
         "## Files", "", f"- `{args.tag}_rows.json`: every case (errors, times, final pose), per-CT summaries and "
         "the run's command, machine and load.", ""]
     args.out.mkdir(parents=True, exist_ok=True)

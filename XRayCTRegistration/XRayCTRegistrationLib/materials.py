@@ -23,10 +23,11 @@ density comes from :func:`density_from_hu` (or the material's nominal density if
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._raymarch import pack_pair
 from .errors import InputError
 from .spectrum import material
 from .volume import Volume
@@ -51,6 +52,7 @@ class MaterialVolumes:
     names: tuple[str, ...]
     densities: np.ndarray
     ijk_to_ras: np.ndarray
+    _packed: list[tuple[np.ndarray, np.ndarray]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Check the names against the densities and store float32 / float64."""
@@ -69,6 +71,20 @@ class MaterialVolumes:
     def volumes(self) -> list[Volume]:
         """Every material's density volume, in the order of :attr:`names`."""
         return [self.volume(m) for m in range(len(self.names))]
+
+    def packed_pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The densities as 16-bit pairs for the CPU ray march (:func:`_raymarch.pack_pair`), made once and kept.
+
+        Materials ``2 p`` and ``2 p + 1`` share pair ``p`` (an odd last one is paired with an empty volume):
+        one march per pair renders both. The densities are taken as fixed once this was called.
+        """
+        if self._packed is None:
+            d = self.densities
+            if float(d.min()) < 0:
+                raise InputError("materials: densities must be non-negative")
+            self._packed = [pack_pair(d[m], d[m + 1] if m + 1 < len(d) else np.zeros_like(d[m]))
+                            for m in range(0, len(d), 2)]
+        return self._packed
 
     @classmethod
     def from_volumes(cls, names: Sequence[str], volumes: Sequence[Volume]) -> MaterialVolumes:

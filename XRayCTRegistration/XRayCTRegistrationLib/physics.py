@@ -3,8 +3,8 @@
 The model, per detector pixel (units in :mod:`.spectrum`):
 
 1. **Paths**: ``p_m`` = the line integral of material ``m``'s partial density (g/cm^3) along the
-   ray from the source to the pixel (mm), one DRR per material of a :class:`materials.MaterialVolumes`
-   rendered with :class:`projector.Projector` (same camera, same rays, same sampling).
+   ray from the source to the pixel (mm), a DRR of each material of a :class:`materials.MaterialVolumes`
+   (same camera, rays and sampling as :class:`projector.Projector`; backends below).
 2. **Primary intensity** (flat-field normalised, 1 in air):
    ``I_p = sum_E w(E) exp(-sum_m (mu/rho)_m(E) p_m * 0.1)``, ``w(E) = S(E) eta(E) / sum_E S eta`` with
    ``S`` the tube's photon fluence (:class:`spectrum.TubeSpectrum`) and ``eta`` the detector response
@@ -22,13 +22,21 @@ torch) and with respect to the tube voltage (:attr:`PhysicsProjector.kvp`; set
 ``requires_grad_()``; the energy bins are fixed at construction, so lowering the kVp is exact and
 raising it above the construction value drops the energies above it).
 
-Each material is one :class:`projector.Projector` march through its own density volume (same
-camera and rays), so a physics DRR costs about ``M`` monochromatic DRRs plus the spectral sum. A
-fused multi-channel march (one pass computing each sample's position and trilinear weights once for
-every material) was measured on the CPU and was slower than separate single-channel marches: the
-per-sample gathers, not the index arithmetic, bound the numba kernel
-(``benchmarks/results/physics.md``). On the GPU a fused pass comes with the multi-channel kernel
-(``grid_sample`` already samples several channels at one grid).
+Two backends compute the same model:
+
+- **numba** (the CPU default, :func:`_raymarch.march_pair`): the materials are stored in pairs, each
+  material's density quantised to 16 bits (step ``max / 65535``; :meth:`materials.MaterialVolumes.packed_pairs`,
+  made once per CT) and two materials sharing one 32-bit word, so one march renders two materials at
+  about the memory traffic of one monochromatic DRR (the march is bound by its voxel reads). The
+  quantisation changes a path by at most half a step times the ray's length in the volume: on the
+  chest CT (steps 1.7e-5 and 4.3e-5 g/cm^3 for soft tissue and bone) and a 500 mm ray, 4e-4 and
+  1.1e-3 g/cm^2 if every rounding along the ray had the same sign (they do not: the measured
+  difference to the float32 reference is in ``benchmarks/results/physics_speed.md``). The spectral sum and its path
+  derivatives share one exponential per bin and ray (:class:`_SpectralSum`), so the pose
+  gradient is the per-ray Jacobians of the paths weighted by ``dI/dp_m``; with :attr:`kvp` requiring a
+  gradient the sum is the torch one below.
+- **torch** (and **triton** on CUDA): one :class:`projector.Projector` per material (float32 densities)
+  and the spectral sum in torch: the reference the numba backend is tested against.
 
 Monochromatic limit: one material whose density is ``hu_to_mu(HU) / MU_WATER``, a one-line spectrum
 (:class:`spectrum.LineSpectrum`) and mass attenuation ``MU_WATER / (1 g/cm^3 * 0.1)`` gives exactly
@@ -43,12 +51,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
+from . import _raymarch
 from .errors import InputError
 from .filters import gaussian_blur
 from .geometry import Camera
 from .materials import MaterialVolumes, decompose
-from .projector import DEFAULT_SAMPLES, Projector
+from .projector import DEFAULT_SAMPLES, Projector, check_request, pose_gradient
 from .spectrum import (
     CM_PER_MM,
     Detector,
@@ -89,7 +99,7 @@ class PhysicsProjector(torch.nn.Module):
                  scatter_sigma_mm: float = 40.0, blur_px: float = 0.0, n_samples: int = DEFAULT_SAMPLES,
                  device: str | torch.device = "cpu", backend: str = "auto",
                  attenuation: np.ndarray | None = None) -> None:
-        """Build one projector per material and the spectral tables."""
+        """Pack the material pairs (numba) or build one projector per material (torch, triton); the spectral tables."""
         super().__init__()
         if scatter_fraction < 0 or scatter_sigma_mm <= 0 or blur_px < 0:
             raise InputError("physics: need scatter_fraction >= 0, scatter_sigma_mm > 0 and blur_px >= 0")
@@ -100,8 +110,16 @@ class PhysicsProjector(torch.nn.Module):
         self.scatter_fraction = float(scatter_fraction)
         self.scatter_sigma_px = float(scatter_sigma_mm) / float(np.sqrt(camera.row_spacing * camera.col_spacing))
         self.blur_px = float(blur_px)
+        self._numba = torch.device(device).type == "cpu" and backend in ("auto", "numba")
+        self.n_samples = int(n_samples)
+        if self._numba:  # packed material pairs, one march per pair (module docstring)
+            check_request(camera, n_samples)
+            self._pairs = materials.packed_pairs()
+            self._ijk_from_world64 = torch.as_tensor(np.linalg.inv(materials.ijk_to_ras))
+            self._dirs64 = torch.as_tensor(camera.pixel_centers(np.float64).reshape(-1, 3))
         self.projectors = torch.nn.ModuleList(
-            Projector(v, camera, n_samples=n_samples, device=device, backend=backend) for v in materials.volumes())
+            [] if self._numba else
+            [Projector(v, camera, n_samples=n_samples, device=device, backend=backend) for v in materials.volumes()])
         energies = self.spectrum.energies()
         if attenuation is None:
             attenuation = np.stack([mass_attenuation(n, energies) for n in self.names])
@@ -129,6 +147,11 @@ class PhysicsProjector(torch.nn.Module):
     def paths(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """Density-weighted path lengths ``[B, M, R]`` (g/cm^3 * mm) at poses ``[B, 4, 4]``."""
         w = world_from_camera[None] if world_from_camera.dim() == 2 else world_from_camera
+        if self._numba:
+            ijk_from_cam = (self._ijk_from_world64 @ w.to("cpu", torch.float64))[:, :3, :]  # [B, 3, 4]
+            with_grad = torch.is_grad_enabled() and ijk_from_cam.requires_grad
+            return _PairMarch.apply(ijk_from_cam, self._pairs, len(self.names), self._dirs64, self.n_samples,
+                                    with_grad)
         return torch.stack([p(w).reshape(w.shape[0], -1) for p in self.projectors], dim=1)
 
     def primary(self, paths: torch.Tensor) -> torch.Tensor:
@@ -136,6 +159,8 @@ class PhysicsProjector(torch.nn.Module):
         wb, mb = self.spectral_table()
         wb = wb.to(paths.device, torch.float32)
         mb = (mb * CM_PER_MM).to(paths.device, torch.float32)
+        if self._numba and not wb.requires_grad:
+            return _SpectralSum.apply(paths, wb, mb.T.contiguous())
         depth = torch.matmul(mb.T, paths)  # [n, M] @ [B, M, R] -> [B, n, R]
         return torch.matmul(wb, torch.exp(-depth))  # [B, R]
 
@@ -144,9 +169,11 @@ class PhysicsProjector(torch.nn.Module):
         x = primary[:, None]  # [B, 1, H, W]
         if self.scatter_fraction > 0:
             x = x + self.scatter_fraction * lowpass(x, self.scatter_sigma_px)
-        if self.blur_px > 0:
-            x = gaussian_blur(x, self.blur_px, border="replicate")
-        return x[:, 0] / (1.0 + self.scatter_fraction)
+        return self.blur(x)[:, 0] / (1.0 + self.scatter_fraction)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """The detector blur (step 4) of images ``[B, 1, H, W]``."""
+        return gaussian_blur(x, self.blur_px, border="replicate") if self.blur_px > 0 else x
 
     def intensity(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """Detected, flat-field normalised intensity ``[B, rows, cols]`` (steps 1-4)."""
@@ -174,6 +201,90 @@ class PhysicsProjector(torch.nn.Module):
                                                                device=counts.device)
             img = -torch.log(counts.clamp(min=0.5) / photons).float()
         return img[0] if world_from_camera.dim() == 2 else img
+
+
+class _PairMarch(torch.autograd.Function):
+    """Material paths ``[B, M, R]`` by the pair kernels, differentiable with respect to ``ijk_from_camera``."""
+
+    @staticmethod
+    def forward(ctx, ijk_from_cam: torch.Tensor, pairs: list, n_materials: int, dirs64: torch.Tensor,
+                n_samples: int, with_grad: bool) -> torch.Tensor:
+        """Render every pair for ``ijk_from_cam`` [B, 3, 4] (float64); returns [B, M, R] float32."""
+        m = np.ascontiguousarray(ijk_from_cam.detach().numpy())
+        dirs = dirs64.numpy()
+        outs, jacs = [], []
+        for vol, scales in pairs:
+            out = np.empty((m.shape[0], 2, dirs.shape[0]), dtype=np.float32)
+            if with_grad:
+                jacs.append(np.empty((m.shape[0], 2, dirs.shape[0], 6), dtype=np.float32))
+                _raymarch.march_pair_with_jacobian(vol, scales, m, dirs, n_samples, out, jacs[-1])
+            else:
+                _raymarch.march_pair(vol, scales, m, dirs, n_samples, out)
+            outs.append(out)
+        ctx.jac = torch.from_numpy(np.concatenate(jacs, 1)[:, :n_materials]) if with_grad else None
+        ctx.dirs64 = dirs64
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(outs, 1)[:, :n_materials]))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        """Contract the per-ray, per-material Jacobians with ``grad_out`` [B, M, R]; returns [B, 3, 4]."""
+        if ctx.jac is None:
+            raise RuntimeError("the material paths were rendered without a pose gradient")
+        return pose_gradient(grad_out, ctx.jac, ctx.dirs64), None, None, None, None, None
+
+
+class _SpectralSum(torch.autograd.Function):
+    """Primary intensity ``[B, R]`` from paths ``[B, M, R]`` and, saved for the backward pass, ``dI/dp``.
+
+    ``I = w . E`` and ``dI/dp_m = -(a_m w) . E`` with ``E = exp(-a p)`` ``[B, n, R]``: one exponential per
+    bin and ray, shared by the intensity and its derivatives (no autograd graph over the bins).
+    """
+
+    @staticmethod
+    def forward(ctx, paths: torch.Tensor, weights: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """``weights`` ``[n]`` and ``att`` ``[n, M]`` (per g/cm^3 * mm), in the paths' dtype."""
+        e = torch.exp(-torch.matmul(att, paths))  # [B, n, R]
+        ctx.d_out = -torch.matmul((att * weights[:, None]).T, e)  # [B, M, R]
+        return torch.matmul(weights, e)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        """``dI/dp`` times ``grad_out`` [B, R]: the gradient of the paths [B, M, R]."""
+        return grad_out[:, None, :] * ctx.d_out, None, None
+
+
+def fit_scatter_fraction(proj: PhysicsProjector, world_from_camera: torch.Tensor, xray: torch.Tensor,
+                         step: float = 0.005) -> float:
+    """The scatter fraction ``f`` whose image at a pose has the X-ray's distribution of intensities.
+
+    With ``g = f / (1 + f)`` the model's normalised intensity (steps 3-4 of the module docstring) is
+    ``B[(1 - g) I_p + g G I_p]``. The fit compares the sorted pixel intensities of that image with the
+    sorted ``exp(-xray)`` (least squares over ``g`` on a grid of ``step`` in ``[0, 0.9]``): the sorted values
+    do not depend on where structures lie in the image, so the fit holds at a pose some millimetres and
+    degrees off (a registration's initial pose), where a pixel-wise fit mistakes misalignment for fog.
+    ``proj``'s own scatter fraction is not used, its camera, spectrum, fog width and blur are.
+
+    Args:
+        proj: the physics projector (camera, spectrum, fog width, blur of the X-ray).
+        world_from_camera: the pose ``[4, 4]``, e.g. a registration's initial or final pose.
+        xray: the X-ray's log image ``[rows, cols]`` (attenuation-bright, 0 in air).
+        step: grid step of ``g``.
+
+    Returns:
+        ``f`` (scatter-to-primary ratio, >= 0).
+    """
+    rows, cols = proj.camera.rows, proj.camera.cols
+    with torch.no_grad():
+        i_p = proj.primary(proj.paths(world_from_camera)).reshape(1, 1, rows, cols).double()
+        a = proj.blur(i_p).flatten()
+        b = proj.blur(lowpass(i_p, proj.scatter_sigma_px)).flatten()
+        x = torch.sort(torch.exp(-torch.as_tensor(xray, dtype=torch.float64)).flatten()).values
+        gs = torch.arange(0.0, 0.9 + 0.5 * step, step, dtype=torch.float64)
+        err = [float(((torch.sort((1 - g) * a + g * b).values - x) ** 2).sum()) for g in gs]
+        g = float(gs[int(np.argmin(err))])
+    return g / (1.0 - g)
 
 
 def lowpass(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
@@ -269,19 +380,21 @@ def physics_renderer(materials: MaterialVolumes, **options) -> tuple[Volume, Cal
     ``MU_WATER`` (a monochromatic stand-in on the materials' grid, used for the CT's centre, checks and
     pictures); ``renderer(level_volume, camera, n_samples=, device=)`` builds a :class:`PhysicsProjector` of
     the materials block-averaged and zero-padded as the registration's pyramid level (made once per level
-    and kept). ``options`` go to :class:`PhysicsProjector` (spectrum, scatter, blur, ...).
+    and kept). ``options`` go to :class:`PhysicsProjector` (spectrum, scatter, blur, ...); keyword
+    ``overrides`` of a call replace them (e.g. ``functools.partial(renderer, scatter_fraction=f)`` for one
+    X-ray's fitted scatter, :func:`fit_scatter_fraction`, on the same cached levels).
     """
     carrier = Volume(materials.densities.sum(0) * MU_WATER, materials.ijk_to_ras)
     levels: dict[tuple[int, ...], MaterialVolumes] = {}
 
     def build(level_volume: Volume, camera: Camera, n_samples: int = DEFAULT_SAMPLES,
-              device: str | torch.device = "cpu") -> PhysicsProjector:
+              device: str | torch.device = "cpu", **overrides) -> PhysicsProjector:
         f = tuple(max(1, round(s / b)) for s, b in zip(level_volume.spacing, carrier.spacing, strict=True))
         if f not in levels:
             vols = [pad(block_average(v, f)) for v in materials.volumes()]
             levels[f] = MaterialVolumes.from_volumes(materials.names, vols)
         if levels[f].densities.shape[1:] != level_volume.data.shape:
             raise InputError("physics renderer: the level volume is not on the materials' grid")
-        return PhysicsProjector(levels[f], camera, n_samples=n_samples, device=device, **options)
+        return PhysicsProjector(levels[f], camera, n_samples=n_samples, device=device, **{**options, **overrides})
 
     return carrier, build

@@ -348,10 +348,23 @@ class _NumbaMarch(torch.autograd.Function):
         """Contract the per-ray Jacobians with ``grad_out`` [B, R]; returns the gradient [B, 3, 4]."""
         if ctx.jac is None:
             raise RuntimeError("the numba projector was run without a pose gradient")
-        g = grad_out.to(torch.float64)[..., None] * ctx.jac  # [B, R, 6]
-        grad_b = g[..., :3].sum(1)  # [B, 3]
-        grad_a = torch.einsum("bri,rj->bij", g[..., 3:], ctx.dirs64)  # [B, 3, 3]
-        return torch.cat([grad_a, grad_b[..., None]], dim=-1), None, None, None, None
+        return pose_gradient(grad_out, ctx.jac, ctx.dirs64), None, None, None, None
+
+
+def pose_gradient(grad_out: torch.Tensor, jac: torch.Tensor, dirs64: torch.Tensor) -> torch.Tensor:
+    """The gradient ``[B, 3, 4]`` with respect to ``ijk_from_camera = [A | b]`` from per-ray Jacobians.
+
+    Args:
+        grad_out: the gradient of the images ``[B, R]`` (or ``[B, C, R]``, one image per channel).
+        jac: the kernels' ``(jb, jt)`` per ray ``[B, R, 6]`` (or ``[B, C, R, 6]``).
+        dirs64: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
+    """
+    g = grad_out.to(torch.float64)[..., None] * jac  # [B, (C,) R, 6]
+    if g.dim() == 4:  # channels share the rays
+        g = g.sum(1)
+    grad_b = g[..., :3].sum(1)  # [B, 3]
+    grad_a = torch.einsum("bri,rj->bij", g[..., 3:], dirs64)  # [B, 3, 3]
+    return torch.cat([grad_a, grad_b[..., None]], dim=-1)
 
 
 def _triton_unavailable(device: torch.device) -> str:

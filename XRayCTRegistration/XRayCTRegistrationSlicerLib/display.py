@@ -7,6 +7,9 @@ from XRayCTRegistrationLib.errors import InputError
 
 from .images import fieldOfViewForImage, sliceToRASForImage
 
+SECOND_VIEW_SLICE_NODE = "vtkMRMLSliceNodeYellow"
+"""The slice view that shows the second view's fusion after a two-view registration (the first view's: red)."""
+
 
 def compositeNodeForSliceNode(sliceNode):
     """The slice composite node of a slice view (same layout name), None when there is none."""
@@ -79,3 +82,17 @@ def shownXray(previewNodes: tuple, xrayNode):
     """
     preview = previewNodes[1]
     return preview if preview is not None and preview.GetScene() is not None else xrayNode
+
+
+def showViewFusions(logic, parameterNode, previewNodes: tuple, opacity: float) -> None:
+    """The Show fusion button: each view's X-ray under its DRR, as the module's parameter node holds them.
+
+    The first view (``xrayVolume``, or its live-preview display volume, under ``outputDrr``) goes to the red slice
+    view; after a two-view registration (``secondXrayVolume`` and ``secondOutputDrr`` set) the second view goes to
+    the yellow one (:data:`SECOND_VIEW_SLICE_NODE`), when the layout has it. ``logic`` is the module's logic.
+    """
+    p = parameterNode
+    logic.showFusion(shownXray(previewNodes, p.xrayVolume), p.outputDrr, opacity)
+    yellow = p.xrayVolume.GetScene().GetNodeByID(SECOND_VIEW_SLICE_NODE)
+    if p.secondXrayVolume and p.secondOutputDrr and yellow:
+        logic.showFusion(p.secondXrayVolume, p.secondOutputDrr, opacity, yellow)

@@ -6,6 +6,8 @@ matrices and attribute strings in.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +19,14 @@ DICOM_SDD_ATTRIBUTE = "DICOM.DistanceSourceToDetector"
 
 DICOM_SPACING_ATTRIBUTE = "DICOM.ImagerPixelSpacing"
 """Node attribute holding the DICOM tag ImagerPixelSpacing (0018,1164): "row\\column" spacing, mm."""
+
+GEOMETRY_ATTRIBUTE = "XRayCTRegistration.Geometry"
+"""Node attribute holding an X-ray's geometry sidecar (CONVENTIONS.md) as JSON text: set on an X-ray loaded with its
+sidecar (e.g. the simulated sample X-ray, ``sampledata.loadSimulatedXray``)."""
+
+SIDECAR_FIELDS = {"sdd": "sdd", "row_spacing": "rowSpacing", "col_spacing": "colSpacing", "x0": "x0", "y0": "y0",
+                  "rows": "rows", "cols": "cols"}
+"""Sidecar field -> the module's geometry name."""
 
 
 def sliceToRASForImage(ijkToWorld: np.ndarray, dims: Sequence[int]) -> np.ndarray:
@@ -72,6 +82,32 @@ def geometryFromAttributeValues(sdd: str | None, spacing: str | None, nodeName: 
             raise InputError(f"X-ray volume '{nodeName}': attribute {DICOM_SPACING_ATTRIBUTE}={spacing!r} is not "
                              "'row\\column' spacing")
         out["rowSpacing"], out["colSpacing"] = values[0], values[-1]
+    return out
+
+
+def geometryFromSidecarAttribute(text: str | None, nodeName: str) -> dict[str, float]:
+    """Geometry from a node's :data:`GEOMETRY_ATTRIBUTE` (a geometry sidecar as JSON text).
+
+    Returns sdd, rowSpacing, colSpacing, x0, y0 (mm), rows and cols, as far as given; ``{}`` without the
+    attribute. Ranges are checked when the camera is made (``cameraFromValues``).
+    """
+    if not text:
+        return {}
+    what = f"X-ray volume '{nodeName}': attribute {GEOMETRY_ATTRIBUTE}"
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise InputError(f"{what} is not a geometry sidecar (a JSON object)")
+    out: dict[str, float] = {}
+    for key, name in SIDECAR_FIELDS.items():
+        value = fields.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InputError(f"{what}: {key}={value!r} is not a finite number")
+        out[name] = float(value)
     return out
 
 
@@ -136,13 +172,18 @@ def cameraFromValues(shape: Sequence[int], given: dict[str, float], tags: dict[s
     """The library ``Camera`` of an X-ray ``[rows, cols]``: geometry from ``given`` (mm) or, where 0, ``tags``.
 
     ``given`` and ``tags`` hold ``sdd``, ``rowSpacing`` and ``colSpacing`` (see
-    :func:`geometryFromAttributeValues`); a value missing from both is an ``InputError``. ``given`` may
-    also hold the principal point ``x0``, ``y0`` (mm, default 0), used as given.
+    :func:`geometryFromAttributeValues`); a value missing from both is an ``InputError``. Both may also hold the
+    principal point ``x0``, ``y0`` (mm; 0 in ``given`` takes ``tags``', default 0), and ``tags`` the ``rows`` and
+    ``cols`` its geometry is for (then they must be the image's).
     """
     from XRayCTRegistrationLib.geometry import Camera
 
     given = dict(given)
-    x0, y0 = float(given.pop("x0", 0.0) or 0.0), float(given.pop("y0", 0.0) or 0.0)
+    x0, y0 = (float(given.pop(name, 0.0) or 0.0) or float(tags.get(name, 0.0)) for name in ("x0", "y0"))
+    size, imageSize = (int(tags.get("rows", shape[0])), int(tags.get("cols", shape[1]))), (int(shape[0]), int(shape[1]))
+    if size != imageSize:
+        raise InputError(f"X-ray volume '{nodeName}': its geometry is for {size[0]}x{size[1]} pixels (rows x cols), "
+                         f"the image has {imageSize[0]}x{imageSize[1]}")
     values = {name: float(v) if v else tags.get(name, 0.0) for name, v in given.items()}
     missing = [name for name in ("sdd", "rowSpacing", "colSpacing") if not values.get(name)]
     if missing:

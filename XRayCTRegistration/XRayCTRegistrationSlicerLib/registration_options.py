@@ -33,13 +33,18 @@ class RegistrationOptions:
     """The optional inputs of a registration (all off by default).
 
     secondXray: a second X-ray node (biplane), or None.
-    secondGeometry: ``sdd``, ``rowSpacing``, ``colSpacing`` of the second X-ray (mm; 0 = from its DICOM tags).
+    secondGeometry: ``sdd``, ``rowSpacing``, ``colSpacing`` of the second X-ray (mm; 0 = from its DICOM tags or
+        geometry attribute) and its principal point ``x0``, ``y0`` (mm, CONVENTIONS.md).
     relativeTransform: a linear transform node whose matrix to parent is ``camera0_from_camera1`` (mm), or None
         to take it from the two X-rays' C-arm angles (DICOM).
     segmentation: a segmentation node of the CT, or None; segments: the chosen segments' names, comma-separated
         ("" = every segment).
     maskRange: ``(low, high)`` of the X-ray values used (attenuation, as registered), or None.
     crop: collimator crop ``(top, bottom, left, right)`` in pixels, for every X-ray.
+    drawnMask: a volume node on the first X-ray's pixel grid (same rows and columns, e.g. a labelmap painted on
+        the X-ray), whose 0 pixels are ignored, or None; for the first X-ray, as ``register --mask``.
+    secondOutputDrr: a scalar volume node that receives the second view's DRR after the registration, or None to
+        create one.
     """
 
     secondXray: Any = None
@@ -49,6 +54,8 @@ class RegistrationOptions:
     segments: str = ""
     maskRange: tuple[float, float] | None = None
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    drawnMask: Any = None
+    secondOutputDrr: Any = None
 
 
 @dataclass
@@ -64,6 +71,7 @@ class RegistrationOutput:
     initialParams: the pose parameters the refinement started from (the model's prediction when
         registering with an initialiser model, else the given initial parameters).
     pipeline: the library's ``pipeline.PipelineResult`` (initialisation, refinement, timings).
+    secondDrrNode: after a two-view registration, the second view's DRR node (placed on its detector), else None.
     """
 
     result: Any
@@ -74,28 +82,50 @@ class RegistrationOutput:
     xrayConversion: str = ""
     initialParams: np.ndarray | None = None
     pipeline: Any = None
+    secondDrrNode: Any = None
 
 
 def optionsFromParameterNode(p) -> RegistrationOptions:
     """The :class:`RegistrationOptions` of the module's parameter node."""
     return RegistrationOptions(
         secondXray=p.secondXrayVolume, relativeTransform=p.relativeTransform,
-        secondGeometry={"sdd": p.secondSdd, "rowSpacing": p.secondRowSpacing, "colSpacing": p.secondColSpacing},
+        secondGeometry={"sdd": p.secondSdd, "rowSpacing": p.secondRowSpacing, "colSpacing": p.secondColSpacing,
+                        "x0": p.secondX0, "y0": p.secondY0}, secondOutputDrr=p.secondOutputDrr,
         segmentation=p.structureSegmentation, segments=p.structureSegments,
         maskRange=(p.xrayMaskLow, p.xrayMaskHigh) if p.xrayMaskThreshold else None,
-        crop=(p.xrayCropTop, p.xrayCropBottom, p.xrayCropLeft, p.xrayCropRight))
+        crop=(p.xrayCropTop, p.xrayCropBottom, p.xrayCropLeft, p.xrayCropRight), drawnMask=p.xrayMaskVolume)
 
 
-def xrayMask(image: np.ndarray, options: RegistrationOptions, nodeName: str) -> np.ndarray | None:
-    """Similarity weights ``[rows, cols]`` of one X-ray: threshold and crop (``xray.xray_mask``); None if unset."""
+def xrayMask(image: np.ndarray, options: RegistrationOptions, nodeName: str,
+             drawn: np.ndarray | None = None) -> np.ndarray | None:
+    """Similarity weights ``[rows, cols]`` of one X-ray (``xray.xray_mask``); None when no mask is set.
+
+    Threshold and crop come from ``options``; ``drawn`` is a drawn mask ``[rows, cols]`` (0 = ignored) or None.
+    """
     from XRayCTRegistrationLib.xray import xray_mask
 
-    if options.maskRange is None and not any(options.crop):
+    if options.maskRange is None and not any(options.crop) and drawn is None:
         return None
     try:
-        return xray_mask(image, options.maskRange, tuple(int(v) for v in options.crop))
+        return xray_mask(image, options.maskRange, tuple(int(v) for v in options.crop), drawn)
     except InputError as e:
         raise InputError(f"X-ray volume '{nodeName}': {e}") from None
+
+
+def drawnMaskArray(node) -> np.ndarray | None:
+    """The pixels ``[rows, cols]`` (float32) of a drawn X-ray mask node (0 = ignored), None without one."""
+    import slicer
+
+    from .images import checkImageData, finiteFloat32
+
+    if node is None:
+        return None
+    what = f"X-ray mask '{node.GetName()}'"
+    image = node.GetImageData()
+    if image is None or image.GetNumberOfPoints() == 0:
+        raise InputError(f"{what}: holds no image data")
+    checkImageData(what, image.GetDimensions(), image.GetNumberOfScalarComponents(), xray=True)
+    return finiteFloat32(slicer.util.arrayFromVolume(node)[0], what)
 
 
 def segmentNames(segmentationNode) -> dict[str, str]:
@@ -182,6 +212,19 @@ def relativeView(xrayNode, secondNode, transformNode, sdd: float, secondSdd: flo
     return relative_carm_view(*positions, sdd, secondSdd)
 
 
+def checkSecondOutput(node, inputs: tuple) -> None:
+    """Refuse a second-view DRR output that is not a scalar volume or is one of the ``inputs`` (before any work)."""
+    import slicer
+
+    if node is None:
+        return
+    if not isinstance(node, slicer.vtkMRMLScalarVolumeNode):
+        raise InputError(f"second view's output DRR '{node.GetName()}': must be a scalar volume")
+    if any(node is other for other in inputs):
+        raise InputError(f"second view's output DRR '{node.GetName()}': is an input (the CT or an X-ray); "
+                         "choose another volume or none")
+
+
 def libraryInputs(logic, ctNode, xrayNode, image: np.ndarray, camera, xrayKind: str,
                   options: RegistrationOptions | None) -> tuple[list, dict]:
     """``(views, options)`` for the library's ``pipeline.register_xray`` from the registration options.
@@ -195,7 +238,7 @@ def libraryInputs(logic, ctNode, xrayNode, image: np.ndarray, camera, xrayKind: 
     if options is None:
         return [], {}
     out: dict = {}
-    mask = xrayMask(image, options, xrayNode.GetName())
+    mask = xrayMask(image, options, xrayNode.GetName(), drawnMaskArray(options.drawnMask))
     if mask is not None:
         out["mask"] = mask
     if options.segmentation is not None:
@@ -208,6 +251,7 @@ def libraryInputs(logic, ctNode, xrayNode, image: np.ndarray, camera, xrayKind: 
         return [], out
     if second is xrayNode:
         raise InputError(f"second X-ray '{second.GetName()}': is the first X-ray; choose another image or none")
+    checkSecondOutput(options.secondOutputDrr, (ctNode, xrayNode, second))
     secondImage, _conversion = logic.attenuationImageFromNode(second, xrayKind)
     secondCamera = logic.cameraFromNode(second, **{k: float(v) for k, v in options.secondGeometry.items()})
     relative = relativeView(xrayNode, second, options.relativeTransform, camera.sdd, secondCamera.sdd)
