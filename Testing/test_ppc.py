@@ -208,3 +208,129 @@ def test_ppc_cli_round_trip(scene, tmp_path, capsys):
     assert "needs a model file" in capsys.readouterr().err
     assert main([*common, "--init-model", model]) == 2
     assert "refinement model, not an initialiser" in capsys.readouterr().err
+
+
+# -- ground-truth correspondences through the learned method's pieces -----------------------------------------
+def test_pipeline_with_true_correspondences_recovers_a_large_offset(scene):
+    """iterate_ppc with each contour point's exact projection under the true pose converges to the true pose."""
+    from XRayCTRegistrationLib.dppc import iterate_ppc
+    from XRayCTRegistrationLib.geometry import invert_rigid, transform_points
+
+    hu, vol, ref = scene
+    surf = surface_points(vol, 4000)
+    gt = ref.pose([2.0, -3.0, 4.0, 5.0, -4.0, 6.0])
+    start = ref.pose([-6.0, 5.0, -6.0, -12.0, 10.0, -15.0])
+
+    def correspond(level, drr, contour):
+        p = transform_points(invert_rigid(gt), surf.points[contour.index])
+        return level.camera.project_camera_points(p), np.ones(len(contour))
+
+    pts = target_points(hu, 60)
+    assert mtre(pts, gt, start) > 20.0
+    pose, n, msg, ok = iterate_ppc(vol, np.zeros((32, 32)), CAM, start, correspond, levels=(1.0,), iterations=(8,))
+    assert ok and n == 8, msg
+    assert mtre(pts, gt, pose) < 1e-3
+
+
+def test_true_flow_solves_to_the_true_motion(scene):
+    """The training batch's true flow, as targets of the batch solver, moves the contour onto its true positions."""
+    from XRayCTRegistrationLib.ppc_learned import registration_loss, solve_batch, true_flow
+
+    torch.manual_seed(0)
+    trainer = _tiny_trainer(scene[0])
+    (_, _), _, batch = trainer.batch(1.0, np.random.default_rng(1), torch.Generator().manual_seed(1))
+    cam = trainer.source.low_camera
+    flow = true_flow(batch, cam)
+    # the flow is the displacement of each point's projection: pixels + flow = the true points' projections
+    proj = torch.as_tensor(cam.project_camera_points(batch.true_points.numpy()))
+    torch.testing.assert_close((batch.pixels + flow)[batch.mask], proj[batch.mask])
+    x, c = solve_batch(batch, batch.pixels + flow, batch.mask.double(), cam, 0.0)
+    before = registration_loss(batch, torch.zeros_like(x), c, 0.0)
+    after = registration_loss(batch, x, c, 0.0)
+    assert after < 0.3 * before, (float(before), float(after))
+
+
+def test_ppc_net_samples_the_flow_at_the_contour_pixels():
+    """PPCNet reads the flow field (channels d_col, d_row) at each point's (row, col): no axis swap, any size."""
+    from XRayCTRegistrationLib.ppc_learned import Batch, PPCConfig, PPCNet
+
+    class Field(torch.nn.Module):  # d_col = 0.1 * col + 1, d_row = -0.05 * row + 2 (pixels of the s-grid)
+        def forward(self, img1, img2, iterations=None):
+            b, _, h, w = img1.shape
+            rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                        indexing="ij")
+            return [torch.stack([0.1 * cols + 1, -0.05 * rows + 2])[None].expand(b, -1, -1, -1)]
+
+    net = PPCNet(PPCConfig(size=32))
+    net.flow = Field()
+    rc = torch.tensor([[[3.0, 20.0], [17.5, 4.25], [30.0, 30.0]]], dtype=torch.float64)
+    n = torch.tensor([[[1.0, 0.0, 0.0]] * 3], dtype=torch.float64)
+    batch = Batch(rc, n * 500, n, n, torch.ones(1, 3, dtype=bool), torch.zeros(1, 3, dtype=torch.float64))
+    img = torch.rand(1, 32, 32)
+    flows, targets, _ = net(img, img, batch)
+    want = torch.stack([-0.05 * rc[..., 0] + 2, 0.1 * rc[..., 1] + 1], -1).float()
+    torch.testing.assert_close(flows[-1], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(targets, (rc + want).float(), atol=1e-5, rtol=1e-5)
+    # a 64-pixel level on the 32-grid: level pixel p is grid point (p + 0.5) / 2 - 0.5, flows scale by 2
+    big = Batch(2 * rc + 0.5, n * 500, n, n, torch.ones(1, 3, dtype=bool), torch.zeros(1, 3, dtype=torch.float64))
+    flows, _, _ = net(torch.rand(1, 64, 64), torch.rand(1, 64, 64), big)
+    torch.testing.assert_close(flows[-1], 2 * want, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_descriptors_give_the_patch_ncc():
+    from XRayCTRegistrationLib.networks.flow import FlowConfig, FlowNet, patch_descriptors
+
+    rng = np.random.default_rng(4)
+    img = torch.as_tensor(rng.normal(size=(1, 1, 32, 32)), dtype=torch.float32)
+    other = 3.0 * img + 1.0  # same patches up to gain and offset
+    d1, d2 = patch_descriptors(img, 8), patch_descriptors(other, 8)
+    assert d1.shape == (1, 64, 8, 8)
+    torch.testing.assert_close((d1 * d2).sum(1), torch.ones(1, 8, 8), atol=1e-5, rtol=0)
+    # cell (2, 3): the 8x8 patch starting at pixel (4 * 2 - 2, 4 * 3 - 2); against cell (5, 1) of the other image
+    a = img[0, 0, 6:14, 10:18].flatten().double()
+    b = img[0, 0, 18:26, 2:10].flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    assert float((d1[0, :, 2, 3] * d2[0, :, 5, 1]).sum()) == pytest.approx(float(a @ b / (a.norm() * b.norm())),
+                                                                         abs=1e-5)
+    flows = FlowNet(FlowConfig(features=8, hidden=8, radius=2, iterations=2, patch=8))(img, other)
+    assert len(flows) == 2 and flows[-1].shape == (1, 2, 32, 32)
+    with pytest.raises(ValueError, match="patch"):
+        FlowNet(FlowConfig(patch=5))
+
+
+def test_correlation_lookup_peaks_at_the_true_shift():
+    """The patch-NCC channels of the lookup at zero flow peak at the displacement of a shifted image (x, y order)."""
+    from XRayCTRegistrationLib.networks.flow import FlowConfig, FlowNet, patch_descriptors
+
+    rng = np.random.default_rng(0)
+    img = torch.as_tensor(rng.normal(size=(64, 64)).cumsum(0).cumsum(1), dtype=torch.float32)[None, None]
+    moved = torch.roll(img, shifts=(8, -4), dims=(2, 3))  # content 8 pixels down, 4 left: 2 cells in y, -1 in x
+    net = FlowNet(FlowConfig(radius=3, levels=1, patch=8))
+    f = torch.zeros(1, 4, 16, 16)
+    pyramid = net._pyramid(f, f, patch_descriptors(img, 8), patch_descriptors(moved, 8))
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    win = net._lookup(pyramid, torch.stack([xs, ys])[None])  # [1, 2 * 49, 16, 16]: learned, then NCC
+    ncc = win[0, 49:].reshape(7, 7, 16, 16)[:, :, 4:12, 4:12].mean((-1, -2))  # [dy, dx] window, inner cells
+    assert np.unravel_index(int(ncc.argmax()), (7, 7)) == (3 + 2, 3 - 1)
+    assert float(ncc.max()) == pytest.approx(1.0, abs=1e-4)
+    # the untrained network (update operator initialised to zero) returns that patch-matching flow, input pixels
+    flow = net(img, moved, iterations=2)[-1][0, :, 16:48, 16:48].mean((1, 2))
+    torch.testing.assert_close(flow, torch.tensor([-4.0, 8.0]), atol=0.1, rtol=0)
+
+
+def test_ppc_training_pool_refreshes_its_oldest_pairs(scene):
+    torch.manual_seed(0)
+    trainer = _tiny_trainer(scene[0])
+    rng, gen = np.random.default_rng(2), torch.Generator().manual_seed(2)
+    (drr, xray), params, batch = trainer.batch(1.0, rng, gen)
+    n_pool = len(trainer.ppc_pool[0])
+    assert drr.shape == xray.shape == (2, 32, 32) and params.shape == (2, 12) and n_pool == 8
+    before = trainer.ppc_pool[2].clone()
+    trainer.batch(1.0, rng, gen)  # fresh_per_step 4: two new pairs replace pairs 0 and 1
+    changed = (trainer.ppc_pool[2] != before).any(1)
+    assert changed.tolist() == [True, True] + [False] * (n_pool - 2) and trainer.ppc_next == 2
+    # each stored pair keeps its own contour: the points of a new pair project to its stored pixels
+    cam = trainer.source.low_camera
+    new = trainer.ppc_pool[3].select(torch.tensor([0]))
+    proj = cam.project_camera_points(new.points[0][new.mask[0]].numpy())
+    np.testing.assert_allclose(proj, new.pixels[0][new.mask[0]].numpy(), atol=1e-9)
