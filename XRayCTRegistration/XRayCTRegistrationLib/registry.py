@@ -143,6 +143,8 @@ def check_method_model(method: str, model: object, option: str = "--model") -> N
                          f"{', '.join(method_names('refine', needs_model=True))}")
     if isinstance(model, (str, PathLike)):
         path = Path(model)
+        if path.is_dir():
+            raise InputError(f"{option}: {path}: is a folder, not a model file")
         if not path.is_file():
             raise InputError(f"{option}: {path}: model file not found")
         try:
