@@ -73,3 +73,34 @@ def test_register_with_physics_renderer(case, tmp_path):
     pts = target_points(ct, 60)
     before = mtre(pts, gt, load_pose(tmp_path / "init.json"))
     assert mtre(pts, gt, np.asarray(result["world_from_camera"])) < 0.5 * before
+
+
+def test_register_fitting_the_scatter(case, tmp_path, capsys):
+    """``--fit-scatter`` finds the X-ray's fog (simulated at 0.3) and registers with it; refused without physics."""
+    import json
+    import re
+
+    from XRayCTRegistrationLib.geometry import load_pose
+    from XRayCTRegistrationLib.metrics import mtre, target_points
+
+    d, ct, cam, ref = case
+    gt = ref.pose([2.0, -3.0, 4.0, 5.0, -6.0, 8.0])
+    save_pose(tmp_path / "gt.json", gt, ref)
+    save_pose(tmp_path / "init.json", ref.pose([4.0, -4.0, 5.0, 1.0, -3.0, 11.0]), ref)
+    args = ["simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--pose", tmp_path / "gt.json",
+            "--out-dir", tmp_path / "sim", "--physics", "--kvp", "90", "--scatter", "0.3", "--noise", "0",
+            "--blur", "0"]
+    assert main([str(a) for a in args]) == 0
+    base = ["register", "--ct", d / "ct.nrrd", "--xray", tmp_path / "sim" / "xray.nrrd", "--init",
+            tmp_path / "init.json", "--out", tmp_path / "result.json", "--quiet"]
+    capsys.readouterr()
+    main([str(a) for a in base + ["--renderer", "physics", "--kvp", "90", "--fit-scatter"]])
+    fitted = float(re.search(r"scatter fraction fitted to the X-ray: ([\d.]+)", capsys.readouterr().out).group(1))
+    assert fitted == pytest.approx(0.3, abs=0.05)
+    result = json.loads((tmp_path / "result.json").read_text())
+    pts = target_points(ct, 60)
+    before = mtre(pts, gt, load_pose(tmp_path / "init.json"))
+    assert mtre(pts, gt, np.asarray(result["world_from_camera"])) < 0.5 * before
+    (tmp_path / "result.json").unlink()
+    assert main([str(a) for a in base + ["--fit-scatter"]]) == 2
+    assert "--fit-scatter" in capsys.readouterr().err and not (tmp_path / "result.json").exists()

@@ -40,7 +40,7 @@ from XRayCTRegistrationLib import spectrum as sp  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView  # noqa: E402
 from XRayCTRegistrationLib.materials import decompose  # noqa: E402
-from XRayCTRegistrationLib.physics import PhysicsProjector, fit_scatter_fraction, physics_renderer  # noqa: E402
+from XRayCTRegistrationLib.physics import PhysicsProjector, physics_renderer, register_fitting_scatter  # noqa: E402
 from XRayCTRegistrationLib.projector import Projector  # noqa: E402
 from XRayCTRegistrationLib.volume import Volume, hu_to_mu, read_ct  # noqa: E402
 
@@ -187,13 +187,11 @@ def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float):
                            n_samples=samples_for(cases.volume_mu))
 
     def fn(case):
-        w = case.world_from_camera_init
-        for _ in range(2):
-            f = fit_scatter_fraction(fit, torch.as_tensor(np.asarray(w, dtype=np.float64)), case.xray)
-            out = register_xray(None, case.xray, cases.camera, w, method="opt-lncc", volume_mu=carrier,
-                                reference=cases.reference, renderer=partial(renderer, scatter_fraction=f))
-            w = out.world_from_camera
-        return out
+        def register_with(f, w):
+            return register_xray(None, case.xray, cases.camera, w, method="opt-lncc", volume_mu=carrier,
+                                 reference=cases.reference, renderer=partial(renderer, scatter_fraction=f))
+
+        return register_fitting_scatter(case.xray, case.world_from_camera_init, fit, register_with)[0]
 
     return fn
 

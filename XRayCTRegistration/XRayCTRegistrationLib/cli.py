@@ -258,13 +258,40 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
         mu, options["renderer"] = _physics_renderer(args, ct)
     views = [_second_view(args, xr)] if args.xray2 else []
     progress = Progress("register", enabled=not args.quiet)
+
+    def run(start: object, **extra) -> object:
+        return register_xray(ct, xr.image, xr.camera, start, method=args.method, refine=not args.no_refine,
+                             init_method=init_method, volume_mu=mu, reference=reference, views=views,
+                             progress=progress, device=args.device, ct_name=args.ct, **{**options, **extra})
+
     try:
-        out = register_xray(ct, xr.image, xr.camera, init, method=args.method, refine=not args.no_refine,
-                            init_method=init_method, volume_mu=mu, reference=reference, views=views,
-                            progress=progress, device=args.device, ct_name=args.ct, **options)
+        if args.fit_scatter:
+            start = load_pose(init) if init else reference.world_from_camera
+            out = _register_fitting_scatter(args, ct, xr, mu, start, run)
+        else:
+            out = run(init)
     finally:
         progress.close()
     return out, mu, xr
+
+
+def _register_fitting_scatter(args: argparse.Namespace, ct, xr, mu, start: np.ndarray, run) -> object:
+    """``register --fit-scatter``: :func:`physics.register_fitting_scatter` with the CLI's physics options."""
+    from .materials import decompose
+    from .physics import PhysicsProjector, physics_renderer, register_fitting_scatter
+    from .projector import samples_for
+    from .spectrum import TubeSpectrum
+
+    materials = decompose(ct)
+    spectrum = TubeSpectrum(args.kvp, args.filtration_mm_al)
+    fit = PhysicsProjector(materials, xr.camera, spectrum=spectrum, n_samples=samples_for(mu))
+
+    def register_with(f: float, w: np.ndarray) -> object:
+        return run(w, renderer=physics_renderer(materials, spectrum=spectrum, scatter_fraction=f)[1])
+
+    out, f = register_fitting_scatter(xr.image, start, fit, register_with)
+    print(f"scatter fraction fitted to the X-ray: {f:.3f}")
+    return out
 
 
 def _xray_mask(args: argparse.Namespace, image: np.ndarray, path: str, drawn_path: str | None) -> np.ndarray | None:
@@ -314,6 +341,12 @@ def _check_register_args(args: argparse.Namespace) -> None:
         raise InputError("--labels needs --label-ids")
     if args.renderer == "physics" and args.labels:
         raise InputError("--renderer physics does not take --labels yet")
+    if args.fit_scatter and (args.renderer != "physics" or args.xray2 or args.no_refine):
+        raise InputError("--fit-scatter fits the physics renderer's scatter to one X-ray while registering: it needs "
+                         "--renderer physics, and no --xray2 or --no-refine")
+    if args.fit_scatter and (args.init_model or args.projection or args.init in method_names("init")):
+        raise InputError("--fit-scatter fits the scatter at the initial pose: give it as --init POSE.json (or none, "
+                         "the reference view)")
     if bool(args.xray2) != bool(args.relative_view):
         raise InputError("--xray2 and --relative-view go together: a second X-ray needs its pose relative to the "
                          "first" if args.xray2 else "--relative-view needs --xray2")
@@ -587,6 +620,9 @@ def _add_register(sub) -> None:
     p.add_argument("--kvp", type=float, default=100.0, help="--renderer physics: tube voltage, kV")
     p.add_argument("--filtration-mm-al", type=float, default=2.5, help="--renderer physics: filtration, mm Al")
     p.add_argument("--scatter", type=float, default=0.0, help="--renderer physics: scatter-to-primary ratio")
+    p.add_argument("--fit-scatter", action="store_true",
+                   help="--renderer physics: fit the scatter-to-primary ratio to the X-ray at the initial pose, "
+                        "register, refit at the pose found and register again (instead of --scatter)")
     p.set_defaults(func=cmd_register)
 
 
