@@ -657,6 +657,14 @@ SLICER_NODES = [  # (id, change of the call's arguments, calls it applies to, wh
      "output DRR 't': must be a scalar volume"),
     ("ok-method-bogus", lambda ns, m, ct, xr, f: {"method": "bogus"}, "u", "method: unknown refine method 'bogus'"),
     ("ok-kind-bogus", lambda ns, m, ct, xr, f: {"xrayKind": "bogus"}, "u", "X-ray kind: 'bogus' is not one of"),
+    ("ok-refinement-model-none", lambda ns, m, ct, xr, f: {"method": "ppc"}, "u",
+     "refinement model: method ppc needs a model file"),
+    ("ok-refinement-model-missing", lambda ns, m, ct, xr, f: {"method": "sopi-fine", "refinementModel": str(
+        f / "nope.pt")}, "u", "refinement model: .*nope.pt: model file not found"),
+    ("ok-refinement-model-folder", lambda ns, m, ct, xr, f: {"method": "ppc-opt", "refinementModel": str(f)}, "u",
+     "refinement model: .*: is a folder, not a model file"),
+    ("ok-refinement-model-not-taken", lambda ns, m, ct, xr, f: {"refinementModel": _evil_model(f)}, "u",
+     "refinement model: method opt-lncc takes no model file; give none, or choose one of ppc, ppc-opt"),
     ("d7-source-inside-ct", lambda ns, m, ct, xr, f: {"params": [0, 0, 0, 0, 0, -690.0]}, "u",
      "initial pose: the X-ray source lies inside CT volume 'CT'"),
     ("ok-model-missing", lambda ns, m, ct, xr, f: {"model": str(f / "nope.pt")}, "i", "nope.pt: model file not found"),
@@ -769,7 +777,8 @@ def _call_logic(logic, call: str, kw: dict):
     if call == "register":
         return logic.register(kw["ct"], kw["xray"], kw["params"], method=kw["method"], xrayKind=kw["xrayKind"],
                               outputTransform=kw["outputTransform"], outputDrr=kw["outputDrr"],
-                              max_iterations=(2, 2), registrationOptions=kw.get("options"), **common)
+                              max_iterations=(2, 2), registrationOptions=kw.get("options"),
+                              refinementModel=kw.get("refinementModel"), **common)
     if call == "initialise":
         return logic.initialise(kw["ct"], kw["xray"], kw["model"], kw["xrayKind"], **common)
     return logic.writeTrainingInputs(kw["ct"], kw["xray"], kw["folder"], **common)

@@ -206,6 +206,10 @@ def test_ppc_cli_round_trip(scene, tmp_path, capsys):
     capsys.readouterr()
     assert main([*common, "--method", "ppc"]) == 2
     assert "needs a model file" in capsys.readouterr().err
+    assert main([*common, "--method", "opt-lncc", "--model", model]) == 2  # refused before any work
+    assert "--model: method opt-lncc takes no model file" in capsys.readouterr().err
+    assert main([*common, "--method", "ppc-opt", "--model", model + ".missing"]) == 2
+    assert "ppc.pt.missing: model file not found" in capsys.readouterr().err
     assert main([*common, "--init-model", model]) == 2
     assert "refinement model, not an initialiser" in capsys.readouterr().err
 

@@ -111,3 +111,28 @@ def test_module_self_test_runs_headless(ns, module):
     assert result.wasSuccessful(), result.errors + result.failures
     assert result.testsRun == 1
     assert ns.scene.GetNumberOfNodesByClass("vtkMRMLLinearTransformNode") >= 1
+
+
+def test_register_with_a_trained_refinement_model(ns, module, inputs, tmp_path, capsys):
+    """A needs_model method (ppc) runs through the logic with the model file of the Refinement model field."""
+    from slicer_inputs import xray_camera
+    from XRayCTRegistrationLib.cli import main
+    from XRayCTRegistrationSlicerLib.parameters import modelPath
+
+    ct, xray, volume, camera, image, pose = inputs
+    model, geometry = tmp_path / "ppc.pt", tmp_path / "geometry.json"
+    xray_camera().save(geometry)
+    assert main(["train", "--ct", str(tmp_path / "ct.nrrd"), "--geometry", str(geometry), "--model", "ppc",
+                 "--out", str(model), "--iterations", "1", "--batch-size", "2", "--threads", "1", "--quiet"]) == 0
+    logic = module.XRayCTRegistrationLogic()
+    p = logic.getParameterNode()
+    p.method, p.refinementModel = "ppc", model  # the field's typed parameter keeps the path
+    assert p.method == "ppc" and modelPath(p, "refinementModel") == str(model)
+    seen = []
+    out = logic.register(ct, xray, START, method=p.method, refinementModel=modelPath(p, "refinementModel"),
+                         progress=lambda f, m: seen.append(f), iterations=2)
+    assert out.result.method == "ppc" and out.result.iterations == 2 and seen
+    np.testing.assert_allclose(ns.slicer.util.arrayFromTransformMatrix(out.transformNode),
+                               out.result.world_from_camera, atol=1e-6)
+    np.testing.assert_allclose(out.initialParams, START)  # ppc refined the given pose
+    assert out.drrNode is not None and out.drrNode.GetImageData() is not None

@@ -77,6 +77,21 @@ def test_parameter_names_match_parameter_node(ui_root):
     assert bound["initialiserMethod"] == "initialiserMethodComboBox"
     assert bound["trainingMinutes"] == "trainingMinutesSpinBox"
     assert ui_root.findChild(QWidget, "initialiserModelPathLineEdit").metaObject().className() != "QLineEdit"
+    assert bound["refinementModel"] == "refinementModelPathLineEdit"
+    assert ui_root.findChild(QWidget, "refinementModelPathLineEdit").metaObject().className() != "QLineEdit"
+
+
+def test_refinement_model_field_is_labelled_for_translation_next_to_the_method():
+    text = UI.read_text()
+    label = text[text.index('name="refinementModelPathLineEditLabel"'):]
+    assert "<string>Refinement model:</string>" in label[:label.index("</widget>")]
+    field = text[text.index('name="refinementModelPathLineEdit"'):]
+    field = field[:field.index("</widget>")]
+    assert "<string>Model file (.pt) of a learned refinement method" in field and 'notr="true"' not in field
+    rows = re.findall(r'<item row="(\d+)" column="1">\s*<widget class="\w+" name="(\w+)"', text)
+    rows = {name: int(row) for row, name in rows}
+    assert rows["refinementModelPathLineEdit"] == rows["methodComboBox"] + 1
+    assert rows["initialiserModelPathLineEdit"] == rows["methodComboBox"] + 2
 
 
 def test_choices_match_combo_boxes_and_library(ui_root):

@@ -209,7 +209,7 @@ def test_cli_train_and_register_round_trip(files, tmp_path, capsys):
     capsys.readouterr()
     # clear errors: no model, a model of the wrong kind on either side
     assert main([*reg, "--method", "sopi-fine", "--out", str(tmp_path / "x.json")]) == 2
-    assert "needs --model" in capsys.readouterr().err
+    assert "needs a model file" in capsys.readouterr().err
     assert main([*reg, "--method", "sopi-fine", "--model", str(rtpi), "--out", str(tmp_path / "x.json")]) == 2
     assert "not a sopi-fine one" in capsys.readouterr().err
     assert main([*reg, "--init-model", str(fine), "--out", str(tmp_path / "x.json")]) == 2

@@ -47,7 +47,7 @@ from slicer.util import VTKObservationMixin
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.names import DEFAULT_METHOD, INITIALISER_METHODS, XRAY_KINDS
 from XRayCTRegistrationLib.names import PARAM_NAMES as POSE_PARAMETER_NAMES
-from XRayCTRegistrationLib.registry import get_method
+from XRayCTRegistrationLib.registry import check_method_model
 from XRayCTRegistrationSlicerLib import about, dicom, display, images, registration_options, training_process
 from XRayCTRegistrationSlicerLib.dependencies import ensureDependencies
 from XRayCTRegistrationSlicerLib.images import DICOM_SDD_ATTRIBUTE, DICOM_SPACING_ATTRIBUTE, GEOMETRY_ATTRIBUTE
@@ -127,7 +127,7 @@ class XRayCTRegistrationParameterNode:
     outputDrr: receives the DRR at the current pose, placed on the detector.
     fusionOpacity: opacity of the DRR over the X-ray in the fusion view.
     initialiserModel: model file of the learned initialiser (written by Train initialiser, read by
-        Initialise and Register); empty or "." means none.
+        Initialise and Register); empty or "." means none. refinementModel: model file of a learned refinement method.
     initialiserMethod: kind of initialiser trained (see INITIALISER_METHODS).
     trainingMinutes: training time budget, minutes.
     secondXrayVolume, relativeTransform, secondSdd, secondRowSpacing, secondColSpacing, secondX0, secondY0,
@@ -156,6 +156,7 @@ class XRayCTRegistrationParameterNode:
     outputDrr: vtkMRMLScalarVolumeNode
     fusionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     initialiserModel: pathlib.Path
+    refinementModel: pathlib.Path
     initialiserMethod: Annotated[str, Choice(list(INITIALISER_METHODS))] = "regressor"
     trainingMinutes: Annotated[float, WithinRange(0.1, 1440.0)] = 15.0
     secondXrayVolume: vtkMRMLScalarVolumeNode
@@ -492,7 +493,7 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     rowSpacing=p.rowSpacing, colSpacing=p.colSpacing, x0=p.x0, y0=p.y0,
                     outputTransform=p.outputTransform, device=resolveDevice(p.device),
                     outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested,
-                    initialiserModel=initialiserModel,
+                    initialiserModel=initialiserModel, refinementModel=modelPath(p, "refinementModel") or None,
                     registrationOptions=registration_options.optionsFromParameterNode(p))
             finally:
                 self._busy = False
@@ -789,13 +790,14 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
                  outputTransform=None, outputDrr=None, progress: Callable[[float, str], None] | None = None,
                  shouldStop: Callable[[], bool] | None = None, initialiserModel: str | os.PathLike | None = None,
                  x0: float = 0.0, y0: float = 0.0, registrationOptions: RegistrationOptions | None = None,
-                 **options) -> RegistrationOutput:
+                 refinementModel: str | os.PathLike | None = None, **options) -> RegistrationOutput:
         """Register the X-ray to the CT from initial pose parameters (degrees, mm) and write the outputs.
 
         Runs the library's ``pipeline.register_xray`` in this process: with ``initialiserModel`` (a model
         file from ``xrayctreg train``) the start is the model's prediction (``initialParams`` is then
         ignored, see :meth:`initialise`), else the given parameters; then ``method`` (any registered
-        refinement method, :func:`registrationMethods`) refines it. ``progress(fraction, message)`` is
+        refinement method, :func:`registrationMethods`; one that needs a trained model reads ``refinementModel``,
+        a model file from ``xrayctreg train``) refines it. ``progress(fraction, message)`` is
         called as it goes and ``shouldStop()`` is polled to cancel. ``xrayKind`` (``XRAY_KINDS``) says
         how the X-ray's grey levels become attenuation (see :meth:`attenuationImageFromNode`; what was
         done is logged and returned). ``registrationOptions`` add a second view, structures and an X-ray mask
@@ -808,7 +810,8 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         """
         from XRayCTRegistrationLib.geometry import source_inside_volume
 
-        get_method(method, "refine")  # an unknown method fails before any work
+        check_method_model(method, refinementModel, "refinement model")  # unknown method, missing model: no work
+        options = {**options, "model": str(refinementModel)} if refinementModel else options
         self.checkOutputNodes(outputTransform, outputDrr)
         volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
                                                                      colSpacing, x0=x0, y0=y0)

@@ -23,7 +23,7 @@ from .data import DEFAULT_SAMPLE, SAMPLES
 from .errors import InputError
 from .files import SINGLE_FILE_SUFFIXES, Outputs, json_text
 from .names import DEFAULT_METHOD, FINE_MODEL, MODEL_KINDS
-from .registry import describe, get_method, method_names
+from .registry import check_method_model, describe, get_method, method_names
 
 # -- option checks --------------------------------------------------------------------------------
 OPTION_RULES = (
@@ -335,6 +335,8 @@ def _check_register_args(args: argparse.Namespace) -> None:
     if args.no_refine and not (args.init_model or args.projection or args.init in method_names("init")):
         raise InputError("--no-refine needs --init-model, --projection or a named --init (e.g. dicom); a pose "
                          "file is already the initialisation")
+    if not args.no_refine:
+        check_method_model(args.method, args.model)
     if args.labels and not args.label_ids:
         raise InputError("--labels needs --label-ids")
     if args.renderer == "physics" and args.labels:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -122,6 +124,33 @@ def get_method(name: str, kind: str = "refine") -> Method:
         what = "method" if kind == "refine" else "init"
         raise InputError(f"{what}: unknown {kind} method {name!r}; choose one of "
                          f"{', '.join(_REGISTRY.get(kind, {}))}") from None
+
+
+def check_method_model(method: str, model: object, option: str = "--model") -> None:
+    """Raise :class:`InputError` unless the refinement ``method`` and its trained model file agree.
+
+    Checked before any work, by the CLI (``register --method M --model FILE``) and the Slicer module: a
+    ``needs_model`` method needs a model (a file path, or an already loaded model object); a method that takes
+    none must get none; a model given as a path must be a readable file. ``option`` names the model in the
+    messages (``--model``, or the Slicer field's label). Whether the file holds the right kind of model is
+    checked when the method loads it.
+    """
+    m = get_method(method, "refine")
+    if m.needs_model and not model:
+        raise InputError(f"{option}: method {method} needs a model file (train one with 'xrayctreg train')")
+    if model and not m.needs_model:
+        raise InputError(f"{option}: method {method} takes no model file; give none, or choose one of "
+                         f"{', '.join(method_names('refine', needs_model=True))}")
+    if isinstance(model, (str, PathLike)):
+        path = Path(model)
+        if path.is_dir():
+            raise InputError(f"{option}: {path}: is a folder, not a model file")
+        if not path.is_file():
+            raise InputError(f"{option}: {path}: model file not found")
+        try:
+            path.open("rb").close()
+        except OSError as e:
+            raise InputError(f"{option}: {path}: model file cannot be read ({e.strerror})") from None
 
 
 def describe(kind: str = "refine") -> str:

@@ -30,9 +30,9 @@ class RegisteredMethod(Validator):
             raise ValueError(f"method {value!r} is not one of {', '.join(registrationMethods())}")
 
 
-def modelPath(parameterNode) -> str:
-    """The initialiser model file of a parameter node as a string, "" when none is set."""
-    path = parameterNode.initialiserModel
+def modelPath(parameterNode, name: str = "initialiserModel") -> str:
+    """A model file parameter (``initialiserModel`` or ``refinementModel``) as a string, "" when none is set."""
+    path = getattr(parameterNode, name)
     text = str(path) if path is not None else ""
     return "" if text in ("", ".") else text
 
