@@ -85,7 +85,7 @@ def test_detector_blur_is_not_a_blur_of_the_line_integrals():
     v = torch.tensor(1.0, dtype=torch.float64)
     out = detector_blur(line, v)[0, 0]
     assert float(out[9]) == pytest.approx(-np.log(0.75 + 0.25 * np.exp(-5.0)), rel=0.2)
-    assert float(out[10]) < 2.5 < 5.0 - float(out[10]) + 2.5  # the edge's mid-value moves to the dark side
+    assert float(out[10]) < 2.5  # blurring the line integrals would give about 3 here: the bright side dominates
     assert torch.equal(detector_blur(line, torch.tensor(0.0, dtype=torch.float64)), line)
 
 

