@@ -338,11 +338,12 @@ def test_slide_rays_cover_every_face():
 def test_kernel_slide_equals_float64_reference(n_samples):
     m, dirs = slide_rays()
     vol = _raymarch.pad_volume(slide_volume()[0])
+    blocks = _raymarch.block_table(vol)
     out = np.empty((m.shape[0], dirs.shape[0]), np.float32)
     fixed = np.empty((*out.shape, 6), np.float32)
-    _raymarch.march_with_jacobian(vol, m, dirs, n_samples, out, fixed, False)
+    _raymarch.march_with_jacobian(vol, blocks, m, dirs, n_samples, out, fixed, False)
     fused, out2 = np.empty_like(fixed), np.empty_like(out)
-    _raymarch.march_with_jacobian(vol, m, dirs, n_samples, out2, fused)
+    _raymarch.march_with_jacobian(vol, blocks, m, dirs, n_samples, out2, fused)
     ref = add_sample_slide(torch.from_numpy(fixed), torch.from_numpy(out), torch.from_numpy(m),
                            torch.from_numpy(dirs), torch.tensor(SLIDE_SHAPE_IJK, dtype=torch.float64)).numpy()
     assert np.array_equal(out, out2) and np.count_nonzero(out) > 0.5 * out.size

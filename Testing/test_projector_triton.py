@@ -55,7 +55,8 @@ def numba_reference(vol, cam, w, n_samples):
     dirs = cam.pixel_centers(np.float64).reshape(-1, 3)
     out = np.empty((len(w), dirs.shape[0]), np.float32)
     jac = np.empty((len(w), dirs.shape[0], 6), np.float32)
-    _raymarch.march_with_jacobian(_raymarch.pad_volume(vol.data), m, dirs, n_samples, out, jac)
+    padded = _raymarch.pad_volume(vol.data)
+    _raymarch.march_with_jacobian(padded, _raymarch.block_table(padded), m, dirs, n_samples, out, jac)
     return out, jac, m
 
 
@@ -120,7 +121,8 @@ def test_kernel_slide_equals_float64_reference(split):
     for c in range(2):
         out = np.empty((m.shape[0], dirs.shape[0]), np.float32)
         jac = np.empty((*out.shape, 6), np.float32)
-        _raymarch.march_with_jacobian(_raymarch.pad_volume(mu[c].cpu().numpy()), m.cpu().double().numpy(),
+        padded = _raymarch.pad_volume(mu[c].cpu().numpy())
+        _raymarch.march_with_jacobian(padded, _raymarch.block_table(padded), m.cpu().double().numpy(),
                                       dirs.cpu().double().numpy(), N, out, jac)
         assert np.abs(fused[:, c].cpu().numpy() - jac).max() < 1e-4 * scale
 

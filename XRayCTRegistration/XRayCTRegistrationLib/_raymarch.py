@@ -29,12 +29,46 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["march", "march_pair", "march_pair_with_jacobian", "march_with_jacobian", "pack_pair", "pad_volume"]
+__all__ = ["BLOCK", "RUN", "block_table", "march", "march_pair", "march_pair_with_jacobian",
+           "march_with_jacobian", "pack_pair", "pad_volume"]
+
+BLOCK = 8
+"""Edge (voxels) of the blocks of :func:`block_table`, the unit of empty-space skipping."""
+
+RUN = 16
+"""Samples tested for empty space at once at either end of a ray (:func:`_span`)."""
 
 
 def pad_volume(data_kji: np.ndarray) -> np.ndarray:
     """Copy ``[K, J, I]`` into a C-contiguous float32 ``[K + 2, J + 2, I + 2]`` array, repeating the edge voxels."""
     return np.ascontiguousarray(np.pad(np.asarray(data_kji, dtype=np.float32), 1, mode="edge"))
+
+
+def block_table(padded: np.ndarray) -> np.ndarray:
+    """Counts of the non-empty blocks of an edge-padded volume (:func:`pad_volume`), summed over boxes of blocks.
+
+    A trilinear sample whose cell has its lower corner at padded index ``c`` reads the voxels ``c`` and
+    ``c + 1`` along each axis. Block ``b`` holds the cells with corners ``b BLOCK <= c < (b + 1) BLOCK``; it is
+    empty when every voxel those cells read is exactly zero (the one-voxel margin included), so samples in an
+    empty block add exactly zero to a line integral and to its gradient. Returns the 3D prefix sum ``S``
+    ``[Kb + 1, Jb + 1, Ib + 1]`` int32 of the non-empty flags (``S[0] = S[:, 0] = S[:, :, 0] = 0``): the blocks
+    ``a <= b < c`` hold ``S[c] - ...`` (inclusion-exclusion over the 8 corners) non-empty ones. A NaN voxel
+    counts as non-empty.
+    """
+    vol = np.asarray(padded)
+    nonzero = vol != 0
+    # cells: corners 0 .. n - 2 of the padded grid (n - 1 of them per axis); a cell is non-empty when one of
+    # the 8 voxels it reads is
+    cells = nonzero[:-1] | nonzero[1:]
+    cells = cells[:, :-1] | cells[:, 1:]
+    cells = cells[:, :, :-1] | cells[:, :, 1:]
+    nb = [-(-n // BLOCK) for n in cells.shape]
+    grid = np.zeros([b * BLOCK for b in nb], dtype=bool)
+    grid[:cells.shape[0], :cells.shape[1], :cells.shape[2]] = cells
+    occupied = grid.reshape(nb[0], BLOCK, nb[1], BLOCK, nb[2], BLOCK).any(axis=(1, 3, 5))
+    table = np.zeros([b + 1 for b in nb], dtype=np.int32)
+    table[1:, 1:, 1:] = occupied.astype(np.int32).cumsum(0).cumsum(1).cumsum(2)
+    return table
 
 
 @njit(fastmath=True, cache=True, inline="always")
@@ -238,13 +272,58 @@ def _store_jacobian(row, m, d0, d1, d2, ni, nj, nk, t0, t1, step_mm, value, gb0,
     row[5] = jt2
 
 
+@njit(fastmath=True, cache=True, inline="always")
+def _corner(f, n):
+    """Lower corner (padded index) of the cell holding coordinate ``f``, clamped to ``[0, n]``."""
+    return min(max(int(f), 0), n)
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _run_empty(blocks, p0, p1, p2, q0, q1, q2, s0, s1, ni, nj, nk):
+    """Whether the samples ``p + s q``, ``s0 <= s < s1``, read only zero voxels (see :func:`block_table`).
+
+    The samples' cells lie in the box of the cells of the first and the last sample (positions are linear in
+    ``s``), widened here by one voxel on every side so that rounding of the positions cannot matter.
+    """
+    f0, f1, f2 = p0 + s0 * q0, p1 + s0 * q1, p2 + s0 * q2
+    g0, g1, g2 = p0 + (s1 - 1) * q0, p1 + (s1 - 1) * q1, p2 + (s1 - 1) * q2
+    a0 = _corner(min(f0, g0) - 1.0, ni) // BLOCK
+    a1 = _corner(min(f1, g1) - 1.0, nj) // BLOCK
+    a2 = _corner(min(f2, g2) - 1.0, nk) // BLOCK
+    b0 = _corner(max(f0, g0) + 1.0, ni) // BLOCK + 1
+    b1 = _corner(max(f1, g1) + 1.0, nj) // BLOCK + 1
+    b2 = _corner(max(f2, g2) + 1.0, nk) // BLOCK + 1
+    occupied = (blocks[b2, b1, b0] - blocks[a2, b1, b0] - blocks[b2, a1, b0] - blocks[b2, b1, a0]
+                + blocks[a2, a1, b0] + blocks[a2, b1, a0] + blocks[b2, a1, a0] - blocks[a2, a1, a0])
+    return occupied == 0
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _span(blocks, p0, p1, p2, q0, q1, q2, n, ni, nj, nk):
+    """The samples ``[s_first, s_last)`` of ``p + s q`` (``s < n``) left after dropping empty runs at both ends.
+
+    Runs of ``RUN`` samples are dropped from the start and from the end while they read only zero voxels
+    (:func:`_run_empty`): what they would add to the line integral and its gradient is exactly zero.
+    """
+    s_first = 0
+    while s_first < n and _run_empty(blocks, p0, p1, p2, q0, q1, q2, s_first, min(s_first + RUN, n), ni, nj, nk):
+        s_first += RUN
+    s_last = n
+    while s_last > s_first and _run_empty(blocks, p0, p1, p2, q0, q1, q2, max(s_last - RUN, s_first), s_last,
+                                          ni, nj, nk):
+        s_last -= RUN
+    return min(s_first, n), max(s_last, min(s_first, n))
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
+def march(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
           out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Line integrals for every pose and ray.
 
     Args:
-        vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm.
+        vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm (:func:`pad_volume`).
+        blocks: the volume's block table (:func:`block_table`): runs of samples in empty space at either end
+            of a ray are skipped (they add exactly zero).
         ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
         dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
         n_samples: samples per ray.
@@ -253,9 +332,11 @@ def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples
     for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
         bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
                                                                               n_samples)
+        q0, q1, q2 = dt * d0, dt * d1, dt * d2
+        s_first, s_last = _span(blocks, p0, p1, p2, q0, q1, q2, n_samples if t1 > t0 else 0, ni, nj, nk)
         acc = np.float32(0.0)
-        for s in range(n_samples if t1 > t0 else 0):
-            i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
+        for s in range(s_first, s_last):
+            i0, j0, k0, wi, wj, wk = _cell(p0 + s * q0, p1 + s * q1, p2 + s * q2, ni, nj, nk)
             acc += _trilinear(vol[k0, j0, i0], vol[k0, j0, i0 + 1], vol[k0, j0 + 1, i0], vol[k0, j0 + 1, i0 + 1],
                               vol[k0 + 1, j0, i0], vol[k0 + 1, j0, i0 + 1], vol[k0 + 1, j0 + 1, i0],
                               vol[k0 + 1, j0 + 1, i0 + 1], wi, wj, wk)
@@ -263,13 +344,14 @@ def march(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
-                        out: np.ndarray, jac: np.ndarray,
+def march_with_jacobian(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray,
+                        n_samples: int, out: np.ndarray, jac: np.ndarray,
                         slide: bool = True) -> None:  # pragma: no cover - compiled
     """:func:`march` plus, per ray, the two 3-vectors of the pose gradient.
 
     Args:
-        vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm.
+        vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm (:func:`pad_volume`).
+        blocks: the volume's block table (:func:`block_table`), as for :func:`march`.
         ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
         dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
         n_samples: samples per ray.
@@ -283,10 +365,12 @@ def march_with_jacobian(vol: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndar
     for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
         bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
                                                                               n_samples)
+        q0, q1, q2 = dt * d0, dt * d1, dt * d2
+        s_first, s_last = _span(blocks, p0, p1, p2, q0, q1, q2, n_samples if t1 > t0 else 0, ni, nj, nk)
         acc = np.float32(0.0)
         gb0 = gb1 = gb2 = gt0 = gt1 = gt2 = np.float32(0.0)
-        for s in range(n_samples if t1 > t0 else 0):
-            i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
+        for s in range(s_first, s_last):
+            i0, j0, k0, wi, wj, wk = _cell(p0 + s * q0, p1 + s * q1, p2 + s * q2, ni, nj, nk)
             t = np.float32(t0 + (s + 0.5) * dt)
             v, g0, g1, g2 = _trilinear_grad(vol[k0, j0, i0], vol[k0, j0, i0 + 1], vol[k0, j0 + 1, i0],
                                             vol[k0, j0 + 1, i0 + 1], vol[k0 + 1, j0, i0], vol[k0 + 1, j0, i0 + 1],

@@ -182,9 +182,10 @@ class Projector(torch.nn.Module):
             # its interior for grid_sample. Change the volume by replacing ``mu``, not in place (the
             # padding would go stale).
             self._padded = _raymarch.pad_volume(volume.data)  # [K + 2, J + 2, I + 2]
+            self._blocks = _raymarch.block_table(self._padded)  # empty-space skipping, made once per volume
             mu = torch.from_numpy(self._padded)[1:-1, 1:-1, 1:-1]
         else:
-            self._padded = None
+            self._padded = self._blocks = None
             mu = torch.as_tensor(volume.data, device=dev)
         self.register_buffer("mu", mu[None, None].to(volume_dtype))  # [1, 1, K, J, I]
         self._padded_ptr = self.mu.data_ptr()
@@ -239,12 +240,17 @@ class Projector(torch.nn.Module):
         return img[0] if single else img
 
     # -- numba backend ---------------------------------------------------------------------------
-    def _padded_volume(self) -> np.ndarray:
-        """The edge-padded volume for the kernels, rebuilt if ``mu`` was replaced since the last call."""
+    def _padded_volume(self) -> tuple[np.ndarray, np.ndarray]:
+        """The edge-padded volume and its block table for the kernels, rebuilt if ``mu`` was replaced since.
+
+        Made once per volume (no copy or conversion per call): :func:`_raymarch.pad_volume` and
+        :func:`_raymarch.block_table`.
+        """
         if self._padded is None or self.mu.data_ptr() != self._padded_ptr:
             self._padded = _raymarch.pad_volume(self.mu.detach()[0, 0].cpu().numpy())
+            self._blocks = _raymarch.block_table(self._padded)
             self._padded_ptr = self.mu.data_ptr()
-        return self._padded
+        return self._padded, self._blocks
 
     def _forward_numba(self, w: torch.Tensor) -> torch.Tensor:
         """Numba ray march at poses ``w`` [B, 4, 4]; returns [B, R] float32 on the CPU."""
@@ -269,7 +275,8 @@ class Projector(torch.nn.Module):
         out = np.empty((w.shape[0], n_rays), dtype=np.float32)
         jac = np.empty((w.shape[0], n_rays, 6), dtype=np.float32)
         # the samples' slide included, as in the autograd path (_NumbaMarch)
-        _raymarch.march_with_jacobian(self._padded_volume(), m, self._dirs64.numpy(), self.n_samples, out, jac)
+        vol, blocks = self._padded_volume()
+        _raymarch.march_with_jacobian(vol, blocks, m, self._dirs64.numpy(), self.n_samples, out, jac)
         j = torch.from_numpy(jac).double()
         d_m = torch.cat([j[..., 3:, None] * self._dirs64[None, :, None, :], j[..., :3, None]], dim=-1)  # [B, R, 3, 4]
         d_w = torch.einsum("brim,ip->brpm", d_m, self._ijk_from_world64[:3, :])  # [B, R, 4, 4]
@@ -326,19 +333,23 @@ class _NumbaMarch(torch.autograd.Function):
     """Line integrals by the numba kernels, differentiable with respect to ``ijk_from_camera``."""
 
     @staticmethod
-    def forward(ctx, ijk_from_cam: torch.Tensor, padded: np.ndarray, dirs64: torch.Tensor, n_samples: int,
-                with_grad: bool) -> torch.Tensor:
-        """Render for ``ijk_from_cam`` [B, 3, 4] (float64); returns [B, R] float32."""
+    def forward(ctx, ijk_from_cam: torch.Tensor, volume: tuple[np.ndarray, np.ndarray], dirs64: torch.Tensor,
+                n_samples: int, with_grad: bool) -> torch.Tensor:
+        """Render for ``ijk_from_cam`` [B, 3, 4] (float64); ``volume``: the padded volume and its block table.
+
+        Returns [B, R] float32.
+        """
+        padded, blocks = volume
         m = np.ascontiguousarray(ijk_from_cam.detach().numpy())
         dirs = dirs64.numpy()
         out = np.empty((m.shape[0], dirs.shape[0]), dtype=np.float32)
         if with_grad:
             jac = np.empty((m.shape[0], dirs.shape[0], 6), dtype=np.float32)  # [B, R, 6]
-            _raymarch.march_with_jacobian(padded, m, dirs, n_samples, out, jac)  # the samples' slide included
+            _raymarch.march_with_jacobian(padded, blocks, m, dirs, n_samples, out, jac)  # slide included
             ctx.jac = torch.from_numpy(jac)
             ctx.dirs64 = dirs64
         else:
-            _raymarch.march(padded, m, dirs, n_samples, out)
+            _raymarch.march(padded, blocks, m, dirs, n_samples, out)
             ctx.jac = None
         return torch.from_numpy(out)
 
