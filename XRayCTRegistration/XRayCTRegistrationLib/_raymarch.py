@@ -15,6 +15,12 @@ integral of the voxel boxes does, instead of a ramp down to zero. The kernels re
 volume padded by one voxel on every side with its edge values (see :func:`pad_volume`), so lookups
 never test bounds.
 
+Empty space: :func:`march` and :func:`march_with_jacobian` take a table of the volume's empty blocks
+(:func:`block_table`, made once per volume with the padded copy) and drop the runs of samples at either
+end of a ray whose trilinear cells read only zero voxels. Those samples add exactly zero to the integral
+and to its gradient, so the result is that of the march over every sample (up to the order of float32
+additions).
+
 Pose gradient: for fixed ``t_near`` and ``t_far``, with ``g_i`` the gradient of the trilinear
 interpolant at ``p_i`` (index space), ``dI/db = sum_i g_i step`` and ``dI/dA = (sum_i g_i t_i step) d^T``.
 The gradient kernel stores these two 3-vectors per ray, with what the samples' slide with the entry and

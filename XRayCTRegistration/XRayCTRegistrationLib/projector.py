@@ -10,7 +10,8 @@ voxel boxes).
 
 Two backends compute the same thing:
 
-- ``"numba"``: compiled CPU kernels (:mod:`._raymarch`), one ray per parallel iteration. The pose
+- ``"numba"``: compiled CPU kernels (:mod:`._raymarch`), one ray per parallel iteration, samples at
+  either end of a ray that read only zero voxels skipped (a block table of the volume, made once). The pose
   gradient comes from its own kernel (the derivative of the rendered sum: the trilinear interpolant's
   gradient at each sample, plus the samples' slide with the ray's entry and exit points) through a
   :class:`torch.autograd.Function`, so gradients reach ``world_from_camera`` and anything it was
