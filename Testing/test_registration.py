@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from XRayCTRegistrationLib.carm import CArmPosition, relative_carm_view
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.metrics import mtre, target_points
@@ -59,12 +60,8 @@ def test_other_methods_improve(scene, method):
 def test_biplane(scene):
     hu, vol, ref, xray0, pts = scene
     # view 1: the camera turned 90 degrees about the isocentre around the patient's long axis
-    iso_cam = ref.isocenter_camera
-    turn = np.eye(4)
-    turn[:3, :3] = [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]
-    to_iso, back = np.eye(4), np.eye(4)
-    to_iso[:3, 3], back[:3, 3] = iso_cam, -iso_cam
-    rel1 = to_iso @ turn @ back  # camera0_from_camera1
+    sid = float(ref.isocenter_camera[2])
+    rel1 = relative_carm_view(CArmPosition(0.0, 0.0, sid), CArmPosition(-90.0, 0.0, sid), CAM.sdd, CAM.sdd)
     w_gt = ref.pose(GT)
     xray1 = render(vol, CAM, w_gt @ rel1, n_samples=160)
     # global NCC: this noise-free 48-pixel phantom has too few pixels for local patches to carry information;
