@@ -126,7 +126,8 @@ does not determine the depth of the pose found well enough to be trusted. On the
 registrations (``benchmarks/results/multict.md``, 128 x 128 detectors) no registration reported as a success ends
 2 mm or more from the truth with this bound (with 50 mm, 26 of the spine crop's did); it turns 3 accurate chest
 registrations (of 120) and one abdomen registration into failures, and all but one of the spine crop's, whose
-single view leaves the depth to +-14 mm (median): a second view is what that CT needs. A label-masked
+depth local NCC leaves to +-14 mm (median; the X-ray's photons carry it to 0.02 mm, ``depth_bound.md``: the
+similarity loses it, and a second view restores it, ``biplane.md``). A label-masked
 registration of the test phantom that converged 180 mm from the truth reports thousands of millimetres."""
 
 MIN_COVERAGE = 0.02
