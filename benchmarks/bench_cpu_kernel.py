@@ -60,8 +60,8 @@ def downsample2(vol: Volume) -> Volume:
 
 
 def time_renders(proj: Projector, ref: ReferenceView, params: torch.Tensor, repeats: int,
-                 grad: bool) -> float:
-    """Median seconds of one render (forward, or forward and pose gradient) over poses x repeats."""
+                 grad: bool) -> tuple[float, float]:
+    """Median and minimum seconds of one render (forward, or forward and pose gradient) over poses x repeats."""
     def call(p):
         if grad:
             q = p.clone().requires_grad_(True)
@@ -76,7 +76,7 @@ def time_renders(proj: Projector, ref: ReferenceView, params: torch.Tensor, repe
             t = time.perf_counter()
             call(p)
             times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median(times)), float(np.min(times))
 
 
 def scaling_rows(vols: dict[str, Volume], sizes: list[int], samples: list[int], repeats: int) -> list[dict]:
@@ -88,10 +88,10 @@ def scaling_rows(vols: dict[str, Volume], sizes: list[int], samples: list[int], 
         for size, n in combos:
             cam = Camera(SDD, size, size, DETECTOR_MM / size, DETECTOR_MM / size)
             proj = Projector(vol, cam, n_samples=n, backend="numba")
-            fwd = time_renders(proj, ref, params, repeats, grad=False)
-            fb = time_renders(proj, ref, params, max(1, repeats // 2), grad=True)
-            rows.append({"volume": name, "size": size, "n": n, "fwd": fwd, "fb": fb,
-                         "rate": size * size * n / fwd, "load": os.getloadavg()[0]})
+            fwd, fwd_min = time_renders(proj, ref, params, repeats, grad=False)
+            fb, fb_min = time_renders(proj, ref, params, max(1, repeats // 2), grad=True)
+            rows.append({"volume": name, "size": size, "n": n, "fwd": fwd, "fb": fb, "fwd_min": fwd_min,
+                         "fb_min": fb_min, "rate": size * size * n / fwd_min, "load": os.getloadavg()[0]})
             print(rows[-1], flush=True)
     return rows
 
@@ -113,7 +113,7 @@ def air_rows(hu: np.ndarray, affine: np.ndarray, thresholds: list[float], repeat
         occupied = np.diff(np.diff(np.diff(proj._padded_volume()[1], axis=0), axis=1), axis=2)
         rrmse = np.mean([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(imgs, img0, strict=True)])
         rows.append({"thr": thr, "zero": float((mu == 0).mean()), "empty_blocks": float(1 - occupied.mean()),
-                     "rrmse": float(rrmse), "fwd": time_renders(proj, ref, params, repeats, grad=False)})
+                     "rrmse": float(rrmse), "fwd": time_renders(proj, ref, params, repeats, grad=False)[0]})
         print(rows[-1], flush=True)
     return rows
 
@@ -155,13 +155,15 @@ def write(args, rows, air, chest, load0, load1, wall) -> None:
              f"when it ended); wall time {wall / 60:.1f} min.", "",
              f"Chest CT {'x'.join(map(str, chest.shape_ijk))} (`hu_to_mu`), and the same downsampled 2x along each "
              f"axis; sdd {SDD:.0f} mm, square detector of {DETECTOR_MM:.0f} mm; the AP view and 4 random poses, "
-             f"batch 1; medians over poses x {args.repeats} calls (fwd+grad: half as many). Samples per second: "
-             "nominal (rows x cols x samples per render).", "",
+             f"batch 1; medians and minima over poses x {args.repeats} calls (fwd+grad: half as many; the minimum is "
+             "the call least disturbed by other jobs). Samples per second: nominal (rows x cols x samples per "
+             "render), at the fastest call.", "",
              "## Time per render", "",
-             "| volume | detector | samples per ray | fwd (ms) | fwd+grad (ms) | fwd samples/s | load |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['volume']} | {r['size']}x{r['size']} | {r['n']} | {r['fwd'] * 1e3:.1f} | {r['fb'] * 1e3:.1f} "
-              f"| {r['rate']:.2e} | {r['load']:.2f} |" for r in rows]
+             "| volume | detector | samples per ray | fwd median (ms) | fwd min (ms) | fwd+grad median (ms) "
+             "| fwd+grad min (ms) | fwd samples/s (min) | load |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['volume']} | {r['size']}x{r['size']} | {r['n']} | {r['fwd'] * 1e3:.1f} | {r['fwd_min'] * 1e3:.1f} "
+              f"| {r['fb'] * 1e3:.1f} | {r['fb_min'] * 1e3:.1f} | {r['rate']:.2e} | {r['load']:.2f} |" for r in rows]
     lines += ["", "## Air in the CT and a clamp of air to zero (256x256, 200 samples)", "",
               f"`hu_to_mu` maps -1000 HU and below to exactly 0 (mu_water {MU_WATER} /mm). A clamp sets mu = 0 below "
               "the threshold before rendering; `rel. change` is the relative RMSE of the clamped DRR against the "
