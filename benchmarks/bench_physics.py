@@ -280,11 +280,10 @@ NOTES = """## Notes
   The target (under 2x) now holds with the default threads in every window, forward and gradient (1.30-1.40
   forward, 1.11-1.65 gradient), where the same runs of the torch steps gave 2.74-3.24 forward and 1.78-3.86
   gradient. With one thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`, 20:40-20:43, load 7.4-5.8): 1.30 / 1.73.
-  The steps after the march
-  take 26-44 ms at load 3-5 (the speed section's split: paths vs the rest), a tenth to a fifth of the
-  monochromatic DRR; the rest of the ratio is the pair march (a 32-bit word of two 16-bit densities per voxel,
-  and two Jacobians per ray for the gradient). Absolute times vary with the load by up to 10x between windows
-  (window 1: monochromatic forward 1.6 s); compare ratios only.
+  The steps after the march take 0.15-0.16 of the monochromatic forward's time in windows 1-3 (26-44 ms at
+  load 3-5; the speed section's split); the rest of the ratio is the pair march (a 32-bit word of two 16-bit
+  densities per voxel, and two Jacobians per ray for the gradient). Absolute times vary with the load by up to
+  10x between windows (window 1: monochromatic forward 1.6 s); compare ratios only.
 - **Earlier history, by thread configuration** (before = commit 0e3e736, one float32 march per material and the
   spectral sum through autograd; after = the packed pair march with the steps after it in torch, commit 2abe996;
   the torch steps are now replaced, see above):
