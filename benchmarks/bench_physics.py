@@ -300,20 +300,25 @@ NOTES = """## Notes
   `PYTHONPATH=$PWD/XRayCTRegistration python3 benchmarks/bench_physics.py --device cuda --skip-registration
   --runs 30 --tag physics_gpu` (that machine has neither xraydb nor SimpleITK: first run `--save-tables T.npz` here
   and pass `--tables T.npz`, and give the CT as `.npz` arrays `hu`, `ijk_to_ras`).
-- **Registration** (`physics_multict.md`: 10 SOPI-like cases per CT and kVp, X-rays with scatter 0.3). Scatter,
-  not the spectrum, is what hurts: without a scatter model both renderers fail on every CT (chest 0-10 %,
-  abdomen 0 %, spine 0 %, success at mTRE < 2 mm; on the chest, 12 cases at 100 kVp without scatter in the X-rays:
-  100 % for both, `physics_noscatter.md`). With the scatter fraction fitted to each X-ray
+- **Registration** (`physics_multict.md`: 8 SOPI-like cases per CT and kVp (seed 0), X-rays with scatter 0.3, the
+  registration's defaults of today, with the detector blur fitted with the pose, `fit_blur=True`). Scatter, not the
+  spectrum, is what hurts: without a scatter model both renderers fail on every CT (chest 0 %, abdomen 0-12.5 %,
+  spine 0 %, success at mTRE < 2 mm; on the chest, 12 cases at 100 kVp without scatter in the X-rays: 100 % for
+  both, `physics_noscatter.md`, made before the blur fit). With the scatter fraction fitted to each X-ray
   (`physics.fit_scatter_fraction`: the fraction whose image has the X-ray's sorted intensities, so misalignment
   does not pass for fog; fitted at the initial pose, registered, refitted at the result and registered again):
-  chest 90-100 %, abdomen 50-60 %, spine 40-60 %, at 2-3 times the time of one registration. With the X-rays'
-  true fraction (a best case, `physics_scatter.md`, chest, 100 kVp): 91.7 %. The fit at the true pose recovers
+  chest 87.5-100 %, abdomen 62.5-75 % (its misses end 2.2-3.2 mm off), spine 87.5 % at every kVp (median mTRE
+  0.44-0.57 mm; the one miss per kVp ends 19-23 mm off), at 0.7-2.6 times the median time of one registration
+  with the physics renderer without scatter. Before the blur fit (commit
+  6e02f2d's library, 10 cases): chest 90-100 %, abdomen 50-60 %, spine 40-60 %; the case sets differ (8 against
+  10 cases, and the projector changed since), so compare loosely. With the X-rays' true fraction (a best case,
+  `physics_scatter.md`, chest, 100 kVp, before the blur fit): 91.7 %. The fit at the true pose recovers
   0.299-0.301 of 0.3 (chest, 6 cases at 80 and 120 kVp); at the initial pose 0.30-0.39 on 8 of 12, 0.75-1.6 on the
-  others, hence the refit. On the spine crop both renderers without scatter diverge (mTRE 87-180 mm): the fog
-  flattens the small crop's contrast. Still to do: the learned initialisers and stage-2 methods on physics
+  others, hence the refit. On the spine crop both renderers without scatter diverge (mTRE 62-107 mm mean): the
+  fog flattens the small crop's contrast. Still to do: the learned initialisers and stage-2 methods on physics
   X-rays, the capture range (hard set) on physics X-rays, the fit as a `register` option.
-- **Registration times** are from a machine with a load average of about 6 on 2 cores (other work running) and
-  one numba / torch thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`).
+- **Registration times** (`physics_multict.md`) are from a machine with a load average of 3-5 on 2 cores (other
+  work running), one numba / torch thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`) and `nice -n 10`.
 - **DeepDRR 1.2.2** (the physics peer) does not install in a bench environment here: it pins numpy < 2 (this project
   runs numpy 2), its projector imports cupy and pyrender (OpenGL through EGL) at import time and runs CUDA kernels
   only (no CPU path), and it pulls cuda-python, open3d, pyvista, PyOpenGL 3.1.6 and torchvision. This machine has no
