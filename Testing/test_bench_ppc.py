@@ -78,7 +78,7 @@ def test_report_has_a_section_per_ct_with_the_targets(bench, tmp_path):
              "val_first": [1, 8.9, 38.3], "load_start": [2.5, 1, 1], "load_end": [4.0, 1, 1], "wall_s": 912.0}
     store = {"cts": {"spine": {"runs": [], "rows": {"ppc": rows(1.0, 20.0, 1.2), "ppc-opt": rows(0.3, 99.0, 3.5)},
                                "training": train},
-                     "chest": {"runs": [], "rows": {"ppc": rows(0.2, 99.0, 0.9)}}}}
+                     "chest": {"runs": [], "rows": {"ppc": [{**r, "cpu_s": 0.8} for r in rows(0.2, 99.0, 0.9)]}}}}
     bench.write_report(tmp_path, store)
     md = (tmp_path / "ppc.md").read_text()
     assert md.index("## Chest CT") < md.index("## Spine CT") and "## Abdomen CT" not in md
@@ -89,8 +89,19 @@ def test_report_has_a_section_per_ct_with_the_targets(bench, tmp_path):
     assert "| capture range >= 60 mm at 95 % (ppc) | 20 mm at mRPD < 2 mm, 0 mm at mTRE < 2 mm | **no**" in spine
     assert "| capture range >= 60 mm at 95 % (ppc-opt) | 60 mm at mRPD < 2 mm, 60 mm at mTRE < 2 mm | **yes**" in spine
     assert "(ppc-opt) | 0.30 mm | **yes** |" in spine
-    assert "(ppc-opt, median) | 3.50 s | **no** |" in spine
+    assert "(ppc-opt, median wall time) | 3.50 s | **no** |" in spine
     assert "| 899.0 s of training, 460 steps | **yes** |" in spine
     assert "ppc 4 (|depth error| 2.5 mm, mRPD <= 1.00 mm)" in spine
     chest = md[md.index("## Chest CT"):md.index("## Spine CT")]
     assert "| training < 15 min | - | not measured |" in chest
+    assert "(ppc, median CPU time of one thread; shared-machine wall time 0.90 s) | 0.80 s | **yes** |" in chest
+    assert "| 0.90 / 0.90 | 0.80 | 0 |" in chest and "| 3.50 / 3.50 | - | 0 |" in spine
+
+
+def test_cpu_time_of_each_call(bench):
+    cpu: list[float] = []
+    fn = bench.with_cpu_time(lambda n: sum(i * i for i in range(n)), cpu)
+    assert fn(200_000) == sum(i * i for i in range(200_000))
+    with pytest.raises(TypeError):
+        fn("x")
+    assert len(cpu) == 2 and cpu[0] > 0.0 and all(c >= 0.0 for c in cpu)
