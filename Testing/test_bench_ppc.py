@@ -82,6 +82,9 @@ def test_report_has_a_section_per_ct_with_the_targets(bench, tmp_path):
     bench.write_report(tmp_path, store)
     md = (tmp_path / "ppc.md").read_text()
     assert md.index("## Chest CT") < md.index("## Spine CT") and "## Abdomen CT" not in md
+    top = md[:md.index("## Chest CT")]
+    assert "| spine | ppc-opt | 12 | 60 / 60 | 0.30 | 100 % | - | 3.50 | 899 |" in top
+    assert "| chest | ppc | 12 | 60 / 60 | 0.20 | 100 % | 0.80 | 0.90 | - |" in top
     assert (tmp_path / "ppc_success_vs_mtre_chest.png").is_file()
     assert (tmp_path / "ppc_success_vs_mtre_spine.png").is_file()
     spine = md[md.index("## Spine CT"):md.index("## Notes")]
