@@ -308,7 +308,7 @@ def run_line(r: dict) -> str:
     code = (f"code at commit {r['commit']}, {r['date']}" if "commit" in r else
             "code commit and date not recorded (rows of the single-CT version of this script, committed in "
             f"{r['committed_in']})" if "committed_in" in r else "code commit and date not recorded")
-    every = f" (every {r['every']}th of the set)" if r.get("every", 1) > 1 else ""
+    every = f" (every {r['every']}-th case of the set)" if r.get("every", 1) > 1 else ""
     return (f"- `PYTHONPATH=XRayCTRegistration python benchmarks/bench_ppc.py {' '.join(r['command'][1:])}`"
             f": {', '.join(r['methods'])}; {r['cases']} cases{every}, seed {r['seed']}; {code}; load average "
             f"(1 min) {r['load_start'][0]:.1f} at start, {r['load_end'][0]:.1f} at end; wall {r['wall_s'] / 60:.1f} "
