@@ -95,6 +95,7 @@ def test_report_has_a_section_per_ct_with_the_targets(bench, tmp_path):
     assert "(ppc-opt, median wall time) | 3.50 s | **no** |" in spine
     assert "| 899.0 s of training, 460 steps | **yes** |" in spine
     assert "ppc 4 (|depth error| 2.5 mm, mRPD <= 1.00 mm)" in spine
+    assert "ppc 9 / 12 closer, 0 over 100 mm; ppc-opt 12 / 12 closer, 0 over 100 mm" in spine
     chest = md[md.index("## Chest CT"):md.index("## Spine CT")]
     assert "| training < 15 min | - | not measured |" in chest
     assert "(ppc, median CPU time of one thread; shared-machine wall time 0.90 s) | 0.80 s | **yes** |" in chest

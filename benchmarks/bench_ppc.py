@@ -371,6 +371,14 @@ def target_lines(rows: dict[str, list[dict]], training: dict | None) -> list[str
     return out
 
 
+def moves(rows: dict[str, list[dict]]) -> list[str]:
+    """Per method: in how many cases the final mTRE is below the initial one, and how many ended over 100 mm."""
+    out = [f"{m} {sum(r['mtre'] < r['initial_mtre'] for r in rs)} / {len(rs)} closer, "
+           f"{sum(r['mtre'] > 100.0 for r in rs)} over 100 mm" for m, rs in rows.items()]
+    return ["Final mTRE against the initial mTRE (cases closer to the truth than the start; cases ending over "
+            "100 mm off): " + "; ".join(out) + "."]
+
+
 def depth_failures(rows: dict[str, list[dict]]) -> list[str]:
     """Per method: the cases at mRPD < 2 mm but mTRE >= 2 mm and their depth errors (what one view barely sees)."""
     out = []
@@ -404,7 +412,7 @@ def ct_section(out: Path, ct: str, entry: dict) -> list[str]:
     lines += [summary_row(m, r) for m, r in rows.items()]
     lines += ["", "Success (mRPD < 2 mm) per 5 mm bin of initial mTRE (mm):", "", *bins_table(rows), "",
               f"Plot: `{png.name}` (success at mTRE < 2 mm against the initial mTRE).", "",
-              *depth_failures(rows), "", *training_lines(ct, entry.get("training")), "",
+              *moves(rows), "", *depth_failures(rows), "", *training_lines(ct, entry.get("training")), "",
               "Issue 12's targets on this CT:", "", *target_lines(rows, entry.get("training")), ""]
     return lines
 
