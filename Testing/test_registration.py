@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from XRayCTRegistrationLib.carm import CArmPosition, relative_carm_view
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.metrics import mtre, target_points
@@ -56,15 +57,29 @@ def test_other_methods_improve(scene, method):
     assert mtre(pts, w_gt, res.world_from_camera) < 0.5 * mtre(pts, w_gt, w0)
 
 
+def test_refines_on_a_finer_level_when_the_depth_is_undetermined(scene):
+    hu, vol, ref, _, pts = scene
+    cam = Camera(SDD, 64, 64, 4.5, 4.5)
+    xray = render(vol, cam, ref.pose(GT), n_samples=160)
+    start = ref.pose(GT + np.array([1.0, -1.0, 1.0, 3.0, -3.0, 10.0]))  # 10 mm off in depth
+    kw = dict(reference=ref, levels=(4, 2))
+    coarse = register(vol, xray, cam, start, refine_undetermined=False, **kw)
+    # a last level of 32 pixels of 9 mm leaves this phantom's depth undetermined: reported, not called a success
+    assert not coarse.success and "the pose is not determined" in coarse.message, coarse.message
+    assert {lv for lv, _, _ in coarse.history} == {0, 1}
+    refined = register(vol, xray, cam, start, **kw)
+    assert {lv for lv, _, _ in refined.history} == {0, 1, 2}  # the third level: 64 pixels of 4.5 mm
+    assert refined.success, refined.message
+    assert refined.uncertainty.depth_mm < coarse.uncertainty.depth_mm
+    assert abs(refined.params[5] - GT[5]) < 0.5 * abs(coarse.params[5] - GT[5])
+    assert mtre(pts, ref.pose(GT), refined.world_from_camera) < 1.0
+
+
 def test_biplane(scene):
     hu, vol, ref, xray0, pts = scene
     # view 1: the camera turned 90 degrees about the isocentre around the patient's long axis
-    iso_cam = ref.isocenter_camera
-    turn = np.eye(4)
-    turn[:3, :3] = [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]
-    to_iso, back = np.eye(4), np.eye(4)
-    to_iso[:3, 3], back[:3, 3] = iso_cam, -iso_cam
-    rel1 = to_iso @ turn @ back  # camera0_from_camera1
+    sid = float(ref.isocenter_camera[2])
+    rel1 = relative_carm_view(CArmPosition(0.0, 0.0, sid), CArmPosition(-90.0, 0.0, sid), CAM.sdd, CAM.sdd)
     w_gt = ref.pose(GT)
     xray1 = render(vol, CAM, w_gt @ rel1, n_samples=160)
     # global NCC: this noise-free 48-pixel phantom has too few pixels for local patches to carry information;

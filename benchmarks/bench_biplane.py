@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 from bench_multict import ct_camera  # noqa: E402
 from common import machine_info  # noqa: E402
 from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
+from XRayCTRegistrationLib.carm import CArmPosition, relative_carm_view  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.geometry import ReferenceView  # noqa: E402
 from XRayCTRegistrationLib.registration import register  # noqa: E402
@@ -39,13 +40,10 @@ from XRayCTRegistrationLib.volume import read_ct  # noqa: E402
 OUT = HERE / "results"
 
 
-def lateral_view(reference: ReferenceView) -> np.ndarray:
-    """``camera0_from_camera1``: the camera turned 90 degrees about the reference isocentre (its own y axis)."""
-    iso = reference.isocenter_camera
-    turn, to_iso, back = np.eye(4), np.eye(4), np.eye(4)
-    turn[:3, :3] = [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]
-    to_iso[:3, 3], back[:3, 3] = iso, -iso
-    return to_iso @ turn @ back
+def lateral_view(reference: ReferenceView, sdd: float) -> np.ndarray:
+    """``camera0_from_camera1``: the C-arm turned 90 degrees (RAO 90) about the reference view's isocentre."""
+    sid = float(reference.isocenter_camera[2])
+    return relative_carm_view(CArmPosition(0.0, 0.0, sid), CArmPosition(-90.0, 0.0, sid), sdd, sdd)
 
 
 def run_ct(name: str, n: int, log) -> list[dict]:
@@ -53,7 +51,7 @@ def run_ct(name: str, n: int, log) -> list[dict]:
     ct = read_ct(sample_ct_path(name=name))
     cam = ct_camera(name)
     cases = ev.make_cases(ct, cam, n, seed=0, init="sopi")
-    rel = lateral_view(cases.reference)
+    rel = lateral_view(cases.reference, cam.sdd)
     rng = np.random.default_rng([0, 90])
     rows = []
     register(cases.volume_mu, cases.cases[0].xray, cam, cases.cases[0].world_from_camera_init,

@@ -384,7 +384,8 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "",
         "Method: `registration.register` with every default of the commit named in the Run column (method "
         "opt-lncc, two levels: detectors of 32 and 64 pixels; from commit 28a0a2e on, the detector blur is fitted "
-        "with the pose), numba projector; time = wall time of the "
+        "with the pose; from commit f4e4228 on, a third level on the 128-pixel detector when the second leaves the "
+        "depth undetermined), numba projector; time = wall time of the "
         "call after one warm-up call per CT (kernel compilation and the CT's pyramid). Depth error Δtz = the absolute "
         "error of the translation along the reference view's principal ray (pose parameters of CONVENTIONS.md).",
         "", "## Results per CT", "", markdown(results, tuning, label, before, before_label, before_tuning),
@@ -397,8 +398,9 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "- The capture range is strict: a 5 mm bin of the hard set holds about two cases, and one miss in the first "
         "bin (e.g. a 2 mm start that ends at 2.1 mm) makes it 0. The \"< 5 mm\" value (the right basin reached, "
         "whatever the final accuracy) and the hard set's success rate show the rest.",
-        "- The spine CT is a crop (110 x 110 x 70 mm) around one vertebra: its X-rays show the crop's box, and a "
-        "single vertebra gives a weak depth cue; it is the hardest of the three.",
+        "- The spine CT is a crop (110 x 110 x 70 mm) around one vertebra: its X-rays show the crop's box; it is "
+        "the hardest of the three. Its photons carry the depth to a few hundredths of a millimetre (Cramér-Rao "
+        "bound, `depth_bound.md`): what limits it is the similarity, not the single view.",
         "- Sample data and what else was searched: `benchmarks/multict_data_notes.md`.", *rescore_note(args), "",
         "## Files", "", f"- `{args.tag}_rows.json`: every case (errors, times, final pose), per-CT summaries and "
         "the run's command, machine and load.", ""]

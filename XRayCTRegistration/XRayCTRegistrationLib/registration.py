@@ -126,7 +126,8 @@ does not determine the depth of the pose found well enough to be trusted. On the
 registrations (``benchmarks/results/multict.md``, 128 x 128 detectors) no registration reported as a success ends
 2 mm or more from the truth with this bound (with 50 mm, 26 of the spine crop's did); it turns 3 accurate chest
 registrations (of 120) and one abdomen registration into failures, and all but one of the spine crop's, whose
-single view leaves the depth to +-14 mm (median): a second view is what that CT needs. A label-masked
+depth local NCC leaves to +-14 mm (median; the X-ray's photons carry it to 0.02 mm, ``depth_bound.md``: the
+similarity loses it, and a second view restores it, ``biplane.md``). A label-masked
 registration of the test phantom that converged 180 mm from the truth reports thousands of millimetres."""
 
 MIN_COVERAGE = 0.02
@@ -285,7 +286,7 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              progress: Callable[[float, str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
              tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
-             backend: str = "auto", fit_blur: bool = True,
+             backend: str = "auto", fit_blur: bool = True, refine_undetermined: bool = True,
              renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
@@ -322,6 +323,9 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         backend: :class:`projector.Projector`'s backend (``auto``, ``numba``, ``torch``, ``triton``).
         fit_blur: fit the detector's blur on the intensity (:func:`filters.detector_blur`) with the pose; left
             unmodelled it makes the CT look smaller and biases the depth (``benchmarks/results/multict.md``).
+        refine_undetermined: when the last level leaves the depth undetermined (its 2-sigma interval wider than
+            :data:`UNDETERMINED_DEPTH_MM`) and is downsampled, optimise once more on a level of twice its
+            resolution, with the last level's budget (:func:`_refine_finer`).
         renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
             builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
@@ -354,7 +358,12 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         _build_levels(*build, [1], [0], step_sizes, sid, sens, fit_blur, *make)[0]
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
-    return _optimise(run, pyramid, final_level, p0, method)
+    finer = None
+    if refine_undetermined and pyramid[-1].factor > 1:
+        budget = pyramid[-1].max_iterations
+        finer = functools.partial(_build_levels, *build, [pyramid[-1].factor / 2], [budget], step_sizes, sid, sens,
+                                  fit_blur, *make)
+    return _optimise(run, pyramid, final_level, p0, method, finer)
 
 
 @dataclass
@@ -417,8 +426,11 @@ class _Run:
 
 
 def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.Tensor,
-              method: str) -> RegistrationResult:
-    """Coarse-to-fine optimisation from ``p0``: Adam on every level, then L-BFGS to convergence on the last."""
+              method: str, finer: Callable[[], list[_Level]] | None = None) -> RegistrationResult:
+    """Coarse-to-fine optimisation from ``p0``: Adam on every level, then L-BFGS to convergence on the last.
+
+    ``finer`` builds the level of :func:`_refine_finer`, used when the last level leaves the depth undetermined.
+    """
     _update_label_weights(final_level, run.reference, p0)
     with torch.no_grad():
         init_sim, init_cov = _evaluate(final_level, run.reference, p0, run.similarity)
@@ -445,7 +457,11 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
         if run.failed or run.stop_msg:
             break
     unc = None if run.failed or not run.history else _uncertainty(run, pyramid[-1], params)
-    params = _rescale_blur(params, pyramid[-1].factor, final_level.factor)
+    last = pyramid[-1]
+    if finer is not None and unc is not None and not (run.failed or run.stop_msg) \
+            and not 2 * unc.depth_mm <= UNDETERMINED_DEPTH_MM:
+        last, params, unc = _refine_finer(run, len(pyramid), finer()[0], pyramid[-1], params, unc)
+    params = _rescale_blur(params, last.factor, final_level.factor)
     _update_label_weights(final_level, run.reference, params)
     with torch.no_grad():
         final_sim, final_cov = _evaluate(final_level, run.reference, params, run.similarity)
@@ -460,6 +476,32 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
     if params.numel() == 7:
         res.detector_blur_px = math.sqrt(_blur_variance(params))
     return res
+
+
+def _refine_finer(run: _Run, li: int, level: _Level, previous: _Level, params: torch.Tensor,
+                  unc: PoseUncertainty) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
+    """One more level, finer than the last, after the last left the depth undetermined.
+
+    Adam then L-BFGS as on the last level; the convergence test and the uncertainty are then this level's. A
+    downsampled level averages away the fine edges whose magnification gives the depth: on the held-out spine crop
+    (1.5 mm pixels) the X-ray's photons carry its depth to a few hundredths of a millimetre
+    (``benchmarks/results/depth_bound.md``) where the 2x-downsampled level left it undetermined.
+    Returns ``(level, params, uncertainty)``: the previous ones when the finer level diverges or is interrupted
+    (an interruption is still reported: ``run.stop_msg`` stays).
+    """
+    run.total_budget += level.max_iterations
+    run.report(len(run.history) / run.total_budget,
+               f"depth undetermined ({unc.summary()}): refining on the detector x1/{level.factor:g}")
+    start = _rescale_blur(params, previous.factor, level.factor)
+    converged, last_step = run.converged, run.last_step_mm
+    run.converged = False
+    p = _adam_level(run, li, level, start, level.max_iterations // 2)
+    if not (run.failed or run.stop_msg):
+        p = _lbfgs_level(run, li, level, p)
+    if run.failed or run.stop_msg:
+        run.failed, run.converged, run.last_step_mm = "", converged, last_step
+        return previous, params, unc
+    return level, p, _uncertainty(run, level, p)
 
 
 def _rescale_blur(params: torch.Tensor, factor_from: float, factor_to: float) -> torch.Tensor:
