@@ -66,13 +66,18 @@ GENERAL_NOTES = [
     "showed 2 min 26 s (abdomen) and 2 min 25 s (spine) of CPU time per training at the end of the budget, "
     "about 15 % of a core, so these models had about a sixth of the steps an idle core gives in 15 minutes.",
     "- The final intensity step is not bit-reproducible between runs: the abdomen and spine ppc-opt rows were "
-    "measured twice on the same cases and library code (commit dbcdb1a, then 3b7be24, benchmark script changes "
+    "measured twice on the same cases and library code (commit dbcdb1a, then 86a53c1, benchmark script changes "
     "only); ppc's own rows were identical, but ppc-opt's final mRPD differed in every case (abdomen by at most "
-    "0.01 mm; spine by up to 13.7 mm, one case crossing the 2 mm line, iteration counts differing). Its cause "
-    "is not found; differences of one case per 30 are within that noise.",
+    "0.01 mm; spine by up to 13.7 mm, one case crossing the 2 mm line, iteration counts differing). Spine "
+    "cases 0 and 23 run twice more in one process (`/tmp` script, main merged) gave the second run's values "
+    "both times, to 1e-6 mm, so the first run (at load average 11) is the odd one; its cause is not found. "
+    "Differences of one case per 30 between methods are within that noise.",
     "- On the spine crop (110 mm around one vertebra, 1.5 mm pixels) no method reaches 95 % beyond 20-30 mm; "
     "ppc-opt has a median mRPD under 0.5 mm but only 53 % success at mRPD < 2 mm and 30 % at mTRE < 2 mm, "
     "dppc-opt is the best there (its row).",
+    "- The commits of the runs above are the checkout's HEAD when each run's warm-up ended, a minute or two "
+    "after it started (the script now takes it at the start); the library (`XRayCTRegistration/`) is the "
+    "same at every commit of these runs (f3879ca to 86a53c1 changed benchmarks/ and Testing/ only).",
     "- Times were taken on a 2-core machine shared with other engineers' jobs (see the load averages of each "
     "run and training): compare wall times within one run only.",
     "- Not measured: a ppc model trained on an unshared CPU or a GPU (the paper trains on about 80,000 samples "
@@ -287,14 +292,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace, methods: list[str], rows_path: Path) -> None:
     """Run each method on the CT's cases; its rows and this run's record are stored as soon as it ends."""
-    load0, t0 = os.getloadavg(), time.time()
+    load0, t0, commit = os.getloadavg(), time.time(), git_head()  # the code this process runs
     ct = read_ct(sample_ct_path(name=args.ct))
     cam = ct_camera(args.ct)
     cases = ev.make_cases(ct, cam, args.cases, seed=args.seed, init="hard")
     if args.every > 1:
         cases = cases.subset(range(0, len(cases), args.every))
     ev.run_method(cases.subset([0]), make_fn(methods[0], cases, args.model), name="warm-up")  # compile, caches
-    record = {"command": sys.argv, "ct": args.ct, "methods": [], "commit": git_head(),
+    record = {"command": sys.argv, "ct": args.ct, "methods": [], "commit": commit,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": machine_info(), "load_start": load0, "seed": args.seed, "cases": len(cases),
               "every": args.every, "camera": cam.to_dict(), "model": args.model}
