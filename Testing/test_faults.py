@@ -518,8 +518,8 @@ def test_sigint_during_training_keeps_a_loadable_checkpoint_and_no_temporary_fil
     from XRayCTRegistrationLib.training import load_initialiser
 
     argv = with_options(TRAIN, iterations="100000", checkpoint_every="0", progress_lines="").replace(D, str(folder))
-    proc = subprocess.Popen(_cli_command(*argv.split()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+    proc = subprocess.Popen(_cli_command(*argv.split()), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            encoding="utf-8", env=_env())
     for line in proc.stdout:
         if line.startswith("PROGRESS") and (folder / "new.pt").exists():
             break
@@ -535,8 +535,8 @@ def test_sigint_during_training_keeps_a_loadable_checkpoint_and_no_temporary_fil
 @pytest.mark.parametrize("delay", [0.0, 0.5])
 def test_sigint_during_register_writes_all_or_nothing(folder, delay):
     argv = with_options(REGISTER, fusion=f"{D}/f.png", quiet=None).replace(D, str(folder))
-    proc = subprocess.Popen(_cli_command(*argv.split()), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+    proc = subprocess.Popen(_cli_command(*argv.split()), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            encoding="utf-8", env=_env())
     proc.stderr.read(1)  # the first byte of the progress bar: the work has started
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)

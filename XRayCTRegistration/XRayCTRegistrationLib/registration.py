@@ -323,9 +323,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         backend: :class:`projector.Projector`'s backend (``auto``, ``numba``, ``torch``, ``triton``).
         fit_blur: fit the detector's blur on the intensity (:func:`filters.detector_blur`) with the pose; left
             unmodelled it makes the CT look smaller and biases the depth (``benchmarks/results/multict.md``).
-        refine_undetermined: when the last level leaves the depth undetermined (its 2-sigma interval wider than
-            :data:`UNDETERMINED_DEPTH_MM`) and is downsampled, optimise once more on a level of twice its
-            resolution, with the last level's budget (:func:`_refine_finer`).
+        refine_undetermined: when the last level is downsampled and leaves the depth undetermined, optimise once
+            more on a level of twice its resolution (:func:`_refine_finer`).
         renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
             builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
@@ -350,20 +349,13 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     levels = default_levels(cameras[0]) if levels is None else levels
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
     sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0[:6].numpy()))
-    build, make = (volume, label_volume, images, cameras, masks, relatives), \
-        (renderer or functools.partial(Projector, backend=backend), torch.device(device))
-    pyramid = _build_levels(*build, levels, _iterations(max_iterations, len(levels)), step_sizes, sid, sens,
-                            fit_blur, *make)
-    final_level = pyramid[-1] if pyramid[-1].factor == 1 else \
-        _build_levels(*build, [1], [0], step_sizes, sid, sens, fit_blur, *make)[0]
+    build = functools.partial(_build_levels, volume, label_volume, images, cameras, masks, relatives, step_sizes,
+                              sid, sens, fit_blur, renderer or functools.partial(Projector, backend=backend),
+                              torch.device(device))
+    pyramid = build(levels, _iterations(max_iterations, len(levels)))
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
-    finer = None
-    if refine_undetermined and pyramid[-1].factor > 1:
-        budget = pyramid[-1].max_iterations
-        finer = functools.partial(_build_levels, *build, [pyramid[-1].factor / 2], [budget], step_sizes, sid, sens,
-                                  fit_blur, *make)
-    return _optimise(run, pyramid, final_level, p0, method, finer)
+    return _optimise(run, pyramid, build, p0, method, refine_undetermined)
 
 
 @dataclass
@@ -425,12 +417,14 @@ class _Run:
         return True
 
 
-def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.Tensor,
-              method: str, finer: Callable[[], list[_Level]] | None = None) -> RegistrationResult:
+def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level]], p0: torch.Tensor,
+              method: str, refine_undetermined: bool) -> RegistrationResult:
     """Coarse-to-fine optimisation from ``p0``: Adam on every level, then L-BFGS to convergence on the last.
 
-    ``finer`` builds the level of :func:`_refine_finer`, used when the last level leaves the depth undetermined.
+    ``build(factors, iterations)`` makes further levels: the full-resolution one the final similarity is scored
+    on, and the finer one of :func:`_refine_finer` when the last level leaves the depth undetermined.
     """
+    final_level = pyramid[-1] if pyramid[-1].factor == 1 else build([1], [0])[0]
     _update_label_weights(final_level, run.reference, p0)
     with torch.no_grad():
         init_sim, init_cov = _evaluate(final_level, run.reference, p0, run.similarity)
@@ -458,9 +452,10 @@ def _optimise(run: _Run, pyramid: list[_Level], final_level: _Level, p0: torch.T
             break
     unc = None if run.failed or not run.history else _uncertainty(run, pyramid[-1], params)
     last = pyramid[-1]
-    if finer is not None and unc is not None and not (run.failed or run.stop_msg) \
+    if refine_undetermined and last.factor > 1 and unc is not None and not (run.failed or run.stop_msg) \
             and not 2 * unc.depth_mm <= UNDETERMINED_DEPTH_MM:
-        last, params, unc = _refine_finer(run, len(pyramid), finer()[0], pyramid[-1], params, unc)
+        finer = build([last.factor / 2], [last.max_iterations])[0]
+        last, params, unc = _refine_finer(run, len(pyramid), finer, last, params, unc)
     params = _rescale_blur(params, last.factor, final_level.factor)
     _update_label_weights(final_level, run.reference, params)
     with torch.no_grad():
@@ -883,9 +878,9 @@ def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 
 
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
-                  masks: list, relatives: list[np.ndarray], levels: Sequence[float], iterations: list[int],
-                  step_sizes, sid: float, sensitivity: torch.Tensor, fit_blur: bool,
-                  renderer: Callable[..., torch.nn.Module], dev: torch.device) -> list[_Level]:
+                  masks: list, relatives: list[np.ndarray], step_sizes, sid: float, sensitivity: torch.Tensor,
+                  fit_blur: bool, renderer: Callable[..., torch.nn.Module], dev: torch.device,
+                  levels: Sequence[float], iterations: list[int]) -> list[_Level]:
     """The pyramid: per level, each view's downsampled X-ray, renderer of the block-averaged CT, and the scales."""
     out = []
     coarse = None
