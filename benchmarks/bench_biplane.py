@@ -27,12 +27,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
-from bench_multict import PIXEL_MM, SDD, SIZE  # noqa: E402
+from bench_multict import ct_camera  # noqa: E402
 from common import machine_info  # noqa: E402
 from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
 from XRayCTRegistrationLib.carm import CArmPosition, relative_carm_view  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
-from XRayCTRegistrationLib.geometry import Camera, ReferenceView  # noqa: E402
+from XRayCTRegistrationLib.geometry import ReferenceView  # noqa: E402
 from XRayCTRegistrationLib.registration import register  # noqa: E402
 from XRayCTRegistrationLib.simulate import xray_from_drr  # noqa: E402
 from XRayCTRegistrationLib.volume import read_ct  # noqa: E402
@@ -49,7 +49,7 @@ def lateral_view(reference: ReferenceView, sdd: float) -> np.ndarray:
 def run_ct(name: str, n: int, log) -> list[dict]:
     """Rows of one-view and two-view registrations of the first ``n`` SOPI-like cases of one CT."""
     ct = read_ct(sample_ct_path(name=name))
-    cam = Camera(SDD, SIZE, SIZE, PIXEL_MM[name], PIXEL_MM[name])
+    cam = ct_camera(name)
     cases = ev.make_cases(ct, cam, n, seed=0, init="sopi")
     rel = lateral_view(cases.reference, cam.sdd)
     rng = np.random.default_rng([0, 90])

@@ -43,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XRayCTRegistration"))
 
 from bench_biplane import lateral_view  # noqa: E402
-from bench_multict import PIXEL_MM, SDD, SIZE  # noqa: E402
+from bench_multict import SDD, SIZE, ct_camera  # noqa: E402
 from common import machine_info  # noqa: E402
 from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.filters import detector_blur  # noqa: E402
-from XRayCTRegistrationLib.geometry import Camera, invert_rigid, transform_points  # noqa: E402
+from XRayCTRegistrationLib.geometry import invert_rigid, transform_points  # noqa: E402
 from XRayCTRegistrationLib.registration import DEFAULT_METHOD, METHODS  # noqa: E402
 from XRayCTRegistrationLib.similarity import get_similarity  # noqa: E402
 from XRayCTRegistrationLib.volume import read_ct  # noqa: E402
@@ -124,7 +124,7 @@ def bound_row(cases: ev.CaseSet, case: ev.Case, info: np.ndarray, rng: np.random
 def run_ct(name: str, n: int, log) -> list[dict]:
     """Bounds of the first ``n`` SOPI-like cases of one CT, one view and two."""
     ct = read_ct(sample_ct_path(name=name))
-    cam = Camera(SDD, SIZE, SIZE, PIXEL_MM[name], PIXEL_MM[name])
+    cam = ct_camera(name)
     cases = ev.make_cases(ct, cam, n, seed=0, init="sopi")
     rel = lateral_view(cases.reference, cam.sdd)
     rng = np.random.default_rng(0)

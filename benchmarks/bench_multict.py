@@ -47,6 +47,12 @@ SDD = 1020.0
 SIZE = 128
 PIXEL_MM = {"chest": 4.0, "abdomen": 4.0, "spine": 1.5}
 """Detector pixel (mm) per CT: the CT's width magnified by 1 / 0.7 fits the 128-pixel detector."""
+
+
+def ct_camera(name: str) -> Camera:
+    """The benchmark camera of sample CT ``name``: sdd ``SDD`` mm, ``SIZE`` x ``SIZE`` pixels of ``PIXEL_MM[name]``."""
+    return Camera(SDD, SIZE, SIZE, PIXEL_MM[name], PIXEL_MM[name])
+
 RENDERERS = ("ours", "siddon")
 OUT = HERE / "results"
 
@@ -126,7 +132,7 @@ def run_ct(name: str, n_sopi: int, n_hard: int, seed: int, log, cache_dir: Path 
     ``cache_dir``: where Siddon's X-rays are kept between runs (they depend on the cases only).
     """
     ct = read_ct(sample_ct_path(name=name))
-    cam = Camera(SDD, SIZE, SIZE, PIXEL_MM[name], PIXEL_MM[name])
+    cam = ct_camera(name)
     t0 = time.time()
     sets = {"ours": {"sopi": ev.make_cases(ct, cam, n_sopi, seed=seed, init="sopi"),
                      "hard": ev.make_cases(ct, cam, n_hard, seed=seed, init="hard")}}

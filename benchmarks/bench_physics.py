@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
 from common import machine_info  # noqa: E402
+from XRayCTRegistrationLib import _physics_cpu  # noqa: E402
 from XRayCTRegistrationLib import spectrum as sp  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView  # noqa: E402
@@ -122,7 +123,8 @@ def speed(ct: Volume, device: str, runs: int) -> dict:
         w = ref.pose_torch(params)
         paths = phys.paths(w)
         t_paths = [timed(lambda: phys.paths(w), sync) for _ in range(runs)]
-        t_spec = [timed(lambda: phys.detect(phys.primary(paths).reshape(1, 256, 256)), sync) for _ in range(runs)]
+        after = after_march(phys, paths)
+        t_spec = [timed(after, sync) for _ in range(runs)]
     out["physics_paths_s"] = float(np.median(t_paths))
     out["physics_spectral_detector_s"] = float(np.median(t_spec))
     if device == "cpu":
@@ -130,8 +132,26 @@ def speed(ct: Volume, device: str, runs: int) -> dict:
     return out
 
 
+def after_march(phys: PhysicsProjector, paths: torch.Tensor):
+    """The physics DRR's steps after the march (spectral sum, scatter, blur) on ``paths`` [1, M, R], as it runs them.
+
+    On the CPU (numba backend) the :mod:`_physics_cpu` kernels of the projector's forward, else the torch steps.
+    """
+    rows, cols = phys.camera.rows, phys.camera.cols
+    if not phys._fused():
+        return lambda: phys.detect(phys.primary(paths).reshape(1, rows, cols))
+    table, ops, p = phys.cpu_table(), phys.detector_operators(), paths.numpy()
+    i_p, unused = np.empty((1, p.shape[2])), np.empty((0, 0, 0), np.float32)
+
+    def run():
+        _physics_cpu.spectral_sum(p, *table, i_p, unused, False)
+        ops.detect(i_p.reshape(rows, cols), phys.scatter_fraction)
+
+    return run
+
+
 def against_reference(phys: PhysicsProjector, mats, cam: Camera, ref: ReferenceView) -> dict:
-    """The numba physics DRR (16-bit material pairs) against the torch backend's (float32 densities, reference).
+    """The numba physics DRR (16-bit material pairs, steps after the march in numba) against the torch backend's.
 
     At the AP view and a pose 10 deg / 20 mm off it: the largest absolute difference of the log images,
     of the paths (g/cm^3 * mm) relative to the largest path, and the relative difference of the pose gradients
@@ -233,45 +253,72 @@ NOTES = """## Notes
   reads: in a prototype on the chest CT (load 2-3, 2 threads) two float32 single-material marches took
   255-265 ms, a fused float32 two-channel march (channel-last) 232-241 ms, the 16-bit pair march 162-226 ms and
   the monochromatic march 137-184 ms. Accuracy against the float32 reference: see the speed section above.
-- **Before and after, by thread configuration** (physics / monochromatic time, median of 15 interleaved runs,
-  256x256, this machine shared with other work; before = commit 0e3e736, one float32 march per material and the
-  spectral sum through autograd; runs of `benchmarks/bench_physics.py --skip-registration --runs 15` under the
-  environment named, before and after back to back):
+- **No torch between numba regions (CPU).** The physics DRR's forward and pose gradient are one autograd function
+  (`physics._NumbaImage`): the pair march (numba), then the spectral sum (a numba parallel loop in numba's own
+  thread pool), the scatter fog, the detector blur and the log (separable operators in numba on the calling
+  thread, `_physics_cpu.DetectorOperators`) and, backward, their adjoints and the contraction with the per-ray
+  Jacobians (numba); no torch operation on an image runs between the numba regions. Before (commit 2abe996) these
+  steps were small torch operations: numba's and torch's OpenMP thread pools each spin after their parallel
+  regions, and on two cores loaded by other processes the spinning threads of one pool took the cores the other
+  needed, so the ratio to the monochromatic DRR (one numba region) swung with the load (forward 1.73 and 3.02 in
+  two earlier windows with the default threads), while one thread or `OMP_WAIT_POLICY=PASSIVE` kept it at
+  1.3-1.7. The torch steps stay for the torch and triton backends (CUDA) and where the kVp needs a gradient; the
+  CPU steps are tested against them (`Testing/test_physics_cpu.py`: operators and adjoints to 1e-12, the image
+  to 1e-5, the pose gradient to 1e-4).
+- **Default threads (numba 2, torch 2, no environment variable), windows on this shared machine** (physics /
+  monochromatic time, median of 15 interleaved runs, 256x256; `benchmarks/bench_physics.py --skip-registration
+  --runs 15`; before = commit 2abe996, the steps after the march in torch; after = this code; in each window
+  after then before, back to back; load = 1-minute load average at the start and end of each run):
 
-  | threads (environment) | load (1 min) | before: forward / gradient | after: forward / gradient |
+  | window (clock) | after: load | after: forward / gradient | before: load | before: forward / gradient |
+  |---|---|---|---|---|
+  | 1 (20:08-20:28) | 11.1-10.2 | 1.39 / 1.11 | 9.7-6.4 | 3.24 / 3.86 |
+  | 2 (20:28-20:32) | 5.3-5.2 | 1.38 / 1.27 | 5.2-4.4 | 3.18 / 3.32 |
+  | 3 (20:35-20:40) | 3.0-5.3 | 1.30 / 1.41 | 5.3-7.3 | 2.74 / 2.91 |
+  | 4 (19:49-20:01, before first) | 5.2-12.4 | 1.40 / 1.65 | 0.2-6.0 | 3.19 / 1.78 |
+
+  The target (under 2x) now holds with the default threads in every window, forward and gradient (1.30-1.40
+  forward, 1.11-1.65 gradient), where the same runs of the torch steps gave 2.74-3.24 forward and 1.78-3.86
+  gradient. With one thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`, 20:40-20:43, load 7.4-5.8): 1.30 / 1.73.
+  The steps after the march take 0.15-0.16 of the monochromatic forward's time in windows 1-3 (26-44 ms at
+  load 3-5; the speed section's split); the rest of the ratio is the pair march (a 32-bit word of two 16-bit
+  densities per voxel, and two Jacobians per ray for the gradient). Absolute times vary with the load by up to
+  10x between windows (window 1: monochromatic forward 1.6 s); compare ratios only.
+- **Earlier history, by thread configuration** (before = commit 0e3e736, one float32 march per material and the
+  spectral sum through autograd; after = the packed pair march with the steps after it in torch, commit 2abe996;
+  the torch steps are now replaced, see above):
+
+  | threads (environment) | load (1 min) | 0e3e736: forward / gradient | 2abe996: forward / gradient |
   |---|---|---|---|
   | numba 1, torch 1 (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`) | 8.8-9.6, after 9.6-5.5 | 2.19 / 2.17 | 1.34 / 1.56 |
   | numba 2, torch 2, `OMP_WAIT_POLICY=PASSIVE` | 5.1-5.7 | 2.34 / 2.07 | 1.32 / 1.72 |
   | numba 2, torch 2 (defaults) | 5.4-3.8 | 2.66 / 2.82 | 1.73 / 2.16 |
-  | numba 2, torch 2 (defaults), this file | 3.0-10.5, after 3.5-3.3 | 3.85 / 4.06 | 3.02 / 1.62 |
+  | numba 2, torch 2 (defaults) | 3.0-10.5, after 3.5-3.3 | 3.85 / 4.06 | 3.02 / 1.62 |
   | numba 2, `OMP_NUM_THREADS=1` | 2.9-3.0 | | 1.30 / 1.94 |
 
-  The target (under 2x) is met with one thread and with passive OpenMP waiting, forward and gradient; with the
-  default threads the ratio swings (forward 1.73 and 3.02 in two windows, gradient 2.16 and 1.62). In this file
-  the forward's parts take 118.5 ms (paths) + 12.7 ms (spectral sum, scatter, blur), 1.3x the monochromatic
-  101.3 ms, yet the whole forward 306 ms: numba's and torch's OpenMP thread pools each spin after their parallel
-  regions, and the physics DRR alternates between a numba march and small torch operations, so on two cores
-  already loaded by other processes the spinning threads of one pool take the cores the other needs (the
-  monochromatic DRR is one numba region). `OMP_WAIT_POLICY=PASSIVE` (threads sleep instead of spinning) or one
-  thread removes it. Absolute times vary with the load by up to 10x between these runs; compare ratios only.
 - **GPU.** Not measured (no GPU machine for this work). On one:
   `PYTHONPATH=$PWD/XRayCTRegistration python3 benchmarks/bench_physics.py --device cuda --skip-registration
   --runs 30 --tag physics_gpu` (that machine has neither xraydb nor SimpleITK: first run `--save-tables T.npz` here
   and pass `--tables T.npz`, and give the CT as `.npz` arrays `hu`, `ijk_to_ras`).
-- **Registration** (`physics_multict.md`: 10 SOPI-like cases per CT and kVp, X-rays with scatter 0.3). Scatter,
-  not the spectrum, is what hurts: without a scatter model both renderers fail on every CT (chest 0-10 %,
-  abdomen 0 %, spine 0 %, success at mTRE < 2 mm; on the chest, 12 cases at 100 kVp without scatter in the X-rays:
-  100 % for both, `physics_noscatter.md`). With the scatter fraction fitted to each X-ray
+- **Registration** (`physics_multict.md`: 8 SOPI-like cases per CT and kVp (seed 0), X-rays with scatter 0.3, the
+  registration's defaults of today, with the detector blur fitted with the pose, `fit_blur=True`). Scatter, not the
+  spectrum, is what hurts: without a scatter model both renderers fail on every CT (chest 0 %, abdomen 0-12.5 %,
+  spine 0 %, success at mTRE < 2 mm; on the chest, 12 cases at 100 kVp without scatter in the X-rays: 100 % for
+  both, `physics_noscatter.md`, made before the blur fit). With the scatter fraction fitted to each X-ray
   (`physics.fit_scatter_fraction`: the fraction whose image has the X-ray's sorted intensities, so misalignment
   does not pass for fog; fitted at the initial pose, registered, refitted at the result and registered again):
-  chest 90-100 %, abdomen 50-60 %, spine 40-60 %, at 2-3 times the time of one registration. With the X-rays'
-  true fraction (a best case, `physics_scatter.md`, chest, 100 kVp): 91.7 %. The fit at the true pose recovers
+  chest 87.5-100 %, abdomen 62.5-75 % (its misses end 2.2-3.2 mm off), spine 87.5 % at every kVp (median mTRE
+  0.44-0.57 mm; the one miss per kVp ends 19-23 mm off), at 0.7-2.6 times the median time of one registration
+  with the physics renderer without scatter. Before the blur fit (commit
+  6e02f2d's library, 10 cases): chest 90-100 %, abdomen 50-60 %, spine 40-60 %; the case sets differ (8 against
+  10 cases, and the projector changed since), so compare loosely. With the X-rays' true fraction (a best case,
+  `physics_scatter.md`, chest, 100 kVp, before the blur fit): 91.7 %. The fit at the true pose recovers
   0.299-0.301 of 0.3 (chest, 6 cases at 80 and 120 kVp); at the initial pose 0.30-0.39 on 8 of 12, 0.75-1.6 on the
-  others, hence the refit. On the spine crop both renderers without scatter diverge (mTRE 87-180 mm): the fog
-  flattens the small crop's contrast. Still to do: the learned initialisers and stage-2 methods on physics
+  others, hence the refit. On the spine crop both renderers without scatter diverge (mTRE 62-107 mm mean): the
+  fog flattens the small crop's contrast. Still to do: the learned initialisers and stage-2 methods on physics
   X-rays, the capture range (hard set) on physics X-rays, the fit as a `register` option.
-- **Registration times** are from a machine with a load average of about 6 on 2 cores (other work running) and
-  one numba / torch thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`).
+- **Registration times** (`physics_multict.md`) are from a machine with a load average of 3-5 on 2 cores (other
+  work running), one numba / torch thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`) and `nice -n 10`.
 - **DeepDRR 1.2.2** (the physics peer) does not install in a bench environment here: it pins numpy < 2 (this project
   runs numpy 2), its projector imports cupy and pyrender (OpenGL through EGL) at import time and runs CUDA kernels
   only (no CPU path), and it pulls cuda-python, open3d, pyvista, PyOpenGL 3.1.6 and torchvision. This machine has no

@@ -33,8 +33,11 @@ Two backends compute the same model:
   1.1e-3 g/cm^2 if every rounding along the ray had the same sign (they do not: the measured
   difference to the float32 reference is in ``benchmarks/results/physics_speed.md``). The spectral sum and its path
   derivatives share one exponential per bin and ray (:class:`_SpectralSum`), so the pose
-  gradient is the per-ray Jacobians of the paths weighted by ``dI/dp_m``; with :attr:`kvp` requiring a
-  gradient the sum is the torch one below.
+  gradient is the per-ray Jacobians of the paths weighted by ``dI/dp_m``. The image (:meth:`PhysicsProjector.forward`,
+  :meth:`~PhysicsProjector.intensity`) and its pose gradient are one autograd function whose steps after the march
+  (:mod:`._physics_cpu`: spectral sum, fog, blur, log and their adjoints) run in numba and numpy, not in torch: on
+  a loaded CPU torch's thread pool, woken between numba's parallel regions, had doubled the time. With
+  :attr:`kvp` requiring a gradient the steps after the march are the torch ones below.
 - **torch** (and **triton** on CUDA): one :class:`projector.Projector` per material (float32 densities)
   and the spectral sum in torch: the reference the numba backend is tested against.
 
@@ -54,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import _raymarch
+from . import _physics_cpu, _raymarch
 from .errors import InputError
 from .filters import gaussian_blur
 from .geometry import Camera
@@ -118,6 +121,7 @@ class PhysicsProjector(torch.nn.Module):
             self._pairs = materials.packed_pairs()
             self._ijk_from_world64 = torch.as_tensor(np.linalg.inv(materials.ijk_to_ras))
             self._dirs64 = torch.as_tensor(camera.pixel_centers(np.float64).reshape(-1, 3))
+            self._detector_ops: dict[tuple[float, float], _physics_cpu.DetectorOperators] = {}
         self.projectors = torch.nn.ModuleList(
             [] if self._numba else
             [Projector(v, camera, n_samples=n_samples, device=device, backend=backend) for v in materials.volumes()])
@@ -145,25 +149,48 @@ class PhysicsProjector(torch.nn.Module):
         """Per bin: weight ``[n]`` and mass attenuation ``[M, n]`` (cm^2/g), float64, differentiable in kVp."""
         return bin_table(self._weights(), self._mass_att.cpu(), self._bins.cpu(), self.n_bins)
 
+    def _ijk_from_camera(self, w: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The kernels' ``ijk_from_camera`` ``[B, 3, 4]`` (float64) of poses ``[B, 4, 4]``; whether to differentiate."""
+        ijk_from_cam = (self._ijk_from_world64 @ w.to("cpu", torch.float64))[:, :3, :]
+        return ijk_from_cam, torch.is_grad_enabled() and ijk_from_cam.requires_grad
+
     def paths(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """Density-weighted path lengths ``[B, M, R]`` (g/cm^3 * mm) at poses ``[B, 4, 4]``."""
         w = world_from_camera[None] if world_from_camera.dim() == 2 else world_from_camera
         if self._numba:
-            ijk_from_cam = (self._ijk_from_world64 @ w.to("cpu", torch.float64))[:, :3, :]  # [B, 3, 4]
-            with_grad = torch.is_grad_enabled() and ijk_from_cam.requires_grad
-            return _PairMarch.apply(ijk_from_cam, self._pairs, len(self.names), self._dirs64, self.n_samples,
-                                    with_grad)
+            ijk_from_cam, with_grad = self._ijk_from_camera(w)
+            return _PairMarch.apply(ijk_from_cam, self, with_grad)
         return torch.stack([p(w).reshape(w.shape[0], -1) for p in self.projectors], dim=1)
+
+    def cpu_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`spectral_table` as float64 arrays for :func:`_physics_cpu.spectral_sum` (no kVp gradient).
+
+        Returns:
+            bin weights ``[n]`` and mass attenuation times 0.1 ``[n, M]`` (per g/cm^3 * mm).
+        """
+        wb, mb = self.spectral_table()
+        return wb.detach().numpy(), np.ascontiguousarray((mb.detach() * CM_PER_MM).numpy().T)
 
     def primary(self, paths: torch.Tensor) -> torch.Tensor:
         """Flat-field primary intensity ``[B, R]`` from paths ``[B, M, R]`` (step 2 of the module docstring)."""
+        if self._numba and not self.kvp.requires_grad:
+            return _SpectralSum.apply(paths, *self.cpu_table())
         wb, mb = self.spectral_table()
         wb = wb.to(paths.device, torch.float32)
         mb = (mb * CM_PER_MM).to(paths.device, torch.float32)
-        if self._numba and not wb.requires_grad:
-            return _SpectralSum.apply(paths, wb, mb.T.contiguous())
         depth = torch.matmul(mb.T, paths)  # [n, M] @ [B, M, R] -> [B, n, R]
         return torch.matmul(wb, torch.exp(-depth))  # [B, R]
+
+    def detector_operators(self) -> _physics_cpu.DetectorOperators:
+        """Steps 3-4 as separable operators for the numba backend (made once per fog width and blur)."""
+        key = (self.scatter_sigma_px, self.blur_px)
+        if key not in self._detector_ops:
+            self._detector_ops[key] = _physics_cpu.DetectorOperators.build(self.camera.rows, self.camera.cols, *key)
+        return self._detector_ops[key]
+
+    def _fused(self) -> bool:
+        """Whether the image is :class:`_NumbaImage`'s (numba backend, no kVp gradient)."""
+        return self._numba and not self.kvp.requires_grad
 
     def detect(self, primary: torch.Tensor) -> torch.Tensor:
         """Scatter fog and detector blur on the primary ``[B, rows, cols]``; returns ``I / (1 + f)``."""
@@ -178,15 +205,18 @@ class PhysicsProjector(torch.nn.Module):
 
     def intensity(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """Detected, flat-field normalised intensity ``[B, rows, cols]`` (steps 1-4)."""
-        w = world_from_camera[None] if world_from_camera.dim() == 2 else world_from_camera
-        if w.shape[-2:] != (4, 4):
-            raise InputError(f"world_from_camera: expected shape [B, 4, 4] or [4, 4], got {list(w.shape)}")
+        w = _batched_poses(world_from_camera)
+        if self._fused():
+            return _NumbaImage.apply(*self._ijk_from_camera(w), self, False)
         i_p = self.primary(self.paths(w)).reshape(w.shape[0], self.camera.rows, self.camera.cols)
         return self.detect(i_p)
 
     def forward(self, world_from_camera: torch.Tensor) -> torch.Tensor:
         """Log image ``-log(I / (1 + f))`` ``[B, rows, cols]`` (or ``[rows, cols]`` for one ``[4, 4]`` pose)."""
-        img = -torch.log(self.intensity(world_from_camera).clamp(min=1e-30))
+        if self._fused():
+            img = _NumbaImage.apply(*self._ijk_from_camera(_batched_poses(world_from_camera)), self, True)
+        else:
+            img = -torch.log(self.intensity(world_from_camera).clamp(min=_physics_cpu.LOG_FLOOR))
         return img[0] if world_from_camera.dim() == 2 else img
 
     def simulate(self, world_from_camera: torch.Tensor, photons: float, electronic_std: float = 0.0,
@@ -204,27 +234,47 @@ class PhysicsProjector(torch.nn.Module):
         return img[0] if world_from_camera.dim() == 2 else img
 
 
+def _batched_poses(world_from_camera: torch.Tensor) -> torch.Tensor:
+    """Poses ``[B, 4, 4]`` from ``[B, 4, 4]`` or ``[4, 4]``; :class:`InputError` for other shapes."""
+    w = world_from_camera[None] if world_from_camera.dim() == 2 else world_from_camera
+    if w.shape[-2:] != (4, 4):
+        raise InputError(f"world_from_camera: expected shape [B, 4, 4] or [4, 4], got {list(w.shape)}")
+    return w
+
+
+def _march_pairs(proj: PhysicsProjector, ijk_from_cam: torch.Tensor,
+                 with_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Material paths ``[B, M, R]`` (float32) at ``ijk_from_cam`` [B, 3, 4] (float64), and their Jacobians.
+
+    The Jacobians ``[B, M, R, 6]`` (per ray, ``jb`` and ``jt`` of the kernels) when ``with_grad``, else ``None``.
+    """
+    m = np.ascontiguousarray(ijk_from_cam.detach().numpy())
+    dirs, n_m = proj._dirs64.numpy(), len(proj.names)
+    outs, jacs = [], []
+    for vol, scales in proj._pairs:
+        out = np.empty((m.shape[0], 2, dirs.shape[0]), dtype=np.float32)
+        if with_grad:
+            jacs.append(np.empty((m.shape[0], 2, dirs.shape[0], 6), dtype=np.float32))
+            _raymarch.march_pair_with_jacobian(vol, scales, m, dirs, proj.n_samples, out, jacs[-1])
+        else:
+            _raymarch.march_pair(vol, scales, m, dirs, proj.n_samples, out)
+        outs.append(out)
+    paths = outs[0] if len(outs) == 1 and n_m == 2 else np.ascontiguousarray(np.concatenate(outs, 1)[:, :n_m])
+    if not with_grad:
+        return paths, None
+    return paths, jacs[0] if len(jacs) == 1 and n_m == 2 else np.ascontiguousarray(np.concatenate(jacs, 1)[:, :n_m])
+
+
 class _PairMarch(torch.autograd.Function):
     """Material paths ``[B, M, R]`` by the pair kernels, differentiable with respect to ``ijk_from_camera``."""
 
     @staticmethod
-    def forward(ctx, ijk_from_cam: torch.Tensor, pairs: list, n_materials: int, dirs64: torch.Tensor,
-                n_samples: int, with_grad: bool) -> torch.Tensor:
+    def forward(ctx, ijk_from_cam: torch.Tensor, proj: PhysicsProjector, with_grad: bool) -> torch.Tensor:
         """Render every pair for ``ijk_from_cam`` [B, 3, 4] (float64); returns [B, M, R] float32."""
-        m = np.ascontiguousarray(ijk_from_cam.detach().numpy())
-        dirs = dirs64.numpy()
-        outs, jacs = [], []
-        for vol, scales in pairs:
-            out = np.empty((m.shape[0], 2, dirs.shape[0]), dtype=np.float32)
-            if with_grad:
-                jacs.append(np.empty((m.shape[0], 2, dirs.shape[0], 6), dtype=np.float32))
-                _raymarch.march_pair_with_jacobian(vol, scales, m, dirs, n_samples, out, jacs[-1])
-            else:
-                _raymarch.march_pair(vol, scales, m, dirs, n_samples, out)
-            outs.append(out)
-        ctx.jac = torch.from_numpy(np.concatenate(jacs, 1)[:, :n_materials]) if with_grad else None
-        ctx.dirs64 = dirs64
-        return torch.from_numpy(np.ascontiguousarray(np.concatenate(outs, 1)[:, :n_materials]))
+        paths, jac = _march_pairs(proj, ijk_from_cam, with_grad)
+        ctx.jac = None if jac is None else torch.from_numpy(jac)
+        ctx.dirs64 = proj._dirs64
+        return torch.from_numpy(paths)
 
     @staticmethod
     @once_differentiable
@@ -232,28 +282,69 @@ class _PairMarch(torch.autograd.Function):
         """Contract the per-ray, per-material Jacobians with ``grad_out`` [B, M, R]; returns [B, 3, 4]."""
         if ctx.jac is None:
             raise RuntimeError("the material paths were rendered without a pose gradient")
-        return pose_gradient(grad_out, ctx.jac, ctx.dirs64), None, None, None, None, None
+        return pose_gradient(grad_out, ctx.jac, ctx.dirs64), None, None
 
 
 class _SpectralSum(torch.autograd.Function):
-    """Primary intensity ``[B, R]`` from paths ``[B, M, R]`` and, saved for the backward pass, ``dI/dp``.
+    """Primary intensity ``[B, R]`` from paths ``[B, M, R]`` by :func:`_physics_cpu.spectral_sum`.
 
-    ``I = w . E`` and ``dI/dp_m = -(a_m w) . E`` with ``E = exp(-a p)`` ``[B, n, R]``: one exponential per
-    bin and ray, shared by the intensity and its derivatives (no autograd graph over the bins).
+    The kernel also gives ``dI/dp`` for the backward pass (one exponential per bin and ray, no autograd graph
+    over the bins).
     """
 
     @staticmethod
-    def forward(ctx, paths: torch.Tensor, weights: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        """``weights`` ``[n]`` and ``att`` ``[n, M]`` (per g/cm^3 * mm), in the paths' dtype."""
-        e = torch.exp(-torch.matmul(att, paths))  # [B, n, R]
-        ctx.d_out = -torch.matmul((att * weights[:, None]).T, e)  # [B, M, R]
-        return torch.matmul(weights, e)
+    def forward(ctx, paths: torch.Tensor, weights: np.ndarray, att: np.ndarray) -> torch.Tensor:
+        """``weights`` ``[n]`` and ``att`` ``[n, M]`` (per g/cm^3 * mm), float64 arrays; returns the paths' dtype."""
+        p = np.ascontiguousarray(paths.detach().numpy(), dtype=np.float32)
+        i_p = np.empty((p.shape[0], p.shape[2]))
+        d_ip = np.empty(p.shape, dtype=np.float32)
+        _physics_cpu.spectral_sum(p, weights, att, i_p, d_ip, True)
+        ctx.d_out = torch.from_numpy(d_ip)
+        return torch.from_numpy(i_p).to(paths.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
         """``dI/dp`` times ``grad_out`` [B, R]: the gradient of the paths [B, M, R]."""
-        return grad_out[:, None, :] * ctx.d_out, None, None
+        return grad_out[:, None, :] * ctx.d_out.to(grad_out.dtype), None, None
+
+
+class _NumbaImage(torch.autograd.Function):
+    """The numba backend's image ``[B, rows, cols]``: march, spectral sum, fog, blur (and log), and its pose gradient.
+
+    Every step after the march is :mod:`._physics_cpu` (numba's thread pool or the calling thread): no torch
+    operation on images between the numba regions, forward or backward (module docstring).
+    """
+
+    @staticmethod
+    def forward(ctx, ijk_from_cam: torch.Tensor, with_grad: bool, proj: PhysicsProjector, log: bool) -> torch.Tensor:
+        """The log image (``log``) or the intensity at ``ijk_from_cam`` [B, 3, 4] (float64), float32."""
+        paths, jac = _march_pairs(proj, ijk_from_cam, with_grad)
+        n_b, n_m, n_r = paths.shape
+        i_p = np.empty((n_b, n_r))
+        d_ip = np.empty((n_b, n_m, n_r) if with_grad else (0, 0, 0), dtype=np.float32)
+        _physics_cpu.spectral_sum(paths, *proj.cpu_table(), i_p, d_ip, with_grad)
+        ops, f = proj.detector_operators(), proj.scatter_fraction
+        shape = (proj.camera.rows, proj.camera.cols)
+        det = np.stack([ops.detect(i.reshape(shape), f) for i in i_p])  # [B, rows, cols]
+        out = -np.log(np.maximum(det, _physics_cpu.LOG_FLOOR)) if log else det
+        if with_grad:
+            ctx.saved = (jac, d_ip, det, ops, f, log, proj._dirs64.numpy())
+        return torch.from_numpy(out.astype(np.float32))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        """The gradient ``[B, 3, 4]`` of ``ijk_from_cam`` from that of the image ``[B, rows, cols]``."""
+        if not hasattr(ctx, "saved"):
+            raise RuntimeError("the physics image was rendered without a pose gradient")
+        jac, d_ip, det, ops, f, log, dirs = ctx.saved
+        g = grad_out.detach().numpy().astype(np.float64)
+        if log:  # d(-log I)/dI, 0 where the floor clamped I
+            g = np.where(det >= _physics_cpu.LOG_FLOOR, -g / np.maximum(det, _physics_cpu.LOG_FLOOR), 0.0)
+        g_ip = np.stack([ops.detect_adjoint(gi, f) for gi in g]).reshape(g.shape[0], 1, -1)
+        grad = _physics_cpu.contract_pose(g_ip * d_ip, jac, dirs)
+        return torch.from_numpy(grad), None, None, None
 
 
 def register_fitting_scatter(xray: np.ndarray, world_from_camera: np.ndarray, fit_projector: PhysicsProjector,
