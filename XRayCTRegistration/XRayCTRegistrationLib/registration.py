@@ -23,7 +23,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -454,7 +454,9 @@ def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level
     last = pyramid[-1]
     if refine_undetermined and last.factor > 1 and unc is not None and not (run.failed or run.stop_msg) \
             and not 2 * unc.depth_mm <= UNDETERMINED_DEPTH_MM:
-        finer = build([last.factor / 2], [last.max_iterations])[0]
+        factor = max(1.0, last.factor / 2)
+        finer = replace(final_level, max_iterations=last.max_iterations) if factor == final_level.factor \
+            else build([factor], [last.max_iterations])[0]  # the full-resolution level exists already: reused
         last, params, unc = _refine_finer(run, len(pyramid), finer, last, params, unc)
     params = _rescale_blur(params, last.factor, final_level.factor)
     _update_label_weights(final_level, run.reference, params)
