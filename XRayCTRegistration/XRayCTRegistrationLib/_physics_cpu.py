@@ -1,10 +1,10 @@
 """CPU steps of the physics DRR after the ray march, in numba and numpy, and their adjoints.
 
-The numba backend of :class:`physics.PhysicsProjector` runs its march (:func:`_raymarch.march_pair`) on
-the march's threads (:func:`_raymarch.over_rays`); the steps here (spectral sum, scatter fog, detector blur,
-log, and the pose gradient's contraction) run on those same threads or on the calling thread, never in
-torch's: on a loaded 2-core machine, torch's OpenMP threads spinning between small operations took the
-cores the march needed (``benchmarks/results/physics_speed.md``). They compute the torch model of :mod:`.physics`
+The numba backend of :class:`physics.PhysicsProjector` runs its march (:func:`_raymarch.march_pair`) in
+numba's thread pool (:func:`_raymarch.over_rays`); the steps here (spectral sum, scatter fog, detector blur,
+log, and the pose gradient's contraction) run in that same pool or on the calling thread, never in torch's:
+on a loaded 2-core machine, torch's OpenMP threads spinning between small operations took the cores the
+march needed (``benchmarks/results/physics_speed.md``). They compute the torch model of :mod:`.physics`
 (step numbers of its docstring), which the tests compare them with.
 
 The image operators are separable: each is a pair of 1D operators ``(rows, cols)`` applied as
@@ -27,7 +27,7 @@ LOG_FLOOR = 1e-30
 """Smallest intensity passed to the log (the torch model's clamp)."""
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def _spectral_sum_part(start: int, stop: int, paths: np.ndarray, weights: np.ndarray, att: np.ndarray,
                        intensity: np.ndarray, d_intensity: np.ndarray,
                        with_derivative: bool) -> None:  # pragma: no cover - compiled

@@ -27,28 +27,27 @@ The gradient kernel stores these two 3-vectors per ray, with what the samples' s
 exit points contributes added in the kernel (:func:`_slide`, in float64; :func:`projector.add_sample_slide`
 is its reference), and the caller contracts the result with the incoming image gradient.
 
-Threads and reproducibility: each kernel is compiled serially (``nogil``) over a range of rays, and
-:func:`over_rays` runs contiguous ranges on a pool of ``numba.get_num_threads()`` threads. Every ray is computed
-by the same machine code whatever the thread count, so the outputs are bit-identical across runs, thread
-counts and processes, whether a process compiled the kernels or loaded them from numba's on-disk cache. With
-``parallel=True`` they were not: numba optimises a ``prange`` body twice (as its own library, which the
-compiling process runs, and again once linked into the caller, which is what the cache stores), and
-``fastmath``'s reassociation let the two optimisations vectorise the per-ray sums differently (last-bit
-differences that the registration's line searches amplified). ``fastmath`` is kept: it is what vectorises
-the sums over samples. The last bits can still differ between CPUs of different vector widths.
+Threads and reproducibility: each kernel is compiled serially over a range of rays, and :func:`over_rays`
+runs ``numba.get_num_threads()`` contiguous ranges in numba's thread pool, calling the kernel through a
+function pointer. Every ray is computed by the same machine code, so the outputs are bit-identical across
+runs, thread counts and processes, whether a process compiled the kernels or loaded them from numba's
+on-disk cache. With the sums inside a ``parallel=True`` kernel they were not: numba optimises a ``prange``
+body twice (as its own library, which the compiling process runs, and again once linked into the caller,
+which is what the cache stores), and ``fastmath``'s reassociation let the two optimisations vectorise the
+per-ray sums differently (last-bit differences that the registration's line searches amplified). A kernel
+called through a pointer is not linked into its caller, so it is optimised once. ``fastmath`` is kept: it is
+what vectorises the sums over samples. The last bits can still differ between CPUs of different vector
+widths.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 __all__ = ["BLOCK", "RUN", "block_table", "march", "march_pair", "march_pair_with_jacobian",
            "march_with_jacobian", "over_rays", "pack_pair", "pad_volume"]
@@ -60,35 +59,68 @@ RUN = 16
 """Samples tested for empty space at once at either end of a ray (:func:`_span`)."""
 
 
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): a forked child makes its own
-_pool_lock = threading.Lock()
+class _Kernel:
+    """A kernel compiled for one signature, passed to the launchers as a function pointer.
 
-
-def _worker_pool() -> ThreadPoolExecutor:
-    """The process's pool of ``numba.config.NUMBA_NUM_THREADS - 1`` threads (the caller runs one part itself)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid():
-            _pool = (os.getpid(), ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                                                     thread_name_prefix="raymarch"))
-        return _pool[1]
-
-
-def over_rays(kernel: Callable[..., None], n_rays: int, *args) -> None:
-    """Run ``kernel(start, stop, *args)`` over the rays ``[0, n_rays)`` in ``numba.get_num_threads()`` parts.
-
-    The parts are contiguous and equal (as numba's static ``prange`` schedule splits them); one runs on the
-    calling thread, the others on the worker pool, in parallel as the kernels release the GIL. Returns once
-    every part has finished; an error in any part is raised here.
+    numba types the object as ``FunctionType(sig)`` (its ``_numba_type_``) and takes the address of the
+    kernel's compiled code from ``__wrapper_address__`` (numba's wrapper-address protocol), looked up once.
+    The launchers so call the code of the kernel's own compilation, or of its own cache entry.
     """
-    parts = max(1, min(numba.get_num_threads(), n_rays))
-    bounds = [n_rays * i // parts for i in range(parts + 1)]
-    pending = [_worker_pool().submit(kernel, bounds[i], bounds[i + 1], *args) for i in range(1, parts)]
-    try:
-        kernel(bounds[0], bounds[1], *args)
-    finally:
-        for job in pending:
-            job.result()
+
+    def __init__(self, dispatcher, sig) -> None:
+        """``dispatcher``: the njit kernel; ``sig``: its signature ``void(int64, int64, *argument types)``."""
+        self._numba_type_ = numba.types.FunctionType(sig)
+        self._dispatcher = dispatcher
+        self._sig = sig
+        self._address = 0
+
+    def __wrapper_address__(self) -> int:
+        """Address of the kernel's C-callable wrapper for its signature (compiled or loaded on first use)."""
+        if not self._address:
+            cres = self._dispatcher.get_compile_result(self._sig)
+            self._address = cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
+        return self._address
+
+
+_kernels: dict[tuple, _Kernel] = {}
+_kernels_lock = threading.Lock()
+
+
+def _kernel(dispatcher, args: tuple) -> _Kernel:
+    """The :class:`_Kernel` of ``dispatcher`` for the numba types of ``args``, made once per signature."""
+    arg_types = tuple(numba.typeof(a) for a in args)
+    key = (dispatcher, arg_types)
+    with _kernels_lock:
+        if key not in _kernels:
+            _kernels[key] = _Kernel(dispatcher, numba.types.void(numba.types.int64, numba.types.int64, *arg_types))
+        return _kernels[key]
+
+
+@njit(parallel=True, cache=True)
+def _in_parts6(kernel, n_rays, parts, a0, a1, a2, a3, a4, a5):  # pragma: no cover - compiled
+    """``kernel(start, stop, a0, ..., a5)`` over ``parts`` equal ranges of ``[0, n_rays)``, in parallel."""
+    for p in prange(parts):
+        kernel(n_rays * p // parts, n_rays * (p + 1) // parts, a0, a1, a2, a3, a4, a5)
+
+
+@njit(parallel=True, cache=True)
+def _in_parts8(kernel, n_rays, parts, a0, a1, a2, a3, a4, a5, a6, a7):  # pragma: no cover - compiled
+    """``kernel(start, stop, a0, ..., a7)`` over ``parts`` equal ranges of ``[0, n_rays)``, in parallel."""
+    for p in prange(parts):
+        kernel(n_rays * p // parts, n_rays * (p + 1) // parts, a0, a1, a2, a3, a4, a5, a6, a7)
+
+
+def over_rays(kernel, n_rays: int, *args) -> None:
+    """Run the njit ``kernel(start, stop, *args)`` (6 or 8 ``args``) over the rays ``[0, n_rays)`` in parallel.
+
+    The rays are cut into ``numba.get_num_threads()`` equal contiguous ranges, run in numba's thread pool by
+    a ``prange`` launcher that calls the kernel through a function pointer (:class:`_Kernel`): every ray is
+    computed by the same machine code, whatever the thread count and whether the kernel was compiled in this
+    process or loaded from numba's cache (module docstring).
+    """
+    launch = {6: _in_parts6, 8: _in_parts8}[len(args)]
+    parts = max(0, min(numba.get_num_threads(), n_rays))
+    launch(_kernel(kernel, args), n_rays, parts, *args)
 
 
 def pad_volume(data_kji: np.ndarray) -> np.ndarray:
@@ -367,7 +399,7 @@ def _span(blocks, p0, p1, p2, q0, q1, q2, n, ni, nj, nk):
     return min(s_first, n), max(s_last, min(s_first, n))
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def _march_part(start: int, stop: int, vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray,
                 dirs: np.ndarray, n_samples: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """The rays ``[start, stop)`` (pose ``idx // R``, pixel ``idx % R``) of :func:`march`."""
@@ -401,7 +433,7 @@ def march(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray, dirs: n
     over_rays(_march_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, blocks, ijk_from_cam, dirs, n_samples, out)
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def _march_with_jacobian_part(start: int, stop: int, vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray,
                               dirs: np.ndarray, n_samples: int, out: np.ndarray, jac: np.ndarray,
                               slide: bool) -> None:  # pragma: no cover - compiled
@@ -477,7 +509,7 @@ def pack_pair(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(words[0] | (words[1] << np.uint32(16))), np.asarray(scales, dtype=np.float64)
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def _march_pair_part(start: int, stop: int, vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray,
                      dirs: np.ndarray, n_samples: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """The rays ``[start, stop)`` (pose ``idx // R``, pixel ``idx % R``) of :func:`march_pair`."""
@@ -514,7 +546,7 @@ def march_pair(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, di
     over_rays(_march_pair_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, scales, ijk_from_cam, dirs, n_samples, out)
 
 
-@njit(nogil=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def _march_pair_with_jacobian_part(start: int, stop: int, vol: np.ndarray, scales: np.ndarray,
                                    ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int, out: np.ndarray,
                                    jac: np.ndarray, slide: bool) -> None:  # pragma: no cover - compiled

@@ -312,7 +312,7 @@ class _SpectralSum(torch.autograd.Function):
 class _NumbaImage(torch.autograd.Function):
     """The numba backend's image ``[B, rows, cols]``: march, spectral sum, fog, blur (and log), and its pose gradient.
 
-    Every step after the march is :mod:`._physics_cpu` (the march's threads or the calling thread): no torch
+    Every step after the march is :mod:`._physics_cpu` (numba's thread pool or the calling thread): no torch
     operation on images between the numba regions, forward or backward (module docstring).
     """
 
