@@ -86,14 +86,23 @@ _kernels: dict[tuple, _Kernel] = {}
 _kernels_lock = threading.Lock()
 
 
+def _type_key(a) -> tuple:
+    """What numba's type of argument ``a`` depends on, cheaper to find than ``numba.typeof``."""
+    if isinstance(a, np.ndarray):
+        f = a.flags
+        return a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned
+    return (type(a),)
+
+
 def _kernel(dispatcher, args: tuple) -> _Kernel:
     """The :class:`_Kernel` of ``dispatcher`` for the numba types of ``args``, made once per signature."""
-    arg_types = tuple(numba.typeof(a) for a in args)
-    key = (dispatcher, arg_types)
-    with _kernels_lock:
-        if key not in _kernels:
-            _kernels[key] = _Kernel(dispatcher, numba.types.void(numba.types.int64, numba.types.int64, *arg_types))
-        return _kernels[key]
+    key = (dispatcher, *map(_type_key, args))
+    kernel = _kernels.get(key)
+    if kernel is None:
+        sig = numba.types.void(numba.types.int64, numba.types.int64, *map(numba.typeof, args))
+        with _kernels_lock:
+            kernel = _kernels.setdefault(key, _Kernel(dispatcher, sig))
+    return kernel
 
 
 @njit(parallel=True, cache=True)
