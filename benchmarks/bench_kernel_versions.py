@@ -52,6 +52,12 @@ def base_module(commit: str) -> ModuleType:
     return importlib.import_module("raymarch_base")
 
 
+def this_version() -> str:
+    """``git describe --always --dirty`` of the working tree."""
+    return subprocess.run(["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"], capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
 def time_pair(versions: dict[str, ModuleType], vol: Volume, size: int, n_samples: int, rounds: int) -> dict:
     """Seconds per call ``{(call, version): [...]}`` over rounds x poses, the versions alternating."""
     proj = Projector(vol, Camera(SDD, size, size, DETECTOR_MM / size, DETECTOR_MM / size), n_samples=n_samples,
@@ -108,7 +114,8 @@ def main() -> None:
             f"Machine: {machine_info()}. OMP/NUMBA thread variables: {thread_env()}.",
             f"Load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} (shared machine); wall time "
             f"{(time.time() - t0) / 60:.1f} min.", "",
-            f"Base: `_raymarch.py` of commit {args.base}; this: the working tree's. {args.samples} samples per ray, "
+            f"Base: `_raymarch.py` of commit {args.base}; this: the working tree's ({this_version()}). "
+            f"{args.samples} samples per ray, "
             f"{args.rounds} rounds x 5 poses per row, the versions alternating call by call.", "",
             "| volume | detector | call | base median (ms) | this median (ms) | base min (ms) | this min (ms) "
             "| median paired ratio this/base | load |", "|---|---|---|---|---|---|---|---|---|"]
