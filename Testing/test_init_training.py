@@ -176,3 +176,21 @@ def test_refine_schedule_adds_a_finer_level():
                                                                     "max_iterations": (80, 40, 100)}
     small = refine_schedule(Camera(1000.0, 48, 40, 6.0, 6.0))
     assert small["levels"][-1] == 1.0 and len(small["levels"]) == len(small["max_iterations"])
+
+
+def test_a_time_budget_counts_the_whole_call_and_is_kept(ct, tmp_path):
+    import time
+
+    budget = 8.0
+    t0 = time.perf_counter()
+    summary = train(ct, CAM, tmp_path / "m.pt", tiny(time_budget_s=budget, val_every=1))
+    wall = time.perf_counter() - t0
+    assert summary["steps"] >= 2
+    # the training time is the call's wall time (preparation and validations included), not the steps' alone
+    assert summary["train_time_s"] == pytest.approx(wall, abs=0.1)
+    # no step started that the recent steps and validations said would end past the budget: it can overrun only
+    # by a step slower than those before it (a shared machine), never by the preparation or the validations
+    times = [h[1] for h in read_model_file(tmp_path / "m.pt")["history"]]
+    slowest = max(b - a for a, b in zip(times, times[1:], strict=False)) if len(times) > 1 else times[0]
+    assert summary["train_time_s"] <= budget + slowest
+    assert read_model_file(tmp_path / "m.pt")["complete"] is True

@@ -162,3 +162,39 @@ def test_local_ncc_is_one_for_affine_change_and_tolerates_gamma():
     # a non-linear (gamma) contrast change: affine within small patches, not across the image
     gamma = smooth ** 2.5
     assert 1 - local_ncc(smooth, gamma).item() < 0.5 * (1 - ncc(smooth, gamma).item())
+
+
+def test_intensity_fit_absorbs_a_monotone_contrast_change_that_ncc_does_not():
+    from XRayCTRegistrationLib.similarity import intensity_fit
+
+    x = smooth_image(7, shape=(48, 48))
+    x = (x - x.min()) / (x.max() - x.min())  # [0, 1]
+    y = 0.8 * x ** 0.6 + 0.1  # a gamma, a gain and an offset
+    assert intensity_fit(x, y).item() > 0.999
+    assert 1 - intensity_fit(x, y).item() < 0.1 * (1 - ncc(x, y).item() ** 2)  # R^2 of the affine fit
+    # a shift of the image is not a contrast change
+    assert intensity_fit(torch.roll(x, 2, dims=1), y).item() < 0.95
+
+
+def test_intensity_fit_gradient_matches_finite_differences_on_a_mostly_empty_image():
+    from XRayCTRegistrationLib.similarity import intensity_fit
+
+    x = smooth_image(8, shape=(24, 24)).abs()
+    x[:, :14] = 0.0  # more than half of the detector outside the CT: the knots must not pile up on 0
+    y = (x + 0.3 * smooth_image(9, shape=(24, 24))).clamp(min=0) ** 1.2
+    value = intensity_fit(x, y)
+    assert torch.isfinite(value) and 0.0 < value.item() < 1.0
+    d = torch.zeros_like(x)
+    d[5:20, 16:22] = smooth_image(10, shape=(15, 6)) / 100  # the knots (quantiles of the image) move with it
+    xr = x.clone().requires_grad_(True)
+    intensity_fit(xr, y).sum().backward()
+    h = 1e-6
+    numeric = (intensity_fit(x + h * d, y) - intensity_fit(x - h * d, y)).item() / (2 * h)
+    assert (xr.grad * d).sum().item() == pytest.approx(numeric, rel=1e-4, abs=1e-9)
+
+
+def test_intensity_fit_needs_two_knots():
+    from XRayCTRegistrationLib.similarity import intensity_fit
+
+    with pytest.raises(InputError, match="knots"):
+        intensity_fit(smooth_image(1), smooth_image(2), knots=1)

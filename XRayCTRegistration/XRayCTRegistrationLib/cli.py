@@ -641,7 +641,9 @@ def _add_train(sub) -> None:
                         f"or {FINE_MODEL} (SOPI's learned fine registration)")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="total training time, seconds (default 900 when --iterations is not given)")
+                   help="total training time, seconds of wall time from the start of the training (preparation and "
+                        "validations included); the training ends within it (default 900 when --iterations is "
+                        "not given)")
     p.add_argument("--iterations", type=int, default=None, help="total training steps")
     p.add_argument("--resume", action="store_true", help="continue the training in --out if it exists")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")

@@ -170,6 +170,60 @@ def local_ncc(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = No
     return torch.stack([patch_ncc(x, y, w, s) for s in sizes]).mean(0)
 
 
+INTENSITY_FIT_KNOTS = 12
+"""Knots of :func:`intensity_fit`'s piecewise-linear intensity mapping (at quantiles of the DRR, ends included)."""
+
+
+def _knots(x: torch.Tensor, w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(low [1], span [1], inner knots [k - 2] in [0, 1])`` of one image ``x`` ``[N]`` over its pixels of weight > 0.
+
+    The inner knots are quantiles of the selected pixels above their minimum (the CT's footprint, not the empty
+    detector around it), the image mapped to [0, 1] by ``(x - low) / span``.
+    """
+    sel = x[w > 0]
+    sel = sel if sel.numel() >= 2 else x
+    lo, span = sel.min(), (sel.max() - sel.min()).clamp(min=EPS)
+    inside = sel[sel > lo + 1e-6 * span]
+    q = torch.linspace(0.0, 1.0, k, dtype=x.dtype, device=x.device)[1:-1]
+    t = torch.quantile(inside if inside.numel() >= 2 else sel, q) if k > 2 else x.new_zeros(0)
+    return lo[None], span[None], (t - lo) / span
+
+
+def intensity_fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None,
+                  knots: int = INTENSITY_FIT_KNOTS, ridge: float = 1e-6) -> torch.Tensor:
+    """Share of the fixed image's variance explained by a piecewise-linear function of the moving image, in [0, 1].
+
+    The weighted least-squares fit ``y ~ f(x)``, ``f`` continuous and linear between ``knots`` knots placed at
+    quantiles of ``x`` over the pixels the CT covers, is redone at every call (in closed form, differentiably),
+    and the measure is its ``R^2 = 1 - SSR / SST``: a smooth form of the correlation ratio. It is invariant to
+    any intensity mapping that ``f`` can follow (a gamma, a gain and offset, a detector's response curve), not
+    only an affine one, and it keeps the image's large-scale intensities, which local patches (:func:`local_ncc`)
+    normalise away; on a small field the depth (the magnification) lives there (``benchmarks/results/
+    depth_bound.md``). Being global, it has local optima far from the truth: from the benchmarks' SOPI-like
+    starts it fails where local NCC succeeds, so no registration method uses it by default.
+    ``ridge`` (relative to the total weight) keeps the fit defined where knots coincide.
+    """
+    x, y, w = _prepare(x, y, weight)
+    k = int(knots)
+    if k < 2:
+        raise InputError(f"intensity_fit: knots must be at least 2, got {knots}")
+    b = x.shape[0]
+    xf, yf, wf = x.reshape(b, -1), y.reshape(b, -1), w.reshape(b, -1)  # [B, N]
+    # the knots follow the image (differentiably: quantiles are sorted pixel values), so the gradient is exact
+    lo, span, t = (torch.stack(v) for v in zip(*(_knots(xf[i], wf[i], k) for i in range(b)), strict=True))
+    u = (xf - lo) / span  # [B, N] in [0, 1]
+    phi = torch.cat([torch.ones_like(u)[..., None], u[..., None], torch.relu(u[..., None] - t[:, None, :])], -1)
+    pw = phi * wf[..., None]  # [B, N, K]
+    sw = wf.sum(1).clamp(min=EPS)  # [B]
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    gram = pw.transpose(1, 2) @ phi + (ridge * sw)[:, None, None] * eye  # basis values are in [0, 1]
+    beta = torch.linalg.solve(gram, pw.transpose(1, 2) @ yf[..., None])  # [B, K, 1]
+    resid = yf - (phi @ beta)[..., 0]
+    mean = (wf * yf).sum(1, keepdim=True) / sw[:, None]
+    sst = (wf * (yf - mean) ** 2).sum(1).clamp(min=EPS)
+    return 1.0 - (wf * resid * resid).sum(1) / sst
+
+
 # -- gradient measures ------------------------------------------------------------------------------------
 def gradient_correlation(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient correlation (GC): the mean of the NCCs of the x- and y-Sobel derivatives, in [-1, 1]."""
@@ -245,6 +299,7 @@ SIMILARITIES: dict[str, Similarity] = {
     "gc": gradient_correlation,
     "ngi": ngi,
     "gd": gradient_difference,
+    "fit": intensity_fit,
 }
 """Similarity functions by name; each ``f(x, y, weight=None) -> [B]``, higher is better."""
 

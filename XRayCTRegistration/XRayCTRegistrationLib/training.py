@@ -8,7 +8,9 @@ random poses (:mod:`training_data`), with incremental learning: the pose range g
 ``curriculum_start`` times the full range to the full range over the first ``curriculum_end``
 fraction of training, then the learning rate decays (cosine) to 5 %. Training length is
 ``iterations`` steps and/or ``time_budget_s`` seconds of training time, both counted over the
-whole training including resumed runs; whichever is reached first ends it.
+whole training including resumed runs; whichever is reached first ends it. The training time is wall
+time from the call of :func:`train` (preparation, validations and checkpoints included), and a time
+budget is kept: no step starts that could not be finished, validated and written within it.
 
 The model file (a ``torch.save`` dictionary, loadable with ``weights_only=True``) is also the
 checkpoint: it is written atomically every ``checkpoint_every_s`` seconds and at the end, and
@@ -72,7 +74,8 @@ class TrainOptions:
     Attributes:
         method: ``'regressor'`` or ``'rtpi'``.
         iterations: total training steps (``None``: no step limit).
-        time_budget_s: total training time, seconds (``None``: no time limit). With neither,
+        time_budget_s: total training time, seconds of wall time, preparation and validations included (``None``:
+            no time limit); training ends within it. With neither,
             ``DEFAULT_ITERATIONS`` steps.
         batch_size: DRRs per step.
         lr, weight_decay: AdamW settings (the RTPI uses its explicit L2 term ``lam`` instead).
@@ -209,6 +212,37 @@ class TrainState:
     step: int = 0
     train_time_s: float = 0.0
     history: list = field(default_factory=list)
+
+
+class _Clock:
+    """The training time of a run (wall time, on top of the resumed runs') and how long each kind of work takes."""
+
+    RECENT = 5
+    """Durations kept per kind of work: the reserve is the longest of them."""
+
+    def __init__(self, state: TrainState, setup_s: float) -> None:
+        self.state = state
+        self.base = state.train_time_s + max(0.0, setup_s)
+        self.start = time.perf_counter()
+        self.recent: dict[str, list[float]] = {"step": [], "validation": [], "write": []}
+
+    def timed(self, kind: str, fn: Callable, *args, **kwargs):
+        """Run ``fn(*args, **kwargs)``, keep its duration under ``kind``, update the training time."""
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        durations = self.recent[kind]
+        durations.append(time.perf_counter() - t0)
+        del durations[:-self.RECENT]
+        self.state.train_time_s = self.base + time.perf_counter() - self.start
+        return out
+
+    def reserve(self) -> float:
+        """Seconds one more step needs to be finished: a step, a validation and the final write.
+
+        Each is the longest of its recent durations; the first one, which includes the warm-up, counts only until
+        there is another.
+        """
+        return sum(max(d[1:] or d) for d in self.recent.values() if d)
 
 
 class Trainer:
@@ -406,8 +440,12 @@ class Trainer:
         return dict(zip(parts, values, strict=True))
 
     def run(self, out_path: str | Path, progress: Callable[[float, str], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> dict:
+            should_stop: Callable[[], bool] | None = None, setup_s: float = 0.0) -> dict:
         """Train until the options' limits (or ``should_stop()``), checkpointing to ``out_path``.
+
+        The training time is the wall time of the whole run (``setup_s`` of preparation before it, validations and
+        checkpoints included), added to that of the runs it resumes. With a time budget, no step starts that the
+        slowest step so far, a validation and the final write would carry past the budget: the run ends within it.
 
         ``progress(fraction, message)`` is called after the first step, then at most every 0.5 s, and
         after the last step.
@@ -417,22 +455,21 @@ class Trainer:
         o = self.options
         rng = np.random.default_rng([o.seed, self.state.step])
         gen = torch.Generator(device=self.device).manual_seed(o.seed * 1_000_003 + self.state.step)
+        clock = _Clock(self.state, setup_s)
         last_ckpt = last_report = time.perf_counter()
         reported = 0
-        val = self.validate()
+        val = clock.timed("validation", self.validate)
         loss_avg = None
         stopped = False
-        while self.fraction() < 1.0:
+        while not self._finished(clock):
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            t0 = time.perf_counter()
-            parts = self.step(rng, gen)
-            self.state.train_time_s += time.perf_counter() - t0
+            parts = clock.timed("step", self.step, rng, gen)
             loss_avg = parts["loss"] if loss_avg is None else 0.9 * loss_avg + 0.1 * parts["loss"]
-            done = self.fraction() >= 1.0
+            done = self._finished(clock)
             if self.state.step % o.val_every == 0 or done:
-                val = self.validate()
+                val = clock.timed("validation", self.validate)
                 self.state.history.append([self.state.step, round(self.state.train_time_s, 3), loss_avg,
                                            val["rot_deg"], val["trans_mm"]])
             if progress is not None and (done or reported == 0 or time.perf_counter() - last_report >= 0.5):
@@ -442,13 +479,20 @@ class Trainer:
                 progress(self.fraction(), f"step {self.state.step} loss {loss_avg:.4f} val {val['rot_deg']:.2f} deg "
                                           f"{val['trans_mm']:.1f} mm range {scale:.0f}%")
             if time.perf_counter() - last_ckpt >= o.checkpoint_every_s and not done:
-                self.save(out_path, complete=False)
+                clock.timed("write", self.save, out_path, complete=False)
                 last_ckpt = time.perf_counter()
-        self.save(out_path, complete=self.fraction() >= 1.0)
+        complete = not stopped and self.state.step > 0 and self._finished(clock)
+        clock.timed("write", self.save, out_path, complete=complete)
         return {"steps": self.state.step, "train_time_s": self.state.train_time_s, "loss": loss_avg,
                 "val_rot_deg": val["rot_deg"], "val_trans_mm": val["trans_mm"], "stopped": stopped}
 
-    # -- files --------------------------------------------------------------------------------
+    def _finished(self, clock: _Clock) -> bool:
+        """True once the step limit is reached or the next step could not end, validated and written, in time."""
+        budget = self.options.time_budget_s
+        if budget is not None and self.state.train_time_s + clock.reserve() > budget:
+            return True
+        return self.fraction() >= 1.0
+
     def model_dict(self, complete: bool) -> dict:
         """The model file's dictionary."""
         return {
@@ -584,6 +628,7 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
     :class:`Trainer` from ``(ct_hu, camera, options, reference, device, ct_source)`` (default :class:`Trainer`;
     ``ppc_learned.make_trainer`` for ``method="ppc"``). Returns :meth:`Trainer.run`'s summary.
     """
+    t_call = time.perf_counter()
     options = options or TrainOptions()
     out = Path(out_path)
     Outputs().check(out, "--out")
@@ -601,7 +646,7 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
     trainer = (trainer_factory or Trainer)(ct_hu, camera, options, reference, device, ct_source)
     if previous is not None:
         trainer.restore(previous)
-    return trainer.run(out, progress, should_stop)
+    return trainer.run(out, progress, should_stop, setup_s=time.perf_counter() - t_call)
 
 
 @dataclass
