@@ -1,10 +1,10 @@
 """CPU steps of the physics DRR after the ray march, in numba and numpy, and their adjoints.
 
 The numba backend of :class:`physics.PhysicsProjector` runs its march (:func:`_raymarch.march_pair`) in
-numba's thread pool; the steps here (spectral sum, scatter fog, detector blur, log, and the pose
-gradient's contraction) run in that same pool or on the calling thread, never in torch's: on a loaded
-2-core machine, torch's OpenMP threads spinning between small operations took the cores the march
-needed (``benchmarks/results/physics_speed.md``). They compute the torch model of :mod:`.physics`
+numba's thread pool (:func:`_raymarch.over_rays`); the steps here (spectral sum, scatter fog, detector blur,
+log, and the pose gradient's contraction) run in that same pool or on the calling thread, never in torch's:
+on a loaded 2-core machine, torch's OpenMP threads spinning between small operations took the cores the
+march needed (``benchmarks/results/physics_speed.md``). They compute the torch model of :mod:`.physics`
 (step numbers of its docstring), which the tests compare them with.
 
 The image operators are separable: each is a pair of 1D operators ``(rows, cols)`` applied as
@@ -19,27 +19,22 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from ._raymarch import over_rays
 
 LOG_FLOOR = 1e-30
 """Smallest intensity passed to the log (the torch model's clamp)."""
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def spectral_sum(paths: np.ndarray, weights: np.ndarray, att: np.ndarray, intensity: np.ndarray,
-                 d_intensity: np.ndarray, with_derivative: bool) -> None:
-    """Step 2 per ray: ``I = sum_n w_n exp(-sum_m a_nm p_m)`` and ``dI/dp_m = -sum_n a_nm w_n exp(...)``.
-
-    Args:
-        paths: ``[B, M, R]`` float32, g/cm^3 * mm.
-        weights: ``[n]`` bin weights (sum 1).
-        att: ``[n, M]`` mass attenuation per bin times 0.1 (per g/cm^3 * mm).
-        intensity: out ``[B, R]`` float64.
-        d_intensity: out ``[B, M, R]`` float32, ``dI/dp`` (written when ``with_derivative``).
-        with_derivative: whether to compute ``dI/dp``.
-    """
-    n_b, n_m, n_r = paths.shape
-    for idx in prange(n_b * n_r):
+@njit(fastmath=True, cache=True)
+def _spectral_sum_part(start: int, stop: int, paths: np.ndarray, weights: np.ndarray, att: np.ndarray,
+                       intensity: np.ndarray, d_intensity: np.ndarray,
+                       with_derivative: bool) -> None:  # pragma: no cover - compiled
+    """The rays ``[start, stop)`` (``idx = b R + r``) of :func:`spectral_sum`."""
+    n_r = paths.shape[2]
+    n_m = paths.shape[1]
+    for idx in range(start, stop):
         b = idx // n_r
         r = idx - b * n_r
         total = 0.0
@@ -56,6 +51,25 @@ def spectral_sum(paths: np.ndarray, weights: np.ndarray, att: np.ndarray, intens
                 for m in range(n_m):
                     d_intensity[b, m, r] -= att[k, m] * e
         intensity[b, r] = total
+
+
+def spectral_sum(paths: np.ndarray, weights: np.ndarray, att: np.ndarray, intensity: np.ndarray,
+                 d_intensity: np.ndarray, with_derivative: bool) -> None:
+    """Step 2 per ray: ``I = sum_n w_n exp(-sum_m a_nm p_m)`` and ``dI/dp_m = -sum_n a_nm w_n exp(...)``.
+
+    The rays are split over threads as the march's are (:func:`_raymarch.over_rays`): bit-identical results
+    for any thread count and whether the kernel was compiled or loaded from numba's cache.
+
+    Args:
+        paths: ``[B, M, R]`` float32, g/cm^3 * mm.
+        weights: ``[n]`` bin weights (sum 1).
+        att: ``[n, M]`` mass attenuation per bin times 0.1 (per g/cm^3 * mm).
+        intensity: out ``[B, R]`` float64.
+        d_intensity: out ``[B, M, R]`` float32, ``dI/dp`` (written when ``with_derivative``).
+        with_derivative: whether to compute ``dI/dp``.
+    """
+    over_rays(_spectral_sum_part, paths.shape[0] * paths.shape[2], paths, weights, att, intensity, d_intensity,
+              with_derivative)
 
 
 @njit(cache=True)

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels for the DRR ray march (numba, one ray per parallel iteration).
+"""Compiled CPU kernels for the DRR ray march (numba; the rays split over threads, one ray per loop iteration).
 
 Frames: the volume is indexed ``(i, j, k)`` (voxel centres at integers, stored ``[k, j, i]``). A
 pose enters as ``ijk_from_camera = [A | b]``: the source sits at ``b`` and the ray to the pixel
@@ -26,23 +26,110 @@ interpolant at ``p_i`` (index space), ``dI/db = sum_i g_i step`` and ``dI/dA = (
 The gradient kernel stores these two 3-vectors per ray, with what the samples' slide with the entry and
 exit points contributes added in the kernel (:func:`_slide`, in float64; :func:`projector.add_sample_slide`
 is its reference), and the caller contracts the result with the incoming image gradient.
+
+Threads and reproducibility: each kernel is compiled serially over a range of rays, and :func:`over_rays`
+runs ``numba.get_num_threads()`` contiguous ranges in numba's thread pool, calling the kernel through a
+function pointer. Every ray is computed by the same machine code, so the outputs are bit-identical across
+runs, thread counts and processes, whether a process compiled the kernels or loaded them from numba's
+on-disk cache. With the sums inside a ``parallel=True`` kernel they were not: numba optimises a ``prange``
+body twice (as its own library, which the compiling process runs, and again once linked into the caller,
+which is what the cache stores), and ``fastmath``'s reassociation let the two optimisations vectorise the
+per-ray sums differently (last-bit differences that the registration's line searches amplified). A kernel
+called through a pointer is not linked into its caller, so it is optimised once. ``fastmath`` is kept: it is
+what vectorises the sums over samples. The last bits can still differ between CPUs of different vector
+widths.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 __all__ = ["BLOCK", "RUN", "block_table", "march", "march_pair", "march_pair_with_jacobian",
-           "march_with_jacobian", "pack_pair", "pad_volume"]
+           "march_with_jacobian", "over_rays", "pack_pair", "pad_volume"]
 
 BLOCK = 8
 """Edge (voxels) of the blocks of :func:`block_table`, the unit of empty-space skipping."""
 
 RUN = 16
 """Samples tested for empty space at once at either end of a ray (:func:`_span`)."""
+
+
+class _Kernel:
+    """A kernel compiled for one signature, passed to the launchers as a function pointer.
+
+    numba types the object as ``FunctionType(sig)`` (its ``_numba_type_``) and takes the address of the
+    kernel's compiled code from ``__wrapper_address__`` (numba's wrapper-address protocol), looked up once.
+    The launchers so call the code of the kernel's own compilation, or of its own cache entry.
+    """
+
+    def __init__(self, dispatcher, sig) -> None:
+        """``dispatcher``: the njit kernel; ``sig``: its signature ``void(int64, int64, *argument types)``."""
+        self._numba_type_ = numba.types.FunctionType(sig)
+        self._dispatcher = dispatcher
+        self._sig = sig
+        self._address = 0
+
+    def __wrapper_address__(self) -> int:
+        """Address of the kernel's C-callable wrapper for its signature (compiled or loaded on first use)."""
+        if not self._address:
+            cres = self._dispatcher.get_compile_result(self._sig)
+            self._address = cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
+        return self._address
+
+
+_kernels: dict[tuple, _Kernel] = {}
+_kernels_lock = threading.Lock()
+
+
+def _type_key(a) -> tuple:
+    """What numba's type of argument ``a`` depends on, cheaper to find than ``numba.typeof``."""
+    if isinstance(a, np.ndarray):
+        f = a.flags
+        return a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned
+    return (type(a),)
+
+
+def _kernel(dispatcher, args: tuple) -> _Kernel:
+    """The :class:`_Kernel` of ``dispatcher`` for the numba types of ``args``, made once per signature."""
+    key = (dispatcher, *map(_type_key, args))
+    kernel = _kernels.get(key)
+    if kernel is None:
+        sig = numba.types.void(numba.types.int64, numba.types.int64, *map(numba.typeof, args))
+        with _kernels_lock:
+            kernel = _kernels.setdefault(key, _Kernel(dispatcher, sig))
+    return kernel
+
+
+@njit(parallel=True, cache=True)
+def _in_parts6(kernel, n_rays, parts, a0, a1, a2, a3, a4, a5):  # pragma: no cover - compiled
+    """``kernel(start, stop, a0, ..., a5)`` over ``parts`` equal ranges of ``[0, n_rays)``, in parallel."""
+    for p in prange(parts):
+        kernel(n_rays * p // parts, n_rays * (p + 1) // parts, a0, a1, a2, a3, a4, a5)
+
+
+@njit(parallel=True, cache=True)
+def _in_parts8(kernel, n_rays, parts, a0, a1, a2, a3, a4, a5, a6, a7):  # pragma: no cover - compiled
+    """``kernel(start, stop, a0, ..., a7)`` over ``parts`` equal ranges of ``[0, n_rays)``, in parallel."""
+    for p in prange(parts):
+        kernel(n_rays * p // parts, n_rays * (p + 1) // parts, a0, a1, a2, a3, a4, a5, a6, a7)
+
+
+def over_rays(kernel, n_rays: int, *args) -> None:
+    """Run the njit ``kernel(start, stop, *args)`` (6 or 8 ``args``) over the rays ``[0, n_rays)`` in parallel.
+
+    The rays are cut into ``numba.get_num_threads()`` equal contiguous ranges, run in numba's thread pool by
+    a ``prange`` launcher that calls the kernel through a function pointer (:class:`_Kernel`): every ray is
+    computed by the same machine code, whatever the thread count and whether the kernel was compiled in this
+    process or loaded from numba's cache (module docstring).
+    """
+    launch = {6: _in_parts6, 8: _in_parts8}[len(args)]
+    parts = max(0, min(numba.get_num_threads(), n_rays))
+    launch(_kernel(kernel, args), n_rays, parts, *args)
 
 
 def pad_volume(data_kji: np.ndarray) -> np.ndarray:
@@ -321,21 +408,11 @@ def _span(blocks, p0, p1, p2, q0, q1, q2, n, ni, nj, nk):
     return min(s_first, n), max(s_last, min(s_first, n))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def march(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
-          out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Line integrals for every pose and ray.
-
-    Args:
-        vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm (:func:`pad_volume`).
-        blocks: the volume's block table (:func:`block_table`): runs of samples in empty space at either end
-            of a ray are skipped (they add exactly zero).
-        ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
-        dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
-        n_samples: samples per ray.
-        out: ``[B, R]`` float32, written with the line integrals (mm * 1/mm).
-    """
-    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+@njit(fastmath=True, cache=True)
+def _march_part(start: int, stop: int, vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray,
+                dirs: np.ndarray, n_samples: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The rays ``[start, stop)`` (pose ``idx // R``, pixel ``idx % R``) of :func:`march`."""
+    for idx in range(start, stop):
         bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
                                                                               n_samples)
         q0, q1, q2 = dt * d0, dt * d1, dt * d2
@@ -349,26 +426,28 @@ def march(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray, dirs: n
         out[bi, r] = acc * step_mm
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def march_with_jacobian(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray,
-                        n_samples: int, out: np.ndarray, jac: np.ndarray,
-                        slide: bool = True) -> None:  # pragma: no cover - compiled
-    """:func:`march` plus, per ray, the two 3-vectors of the pose gradient.
+def march(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
+          out: np.ndarray) -> None:
+    """Line integrals for every pose and ray.
 
     Args:
         vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm (:func:`pad_volume`).
-        blocks: the volume's block table (:func:`block_table`), as for :func:`march`.
+        blocks: the volume's block table (:func:`block_table`): runs of samples in empty space at either end
+            of a ray are skipped (they add exactly zero).
         ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
         dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
         n_samples: samples per ray.
-        out: ``[B, R]`` float32, written with the line integrals.
-        jac: ``[B, R, 6]`` float32, written with ``sum_i g_i step`` (entries 0-2, the gradient of the
-            pixel with respect to ``b``) and ``sum_i g_i t_i step`` (entries 3-5; the gradient with
-            respect to ``A`` is its outer product with the ray's pixel centre).
-        slide: add the samples' slide with the ray's entry and exit (:func:`_slide`); False leaves the
-            entry and exit fixed (what :func:`projector.add_sample_slide` takes, for tests).
+        out: ``[B, R]`` float32, written with the line integrals (mm * 1/mm).
     """
-    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+    over_rays(_march_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, blocks, ijk_from_cam, dirs, n_samples, out)
+
+
+@njit(fastmath=True, cache=True)
+def _march_with_jacobian_part(start: int, stop: int, vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray,
+                              dirs: np.ndarray, n_samples: int, out: np.ndarray, jac: np.ndarray,
+                              slide: bool) -> None:  # pragma: no cover - compiled
+    """The rays ``[start, stop)`` (pose ``idx // R``, pixel ``idx % R``) of :func:`march_with_jacobian`."""
+    for idx in range(start, stop):
         bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
                                                                               n_samples)
         q0, q1, q2 = dt * d0, dt * d1, dt * d2
@@ -392,6 +471,27 @@ def march_with_jacobian(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.nd
         out[bi, r] = value
         _store_jacobian(jac[bi, r], m, d0, d1, d2, ni, nj, nk, t0, t1, step_mm, value,
                         gb0, gb1, gb2, gt0, gt1, gt2, slide and t1 > t0)
+
+
+def march_with_jacobian(vol: np.ndarray, blocks: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray,
+                        n_samples: int, out: np.ndarray, jac: np.ndarray, slide: bool = True) -> None:
+    """:func:`march` plus, per ray, the two 3-vectors of the pose gradient.
+
+    Args:
+        vol: edge-padded attenuation ``[K + 2, J + 2, I + 2]`` float32, 1/mm (:func:`pad_volume`).
+        blocks: the volume's block table (:func:`block_table`), as for :func:`march`.
+        ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
+        dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
+        n_samples: samples per ray.
+        out: ``[B, R]`` float32, written with the line integrals.
+        jac: ``[B, R, 6]`` float32, written with ``sum_i g_i step`` (entries 0-2, the gradient of the
+            pixel with respect to ``b``) and ``sum_i g_i t_i step`` (entries 3-5; the gradient with
+            respect to ``A`` is its outer product with the ray's pixel centre).
+        slide: add the samples' slide with the ray's entry and exit (:func:`_slide`); False leaves the
+            entry and exit fixed (what :func:`projector.add_sample_slide` takes, for tests).
+    """
+    over_rays(_march_with_jacobian_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, blocks, ijk_from_cam, dirs,
+              n_samples, out, jac, slide)
 
 
 def pack_pair(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -418,20 +518,11 @@ def pack_pair(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(words[0] | (words[1] << np.uint32(16))), np.asarray(scales, dtype=np.float64)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def march_pair(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
-               out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """:func:`march` of both volumes of a pair (:func:`pack_pair`) in one pass.
-
-    Args:
-        vol: packed pair ``[K + 2, J + 2, I + 2]`` uint32.
-        scales: ``[2]`` float64, the pair's quantisation steps (units of the volumes).
-        ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
-        dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
-        n_samples: samples per ray.
-        out: ``[B, 2, R]`` float32, written with each volume's line integrals.
-    """
-    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+@njit(fastmath=True, cache=True)
+def _march_pair_part(start: int, stop: int, vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray,
+                     dirs: np.ndarray, n_samples: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The rays ``[start, stop)`` (pose ``idx // R``, pixel ``idx % R``) of :func:`march_pair`."""
+    for idx in range(start, stop):
         bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
                                                                               n_samples)
         acc0 = np.float32(0.0)
@@ -449,16 +540,27 @@ def march_pair(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, di
         out[bi, 1, r] = acc1 * step_mm * scales[1]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def march_pair_with_jacobian(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray,
-                             n_samples: int, out: np.ndarray, jac: np.ndarray,
-                             slide: bool = True) -> None:  # pragma: no cover - compiled
-    """:func:`march_with_jacobian` of both volumes of a pair (:func:`pack_pair`) in one pass.
+def march_pair(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
+               out: np.ndarray) -> None:
+    """:func:`march` of both volumes of a pair (:func:`pack_pair`) in one pass.
 
-    ``out`` ``[B, 2, R]`` and ``jac`` ``[B, 2, R, 6]`` (float32) per volume of the pair; the rest as for
-    :func:`march_pair` and :func:`march_with_jacobian`.
+    Args:
+        vol: packed pair ``[K + 2, J + 2, I + 2]`` uint32.
+        scales: ``[2]`` float64, the pair's quantisation steps (units of the volumes).
+        ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
+        dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
+        n_samples: samples per ray.
+        out: ``[B, 2, R]`` float32, written with each volume's line integrals.
     """
-    for idx in prange(ijk_from_cam.shape[0] * dirs.shape[0]):
+    over_rays(_march_pair_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, scales, ijk_from_cam, dirs, n_samples, out)
+
+
+@njit(fastmath=True, cache=True)
+def _march_pair_with_jacobian_part(start: int, stop: int, vol: np.ndarray, scales: np.ndarray,
+                                   ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int, out: np.ndarray,
+                                   jac: np.ndarray, slide: bool) -> None:  # pragma: no cover - compiled
+    """The rays ``[start, stop)`` (pose ``idx // R``, pixel ``idx % R``) of :func:`march_pair_with_jacobian`."""
+    for idx in range(start, stop):
         bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
                                                                               n_samples)
         a0 = b0 = c0 = e0 = f0 = g0 = h0 = np.float32(0.0)  # first volume: value, jb, jt
@@ -484,3 +586,14 @@ def march_pair_with_jacobian(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: 
             out[bi, c, r] = value
             _store_jacobian(jac[bi, c, r], m, d0, d1, d2, ni, nj, nk, t0, t1, step_mm * sc, value,
                             sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], slide and t1 > t0)
+
+
+def march_pair_with_jacobian(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray,
+                             n_samples: int, out: np.ndarray, jac: np.ndarray, slide: bool = True) -> None:
+    """:func:`march_with_jacobian` of both volumes of a pair (:func:`pack_pair`) in one pass.
+
+    ``out`` ``[B, 2, R]`` and ``jac`` ``[B, 2, R, 6]`` (float32) per volume of the pair; the rest as for
+    :func:`march_pair` and :func:`march_with_jacobian`.
+    """
+    over_rays(_march_pair_with_jacobian_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, scales, ijk_from_cam,
+              dirs, n_samples, out, jac, slide)
