@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from XRayCTRegistrationLib._raymarch import block_table
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.materials import MaterialVolumes, decompose
@@ -209,7 +210,8 @@ def test_registration_with_physics_renderer_recovers_pose():
 def test_packed_pairs_bound_the_quantisation_and_are_kept(phantom):
     pairs = phantom.packed_pairs()
     assert pairs is phantom.packed_pairs() and len(pairs) == 1
-    packed, scales = pairs[0]
+    packed, scales, blocks = pairs[0]
+    assert np.array_equal(blocks, block_table(packed))
     for c, shift in enumerate((0, 16)):
         back = ((packed[1:-1, 1:-1, 1:-1] >> shift) & 0xFFFF) * scales[c]
         assert np.abs(back - phantom.densities[c]).max() <= 0.5 * scales[c] * (1 + 1e-6)

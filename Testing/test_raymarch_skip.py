@@ -118,3 +118,27 @@ def test_rays_through_empty_ends_are_trimmed():
     first, last = _raymarch._span(table, 1.0 + 20, p[1], 1.0 + 3, 0.0, q[0], 0.0, n, SHAPE_KJI[2], SHAPE_KJI[1],
                                   SHAPE_KJI[0])
     assert first == last
+
+
+def test_pair_march_skipping_gives_the_plain_pair_march():
+    # two materials that are empty in different places: a block is empty only where both are
+    first = sparse_volume()
+    second = np.zeros_like(first)
+    second[2:6, 25:31, 20:26] = 0.02  # a box away from the ball
+    packed, scales = _raymarch.pack_pair(first, second)
+    table, full = _raymarch.block_table(packed), full_table(packed)
+    assert 0 < np.diff(np.diff(np.diff(table, axis=0), axis=1), axis=2).mean() < 0.8
+    m, dirs = rays()
+    shape = (m.shape[0], 2, dirs.shape[0])
+    out_skip, out_all = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    _raymarch.march_pair(packed, table, scales, m, dirs, 64, out_skip)
+    _raymarch.march_pair(packed, full, scales, m, dirs, 64, out_all)
+    for c in range(2):
+        assert np.count_nonzero(out_all[:, c]) > 0.01 * out_all[:, c].size
+        assert np.abs(out_skip[:, c] - out_all[:, c]).max() <= 1e-6 * out_all[:, c].max()
+    jac_skip, jac_all = np.empty((*shape, 6), np.float32), np.empty((*shape, 6), np.float32)
+    img_skip, img_all = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    _raymarch.march_pair_with_jacobian(packed, table, scales, m, dirs, 64, img_skip, jac_skip)
+    _raymarch.march_pair_with_jacobian(packed, full, scales, m, dirs, 64, img_all, jac_all)
+    assert np.abs(img_skip - out_all).max() <= 1e-6 * out_all.max()
+    assert np.abs(jac_skip - jac_all).max() <= 1e-5 * np.abs(jac_all).max() and np.abs(jac_all).max() > 0

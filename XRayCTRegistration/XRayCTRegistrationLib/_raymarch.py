@@ -119,15 +119,29 @@ def _in_parts8(kernel, n_rays, parts, a0, a1, a2, a3, a4, a5, a6, a7):  # pragma
         kernel(n_rays * p // parts, n_rays * (p + 1) // parts, a0, a1, a2, a3, a4, a5, a6, a7)
 
 
+@njit(parallel=True, cache=True)
+def _in_parts7(kernel, n_rays, parts, a0, a1, a2, a3, a4, a5, a6):  # pragma: no cover - compiled
+    """``kernel(start, stop, a0, ..., a6)`` over ``parts`` equal ranges of ``[0, n_rays)``, in parallel."""
+    for p in prange(parts):
+        kernel(n_rays * p // parts, n_rays * (p + 1) // parts, a0, a1, a2, a3, a4, a5, a6)
+
+
+@njit(parallel=True, cache=True)
+def _in_parts9(kernel, n_rays, parts, a0, a1, a2, a3, a4, a5, a6, a7, a8):  # pragma: no cover - compiled
+    """``kernel(start, stop, a0, ..., a8)`` over ``parts`` equal ranges of ``[0, n_rays)``, in parallel."""
+    for p in prange(parts):
+        kernel(n_rays * p // parts, n_rays * (p + 1) // parts, a0, a1, a2, a3, a4, a5, a6, a7, a8)
+
+
 def over_rays(kernel, n_rays: int, *args) -> None:
-    """Run the njit ``kernel(start, stop, *args)`` (6 or 8 ``args``) over the rays ``[0, n_rays)`` in parallel.
+    """Run the njit ``kernel(start, stop, *args)`` (6 to 9 ``args``) over the rays ``[0, n_rays)`` in parallel.
 
     The rays are cut into ``numba.get_num_threads()`` equal contiguous ranges, run in numba's thread pool by
     a ``prange`` launcher that calls the kernel through a function pointer (:class:`_Kernel`): every ray is
     computed by the same machine code, whatever the thread count and whether the kernel was compiled in this
     process or loaded from numba's cache (module docstring).
     """
-    launch = {6: _in_parts6, 8: _in_parts8}[len(args)]
+    launch = {6: _in_parts6, 7: _in_parts7, 8: _in_parts8, 9: _in_parts9}[len(args)]
     parts = max(0, min(numba.get_num_threads(), n_rays))
     launch(_kernel(kernel, args), n_rays, parts, *args)
 
@@ -519,16 +533,19 @@ def pack_pair(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 @njit(fastmath=True, cache=True)
-def _march_pair_part(start: int, stop: int, vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray,
-                     dirs: np.ndarray, n_samples: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _march_pair_part(start: int, stop: int, vol: np.ndarray, blocks: np.ndarray, scales: np.ndarray,
+                     ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
+                     out: np.ndarray) -> None:  # pragma: no cover - compiled
     """The rays ``[start, stop)`` (pose ``idx // R``, pixel ``idx % R``) of :func:`march_pair`."""
     for idx in range(start, stop):
         bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
                                                                               n_samples)
+        q0, q1, q2 = dt * d0, dt * d1, dt * d2
+        s_first, s_last = _span(blocks, p0, p1, p2, q0, q1, q2, n_samples if t1 > t0 else 0, ni, nj, nk)
         acc0 = np.float32(0.0)
         acc1 = np.float32(0.0)
-        for s in range(n_samples if t1 > t0 else 0):
-            i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
+        for s in range(s_first, s_last):
+            i0, j0, k0, wi, wj, wk = _cell(p0 + s * q0, p1 + s * q1, p2 + s * q2, ni, nj, nk)
             u000, u001, u010, u011 = vol[k0, j0, i0], vol[k0, j0, i0 + 1], vol[k0, j0 + 1, i0], vol[k0, j0 + 1, i0 + 1]
             u100, u101 = vol[k0 + 1, j0, i0], vol[k0 + 1, j0, i0 + 1]
             u110, u111 = vol[k0 + 1, j0 + 1, i0], vol[k0 + 1, j0 + 1, i0 + 1]
@@ -540,45 +557,50 @@ def _march_pair_part(start: int, stop: int, vol: np.ndarray, scales: np.ndarray,
         out[bi, 1, r] = acc1 * step_mm * scales[1]
 
 
-def march_pair(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int,
-               out: np.ndarray) -> None:
+def march_pair(vol: np.ndarray, blocks: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray,
+               n_samples: int, out: np.ndarray) -> None:
     """:func:`march` of both volumes of a pair (:func:`pack_pair`) in one pass.
 
     Args:
         vol: packed pair ``[K + 2, J + 2, I + 2]`` uint32.
+        blocks: the packed volume's block table (:func:`block_table`; a block is empty where both volumes are):
+            runs of samples in empty space at either end of a ray are skipped, as in :func:`march`.
         scales: ``[2]`` float64, the pair's quantisation steps (units of the volumes).
         ijk_from_cam: ``[B, 3, 4]`` float64, ``[A | b]`` per pose.
         dirs: ``[R, 3]`` float64 pixel centres in the camera frame, mm.
         n_samples: samples per ray.
         out: ``[B, 2, R]`` float32, written with each volume's line integrals.
     """
-    over_rays(_march_pair_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, scales, ijk_from_cam, dirs, n_samples, out)
+    over_rays(_march_pair_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, blocks, scales, ijk_from_cam, dirs,
+              n_samples, out)
 
 
 @njit(fastmath=True, cache=True)
-def _march_pair_with_jacobian_part(start: int, stop: int, vol: np.ndarray, scales: np.ndarray,
+def _march_pair_with_jacobian_part(start: int, stop: int, vol: np.ndarray, blocks: np.ndarray, scales: np.ndarray,
                                    ijk_from_cam: np.ndarray, dirs: np.ndarray, n_samples: int, out: np.ndarray,
                                    jac: np.ndarray, slide: bool) -> None:  # pragma: no cover - compiled
     """The rays ``[start, stop)`` (pose ``idx // R``, pixel ``idx % R``) of :func:`march_pair_with_jacobian`."""
     for idx in range(start, stop):
         bi, r, m, ni, nj, nk, d0, d1, d2, t0, t1, dt, step_mm, p0, p1, p2 = _ray(idx, ijk_from_cam, dirs, vol.shape,
                                                                               n_samples)
+        q0, q1, q2 = dt * d0, dt * d1, dt * d2
+        s_first, s_last = _span(blocks, p0, p1, p2, q0, q1, q2, n_samples if t1 > t0 else 0, ni, nj, nk)
         a0 = b0 = c0 = e0 = f0 = g0 = h0 = np.float32(0.0)  # first volume: value, jb, jt
         a1 = b1 = c1 = e1 = f1 = g1 = h1 = np.float32(0.0)  # second volume
-        for s in range(n_samples if t1 > t0 else 0):
-            i0, j0, k0, wi, wj, wk = _cell(p0 + s * dt * d0, p1 + s * dt * d1, p2 + s * dt * d2, ni, nj, nk)
+        for s in range(s_first, s_last):
+            i0, j0, k0, wi, wj, wk = _cell(p0 + s * q0, p1 + s * q1, p2 + s * q2, ni, nj, nk)
             t = np.float32(t0 + (s + 0.5) * dt)
             u000, u001, u010, u011 = vol[k0, j0, i0], vol[k0, j0, i0 + 1], vol[k0, j0 + 1, i0], vol[k0, j0 + 1, i0 + 1]
             u100, u101 = vol[k0 + 1, j0, i0], vol[k0 + 1, j0, i0 + 1]
             u110, u111 = vol[k0 + 1, j0 + 1, i0], vol[k0 + 1, j0 + 1, i0 + 1]
-            v, q0, q1, q2 = _trilinear_grad(_half(u000, 0), _half(u001, 0), _half(u010, 0), _half(u011, 0),
+            v, w0, w1, w2 = _trilinear_grad(_half(u000, 0), _half(u001, 0), _half(u010, 0), _half(u011, 0),
                                             _half(u100, 0), _half(u101, 0), _half(u110, 0), _half(u111, 0),
                                             wi, wj, wk)
-            a0, b0, c0, e0, f0, g0, h0 = a0 + v, b0 + q0, c0 + q1, e0 + q2, f0 + q0 * t, g0 + q1 * t, h0 + q2 * t
-            v, q0, q1, q2 = _trilinear_grad(_half(u000, 16), _half(u001, 16), _half(u010, 16), _half(u011, 16),
+            a0, b0, c0, e0, f0, g0, h0 = a0 + v, b0 + w0, c0 + w1, e0 + w2, f0 + w0 * t, g0 + w1 * t, h0 + w2 * t
+            v, w0, w1, w2 = _trilinear_grad(_half(u000, 16), _half(u001, 16), _half(u010, 16), _half(u011, 16),
                                             _half(u100, 16), _half(u101, 16), _half(u110, 16), _half(u111, 16),
                                             wi, wj, wk)
-            a1, b1, c1, e1, f1, g1, h1 = a1 + v, b1 + q0, c1 + q1, e1 + q2, f1 + q0 * t, g1 + q1 * t, h1 + q2 * t
+            a1, b1, c1, e1, f1, g1, h1 = a1 + v, b1 + w0, c1 + w1, e1 + w2, f1 + w0 * t, g1 + w1 * t, h1 + w2 * t
         for c in range(2):
             sc = scales[c]
             sums = (a0, b0, c0, e0, f0, g0, h0) if c == 0 else (a1, b1, c1, e1, f1, g1, h1)
@@ -588,12 +610,13 @@ def _march_pair_with_jacobian_part(start: int, stop: int, vol: np.ndarray, scale
                             sums[1], sums[2], sums[3], sums[4], sums[5], sums[6], slide and t1 > t0)
 
 
-def march_pair_with_jacobian(vol: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray, dirs: np.ndarray,
-                             n_samples: int, out: np.ndarray, jac: np.ndarray, slide: bool = True) -> None:
+def march_pair_with_jacobian(vol: np.ndarray, blocks: np.ndarray, scales: np.ndarray, ijk_from_cam: np.ndarray,
+                             dirs: np.ndarray, n_samples: int, out: np.ndarray, jac: np.ndarray,
+                             slide: bool = True) -> None:
     """:func:`march_with_jacobian` of both volumes of a pair (:func:`pack_pair`) in one pass.
 
     ``out`` ``[B, 2, R]`` and ``jac`` ``[B, 2, R, 6]`` (float32) per volume of the pair; the rest as for
     :func:`march_pair` and :func:`march_with_jacobian`.
     """
-    over_rays(_march_pair_with_jacobian_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, scales, ijk_from_cam,
-              dirs, n_samples, out, jac, slide)
+    over_rays(_march_pair_with_jacobian_part, ijk_from_cam.shape[0] * dirs.shape[0], vol, blocks, scales,
+              ijk_from_cam, dirs, n_samples, out, jac, slide)

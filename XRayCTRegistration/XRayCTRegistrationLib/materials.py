@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._raymarch import pack_pair
+from ._raymarch import block_table, pack_pair
 from .errors import InputError
 from .spectrum import material
 from .volume import Volume
@@ -72,18 +72,19 @@ class MaterialVolumes:
         """Every material's density volume, in the order of :attr:`names`."""
         return [self.volume(m) for m in range(len(self.names))]
 
-    def packed_pairs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def packed_pairs(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The densities as 16-bit pairs for the CPU ray march (:func:`_raymarch.pack_pair`), made once and kept.
 
         Materials ``2 p`` and ``2 p + 1`` share pair ``p`` (an odd last one is paired with an empty volume):
-        one march per pair renders both. The densities are taken as fixed once this was called.
+        one march per pair renders both. Each pair is ``(packed, scales, blocks)``, ``blocks`` its table of empty
+        space (:func:`_raymarch.block_table`). The densities are taken as fixed once this was called.
         """
         if self._packed is None:
             d = self.densities
             if float(d.min()) < 0:
                 raise InputError("materials: densities must be non-negative")
-            self._packed = [pack_pair(d[m], d[m + 1] if m + 1 < len(d) else np.zeros_like(d[m]))
-                            for m in range(0, len(d), 2)]
+            pairs = [pack_pair(d[m], d[m + 1] if m + 1 < len(d) else np.zeros_like(d[m])) for m in range(0, len(d), 2)]
+            self._packed = [(packed, scales, block_table(packed)) for packed, scales in pairs]
         return self._packed
 
     @classmethod

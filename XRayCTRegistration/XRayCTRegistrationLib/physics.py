@@ -251,13 +251,13 @@ def _march_pairs(proj: PhysicsProjector, ijk_from_cam: torch.Tensor,
     m = np.ascontiguousarray(ijk_from_cam.detach().numpy())
     dirs, n_m = proj._dirs64.numpy(), len(proj.names)
     outs, jacs = [], []
-    for vol, scales in proj._pairs:
+    for vol, scales, blocks in proj._pairs:
         out = np.empty((m.shape[0], 2, dirs.shape[0]), dtype=np.float32)
         if with_grad:
             jacs.append(np.empty((m.shape[0], 2, dirs.shape[0], 6), dtype=np.float32))
-            _raymarch.march_pair_with_jacobian(vol, scales, m, dirs, proj.n_samples, out, jacs[-1])
+            _raymarch.march_pair_with_jacobian(vol, blocks, scales, m, dirs, proj.n_samples, out, jacs[-1])
         else:
-            _raymarch.march_pair(vol, scales, m, dirs, proj.n_samples, out)
+            _raymarch.march_pair(vol, blocks, scales, m, dirs, proj.n_samples, out)
         outs.append(out)
     paths = outs[0] if len(outs) == 1 and n_m == 2 else np.ascontiguousarray(np.concatenate(outs, 1)[:, :n_m])
     if not with_grad:
