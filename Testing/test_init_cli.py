@@ -114,3 +114,21 @@ def test_register_with_init_model_then_refinement(case, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["method"] == "opt-lncc" and res["iterations"] > 0
     assert "initialised with" in text and "refinement" in text
+
+
+def test_train_time_budget_bounds_the_whole_command(tmp_path):
+    import time
+
+    ct = tmp_path / "ct.nrrd"
+    write_volume(chest_phantom((40, 32, 32), (5.0, 5.0, 5.0)), ct)
+    geometry = tmp_path / "g.json"
+    geometry.write_text(json.dumps(Camera(1000.0, 48, 40, 6.0, 6.0).to_dict()))
+    t0 = time.perf_counter()
+    code = main(["train", "--ct", str(ct), "--geometry", str(geometry), "--model", "regressor", "--out",
+                 str(tmp_path / "m.pt"), "--time-budget", "6", "--batch-size", "4", "--quiet"])
+    wall = time.perf_counter() - t0
+    assert code == 0
+    model = read_model_file(tmp_path / "m.pt")
+    # the model's training time is the command's wall time, the CT's reading and the preparation included
+    assert model["train_time_s"] == pytest.approx(wall, abs=0.3)
+    assert model["step"] >= 1

@@ -459,7 +459,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .ppc_learned import make_trainer as factory
     try:
         summary = train(ct, camera, args.out, options, reference=_reference(ct, camera, args), resume=args.resume,
-                        device=args.device, ct_source=str(args.ct), progress=progress, trainer_factory=factory)
+                        device=args.device, ct_source=str(args.ct), progress=progress, trainer_factory=factory,
+                        started=args.started)
     finally:
         bar.close()
     print(f"trained {summary['steps']} steps in {summary['train_time_s']:.1f} s: validation error "
@@ -641,9 +642,9 @@ def _add_train(sub) -> None:
                         f"or {FINE_MODEL} (SOPI's learned fine registration)")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="total training time, seconds of wall time from the start of the training (preparation and "
-                        "validations included); the training ends within it (default 900 when --iterations is "
-                        "not given)")
+                   help="total training time, seconds of wall time from the start of the command (reading the "
+                        "CT, preparing the DRRs and the validations included); the training ends within it "
+                        "(default 900 when --iterations is not given)")
     p.add_argument("--iterations", type=int, default=None, help="total training steps")
     p.add_argument("--resume", action="store_true", help="continue the training in --out if it exists")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
@@ -716,11 +717,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xrayctreg``; returns the exit status."""
+    started = time.perf_counter()  # train's time budget counts from here: --time-budget bounds the whole command
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error (already printed)
         return int(e.code or 0)
+    args.started = started
     try:
         check_options(args)
         code = args.func(args)

@@ -620,15 +620,18 @@ def write_training_inputs(ct_hu: Volume, camera: Camera, folder: str | Path) -> 
 def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOptions | None = None, *,
           reference: ReferenceView | None = None, resume: bool = False, device: str | torch.device = "cpu",
           ct_source: str = "", progress: Callable[[float, str], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, trainer_factory: Callable[..., Trainer] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, trainer_factory: Callable[..., Trainer] | None = None,
+          started: float | None = None) -> dict:
     """Train an initialiser on ``ct_hu`` for ``camera`` and write the model file ``out_path``.
 
     With ``resume`` and an existing ``out_path``, training continues from it (same CT, geometry and
     method required; the new ``options``' limits apply to the total). ``trainer_factory`` builds the
     :class:`Trainer` from ``(ct_hu, camera, options, reference, device, ct_source)`` (default :class:`Trainer`;
-    ``ppc_learned.make_trainer`` for ``method="ppc"``). Returns :meth:`Trainer.run`'s summary.
+    ``ppc_learned.make_trainer`` for ``method="ppc"``). ``started``: the ``time.perf_counter()`` value the time
+    budget counts from (default: this call; the command line passes its own start). Returns :meth:`Trainer.run`'s
+    summary.
     """
-    t_call = time.perf_counter()
+    t_call = time.perf_counter() if started is None else min(float(started), time.perf_counter())
     options = options or TrainOptions()
     out = Path(out_path)
     Outputs().check(out, "--out")
