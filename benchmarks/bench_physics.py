@@ -192,11 +192,12 @@ def physics_cases(cases, ct: Volume, kvp: float, seed: int, scatter: float = 0.3
     return dataclasses.replace(cases, cases=new), mats
 
 
-def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float):
+def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None):
     """opt-lncc with the physics renderer and the scatter fraction fitted to each X-ray (two passes).
 
     Pass 1 from the initial pose with ``f`` fitted there; pass 2 from pass 1's pose with ``f`` refitted
-    there (:func:`physics.fit_scatter_fraction`). The time counts both passes and both fits.
+    there (:func:`physics.fit_scatter_fraction`). The time counts both passes and both fits. ``start``: a
+    ``register_fn`` whose pose replaces the case's initial pose (e.g. the learned ppc method), timed with the rest.
     """
     from functools import partial
 
@@ -211,18 +212,22 @@ def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float):
             return register_xray(None, case.xray, cases.camera, w, method="opt-lncc", volume_mu=carrier,
                                  reference=cases.reference, renderer=partial(renderer, scatter_fraction=f))
 
-        return register_fitting_scatter(case.xray, case.world_from_camera_init, fit, register_with)[0]
+        w0 = case.world_from_camera_init if start is None else start(case).world_from_camera
+        return register_fitting_scatter(case.xray, w0, fit, register_with)[0]
 
     return fn
 
 
 def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: int, log,
                  renderer_scatter: float = 0.0, xray_scatter: float = 0.3, fitted: bool = True,
-                 init: str = "sopi", renderers: tuple[str, ...] = ("mono", "physics")) -> dict:
+                 init: str = "sopi", renderers: tuple[str, ...] = ("mono", "physics"),
+                 ppc_model: str | None = None) -> dict:
     """opt-lncc with the monochromatic and the physics renderer (and fitted scatter) on physics X-rays, per kVp.
 
     ``init``: the cases' starts (``sopi`` or ``hard``, :func:`evaluation.make_cases`); ``renderers``: which of the
-    plain renderers run besides the fitted scatter.
+    plain renderers run besides the fitted scatter. ``ppc_model``: a model of the learned point-to-plane method
+    (``xrayctreg train --model ppc``, trained on monochromatic DRRs of this CT) adds its rows alone and followed by
+    the fitted-scatter registration.
     """
     from bench_multict import PIXEL_MM
     from XRayCTRegistrationLib import evaluation as ev
@@ -239,6 +244,11 @@ def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: i
         fns = {k: f for k, f in fns.items() if k.split()[0] in renderers}
         if fitted:
             fns["physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer, kvp)
+        if ppc_model is not None:
+            ppc = ev.intensity_method("ppc", model=ppc_model)(cases)
+            fns["ppc (learned, mono DRRs)"] = ppc
+            fns["ppc + physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer, kvp,
+                                                                                  start=ppc)
         for label in fns:
             rows[f"{name}, {kvp:g} kVp, {label}"] = []
         for k in range(len(cases)):  # interleaved per case
@@ -259,6 +269,10 @@ NOTES = """## Notes
   reads: in a prototype on the chest CT (load 2-3, 2 threads) two float32 single-material marches took
   255-265 ms, a fused float32 two-channel march (channel-last) 232-241 ms, the 16-bit pair march 162-226 ms and
   the monochromatic march 137-184 ms. Accuracy against the float32 reference: see the speed section above.
+  The pair march skips the empty runs at both ends of each ray as the monochromatic one does (`pair_skip.md`:
+  on the chest CT, whose blocks are 21 % empty, 0.86 of the forward time and 0.87 of the Jacobian's, paired
+  over alternated calls; the abdomen CT's air reads above -1000 HU and the spine crop is all tissue, so neither
+  has an empty block and neither changes). The speed table above predates this.
 - **No torch between numba regions (CPU).** The physics DRR's forward and pose gradient are one autograd function
   (`physics._NumbaImage`): the pair march (numba), then the spectral sum (a numba parallel loop in numba's own
   thread pool), the scatter fog, the detector blur and the log (separable operators in numba on the calling
@@ -322,7 +336,18 @@ NOTES = """## Notes
   0.299-0.301 of 0.3 (chest, 6 cases at 80 and 120 kVp); at the initial pose 0.30-0.39 on 8 of 12, 0.75-1.6 on the
   others, hence the refit. On the spine crop both renderers without scatter diverge (mTRE 62-107 mm mean): the
   fog flattens the small crop's contrast. Still to do: the learned initialisers and stage-2 methods on physics
-  X-rays, the capture range (hard set) on physics X-rays, the fit as a `register` option.
+  X-rays, the fit as a `register` option. Capture range on physics X-rays: `physics_hard.md`.
+- **The learned point-to-plane method on physics X-rays** (`physics_ppc_hard.md`: the hard set, 24 cases per CT,
+  100 kVp, scatter 0.3; `--ppc-model` with the models of `ppc.md`, trained on monochromatic DRRs of each CT).
+  ppc alone succeeds in no case on any CT: it brings most far starts closer (13-18 of 24 cases end closer than
+  they started, all but one from 10 mm or more) but moves the near ones away (starts under 10 mm end 7-37 mm
+  off); its flow network
+  never saw scatter fog or a polychromatic contrast. As the first step before the fitted-scatter physics
+  registration it still widens the capture range where the fog leaves the intensity registration a narrow basin:
+  chest 100 % success and a capture range of at least 60 mm (the fitted-scatter registration alone: 79 %, 40 mm),
+  spine crop 67 % and 30 mm (54 %, 25 mm); abdomen 58 % and 5 mm (54 %, 10 mm), though every abdomen case ends
+  within 5 mm (alone: up to 30 mm). Training the flow network on physics DRRs (domain randomisation over kVp and
+  scatter) is not done.
 - **Registration times** (`physics_multict.md`) are from a machine with a load average of 3-5 on 2 cores (other
   work running), one numba / torch thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`) and `nice -n 10`.
 - **DeepDRR 1.2.2** (the physics peer) does not install in a bench environment here: it pins numpy < 2 (this project
@@ -393,6 +418,8 @@ def main() -> None:
                     help="the cases' starts: SOPI-like errors, or the hard set spanning 0-60 mm (capture range)")
     ap.add_argument("--renderers", default="mono,physics",
                     help="plain renderers to run besides the fitted scatter (comma-separated: mono, physics; or none)")
+    ap.add_argument("--ppc-model", default=None,
+                    help="model of the learned ppc method for the CT of --cts (one CT): adds ppc's rows")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-registration", action="store_true")
     ap.add_argument("--ct", default=None, help="speed: CT image or .npz (hu, ijk_to_ras); default the chest CT")
@@ -417,7 +444,8 @@ def main() -> None:
         for name in args.cts.split(","):
             rows.update(registration(read_ct(sample_ct_path(name=name)), name, args.cases, kvps, args.seed,
                                      lambda m: print(m, flush=True), args.renderer_scatter, args.xray_scatter,
-                                     not args.no_fit, args.init, tuple(args.renderers.split(","))))
+                                     not args.no_fit, args.init, tuple(args.renderers.split(",")),
+                                     args.ppc_model))
     env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                                                    "OMP_WAIT_POLICY"))
     meta = {"command": sys.argv, "machine": machine_info(), "environment": env,
