@@ -220,8 +220,9 @@ class _Clock:
     RECENT = 5
     """Durations kept per kind of work: the reserve is the longest of them."""
 
-    def __init__(self, state: TrainState, setup_s: float) -> None:
+    def __init__(self, state: TrainState, setup_s: float, after_s: float = 0.0) -> None:
         self.state = state
+        self.after_s = max(0.0, after_s)
         self.base = state.train_time_s + max(0.0, setup_s)
         self.start = time.perf_counter()
         self.recent: dict[str, list[float]] = {"step": [], "validation": [], "write": []}
@@ -240,9 +241,9 @@ class _Clock:
         """Seconds one more step needs to be finished: a step, a validation and the final write.
 
         Each is the longest of its recent durations; the first one, which includes the warm-up, counts only until
-        there is another.
+        there is another. ``after_s``, what the caller needs once the training returns, is added.
         """
-        return sum(max(d[1:] or d) for d in self.recent.values() if d)
+        return self.after_s + sum(max(d[1:] or d) for d in self.recent.values() if d)
 
 
 class Trainer:
@@ -440,12 +441,13 @@ class Trainer:
         return dict(zip(parts, values, strict=True))
 
     def run(self, out_path: str | Path, progress: Callable[[float, str], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, setup_s: float = 0.0) -> dict:
+            should_stop: Callable[[], bool] | None = None, setup_s: float = 0.0, after_s: float = 0.0) -> dict:
         """Train until the options' limits (or ``should_stop()``), checkpointing to ``out_path``.
 
         The training time is the wall time of the whole run (``setup_s`` of preparation before it, validations and
         checkpoints included), added to that of the runs it resumes. With a time budget, no step starts that the
-        slowest step so far, a validation and the final write would carry past the budget: the run ends within it.
+        slowest step so far, a validation, the final write and ``after_s`` (what the caller still needs once this
+        returns) would carry past the budget: the run and the caller end within it.
 
         ``progress(fraction, message)`` is called after the first step, then at most every 0.5 s, and
         after the last step.
@@ -455,7 +457,7 @@ class Trainer:
         o = self.options
         rng = np.random.default_rng([o.seed, self.state.step])
         gen = torch.Generator(device=self.device).manual_seed(o.seed * 1_000_003 + self.state.step)
-        clock = _Clock(self.state, setup_s)
+        clock = _Clock(self.state, setup_s, after_s)
         last_ckpt = last_report = time.perf_counter()
         reported = 0
         val = clock.timed("validation", self.validate)
@@ -621,15 +623,16 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
           reference: ReferenceView | None = None, resume: bool = False, device: str | torch.device = "cpu",
           ct_source: str = "", progress: Callable[[float, str], None] | None = None,
           should_stop: Callable[[], bool] | None = None, trainer_factory: Callable[..., Trainer] | None = None,
-          started: float | None = None) -> dict:
+          started: float | None = None, after_s: float = 0.0) -> dict:
     """Train an initialiser on ``ct_hu`` for ``camera`` and write the model file ``out_path``.
 
     With ``resume`` and an existing ``out_path``, training continues from it (same CT, geometry and
     method required; the new ``options``' limits apply to the total). ``trainer_factory`` builds the
     :class:`Trainer` from ``(ct_hu, camera, options, reference, device, ct_source)`` (default :class:`Trainer`;
     ``ppc_learned.make_trainer`` for ``method="ppc"``). ``started``: the ``time.perf_counter()`` value the time
-    budget counts from (default: this call; the command line passes its own start). Returns :meth:`Trainer.run`'s
-    summary.
+    budget counts from (default: this call; the command line passes its own start); ``after_s``: seconds the
+    caller still needs once this returns, kept free within the budget (the command line: the interpreter's start-up
+    and shutdown). Returns :meth:`Trainer.run`'s summary.
     """
     t_call = time.perf_counter() if started is None else min(float(started), time.perf_counter())
     options = options or TrainOptions()
@@ -649,7 +652,7 @@ def train(ct_hu: Volume, camera: Camera, out_path: str | Path, options: TrainOpt
     trainer = (trainer_factory or Trainer)(ct_hu, camera, options, reference, device, ct_source)
     if previous is not None:
         trainer.restore(previous)
-    return trainer.run(out, progress, should_stop, setup_s=time.perf_counter() - t_call)
+    return trainer.run(out, progress, should_stop, setup_s=time.perf_counter() - t_call, after_s=after_s)
 
 
 @dataclass
