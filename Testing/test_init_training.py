@@ -185,7 +185,7 @@ def test_a_time_budget_counts_the_whole_call_and_is_kept(ct, tmp_path):
     t0 = time.perf_counter()
     summary = train(ct, CAM, tmp_path / "m.pt", tiny(time_budget_s=budget, val_every=1))
     wall = time.perf_counter() - t0
-    assert summary["steps"] >= 2
+    assert summary["steps"] >= 1
     # the training time is the call's wall time (preparation and validations included), not the steps' alone
     assert summary["train_time_s"] == pytest.approx(wall, abs=0.1)
     # no step started that the recent steps and validations said would end past the budget: it can overrun only
