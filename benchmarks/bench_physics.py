@@ -339,7 +339,7 @@ NOTES = """## Notes
   X-rays, the fit as a `register` option. Capture range on physics X-rays: `physics_hard.md`.
 - **The learned point-to-plane method on physics X-rays** (`physics_ppc_hard.md`: the hard set, 24 cases per CT,
   100 kVp, scatter 0.3; `--ppc-model` with the models of `ppc.md`, trained on monochromatic DRRs of each CT).
-  ppc alone succeeds in no case on any CT: it brings most far starts closer (13-18 of 24 cases end closer than
+  ppc alone succeeds in no case on any CT: it brings most far starts closer (13-16 of 24 cases end closer than
   they started, all but one from 10 mm or more) but moves the near ones away (11 of the 12 starts under 10 mm end
   7-37 mm off); its flow network
   never saw scatter fog or a polychromatic contrast. As the first step before the fitted-scatter physics
