@@ -49,6 +49,27 @@ def test_train_end_to_end_with_progress_lines_and_resume(case, capsys):
     assert rc == 0 and read_model_file(model)["step"] == 5
 
 
+def test_train_on_physics_x_rays_records_the_randomisation(case, tmp_path, capsys):
+    from XRayCTRegistrationLib.training import TrainOptions
+
+    d = case
+    model = tmp_path / "phys.pt"
+    common = ["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--out", str(model),
+              "--iterations", "2", "--batch-size", "4", "--quiet"]
+    assert main([*common, "--physics-kvp", "80", "120", "--physics-scatter", "0.1", "0.4"]) == 0
+    render = TrainOptions.from_dict(read_model_file(model)["options"]).render
+    assert render.physics_kvp == (80.0, 120.0) and render.physics_scatter == (0.1, 0.4)
+    capsys.readouterr()
+    bad = {("120", "80"): "--physics-kvp: LOW must not exceed HIGH", ("10", "80"): "--physics-kvp: both ends must be "
+           "at least 20", ("80", "nan"): "--physics-kvp: both ends"}
+    for (low, high), message in bad.items():
+        model.unlink(missing_ok=True)
+        assert main([*common, "--physics-kvp", low, high]) == 2
+        assert message in capsys.readouterr().err and not model.exists()
+    assert main([*common, "--physics-kvp", "80", "120", "--physics-scatter", "-1", "0.5"]) == 2
+    assert "--physics-scatter: both ends must be at least 0" in capsys.readouterr().err
+
+
 def test_register_with_init_model_no_refine(case, tmp_path, capsys):
     d = case
     model = tmp_path / "rtpi.pt"

@@ -153,14 +153,15 @@ def test_registry_lists_ppc_methods():
 
 
 # -- the learned ppc method ----------------------------------------------------------------------------------
-def _tiny_trainer(hu, iterations=8):
+def _tiny_trainer(hu, iterations=8, physics_kvp=None):
     from XRayCTRegistrationLib.networks.flow import FlowConfig
     from XRayCTRegistrationLib.ppc_learned import PPCConfig, make_trainer
     from XRayCTRegistrationLib.training import TrainOptions
-    from XRayCTRegistrationLib.training_data import PoseRange
+    from XRayCTRegistrationLib.training_data import PoseRange, RenderSettings
 
     opts = TrainOptions(method="ppc", iterations=iterations, batch_size=2, pose_range=PoseRange(4.0, 8.0),
-                        val_size=2, gd_start=0.0, lr=3e-3, checkpoint_every_s=1e9)
+                        val_size=2, gd_start=0.0, lr=3e-3, checkpoint_every_s=1e9,
+                        render=RenderSettings(physics_kvp=physics_kvp))
     trainer = make_trainer(hu, CAM, opts)
     tiny = PPCConfig(size=32, max_points=64, flow=FlowConfig(features=8, hidden=8, radius=2, iterations=2))
     trainer.net = type(trainer.net)(tiny)
@@ -338,3 +339,19 @@ def test_ppc_training_pool_refreshes_its_oldest_pairs(scene):
     new = trainer.ppc_pool[3].select(torch.tensor([0]))
     proj = cam.project_camera_points(new.points[0][new.mask[0]].numpy())
     np.testing.assert_allclose(proj, new.pixels[0][new.mask[0]].numpy(), atol=1e-9)
+
+
+def test_ppc_training_pairs_with_physics_x_rays(scene):
+    """Domain randomisation: the X-ray of a pair is a physics image, its start DRR the monochromatic one."""
+    from XRayCTRegistrationLib.ppc_learned import RENDER
+
+    trainer = _tiny_trainer(scene[0], physics_kvp=(80.0, 120.0))
+    assert trainer.options.render.detector_size == RENDER.detector_size and trainer.source.physics is not None
+    drr, xray, params, _ = trainer._pairs(np.random.default_rng(3), 3, 1.0)
+    mono_start = trainer.source.render(params[:, :6], physics=False)
+    mono_truth = trainer.source.render(params[:, 6:], physics=False)
+    torch.testing.assert_close(drr, mono_start)  # what the registration renders
+    assert not torch.allclose(xray, mono_truth, rtol=1e-2, atol=1e-3)  # another contrast: spectrum and scatter
+    for k in range(3):  # the same anatomy at the same pose
+        corr = np.corrcoef(xray[k].flatten().numpy(), mono_truth[k].flatten().numpy())[0, 1]
+        assert corr > 0.9

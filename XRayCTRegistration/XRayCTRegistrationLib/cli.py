@@ -39,6 +39,12 @@ OPTION_RULES = (
 )
 """Numeric options no library object checks: (attribute, option, low, high, low excluded)."""
 
+RANGE_RULES = (
+    ("physics_kvp", "--physics-kvp", 20.0, 150.0),
+    ("physics_scatter", "--physics-scatter", 0.0, 10.0),
+)
+"""Options giving a range ``LOW HIGH``: (attribute, option, low, high); both ends within, LOW <= HIGH."""
+
 
 def check_options(args: argparse.Namespace) -> None:
     """Raise :class:`InputError` naming the first numeric option outside its range (NaN and inf included)."""
@@ -49,6 +55,15 @@ def check_options(args: argparse.Namespace) -> None:
         if not (math.isfinite(value) and low <= value <= high) or (low_open and value == low):
             side = f"more than {low:g}" if low_open else f"at least {low:g}"
             raise InputError(f"{option}: must be {side} and at most {high:g}, got {value:g}")
+    for name, option, low, high in RANGE_RULES:
+        pair = getattr(args, name, None)
+        if pair is None:
+            continue
+        if not all(math.isfinite(v) and low <= v <= high for v in pair):
+            raise InputError(f"{option}: both ends must be at least {low:g} and at most {high:g}, "
+                             f"got {pair[0]:g} {pair[1]:g}")
+        if pair[0] > pair[1]:
+            raise InputError(f"{option}: LOW must not exceed HIGH, got {pair[0]:g} {pair[1]:g}")
     if getattr(args, "device", None) is not None:
         from .projector import check_device
 
@@ -435,6 +450,8 @@ training, on the 2-core machine of ``benchmarks/results/ppc.md``)."""
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a patient-specific initialiser on DRRs of the CT and write the model file."""
+    from dataclasses import replace
+
     import torch
 
     from .geometry import Camera
@@ -446,6 +463,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = TrainOptions(method=args.model, iterations=args.iterations, time_budget_s=args.time_budget,
                            batch_size=batch, pose_range=PoseRange(args.rot_range, args.trans_range),
                            checkpoint_every_s=args.checkpoint_every, seed=args.seed)
+    if args.physics_kvp is not None:
+        options.render = replace(options.render, physics_kvp=tuple(args.physics_kvp),
+                                 physics_scatter=tuple(args.physics_scatter))
     Outputs([args.ct, args.geometry]).check(args.out, "--out")  # checkpoints are written in place, atomically
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -667,6 +687,13 @@ def _add_train(sub) -> None:
                    help="print 'PROGRESS <fraction> <message>' lines to stdout for another process to parse")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
+    p.add_argument("--physics-kvp", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="domain randomisation: render the training X-rays with the physics model (materials, "
+                        "spectrum, scatter), each at a tube voltage drawn in [LOW, HIGH] kV, e.g. 80 120; the "
+                        "DRRs a registration renders (ppc's moving side, sopi-fine's) stay monochromatic")
+    p.add_argument("--physics-scatter", type=float, nargs=2, default=(0.0, 0.5), metavar=("LOW", "HIGH"),
+                   help="with --physics-kvp: range of the scatter-to-primary ratio of the training X-rays "
+                        "(default 0 0.5)")
     p.set_defaults(func=cmd_train)
 
 

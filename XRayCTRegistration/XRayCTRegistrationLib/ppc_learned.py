@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +264,9 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
         """``training.Trainer`` for the ppc model: start/truth pairs, flow + registration loss, pose validation."""
 
         def __init__(self) -> None:
-            options.render = RENDER
+            # the ppc resolution; domain randomisation (the X-ray side only) as the options ask
+            options.render = replace(RENDER, physics_kvp=options.render.physics_kvp,
+                                     physics_scatter=options.render.physics_scatter)
             self.surface = surface_points(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras))
             super().__init__(ct_hu, camera, options, reference, device, ct_source)
             self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=options.lr,
@@ -278,8 +280,8 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
             gt = self.options.pose_range.sample(rng, n)
             start = gt + start_offsets(rng, n, scale)
             chunks = np.array_split(np.arange(n), -(-n // 64))
-            drr = torch.cat([self.source.render(start[c]) for c in chunks])
-            xray = torch.cat([self.source.render(gt[c]) for c in chunks])
+            drr = torch.cat([self.source.render(start[c], physics=False) for c in chunks])  # what registration renders
+            xray = torch.cat([self.source.render(gt[c]) for c in chunks])  # physics when randomised
             ref = self.reference
             batch = make_batch(self.surface, self.source.low_camera, [ref.pose(p) for p in start],
                                [ref.pose(p) for p in gt], self.net.config.max_points).to(self.device)

@@ -173,7 +173,7 @@ class TrainOptions:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw["pose_range"] = PoseRange.from_dict(d["pose_range"])
-        kw["render"] = RenderSettings(**d["render"])
+        kw["render"] = RenderSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["render"].items()})
         aug = dict(d["augmentation"])
         kw["augmentation"] = Augmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
         return cls(**kw)
@@ -390,7 +390,7 @@ class Trainer:
             pred = out["params"]
             parts["mse"] = o.beta * F.mse_loss(pred, params / self.half_widths)
             if o.alpha > 0 and fraction >= o.gd_start:
-                moving = self.source.render(pred * self.half_widths, grad=True)
+                moving = self.source.render(pred * self.half_widths, grad=True, physics=False)
                 fixed = to_input(drr, o.render.input_size)
                 parts["gd"] = o.alpha * gradient_difference_loss(fixed, to_input(moving, o.render.input_size)).mean()
             parts["l2"] = o.lam * l2_weights(self.net)

@@ -170,11 +170,16 @@ class DRRSource:
         """``world_from_camera`` ``[B, 4, 4]`` (float32) of parameters ``[B, 6]`` (degrees, mm); differentiable."""
         return self.reference.pose_torch(params.double()).float()
 
-    def render(self, params: torch.Tensor | np.ndarray, grad: bool = False) -> torch.Tensor:
-        """Line-integral DRRs ``[B, rows, cols]`` (low-resolution detector) at parameters ``[B, 6]``."""
+    def render(self, params: torch.Tensor | np.ndarray, grad: bool = False, physics: bool = True) -> torch.Tensor:
+        """DRRs ``[B, rows, cols]`` (low-resolution detector) at parameters ``[B, 6]`` (degrees, mm).
+
+        Line integrals of the attenuation, or, when the settings ask for domain randomisation and ``physics``
+        is true, physics log images (each at its own kVp and scatter). ``physics=False`` gives the line
+        integrals in either case: the DRRs a registration renders, as opposed to the X-rays it is given.
+        """
         p = torch.as_tensor(params, dtype=torch.float64, device=self.device)
         with torch.set_grad_enabled(grad):
-            if self.physics is None:
+            if self.physics is None or not physics:
                 return self.projector(self.poses(p))
             return self._render_physics(self.poses(p))
 
