@@ -93,6 +93,12 @@ def test_train_command_flags(module):
 
     args = build_parser().parse_args(cmd[3:])
     assert (args.model, args.time_budget, args.resume, args.progress_lines) == ("rtpi", 900.0, True, True)
+    assert args.physics_kvp is None
+    physics = logic.trainCommand("/data/ct.nrrd", "/data/geom.json", "/out/m.pt", iterations=5,
+                                 physicsKvp=module.PHYSICS_TRAINING_KVP)
+    assert build_parser().parse_args(physics[3:]).physics_kvp == list(module.PHYSICS_TRAINING_KVP)
+    with pytest.raises(InputError, match="physics tube voltages"):
+        logic.trainCommand("c", "g", "m", physicsKvp=(120.0, 80.0))
 
 
 def test_initialise_with_model(ns, module, inputs, trained, tmp_path):

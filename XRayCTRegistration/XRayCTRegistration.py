@@ -72,6 +72,9 @@ FINAL_SIZE = 512
 PREVIEW_DELAY_MS = 40
 """Slider throttle: at most one preview render is started per this many milliseconds."""
 
+PHYSICS_TRAINING_KVP = (80.0, 120.0)
+"""Tube voltages (kV) of the physics X-rays a training draws from when "Train on physics X-rays" is checked."""
+
 
 #
 # XRayCTRegistration
@@ -159,6 +162,7 @@ class XRayCTRegistrationParameterNode:
     refinementModel: pathlib.Path
     initialiserMethod: Annotated[str, Choice(list(INITIALISER_METHODS))] = "regressor"
     trainingMinutes: Annotated[float, WithinRange(0.1, 1440.0)] = 15.0
+    trainOnPhysicsXrays: bool = False
     secondXrayVolume: vtkMRMLScalarVolumeNode
     relativeTransform: vtkMRMLLinearTransformNode
     secondSdd: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0
@@ -416,7 +420,8 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             ctPath, geometryPath = self.logic.writeTrainingInputs(p.ctVolume, p.xrayVolume, folder, p.sdd,
                                                                   p.rowSpacing, p.colSpacing, x0=p.x0, y0=p.y0)
             command = self.logic.trainCommand(ctPath, geometryPath, model, method=p.initialiserMethod,
-                                              timeBudgetS=60.0 * p.trainingMinutes, resume=os.path.isfile(model))
+                                              timeBudgetS=60.0 * p.trainingMinutes, resume=os.path.isfile(model),
+                                              physicsKvp=PHYSICS_TRAINING_KVP if p.trainOnPhysicsXrays else None)
             logging.info(f"Training the initialiser: {self.logic.commandText(command)}")
             self.ui.progressBar.value = 0
             self.ui.progressBar.format = _("Training") + " %p%"

@@ -192,6 +192,17 @@ def physics_cases(cases, ct: Volume, kvp: float, seed: int, scatter: float = 0.3
     return dataclasses.replace(cases, cases=new), mats
 
 
+def ppc_training_words(model: str) -> str:
+    """How a ppc model's training X-rays were made, from its file: "mono DRRs" or "physics 80-120 kVp"."""
+    from XRayCTRegistrationLib.training import TrainOptions, read_model_file
+
+    render = TrainOptions.from_dict(read_model_file(model)["options"]).render
+    if render.physics_kvp is None:
+        return "mono DRRs"
+    (k0, k1), (s0, s1) = render.physics_kvp, render.physics_scatter
+    return f"physics {k0:g}-{k1:g} kVp, scatter {s0:g}-{s1:g}"
+
+
 def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None):
     """opt-lncc with the physics renderer and the scatter fraction fitted to each X-ray (two passes).
 
@@ -221,13 +232,13 @@ def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None
 def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: int, log,
                  renderer_scatter: float = 0.0, xray_scatter: float = 0.3, fitted: bool = True,
                  init: str = "sopi", renderers: tuple[str, ...] = ("mono", "physics"),
-                 ppc_model: str | None = None) -> dict:
+                 ppc_models: tuple[str, ...] = ()) -> dict:
     """opt-lncc with the monochromatic and the physics renderer (and fitted scatter) on physics X-rays, per kVp.
 
     ``init``: the cases' starts (``sopi`` or ``hard``, :func:`evaluation.make_cases`); ``renderers``: which of the
-    plain renderers run besides the fitted scatter. ``ppc_model``: a model of the learned point-to-plane method
-    (``xrayctreg train --model ppc``, trained on monochromatic DRRs of this CT) adds its rows alone and followed by
-    the fitted-scatter registration.
+    plain renderers run besides the fitted scatter. ``ppc_models``: models of the learned point-to-plane method
+    (``xrayctreg train --model ppc`` on this CT, on monochromatic DRRs or with ``--physics-kvp``); each adds its rows
+    alone and followed by the fitted-scatter registration, every method run on a case before the next case.
     """
     from bench_multict import PIXEL_MM
     from XRayCTRegistrationLib import evaluation as ev
@@ -244,11 +255,12 @@ def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: i
         fns = {k: f for k, f in fns.items() if k.split()[0] in renderers}
         if fitted:
             fns["physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer, kvp)
-        if ppc_model is not None:
-            ppc = ev.intensity_method("ppc", model=ppc_model)(cases)
-            fns["ppc (learned, mono DRRs)"] = ppc
-            fns["ppc + physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer, kvp,
-                                                                                  start=ppc)
+        for model in ppc_models:
+            ppc = ev.intensity_method("ppc", model=model)(cases)
+            trained = ppc_training_words(model)
+            fns[f"ppc (learned, {trained})"] = ppc
+            fns[f"ppc ({trained}) + physics renderer, fitted scatter"] = fitted_scatter_method(
+                cases, mats, carrier, renderer, kvp, start=ppc)
         for label in fns:
             rows[f"{name}, {kvp:g} kVp, {label}"] = []
         for k in range(len(cases)):  # interleaved per case
@@ -418,8 +430,9 @@ def main() -> None:
                     help="the cases' starts: SOPI-like errors, or the hard set spanning 0-60 mm (capture range)")
     ap.add_argument("--renderers", default="mono,physics",
                     help="plain renderers to run besides the fitted scatter (comma-separated: mono, physics; or none)")
-    ap.add_argument("--ppc-model", default=None,
-                    help="model of the learned ppc method for the CT of --cts (one CT): adds ppc's rows")
+    ap.add_argument("--ppc-model", default="",
+                    help="models of the learned ppc method for the CT of --cts (one CT; comma-separated): each adds "
+                         "its rows")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-registration", action="store_true")
     ap.add_argument("--ct", default=None, help="speed: CT image or .npz (hu, ijk_to_ras); default the chest CT")
@@ -445,7 +458,7 @@ def main() -> None:
             rows.update(registration(read_ct(sample_ct_path(name=name)), name, args.cases, kvps, args.seed,
                                      lambda m: print(m, flush=True), args.renderer_scatter, args.xray_scatter,
                                      not args.no_fit, args.init, tuple(args.renderers.split(",")),
-                                     args.ppc_model))
+                                     tuple(m for m in args.ppc_model.split(",") if m)))
     env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                                                    "OMP_WAIT_POLICY"))
     meta = {"command": sys.argv, "machine": machine_info(), "environment": env,

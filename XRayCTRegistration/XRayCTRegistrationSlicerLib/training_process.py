@@ -39,7 +39,8 @@ def pythonExecutable() -> str:
 
 def trainCommand(ctPath: str, geometryPath: str, modelPath: str, method: str = "regressor",
                  timeBudgetS: float | None = None, iterations: int | None = None, resume: bool = False,
-                 threads: int | None = None, python: str | None = None, extraArgs: Sequence[str] = ()) -> list[str]:
+                 threads: int | None = None, python: str | None = None, physicsKvp: tuple[float, float] | None = None,
+                 extraArgs: Sequence[str] = ()) -> list[str]:
     """Command line that trains a model out of process: ``xrayctreg train ...`` run by Python.
 
     ``method``: a model kind of ``names.MODEL_KINDS`` (an initialiser, or ``sopi-fine``).
@@ -49,6 +50,8 @@ def trainCommand(ctPath: str, geometryPath: str, modelPath: str, method: str = "
     on stdout (see :func:`parseProgressLine`) and writes the model file ``modelPath`` (checkpoints
     while it runs, so a killed training can be continued with ``resume``). ``timeBudgetS`` is the
     total training time in seconds, ``iterations`` the total number of steps (either or both).
+    ``physicsKvp`` ``(low, high)``: train on physics X-rays, each at a tube voltage (kV) drawn in that range
+    (``--physics-kvp``; the CLI's default scatter range).
     """
     for name, value in (("ctPath", ctPath), ("geometryPath", geometryPath), ("modelPath", modelPath)):
         if not value:
@@ -70,6 +73,12 @@ def trainCommand(ctPath: str, geometryPath: str, modelPath: str, method: str = "
         command.append("--resume")
     if threads is not None:
         command += ["--threads", str(int(threads))]
+    if physicsKvp is not None:
+        low, high = (float(v) for v in physicsKvp)
+        if not (20.0 <= low <= high <= 150.0):
+            raise InputError(f"train: physics tube voltages must satisfy 20 <= low <= high <= 150 kV, got {low:g}, "
+                             f"{high:g}")
+        command += ["--physics-kvp", f"{low:g}", f"{high:g}"]
     return command + [str(a) for a in extraArgs]
 
 
