@@ -1,9 +1,12 @@
-"""SOPI's stage 2 (sopi-fine) on the sample chest CT: training time, and SOPI's Table 1 on the SOPI-like cases.
+"""SOPI's stage 2 (sopi-fine) on a sample CT: training time, and SOPI's Table 1 on the SOPI-like cases.
 
     PYTHONPATH=XRayCTRegistration NUMBA_NUM_THREADS=1 python benchmarks/bench_sopi.py --stages train,eval \
         --fine-budget 540 --rtpi-budget 180 --cases 20
 
-Stages (``--stages``): ``train`` trains the sopi-fine model and an RTPI initialiser on the chest CT
+``--ct`` picks the sample CT (``data.SAMPLES``: chest, the default, abdomen, spine) and its detector
+(``bench_multict.ct_camera``: 128 x 128 pixels of 4 mm, 1.5 mm for the spine crop).
+
+Stages (``--stages``): ``train`` trains the sopi-fine model and an RTPI initialiser on the CT
 (``training.train`` with the options of ``xrayctreg train --model KIND --time-budget B --rot-range 10
 --trans-range 20``) for the benchmark's detector (128 x 128 pixels of 4 mm, sdd 1020 mm), on ``--device``;
 ``ablation`` trains the sopi-fine variants of SOPI's Table 2 (:data:`VARIANTS`) with the same budget;
@@ -11,7 +14,8 @@ Stages (``--stages``): ``train`` trains the sopi-fine model and an RTPI initiali
 protocol (``evaluation.make_cases(..., init="sopi")``: ground truth uniform in +-10 deg / +-20 mm around
 the AP view, start N(6.4, 3.8) deg and N(15, 8.6) mm away, X-ray = DRR + noise + blur + random
 contrast). Models are kept in ``--work`` so the stages can run separately (also in parallel).
-Results: ``benchmarks/results/sopi.md`` and ``sopi_rows.json``.
+Results: ``benchmarks/results/sopi.md`` and ``sopi_rows.json`` (chest), ``sopi_<ct>.md`` and
+``sopi_<ct>_rows.json`` (the others).
 """
 
 from __future__ import annotations
@@ -30,18 +34,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
+from bench_multict import ct_camera  # noqa: E402
 from common import machine_info  # noqa: E402
 from XRayCTRegistrationLib import evaluation as ev  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
-from XRayCTRegistrationLib.geometry import Camera  # noqa: E402
 from XRayCTRegistrationLib.pipeline import register_xray  # noqa: E402
 from XRayCTRegistrationLib.sopi_refine import load_fine_model  # noqa: E402
 from XRayCTRegistrationLib.training import TrainOptions, load_initialiser, read_model_file, train  # noqa: E402
 from XRayCTRegistrationLib.training_data import PoseRange  # noqa: E402
 from XRayCTRegistrationLib.volume import Volume, read_ct  # noqa: E402
-
-CAMERA = Camera(1020.0, 128, 128, 4.0, 4.0)
-"""The registration benchmark's detector (``bench_registration.py``)."""
 
 OUT = HERE / "results"
 
@@ -54,7 +55,7 @@ VARIANTS = {
 
 
 def load_ct(args: argparse.Namespace, ct_path: str) -> Volume:
-    """The chest CT in HU: from ``--ct-npz`` (``data`` int16 ``[k, j, i]`` and ``ijk_to_ras``, for a machine
+    """The CT in HU: from ``--ct-npz`` (``data`` int16 ``[k, j, i]`` and ``ijk_to_ras``, for a machine
     without SimpleITK) or the sample data file."""
     if args.ct_npz is None:
         return read_ct(ct_path)
@@ -76,7 +77,7 @@ def train_stage(args: argparse.Namespace, ct: Volume, ct_path: str) -> dict:
         options = TrainOptions(method=kind, time_budget_s=budget, batch_size=args.fine_batch if kind == "sopi-fine"
                                else 32, pose_range=PoseRange(10.0, 20.0))
         load0, t0 = os.getloadavg(), time.time()
-        summary = train(ct, CAMERA, work / name, options, device=args.device, ct_source=ct_path)
+        summary = train(ct, ct_camera(args.ct), work / name, options, device=args.device, ct_source=ct_path)
         info[kind] = {"device": str(args.device), "batch": options.batch_size, "budget_s": budget,
                       "wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg(), **summary}
         print(info[kind], flush=True)
@@ -91,7 +92,8 @@ def ablation_stage(args: argparse.Namespace, ct: Volume, ct_path: str) -> None:
         options = TrainOptions(method="sopi-fine", time_budget_s=args.fine_budget, batch_size=args.fine_batch,
                                pose_range=PoseRange(10.0, 20.0), **overrides)
         t0, load0 = time.time(), os.getloadavg()
-        summary = train(ct, CAMERA, args.work / f"fine-{name}.pt", options, device=args.device, ct_source=ct_path)
+        summary = train(ct, ct_camera(args.ct), args.work / f"fine-{name}.pt", options, device=args.device,
+                        ct_source=ct_path)
         info = {"wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg(), **summary}
         (args.work / f"train_info-{name}.json").write_text(json.dumps(info, indent=2))
         print(name, info, flush=True)
@@ -127,7 +129,7 @@ def methods(args: argparse.Namespace, cases: ev.CaseSet, ct) -> dict:
 
 def eval_stage(args: argparse.Namespace, ct) -> tuple[dict, dict]:
     """Run every row on the SOPI-like cases; returns (summaries, rows)."""
-    cases = ev.make_cases(ct, CAMERA, args.cases, seed=args.seed, init="sopi")
+    cases = ev.make_cases(ct, ct_camera(args.ct), args.cases, seed=args.seed, init="sopi")
     fns = methods(args, cases, ct)
     ev.run_method(cases.subset([0]), fns[next(k for k in fns if k.startswith("Opt-"))], name="warm-up")
     rows, summaries = {}, {}
@@ -140,10 +142,10 @@ def eval_stage(args: argparse.Namespace, ct) -> tuple[dict, dict]:
 def write_report(args, summaries, rows, train_info, load_start, load_end, wall) -> None:
     """``sopi.md`` and ``sopi_rows.json``."""
     fine = read_model_file(args.work / "fine.pt") if (args.work / "fine.pt").exists() else None
-    lines = ["# SOPI stage 2 (sopi-fine) on the sample chest CT", "",
+    lines = [f"# SOPI stage 2 (sopi-fine) on the sample {args.ct} CT", "",
              f"Command: `PYTHONPATH=XRayCTRegistration NUMBA_NUM_THREADS=1 python benchmarks/bench_sopi.py "
-             f"--stages {args.stages} --fine-budget {args.fine_budget:g} --rtpi-budget {args.rtpi_budget:g} "
-             f"--cases {args.cases} --seed {args.seed}`", "",
+             f"--ct {args.ct} --stages {args.stages} --fine-budget {args.fine_budget:g} "
+             f"--rtpi-budget {args.rtpi_budget:g} --cases {args.cases} --seed {args.seed}`", "",
              f"Machine: {machine_info()}; load average {load_start[0]:.1f} at the start of the evaluation, "
              f"{load_end[0]:.1f} at its end (the machine is shared); evaluation wall time {wall:.0f} s.", ""]
     if train_info:
@@ -176,13 +178,15 @@ def write_report(args, summaries, rows, train_info, load_start, load_end, wall) 
                 lines.append(f"- {name}: {t['steps']} steps in {t['train_time_s']:.0f} s of training time, "
                              f"{t['wall_s']:.0f} s wall")
         lines += ["", ev.markdown_table(ablation, capture=False), ""]
-    (args.out / "sopi.md").write_text("\n".join(lines) + "\n")
-    (args.out / "sopi_rows.json").write_text(json.dumps(rows, indent=1))
+    tag = "sopi" if args.ct == "chest" else f"sopi_{args.ct}"
+    (args.out / f"{tag}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{tag}_rows.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ct", default="chest", help="sample CT (data.SAMPLES name)")
     ap.add_argument("--stages", default="train,eval")
     ap.add_argument("--work", type=Path, default=Path("/tmp/xrayctreg_bench_sopi"))
     ap.add_argument("--fine-budget", type=float, default=540.0, help="sopi-fine training time, s")
@@ -199,7 +203,7 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    ct_path = str(sample_ct_path()) if args.ct_npz is None else str(args.ct_npz)
+    ct_path = str(sample_ct_path(name=args.ct)) if args.ct_npz is None else str(args.ct_npz)
     ct = load_ct(args, ct_path)
     stages = args.stages.split(",")
     train_info = train_stage(args, ct, ct_path) if "train" in stages else {}
