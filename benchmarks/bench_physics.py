@@ -43,6 +43,7 @@ from XRayCTRegistrationLib.geometry import Camera, ReferenceView  # noqa: E402
 from XRayCTRegistrationLib.materials import decompose  # noqa: E402
 from XRayCTRegistrationLib.physics import PhysicsProjector, physics_renderer, register_fitting_scatter  # noqa: E402
 from XRayCTRegistrationLib.projector import Projector  # noqa: E402
+from XRayCTRegistrationLib.training import load_initialiser, read_model_file  # noqa: E402
 from XRayCTRegistrationLib.volume import Volume, hu_to_mu, read_ct  # noqa: E402
 
 SDD = 1020.0
@@ -192,15 +193,27 @@ def physics_cases(cases, ct: Volume, kvp: float, seed: int, scatter: float = 0.3
     return dataclasses.replace(cases, cases=new), mats
 
 
-def ppc_training_words(model: str) -> str:
-    """How a ppc model's training X-rays were made, from its file: "mono DRRs" or "physics 80-120 kVp"."""
-    from XRayCTRegistrationLib.training import TrainOptions, read_model_file
+def training_words(model: str) -> str:
+    """How a model's training X-rays were made, from its file: "mono DRRs" or "physics 80-120 kVp, scatter 0-0.5"."""
+    from XRayCTRegistrationLib.training import TrainOptions
 
     render = TrainOptions.from_dict(read_model_file(model)["options"]).render
     if render.physics_kvp is None:
         return "mono DRRs"
     (k0, k1), (s0, s1) = render.physics_kvp, render.physics_scatter
     return f"physics {k0:g}-{k1:g} kVp, scatter {s0:g}-{s1:g}"
+
+
+def initialiser_method(ct: Volume, cases, model: str):
+    """The pose an initialiser model predicts from each case's X-ray (``register --init-model M --no-refine``)."""
+    from XRayCTRegistrationLib.pipeline import register_xray
+
+    initialiser = load_initialiser(model)
+
+    def fn(case):
+        return register_xray(ct, case.xray, cases.camera, initialiser, refine=False, volume_mu=cases.volume_mu)
+
+    return fn
 
 
 def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None):
@@ -232,13 +245,14 @@ def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None
 def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: int, log,
                  renderer_scatter: float = 0.0, xray_scatter: float = 0.3, fitted: bool = True,
                  init: str = "sopi", renderers: tuple[str, ...] = ("mono", "physics"),
-                 ppc_models: tuple[str, ...] = ()) -> dict:
+                 ppc_models: tuple[str, ...] = (), init_models: tuple[str, ...] = ()) -> dict:
     """opt-lncc with the monochromatic and the physics renderer (and fitted scatter) on physics X-rays, per kVp.
 
     ``init``: the cases' starts (``sopi`` or ``hard``, :func:`evaluation.make_cases`); ``renderers``: which of the
     plain renderers run besides the fitted scatter. ``ppc_models``: models of the learned point-to-plane method
     (``xrayctreg train --model ppc`` on this CT, on monochromatic DRRs or with ``--physics-kvp``); each adds its rows
     alone and followed by the fitted-scatter registration, every method run on a case before the next case.
+    ``init_models``: initialiser models (``xrayctreg train --model regressor`` or ``rtpi``), the same two rows each.
     """
     from bench_multict import PIXEL_MM
     from XRayCTRegistrationLib import evaluation as ev
@@ -257,10 +271,16 @@ def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: i
             fns["physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer, kvp)
         for model in ppc_models:
             ppc = ev.intensity_method("ppc", model=model)(cases)
-            trained = ppc_training_words(model)
+            trained = training_words(model)
             fns[f"ppc (learned, {trained})"] = ppc
             fns[f"ppc ({trained}) + physics renderer, fitted scatter"] = fitted_scatter_method(
                 cases, mats, carrier, renderer, kvp, start=ppc)
+        for model in init_models:
+            init = initialiser_method(ct, cases, model)
+            kind = f"{read_model_file(model)['method']} ({training_words(model)})"
+            fns[kind] = init
+            fns[f"{kind} + physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer,
+                                                                                      kvp, start=init)
         for label in fns:
             rows[f"{name}, {kvp:g} kVp, {label}"] = []
         for k in range(len(cases)):  # interleaved per case
@@ -433,6 +453,9 @@ def main() -> None:
     ap.add_argument("--ppc-model", default="",
                     help="models of the learned ppc method for the CT of --cts (one CT; comma-separated): each adds "
                          "its rows")
+    ap.add_argument("--init-model", default="",
+                    help="initialiser models (regressor, rtpi) for the CT of --cts (one CT; comma-separated): each "
+                         "adds its rows alone and followed by the fitted-scatter registration")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-registration", action="store_true")
     ap.add_argument("--ct", default=None, help="speed: CT image or .npz (hu, ijk_to_ras); default the chest CT")
@@ -458,7 +481,8 @@ def main() -> None:
             rows.update(registration(read_ct(sample_ct_path(name=name)), name, args.cases, kvps, args.seed,
                                      lambda m: print(m, flush=True), args.renderer_scatter, args.xray_scatter,
                                      not args.no_fit, args.init, tuple(args.renderers.split(",")),
-                                     tuple(m for m in args.ppc_model.split(",") if m)))
+                                     tuple(m for m in args.ppc_model.split(",") if m),
+                                     tuple(m for m in args.init_model.split(",") if m)))
     env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                                                    "OMP_WAIT_POLICY"))
     meta = {"command": sys.argv, "machine": machine_info(), "environment": env,
