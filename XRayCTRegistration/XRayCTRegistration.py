@@ -133,6 +133,7 @@ class XRayCTRegistrationParameterNode:
         Initialise and Register); empty or "." means none. refinementModel: model file of a learned refinement method.
     initialiserMethod: kind of initialiser trained (see INITIALISER_METHODS).
     trainingMinutes: training time budget, minutes.
+    trainOnPhysicsXrays: train on physics X-rays (PHYSICS_TRAINING_KVP, ``xrayctreg train --physics-kvp``).
     secondXrayVolume, relativeTransform, secondSdd, secondRowSpacing, secondColSpacing, secondX0, secondY0,
     structureSegmentation, structureSegments, xrayMaskThreshold, xrayMaskLow, xrayMaskHigh, xrayCrop*, xrayMaskVolume:
     a second view, structures and the X-ray mask (see ``XRayCTRegistrationSlicerLib.registration_options``).
