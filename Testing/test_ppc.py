@@ -232,9 +232,39 @@ def test_pipeline_with_true_correspondences_recovers_a_large_offset(scene):
 
     pts = target_points(hu, 60)
     assert mtre(pts, gt, start) > 20.0
-    pose, n, msg, ok = iterate_ppc(vol, np.zeros((32, 32)), CAM, start, correspond, levels=(1.0,), iterations=(8,))
+    pose, n, msg, ok, step = iterate_ppc(vol, np.zeros((32, 32)), CAM, start, correspond, levels=(1.0,),
+                                         iterations=(8,))
     assert ok and n == 8, msg
     assert mtre(pts, gt, pose) < 1e-3
+    assert step < 1e-3  # the last update barely moved the contour: converged
+
+
+def test_ppc_alone_reports_success_only_when_converged(scene):
+    """A PPC method without an intensity step: success needs a last update below the tolerance, and says why not."""
+    from XRayCTRegistrationLib.dppc import STEP_TOLERANCE_PX, run_ppc_method
+    from XRayCTRegistrationLib.geometry import invert_rigid, transform_points
+
+    hu, vol, ref = scene
+    surf = surface_points(vol, 4000)
+    gt, start = ref.pose([2.0, -3.0, 4.0, 5.0, -4.0, 6.0]), ref.pose([-3.0, 2.0, -2.0, -8.0, 6.0, -5.0])
+    xray = render(vol, CAM, gt, n_samples=120)
+    rng = np.random.default_rng(0)
+
+    def exact(level, drr, contour):
+        p = transform_points(invert_rigid(gt), surf.points[contour.index])
+        return level.camera.project_camera_points(p), np.ones(len(contour))
+
+    def jittered(level, drr, contour):  # every iteration the whole contour is sent about a pixel off the truth
+        rc, w = exact(level, drr, contour)
+        return rc + rng.normal(scale=1.0, size=2), w
+
+    common = dict(reference=ref, progress=None, should_stop=None, device="cpu", levels=(1.0,), iterations=(6,),
+                  final=None)
+    good = run_ppc_method(vol, xray, CAM, start, exact, "ppc", **common)
+    assert good.success and "converged" in good.message, good.message
+    bad = run_ppc_method(vol, xray, CAM, start, jittered, "ppc", **common)
+    assert not bad.success and "not converged" in bad.message and f"below {STEP_TOLERANCE_PX:g}" in bad.message
+    assert mtre(target_points(hu, 60), gt, bad.world_from_camera) > 0.05  # it did stop short of the truth
 
 
 def test_true_flow_solves_to_the_true_motion(scene):

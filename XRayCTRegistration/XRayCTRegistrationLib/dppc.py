@@ -11,6 +11,7 @@ search window in pixels of each level. Registered as the refine methods ``dppc``
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from .errors import InputError
-from .geometry import Camera, ReferenceView, check_rigid
+from .geometry import Camera, ReferenceView, check_rigid, invert_rigid, transform_points
 from .metrics import image_ncc
 from .ppc import Contour, contour_points, ppc_step, surface_points
 from .projector import Projector
@@ -37,6 +38,10 @@ MIN_CONTOUR_POINTS = 12
 
 MIN_SCORE = 0.3
 """Matches whose NCC peak is below this get no weight."""
+
+STEP_TOLERANCE_PX = 0.25
+"""A PPC method alone (no intensity step after it) has converged when its last update moved the contour's
+projections by less than this (rms, pixels of the full-resolution detector)."""
 
 
 @dataclass
@@ -160,33 +165,39 @@ def iterate_ppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np.nd
                 levels: Sequence[float] = DEFAULT_LEVELS, iterations: Sequence[int] = DEFAULT_ITERATIONS,
                 n_surface: int = 4000, max_points: int = 600, reg: float = 1e-3, robust: int = 0, device: str = "cpu",
                 progress: Callable[[float, str], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, int, str, bool]:
-    """The PPC iteration shared by ``dppc`` and ``ppc``: returns (pose, iterations, message, completed).
+                should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, int, str, bool, float]:
+    """The PPC iteration shared by ``dppc`` and ``ppc``.
 
     Every iteration: the DRR at the current pose on the level's detector, the apparent contour, the
-    correspondences ``correspond`` finds, one weighted PPC solve, the pose update.
+    correspondences ``correspond`` finds, one weighted PPC solve, the pose update. Returns (pose,
+    iterations, message, completed, last step): ``completed`` is False when the iteration stopped early
+    (too few contour points or correspondences, or the caller's stop); ``last step`` is how far the last
+    update moved the contour's projections (rms, pixels of ``camera``; inf before any update).
     """
     if len(iterations) != len(levels):
         raise InputError(f"iterations: give one count per level ({len(levels)}), got {len(iterations)}")
     surface = surface_points(volume_mu, n_surface)
     pyramid = build_levels(volume_mu, xray, camera, levels, device)
     pose = np.asarray(init, dtype=np.float64)
-    total, done = sum(int(n) for n in iterations), 0
+    total, done, step_px = sum(int(n) for n in iterations), 0, math.inf
     for level, n_it in zip(pyramid, iterations, strict=True):
         for _ in range(int(n_it)):
             if should_stop is not None and should_stop():
-                return pose, done, "stopped by the caller", False
+                return pose, done, "stopped by the caller", False, step_px
             contour = contour_points(surface, level.camera, pose, max_points=max_points)
             if len(contour) < MIN_CONTOUR_POINTS:
-                return pose, done, f"only {len(contour)} contour points in view", False
+                return pose, done, f"only {len(contour)} contour points in view", False, step_px
             targets, weights = correspond(level, render(level, pose), contour)
             if np.count_nonzero(weights > 0) < MIN_CONTOUR_POINTS:
-                return pose, done, f"only {np.count_nonzero(weights > 0)} usable correspondences", False
+                return pose, done, f"only {np.count_nonzero(weights > 0)} usable correspondences", False, step_px
             pose, _ = ppc_step(contour, targets, weights, level.camera, pose, reg, robust)
+            moved = level.camera.project_camera_points(transform_points(invert_rigid(pose),
+                                                                        surface.points[contour.index]))
+            step_px = level.factor * float(np.sqrt(np.mean(np.sum((moved - contour.pixels) ** 2, axis=1))))
             done += 1
             if progress is not None:
                 progress(done / total, f"level x{level.factor:g}, iteration {done}/{total}")
-    return pose, done, f"{done} PPC iterations", True
+    return pose, done, f"{done} PPC iterations", True, step_px
 
 
 def register_dppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_world_from_camera: np.ndarray, *,
@@ -237,9 +248,9 @@ def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np
     init_sim = image_ncc(render_full(full, init), xray)
     share = 0.5 if final else 1.0
     prog = None if progress is None else (lambda f, m: progress(share * f, f"{name}: {m}"))
-    pose, n_it, msg, ok = iterate_ppc(volume_mu, xray, camera, init, correspond, levels=levels,
-                                      iterations=iterations, robust=robust, device=device, progress=prog,
-                                      should_stop=should_stop)
+    pose, n_it, msg, ok, step_px = iterate_ppc(volume_mu, xray, camera, init, correspond, levels=levels,
+                                               iterations=iterations, robust=robust, device=device, progress=prog,
+                                               should_stop=should_stop)
     method, uncertainty = name, None
     if final and ok:
         prog2 = None if progress is None else (lambda f, m: progress(0.5 + 0.5 * f, m))
@@ -249,10 +260,38 @@ def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np
         pose, n_it, ok = res.world_from_camera, n_it + res.iterations, res.success
         msg, method = f"{msg}; {final}: {res.message}", f"{name}+{final}"
         uncertainty = getattr(res, "uncertainty", None)
-    sim = image_ncc(render_full(full, pose), xray)
+    drr = render_full(full, pose)
+    sim = image_ncc(drr, xray)
+    if ok and not final:
+        ok, msg = ppc_verdict(volume_mu, pose, drr, init_sim, sim, step_px, msg)
     return RegistrationResult(world_from_camera=pose, params=reference.params(pose), similarity=sim,
                               initial_similarity=init_sim, iterations=n_it, wall_time_s=time.perf_counter() - t0,
                               method=method, success=ok, message=msg, reference=reference, uncertainty=uncertainty)
+
+
+def ppc_verdict(volume_mu: Volume, pose: np.ndarray, drr: np.ndarray, init_sim: float, sim: float,
+                step_px: float, done: str) -> tuple[bool, str]:
+    """``(success, message)`` of a PPC method that ran all its iterations and has no intensity step after it.
+
+    Success only at a converged, valid pose: the last update moved the contour by less than
+    :data:`STEP_TOLERANCE_PX`, the X-ray source lies outside the CT, the CT covers at least
+    ``registration.MIN_COVERAGE`` of the detector (``drr``: the full-resolution DRR at ``pose``) and the
+    image similarity (NCC of the DRR with the X-ray, ``init_sim`` at the start, ``sim`` at the end) did not fall.
+    """
+    from .geometry import source_inside_volume
+    from .registration import MIN_COVERAGE
+
+    change = f"NCC {init_sim:.4f} -> {sim:.4f}"
+    if source_inside_volume(volume_mu, pose):
+        return False, f"{done}; the X-ray source lies inside the CT volume at the pose found"
+    if float(np.mean(drr > 0)) < MIN_COVERAGE or not math.isfinite(sim):
+        return False, f"{done}; the CT does not project onto the X-ray at the pose found"
+    if sim < init_sim:
+        return False, f"{done}; the similarity fell ({change}); the pose found is not trusted"
+    if step_px >= STEP_TOLERANCE_PX:
+        return False, (f"{done}; not converged: the last update moved the contour by {step_px:.2f} pixels "
+                       f"(converged below {STEP_TOLERANCE_PX:g}); {change}")
+    return True, f"{done}; converged (last update {step_px:.3f} pixels); {change}"
 
 
 def render_full(projector: Projector, pose: np.ndarray) -> np.ndarray:
