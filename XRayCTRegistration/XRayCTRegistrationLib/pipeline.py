@@ -344,11 +344,16 @@ def _ncc_at(inputs: Inputs, pose: np.ndarray) -> float:
     return image_ncc(drr, inputs.xray)
 
 
+UNVERIFIED_INITIALISATION = "an initialisation alone is not verified: refine it for a verdict"
+"""What an initialisation's result says: ``success`` is false, since no optimisation checked the pose."""
+
+
 def _initialisation_result(start: Initialisation, pose: np.ndarray, reference: ReferenceView, seconds: float,
                            similarity: float, message: str):
-    """The initialisation as a ``RegistrationResult`` (0 iterations, similarity as given)."""
+    """The initialisation as a ``RegistrationResult`` (0 iterations, similarity as given, never a success)."""
     from .registration import RegistrationResult
 
     return RegistrationResult(world_from_camera=pose, params=reference.params(pose), similarity=similarity,
                               initial_similarity=similarity, iterations=0, wall_time_s=seconds,
-                              method=start.method, success=True, message=message, reference=reference)
+                              method=start.method, success=False, message=f"{message}; {UNVERIFIED_INITIALISATION}",
+                              reference=reference)
