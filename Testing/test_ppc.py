@@ -147,6 +147,15 @@ def test_dppc_then_intensity_step(scene):
     assert mtre(pts, ref.pose(gt), res.world_from_camera) < 0.5 * mtre(pts, ref.pose(gt), ref.pose(start))
 
 
+def test_final_schedule_is_checked(scene):
+    from XRayCTRegistrationLib.errors import InputError
+
+    hu, vol, ref = scene
+    xray = render(vol, CAM, ref.pose([0.0] * 6), n_samples=60)
+    with pytest.raises(InputError, match="final_schedule must be one of"):
+        register_dppc(vol, xray, CAM, ref.pose([1.0] * 6), reference=ref, final="opt-ncc", final_schedule="fine")
+
+
 def test_registry_lists_ppc_methods():
     names = method_names("refine")
     assert {"dppc", "dppc-opt", "ppc", "ppc-opt"} <= set(names)

@@ -39,6 +39,9 @@ MIN_CONTOUR_POINTS = 12
 MIN_SCORE = 0.3
 """Matches whose NCC peak is below this get no weight."""
 
+FINAL_SCHEDULES = ("refine", "default")
+"""Level schedules of a PPC method's final intensity step (see :func:`run_ppc_method`)."""
+
 STEP_TOLERANCE_PX = 0.25
 """A PPC method alone (no intensity step after it) has converged when its last update moved the contour's
 projections by less than this (rms, pixels of the full-resolution detector). Converged is not verified: see
@@ -238,8 +241,15 @@ def register_dppc(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_worl
 def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np.ndarray, correspond: Correspond,
                    name: str, *, reference: ReferenceView | None, progress, should_stop, device: str,
                    levels: Sequence[float], iterations: Sequence[int], final: str | None, robust: int = 0,
-                   **final_options):
-    """A PPC method as a ``RegistrationResult``: the iterations, then the optional intensity step ``final``."""
+                   final_schedule: str = "refine", **final_options):
+    """A PPC method as a ``RegistrationResult``: the iterations, then the optional intensity step ``final``.
+
+    ``final_schedule``: the levels of the intensity step, ``"refine"`` (``registration.refine_schedule``, one level
+    finer than the registration's default) or ``"default"`` (the registration's own, which adds that level only where
+    the depth stays undetermined); ``final_options`` override either.
+    """
+    if final_schedule not in FINAL_SCHEDULES:
+        raise InputError(f"final_schedule must be one of {FINAL_SCHEDULES}, got {final_schedule!r}")
     from .registration import RegistrationResult, refine_schedule, register
 
     t0 = time.perf_counter()
@@ -255,7 +265,7 @@ def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np
     method, uncertainty = name, None
     if final and ok:
         prog2 = None if progress is None else (lambda f, m: progress(0.5 + 0.5 * f, m))
-        opts = {**refine_schedule(camera), **final_options}
+        opts = {**(refine_schedule(camera) if final_schedule == "refine" else {}), **final_options}
         res = register(volume_mu, xray, camera, pose, reference=reference, method=final, progress=prog2,
                        should_stop=should_stop, device=device, **opts)
         pose, n_it, ok = res.world_from_camera, n_it + res.iterations, res.success
