@@ -222,6 +222,15 @@ def test_ppc_cli_round_trip(scene, tmp_path, capsys):
     assert "ppc.pt.missing: model file not found" in capsys.readouterr().err
     assert main([*common, "--init-model", model]) == 2
     assert "refinement model, not an initialiser" in capsys.readouterr().err
+    # after a learned initialiser: the ppc methods keep their own levels (the initialiser's schedule is not theirs)
+    init = str(tmp_path / "init.pt")
+    assert main(["train", "--ct", ct, "--geometry", geom, "--out", init, "--iterations", "1", "--batch-size", "2",
+                 "--threads", "1", "--quiet"]) == 0
+    for method in ("ppc-opt", "dppc-opt"):
+        extra = ["--model", model] if method == "ppc-opt" else []
+        assert main([*common, "--init-model", init, "--method", method, *extra]) in (0, 1)
+        res = json.loads(open(out).read())
+        assert res["method"] == method.replace("-opt", "+opt-lncc") and res["initialisation"]["method"] != "reference"
 
 
 # -- ground-truth correspondences through the learned method's pieces -----------------------------------------

@@ -321,7 +321,8 @@ def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: obj
     t1 = time.perf_counter()
     result = refiner.function()(inputs.volume_mu, images, cameras, pose, reference=ref,
                                 progress=progress, should_stop=should_stop, device=device,
-                                **{**refiner.options, **start.refine_options, **options})
+                                **{**refiner.options, **({} if refiner.own_schedule else start.refine_options),
+                                   **options})
     t_refine = time.perf_counter() - t1
     initialisation = _initialisation_result(start, pose, ref, t_init, float(result.initial_similarity),
                                             start.message)

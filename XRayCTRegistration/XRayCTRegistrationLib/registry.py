@@ -49,6 +49,9 @@ class Method:
         description: one line for help texts.
         needs_model: the method needs a trained model file (``--model``).
         multi_view: the method takes several X-rays (lists of images and cameras and ``relative_views``).
+        own_schedule: the method sets its own levels (``levels``, ``max_iterations`` mean something else to it, or
+            nothing): a learned initialiser's refinement schedule (``pipeline.Initialisation.refine_options``) is
+            not passed to it.
     """
 
     name: str
@@ -58,6 +61,7 @@ class Method:
     description: str = ""
     needs_model: bool = False
     multi_view: bool = False
+    own_schedule: bool = False
 
     def function(self) -> Callable:
         """The method's function (imports its module when the spec is a string)."""
@@ -72,7 +76,7 @@ _REGISTRY: dict[str, dict[str, Method]] = {kind: {} for kind in KINDS}
 
 def register_method(name: str, fn: Callable | str, *, kind: str = "refine", description: str = "",
                     replace: bool = False, needs_model: bool = False, multi_view: bool = False,
-                    **options: Any) -> Method:
+                    own_schedule: bool = False, **options: Any) -> Method:
     """Register a method under ``name``; returns it.
 
     Args:
@@ -83,6 +87,7 @@ def register_method(name: str, fn: Callable | str, *, kind: str = "refine", desc
         replace: allow replacing a method of the same name and kind (else an ``InputError``).
         needs_model: the method needs a trained model file (benchmarks that train nothing leave it out).
         multi_view: the method registers several X-rays at once (biplane; see ``pipeline.View``).
+        own_schedule: see :class:`Method`.
         **options: keyword arguments bound to every call (e.g. the similarity of a generic optimiser).
     """
     if kind not in KINDS:
@@ -93,7 +98,8 @@ def register_method(name: str, fn: Callable | str, *, kind: str = "refine", desc
         raise InputError(f"register_method: {name}: give a function or 'package.module:function', got {fn!r}")
     if name in _REGISTRY[kind] and not replace:
         raise InputError(f"register_method: a {kind} method named {name!r} is already registered")
-    method = Method(name, kind, fn, MappingProxyType(dict(options)), description, needs_model, multi_view)
+    method = Method(name, kind, fn, MappingProxyType(dict(options)), description, needs_model, multi_view,
+                    own_schedule)
     _REGISTRY[kind][name] = method
     return method
 
@@ -182,14 +188,14 @@ register_method("pose", f"{__package__}.pipeline:init_pose", kind="init",
                 description="a given pose (4x4 world_from_camera or a pose JSON file)")
 register_method("model", f"{__package__}.pipeline:init_model", kind="init",
                 description="the prediction of a trained initialiser (model file from 'xrayctreg train')")
-register_method("dppc", f"{__package__}.dppc:register_dppc", kind="refine",
+register_method("dppc", f"{__package__}.dppc:register_dppc", kind="refine", own_schedule=True,
                 description="point-to-plane correspondences from NCC patch matching (classical DPPC)")
-register_method("dppc-opt", f"{__package__}.dppc:register_dppc", kind="refine", final="opt-lncc",
+register_method("dppc-opt", f"{__package__}.dppc:register_dppc", kind="refine", final="opt-lncc", own_schedule=True,
                 description="dppc, then an opt-lncc intensity step")
-register_method("ppc", f"{__package__}.ppc_learned:register_ppc", kind="refine", needs_model=True,
+register_method("ppc", f"{__package__}.ppc_learned:register_ppc", kind="refine", needs_model=True, own_schedule=True,
                 description="learned point-to-plane: recurrent flow + PointNet weights (needs --model)")
 register_method("ppc-opt", f"{__package__}.ppc_learned:register_ppc", kind="refine", needs_model=True,
-                final="opt-lncc",
+                final="opt-lncc", own_schedule=True,
                 description="ppc, then an opt-lncc intensity step (needs --model)")
 
 # SOPI's learned fine registration (stage 2); needs a model from 'xrayctreg train --model sopi-fine'
