@@ -82,6 +82,13 @@ GENERAL_NOTES = [
     "- Each run above names the commit of its code. The opt-lncc, dppc and dppc-opt rows are older than the ppc "
     "and ppc-opt rows: they predate the registration's finer level when the depth is undetermined (f4e4228) and "
     "the deterministic kernels (bfce861), so their final steps can differ case by case from today's code.",
+    "- ppc-opt's final opt-lncc step runs on the registration's own levels (since commit 6ddabcb; before, on the "
+    "finer refine schedule of a learned initialiser): on the chest its CPU time fell from 3.24 to 1.66 s and its "
+    "median mRPD rose from 0.15 to 0.39 mm, both within issue 12's targets; on the abdomen and spine the two "
+    "schedules differ little (`ppc_schedule.md`). The ppc and ppc-opt rows of every CT were measured again with "
+    "this code.",
+    "- ppc alone never reports success (`ppc_verdict.md`): its updates stop at wrong poses too; `reported_success` "
+    "of the ppc rows is false.",
     "- Times were taken on a 2-core machine shared with other engineers' jobs (see the load averages of each "
     "run and training): compare wall times within one run only.",
     "- Not measured: a ppc model trained on an unshared CPU or a GPU (the paper trains on about 80,000 samples "
