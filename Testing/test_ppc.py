@@ -147,6 +147,27 @@ def test_dppc_then_intensity_step(scene):
     assert mtre(pts, ref.pose(gt), res.world_from_camera) < 0.5 * mtre(pts, ref.pose(gt), ref.pose(start))
 
 
+def test_the_intensity_step_runs_where_the_ppc_iterations_stop_early(scene):
+    """ppc-opt whose correspondences are all unusable still ends with the intensity registration and its verdict."""
+    from XRayCTRegistrationLib.dppc import run_ppc_method
+
+    hu, vol, ref = scene
+    gt, start = ref.pose([1.0, -2.0, 2.0, 3.0, -4.0, 2.0]), ref.pose([2.0, -1.0, 1.0, 6.0, -1.0, 0.0])
+    xray = render(vol, CAM, gt, n_samples=120)
+
+    def unusable(level, drr, contour):
+        return contour.pixels, np.zeros(len(contour))
+
+    res = run_ppc_method(vol, xray, CAM, start, unusable, "ppc", reference=ref, progress=None, should_stop=None,
+                         device="cpu", levels=(1.0,), iterations=(3,), final="opt-ncc", max_iterations=(30, 30))
+    assert res.method == "ppc+opt-ncc" and res.message.startswith("only 0 usable correspondences; opt-ncc: ")
+    pts = target_points(hu, 60)
+    assert mtre(pts, gt, res.world_from_camera) < 0.5 * mtre(pts, gt, start)
+    stopped = run_ppc_method(vol, xray, CAM, start, unusable, "ppc", reference=ref, progress=None,
+                             should_stop=lambda: True, device="cpu", levels=(1.0,), iterations=(3,), final="opt-ncc")
+    assert not stopped.success and stopped.message == "stopped by the caller" and stopped.method == "ppc"
+
+
 def test_final_schedule_is_checked(scene):
     from XRayCTRegistrationLib.errors import InputError
 

@@ -263,7 +263,9 @@ def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np
                                                iterations=iterations, robust=robust, device=device, progress=prog,
                                                should_stop=should_stop)
     method, uncertainty = name, None
-    if final and ok:
+    # the intensity step runs also where the PPC iterations stopped early (too few contour points or usable
+    # correspondences): from the pose they reached it gives its own verdict; not when the caller stopped
+    if final and not (should_stop is not None and should_stop()):
         prog2 = None if progress is None else (lambda f, m: progress(0.5 + 0.5 * f, m))
         opts = {**(refine_schedule(camera) if final_schedule == "refine" else {}), **final_options}
         res = register(volume_mu, xray, camera, pose, reference=reference, method=final, progress=prog2,
