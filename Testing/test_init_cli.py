@@ -84,6 +84,7 @@ def test_register_with_init_model_no_refine(case, tmp_path, capsys):
     np.testing.assert_allclose(w[:3, :3].T @ w[:3, :3], np.eye(3), atol=1e-6)
     assert res["iterations"] == 0 and res["method"].startswith("init-model")
     assert -1 <= res["similarity"] <= 1
+    assert res["success"] is False and "an initialisation alone is not verified" in res["message"]
     assert "initialised" in capsys.readouterr().out
 
 

@@ -206,6 +206,8 @@ def test_cli_train_and_register_round_trip(files, tmp_path, capsys):
         result = json.loads(out.read_text())
         assert result["method"] == ("sopi-fine+opt-lncc" if name == "opt" else "sopi-fine") and result["iterations"] > 0
         assert result["initialisation"]["method"] == ("init-model (rtpi.pt)" if name == "after-rtpi" else "pose")
+        if name != "opt":  # the learned distance alone cannot verify its pose
+            assert result["success"] is False and "sopi-fine alone cannot verify its pose" in result["message"]
     capsys.readouterr()
     # clear errors: no model, a model of the wrong kind on either side
     assert main([*reg, "--method", "sopi-fine", "--out", str(tmp_path / "x.json")]) == 2
