@@ -45,7 +45,7 @@ FINAL_SCHEDULES = ("refine", "default")
 STEP_TOLERANCE_PX = 0.25
 """A PPC method alone (no intensity step after it) has converged when its last update moved the contour's
 projections by less than this (rms, pixels of the full-resolution detector). Converged is not verified: see
-:func:`ppc_verdict`."""
+:func:`ppc_alone_message`."""
 
 
 @dataclass
@@ -276,20 +276,21 @@ def run_ppc_method(volume_mu: Volume, xray: np.ndarray, camera: Camera, init: np
     drr = render_full(full, pose)
     sim = image_ncc(drr, xray)
     if ok and not final:
-        ok, msg = ppc_verdict(volume_mu, pose, drr, init_sim, sim, step_px, msg, name)
+        ok, msg = False, ppc_alone_message(volume_mu, pose, drr, init_sim, sim, step_px, msg, name)
     return RegistrationResult(world_from_camera=pose, params=reference.params(pose), similarity=sim,
                               initial_similarity=init_sim, iterations=n_it, wall_time_s=time.perf_counter() - t0,
                               method=method, success=ok, message=msg, reference=reference, uncertainty=uncertainty)
 
 
-def ppc_verdict(volume_mu: Volume, pose: np.ndarray, drr: np.ndarray, init_sim: float, sim: float,
-                step_px: float, done: str, name: str) -> tuple[bool, str]:
-    """``(success, message)`` of PPC method ``name`` that ran all its iterations with no intensity step after it.
+def ppc_alone_message(volume_mu: Volume, pose: np.ndarray, drr: np.ndarray, init_sim: float, sim: float,
+                      step_px: float, done: str, name: str) -> str:
+    """The message of PPC method ``name`` that ran all its iterations with no intensity step after it.
 
-    Never a success: a PPC method cannot verify its pose. Its updates stop where the correspondences agree
-    with the contour, and they can agree at a wrong pose (on the benchmark's hard sets, commit ``ppc.md``'s
-    run, the learned ``ppc`` stopped with an update under :data:`STEP_TOLERANCE_PX` in 26 of 30 chest cases,
-    none within 2 mm; ``dppc`` in 24, 7 of them 2 mm or more off in projection). The message says how it
+    Its result is never a success: a PPC method cannot verify its pose. Its updates stop where the
+    correspondences agree with the contour, and they can agree at a wrong pose (``benchmarks/results/
+    ppc_verdict.md``, the hard sets: the learned ``ppc`` stopped with an update under
+    :data:`STEP_TOLERANCE_PX` in 26 of 30 chest cases, none within 2 mm; ``dppc`` in 24, 7 of them 2 mm or
+    more off in projection). The message says how it
     ended: the first failed check of a valid pose (the X-ray source outside the CT, the CT covering at least
     ``registration.MIN_COVERAGE`` of the detector, ``drr`` being the full-resolution DRR at ``pose``, the NCC
     of the DRR with the X-ray not fallen from ``init_sim`` to ``sim``), else whether the last update was under
@@ -300,16 +301,16 @@ def ppc_verdict(volume_mu: Volume, pose: np.ndarray, drr: np.ndarray, init_sim: 
 
     change = f"NCC {init_sim:.4f} -> {sim:.4f}"
     if source_inside_volume(volume_mu, pose):
-        return False, f"{done}; the X-ray source lies inside the CT volume at the pose found"
+        return f"{done}; the X-ray source lies inside the CT volume at the pose found"
     if float(np.mean(drr > 0)) < MIN_COVERAGE or not math.isfinite(sim):
-        return False, f"{done}; the CT does not project onto the X-ray at the pose found"
+        return f"{done}; the CT does not project onto the X-ray at the pose found"
     if sim < init_sim:
-        return False, f"{done}; the similarity fell ({change}); the pose found is not trusted"
+        return f"{done}; the similarity fell ({change}); the pose found is not trusted"
     unverified = f"{name} alone cannot verify its pose; {name}-opt ends with an intensity step that can"
     if step_px >= STEP_TOLERANCE_PX:
-        return False, (f"{done}; not converged: the last update moved the contour by {step_px:.2f} pixels "
-                       f"(converged below {STEP_TOLERANCE_PX:g}); {change}; {unverified}")
-    return False, f"{done}; converged (last update {step_px:.3f} pixels); {change}; {unverified}"
+        return (f"{done}; not converged: the last update moved the contour by {step_px:.2f} pixels "
+                f"(converged below {STEP_TOLERANCE_PX:g}); {change}; {unverified}")
+    return f"{done}; converged (last update {step_px:.3f} pixels); {change}; {unverified}"
 
 
 def render_full(projector: Projector, pose: np.ndarray) -> np.ndarray:
