@@ -426,3 +426,73 @@ def test_ppc_training_pairs_with_physics_x_rays(scene):
     for k in range(3):  # the same anatomy at the same pose
         corr = np.corrcoef(xray[k].flatten().numpy(), mono_truth[k].flatten().numpy())[0, 1]
         assert corr > 0.9
+
+
+# -- the weighting network's collapse: prevented by centred logits, caught by the training ---------------------
+def test_centred_weights_ignore_a_common_logit_shift():
+    from XRayCTRegistrationLib.networks.pointnet import WeightConfig, WeightNet
+
+    torch.manual_seed(0)
+    feats, mask = torch.randn(2, 40, 9), torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 30:] = False
+    for centred in (True, False):
+        net = WeightNet(WeightConfig(features=9, centred=centred))
+        with torch.no_grad():
+            before = net(feats, mask)
+            net.out[-1].bias -= 500.0  # the shift the point-to-plane solve cannot see
+            after = net(feats, mask)
+        assert (before[~mask] == 0).all() and (after[~mask] == 0).all()
+        if centred:
+            torch.testing.assert_close(after, before)
+            assert (after.amax(1) >= 0.5).all()
+        else:  # the collapse: every weight underflows to exactly 0
+            assert (before[mask] > 0).all() and (after == 0).all()
+
+
+def test_ppc_model_files_from_before_centring_read_uncentred():
+    from XRayCTRegistrationLib.ppc_learned import PPCConfig
+
+    d = PPCConfig().to_dict()
+    assert d["weight"]["centred"] is True and PPCConfig.from_dict(d).weight.centred is True
+    del d["weight"]["centred"]
+    assert PPCConfig.from_dict(d).weight.centred is False
+
+
+@pytest.mark.parametrize("every_step", [False, True])
+def test_ppc_training_goes_back_to_healthy_weights_when_the_weights_collapse(scene, tmp_path, every_step):
+    from XRayCTRegistrationLib.networks.pointnet import WeightConfig
+    from XRayCTRegistrationLib.training import MAX_COLLAPSES, read_model_file
+
+    torch.manual_seed(0)
+    hu, _, _ = scene
+    trainer = _tiny_trainer(hu, iterations=8)
+    trainer.options.val_every = 2
+    old = trainer.net.config
+    trainer.net = type(trainer.net)(type(old)(old.size, old.max_points, old.flow,
+                                              WeightConfig(features=old.weight.features, centred=False)))
+    trainer.optimizer = torch.optim.AdamW(trainer.net.parameters(), lr=trainer.options.lr)
+    step = trainer.step
+    bias = trainer.net.weight.out[-1].bias
+
+    def collapsing_step(rng, gen):
+        out = step(rng, gen)
+        if trainer.state.step == 4 or every_step:
+            with torch.no_grad():
+                bias.fill_(-1e4)  # every sigmoid underflows to 0
+        return out
+
+    trainer.step = collapsing_step
+    messages = []
+    summary = trainer.run(tmp_path / "m.pt", progress=lambda f, m: messages.append(m))
+    saved = read_model_file(tmp_path / "m.pt")
+    assert saved["collapses"] == summary["collapses"]
+    assert saved["state_dict"]["weight.out.4.bias"].item() > -100
+    assert trainer.collapsed(trainer.validate()) is None  # what was written is healthy
+    assert any("collapsed" in m and "back to the weights of step" in m for m in messages)
+    if every_step:
+        assert [s for s, _ in summary["collapses"]] == [2, 4, 6][:MAX_COLLAPSES]
+        assert summary["stopped"] and not saved["complete"]
+    else:
+        assert [s for s, _ in summary["collapses"]] == [4]
+        assert "fewer than 12 correspondences" in summary["collapses"][0][1]
+        assert summary["steps"] == 8 and not summary["stopped"] and saved["complete"]

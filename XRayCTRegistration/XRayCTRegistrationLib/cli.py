@@ -494,6 +494,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.close()
     print(f"trained {summary['steps']} steps in {summary['train_time_s']:.1f} s: validation error "
           f"{summary['val_rot_deg']:.2f} deg, {summary['val_trans_mm']:.1f} mm")
+    for step, reason in summary.get("collapses", []):
+        print(f"warning: at step {step} {reason}; the training went back to the last healthy weights")
     print(f"wrote {args.out}")
     return 0
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .dppc import PPCLevel, run_ppc_method
+from .dppc import MIN_CONTOUR_POINTS, PPCLevel, run_ppc_method
 from .errors import InputError
 from .geometry import Camera, ReferenceView, invert_rigid, transform_points
 from .metrics import rotation_error_deg, translation_error_mm
@@ -57,6 +57,9 @@ FLOW_GAMMA = 0.8
 FEATURES = 9
 """Features per correspondence of the weighting network: position (2), flow (2), image normal (2), flow along the
 normal (1), ``|n . d|`` (1), flow length (1)."""
+
+USABLE_WEIGHT = 1e-6
+"""A correspondence weighted at most this is not usable (training's collapse check, :meth:`Trainer.collapsed`)."""
 
 RENDER = RenderSettings(ct_spacing_mm=2.0, detector_size=64, input_size=64, step_vox=1.0)
 """Training DRRs of the ppc model: a 64-pixel detector (its inputs are the DRR and X-ray at that size)."""
@@ -87,8 +90,8 @@ class PPCConfig:
     @classmethod
     def from_dict(cls, d: dict) -> PPCConfig:
         """Inverse of :meth:`to_dict`."""
-        return cls(int(d["size"]), int(d["max_points"]), FlowConfig(**d["flow"]), WeightConfig(**d["weight"]),
-                   float(d["reg"]))
+        weight = WeightConfig(**{"centred": False, **d["weight"]})  # files from before the option: uncentred
+        return cls(int(d["size"]), int(d["max_points"]), FlowConfig(**d["flow"]), weight, float(d["reg"]))
 
 
 @dataclass
@@ -324,6 +327,8 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
             with torch.no_grad():
                 flows, targets, weights = self.net(drr, xray, batch)
                 epe = flow_error(flows[-1], true_flow(batch, self.source.low_camera), batch.mask)
+                usable = ((weights > USABLE_WEIGHT) & batch.mask).sum(1)
+                needed = batch.mask.sum(1).clamp(max=MIN_CONTOUR_POINTS)
                 x, c = solve_batch(batch, targets, weights, self.source.low_camera, self.net.config.reg)
                 m = motion_matrix(x, c).cpu().numpy()
             rot, trans = [], []
@@ -332,7 +337,14 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
                 pose = start @ invert_rigid(m[k])
                 rot.append(rotation_error_deg(gt, pose))
                 trans.append(translation_error_mm(gt, pose, self.reference.isocenter))
-            return {"rot_deg": float(np.mean(rot)), "trans_mm": float(np.mean(trans)), "flow_px": epe}
+            return {"rot_deg": float(np.mean(rot)), "trans_mm": float(np.mean(trans)), "flow_px": epe,
+                    "short_of_usable": int((usable < needed).sum()), "samples": len(m)}
+
+        def collapsed(self, val: dict[str, float]) -> str | None:
+            if val.get("short_of_usable", 0) == 0:
+                return None
+            return (f"the weighting network collapsed: {val['short_of_usable']} of {val['samples']} validation "
+                    f"samples have fewer than {MIN_CONTOUR_POINTS} correspondences weighted above {USABLE_WEIGHT:g}")
 
     return PPCTrainer()
 

@@ -10,7 +10,10 @@ fraction of training, then the learning rate decays (cosine) to 5 %. Training le
 ``iterations`` steps and/or ``time_budget_s`` seconds of training time, both counted over the
 whole training including resumed runs; whichever is reached first ends it. The training time is wall
 time from the call of :func:`train` (preparation, validations and checkpoints included), and a time
-budget is kept: no step starts that could not be finished, validated and written within it.
+budget is kept: no step starts that could not be finished, validated and written within it. A network
+kind may say when its network has collapsed (:meth:`Trainer.collapsed`, e.g. the ppc weighting network
+whose weights all underflowed to 0); the training then goes back to the weights of the last healthy
+validation, records the collapse in the model file, and stops after ``MAX_COLLAPSES`` of them.
 
 The model file (a ``torch.save`` dictionary, loadable with ``weights_only=True``) is also the
 checkpoint: it is written atomically every ``checkpoint_every_s`` seconds and at the end, and
@@ -23,6 +26,7 @@ library version. :func:`load_initialiser` reads it back; :meth:`Initialiser.chec
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
@@ -65,6 +69,9 @@ FILE_FORMAT = "xrayctreg-initialiser"
 
 FORMAT_VERSION = 1
 """``format_version`` entry of a model file."""
+
+MAX_COLLAPSES = 3
+"""Collapses (:meth:`Trainer.collapsed`) after which a training stops with the last healthy weights."""
 
 
 @dataclass
@@ -212,6 +219,8 @@ class TrainState:
     step: int = 0
     train_time_s: float = 0.0
     history: list = field(default_factory=list)
+    collapses: list = field(default_factory=list)
+    """``[step, reason]`` of each validation that found the network collapsed (:meth:`Trainer.collapsed`)."""
 
 
 class _Clock:
@@ -461,6 +470,7 @@ class Trainer:
         last_ckpt = last_report = time.perf_counter()
         reported = 0
         val = clock.timed("validation", self.validate)
+        healthy = self._snapshot()
         loss_avg = None
         stopped = False
         while not self._finished(clock):
@@ -474,6 +484,21 @@ class Trainer:
                 val = clock.timed("validation", self.validate)
                 self.state.history.append([self.state.step, round(self.state.train_time_s, 3), loss_avg,
                                            val["rot_deg"], val["trans_mm"]])
+                reason = self.collapsed(val)
+                if reason is None:
+                    healthy = self._snapshot()
+                else:  # back to the last healthy validation's weights; give up after a few
+                    self.state.collapses.append([self.state.step, reason])
+                    self.net.load_state_dict(healthy[0])
+                    self.optimizer.load_state_dict(healthy[1])
+                    val = healthy[2] if healthy[2] is not None else val
+                    if progress is not None:
+                        progress(self.fraction(), f"step {self.state.step}: {reason}; back to the weights of step "
+                                                  f"{healthy[3]}")
+                    if len(self.state.collapses) >= MAX_COLLAPSES:
+                        stopped = True
+                        break
+                    done = self._finished(clock)
             if progress is not None and (done or reported == 0 or time.perf_counter() - last_report >= 0.5):
                 last_report = time.perf_counter()
                 reported += 1
@@ -486,7 +511,22 @@ class Trainer:
         complete = not stopped and self.state.step > 0 and self._finished(clock)
         clock.timed("write", self.save, out_path, complete=complete)
         return {"steps": self.state.step, "train_time_s": self.state.train_time_s, "loss": loss_avg,
-                "val_rot_deg": val["rot_deg"], "val_trans_mm": val["trans_mm"], "stopped": stopped}
+                "val_rot_deg": val["rot_deg"], "val_trans_mm": val["trans_mm"], "stopped": stopped,
+                "collapses": list(self.state.collapses)}
+
+    def collapsed(self, val: dict[str, float]) -> str | None:
+        """Why the network, as validated (``val``, from :meth:`validate`), is unusable; ``None`` if it is not.
+
+        A training whose network collapses (e.g. outputs that no longer depend on the input) goes back to the
+        last healthy validation's weights. This network kind has no such check.
+        """
+        return None
+
+    def _snapshot(self) -> tuple[dict, dict, dict | None, int]:
+        """Copies of the weights and the optimiser state, the last validation and the step: a state to go back to."""
+        val = self.state.history[-1] if self.state.history else None
+        return (copy.deepcopy(self.net.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                None if val is None else {"rot_deg": val[3], "trans_mm": val[4]}, self.state.step)
 
     def _finished(self, clock: _Clock) -> bool:
         """True once the step limit is reached or the next step could not end, validated and written, in time."""
@@ -505,6 +545,7 @@ class Trainer:
             "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "step": self.state.step,
             "train_time_s": self.state.train_time_s, "history": self.state.history, "complete": complete,
+            "collapses": self.state.collapses,
         }
 
     def save(self, path: str | Path, complete: bool = False) -> None:
@@ -517,7 +558,8 @@ class Trainer:
         """Continue from a model file's dictionary (weights, optimiser, step counter, history)."""
         self.net.load_state_dict(d["state_dict"])
         self.optimizer.load_state_dict(d["optimizer"])
-        self.state = TrainState(int(d["step"]), float(d["train_time_s"]), list(d["history"]))
+        self.state = TrainState(int(d["step"]), float(d["train_time_s"]), list(d["history"]),
+                                list(d.get("collapses", [])))
 
 
 def read_model_file(path: str | Path, device: str | torch.device = "cpu") -> dict:

@@ -4,6 +4,12 @@ Each correspondence's feature vector goes through a shared MLP; a max over the (
 global feature, which is appended to every point's own before a second shared MLP ends in a sigmoid.
 The weights of a set therefore depend on the whole set (its context), and the points' order does not
 matter.
+
+The point-to-plane solve is blind to a common scale of the weights, so nothing in its loss holds the mean
+logit: left free it can drift until every sigmoid underflows to exactly 0 and no correspondence is usable (a
+collapse seen in training). With ``centred`` (the default) the logits of each set are centred on their
+(masked) mean before the sigmoid: a common shift of them no longer exists, and the set's largest weight is at
+least 0.5.
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ class WeightConfig:
     Attributes:
         features: input features per correspondence.
         width: channels of the point and global features.
+        centred: centre each set's logits on their mean before the sigmoid (model files written before this
+            option existed read as ``False``, which keeps their weights).
     """
 
     features: int = 8
     width: int = 64
+    centred: bool = True
 
     def to_dict(self) -> dict:
         """Plain dictionary (saved in model files)."""
@@ -52,5 +61,9 @@ class WeightNet(nn.Module):
             g = torch.nan_to_num(g, neginf=0.0)
         else:
             g = f.amax(1, keepdim=True)
-        w = torch.sigmoid(self.out(torch.cat([f, g.expand_as(f)], -1))[..., 0])
+        logit = self.out(torch.cat([f, g.expand_as(f)], -1))[..., 0]  # [B, N]
+        if self.config.centred:
+            m = torch.ones_like(logit) if mask is None else mask.to(logit.dtype)
+            logit = logit - (logit * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
+        w = torch.sigmoid(logit)
         return w if mask is None else w * mask
