@@ -216,6 +216,20 @@ def initialiser_method(ct: Volume, cases, model: str):
     return fn
 
 
+def sopi_method(ct: Volume, cases, rtpi: str, fine: str):
+    """SOPI: RTPI's pose, then the sopi-fine model from it (``register --init-model R --method sopi-fine``)."""
+    from XRayCTRegistrationLib.pipeline import register_xray
+    from XRayCTRegistrationLib.sopi_refine import load_fine_model
+
+    initialiser, model = load_initialiser(rtpi), load_fine_model(fine)
+
+    def fn(case):
+        return register_xray(ct, case.xray, cases.camera, initialiser, method="sopi-fine", model=model,
+                             volume_mu=cases.volume_mu)
+
+    return fn
+
+
 def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None):
     """opt-lncc with the physics renderer and the scatter fraction fitted to each X-ray (two passes).
 
@@ -245,7 +259,8 @@ def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None
 def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: int, log,
                  renderer_scatter: float = 0.0, xray_scatter: float = 0.3, fitted: bool = True,
                  init: str = "sopi", renderers: tuple[str, ...] = ("mono", "physics"),
-                 ppc_models: tuple[str, ...] = (), init_models: tuple[str, ...] = ()) -> dict:
+                 ppc_models: tuple[str, ...] = (), init_models: tuple[str, ...] = (),
+                 sopi_models: tuple[tuple[str, str], ...] = ()) -> dict:
     """opt-lncc with the monochromatic and the physics renderer (and fitted scatter) on physics X-rays, per kVp.
 
     ``init``: the cases' starts (``sopi`` or ``hard``, :func:`evaluation.make_cases`); ``renderers``: which of the
@@ -253,6 +268,7 @@ def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: i
     (``xrayctreg train --model ppc`` on this CT, on monochromatic DRRs or with ``--physics-kvp``); each adds its rows
     alone and followed by the fitted-scatter registration, every method run on a case before the next case.
     ``init_models``: initialiser models (``xrayctreg train --model regressor`` or ``rtpi``), the same two rows each.
+    ``sopi_models``: (RTPI model, sopi-fine model) pairs, SOPI's two stages, the same two rows each.
     """
     from bench_multict import PIXEL_MM
     from XRayCTRegistrationLib import evaluation as ev
@@ -281,6 +297,12 @@ def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: i
             fns[kind] = init
             fns[f"{kind} + physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer,
                                                                                       kvp, start=init)
+        for rtpi, fine in sopi_models:
+            sopi = sopi_method(ct, cases, rtpi, fine)
+            kind = f"SOPI: RTPI ({training_words(rtpi)}) + sopi-fine ({training_words(fine)})"
+            fns[kind] = sopi
+            fns[f"{kind} + physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer,
+                                                                                      kvp, start=sopi)
         for label in fns:
             rows[f"{name}, {kvp:g} kVp, {label}"] = []
         for k in range(len(cases)):  # interleaved per case
@@ -456,6 +478,9 @@ def main() -> None:
     ap.add_argument("--init-model", default="",
                     help="initialiser models (regressor, rtpi) for the CT of --cts (one CT; comma-separated): each "
                          "adds its rows alone and followed by the fitted-scatter registration")
+    ap.add_argument("--sopi-model", default="",
+                    help="SOPI's two stages for the CT of --cts (one CT; comma-separated RTPI.pt:FINE.pt pairs): each "
+                         "adds its rows alone and followed by the fitted-scatter registration")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-registration", action="store_true")
     ap.add_argument("--ct", default=None, help="speed: CT image or .npz (hu, ijk_to_ras); default the chest CT")
@@ -482,7 +507,8 @@ def main() -> None:
                                      lambda m: print(m, flush=True), args.renderer_scatter, args.xray_scatter,
                                      not args.no_fit, args.init, tuple(args.renderers.split(",")),
                                      tuple(m for m in args.ppc_model.split(",") if m),
-                                     tuple(m for m in args.init_model.split(",") if m)))
+                                     tuple(m for m in args.init_model.split(",") if m),
+                                     tuple(tuple(p.split(":")) for p in args.sopi_model.split(",") if p)))
     env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                                                    "OMP_WAIT_POLICY"))
     meta = {"command": sys.argv, "machine": machine_info(), "environment": env,
