@@ -160,3 +160,20 @@ def test_train_time_budget_bounds_the_whole_command(tmp_path):
     history = [h[1] for h in model["history"]]
     slowest = max([b - a for a, b in zip(history, history[1:], strict=False)] + [history[0]])
     assert model["train_time_s"] <= 9 - INTERPRETER_S + slowest
+
+
+def test_train_gives_up_after_repeated_collapses(case, tmp_path, capsys, monkeypatch):
+    import torch
+    from XRayCTRegistrationLib.training import MAX_COLLAPSES, Trainer
+
+    # a network kind that finds its network collapsed at every validation (validations every 25 steps)
+    monkeypatch.setattr(Trainer, "collapsed", lambda self, val: "outputs no longer depend on the input")
+    d = case
+    model = tmp_path / "m.pt"
+    rc = main(["train", "--ct", str(d / "ct.nrrd"), "--geometry", str(d / "geom.json"), "--out", str(model),
+               "--iterations", "200", "--batch-size", "4", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and f"gave up after {MAX_COLLAPSES} collapses" in err
+    assert out.count("warning: at step") == MAX_COLLAPSES and "outputs no longer depend on the input" in out
+    saved = torch.load(model, weights_only=True)
+    assert [s for s, _ in saved["collapses"]] == [25, 50, 75] and not saved["complete"]

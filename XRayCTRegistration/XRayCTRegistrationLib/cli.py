@@ -458,7 +458,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from .geometry import Camera
-    from .training import TrainOptions, train
+    from .training import MAX_COLLAPSES, TrainOptions, train
     from .training_data import PoseRange
     from .volume import read_ct
 
@@ -497,6 +497,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for step, reason in summary.get("collapses", []):
         print(f"warning: at step {step} {reason}; the training went back to the last healthy weights")
     print(f"wrote {args.out}")
+    if len(summary.get("collapses", [])) >= MAX_COLLAPSES:
+        print(f"error: the training gave up after {MAX_COLLAPSES} collapses; {args.out} holds the last healthy "
+              "weights, marked incomplete", file=sys.stderr)
+        return 1
     return 0
 
 
