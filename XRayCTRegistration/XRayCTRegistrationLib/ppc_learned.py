@@ -253,6 +253,39 @@ def replace_pairs(pool: list, fresh: tuple, start: int) -> int:
     return int(idx[-1] + 1) % n_pool
 
 
+def pose_errors(reference: ReferenceView, params: torch.Tensor, motions: np.ndarray) -> tuple[float, float]:
+    """Mean rotation (deg) and translation (mm) errors of solved motions ``[B, 4, 4]`` (camera frames).
+
+    ``params`` ``[B, 12]``: each pair's start and true pose parameters (of ``reference``); the start pose moved by
+    its motion is compared with the truth.
+    """
+    rot, trans = [], []
+    for k in range(len(motions)):
+        start, gt = reference.pose(params[k, :6].numpy()), reference.pose(params[k, 6:].numpy())
+        pose = start @ invert_rigid(motions[k])
+        rot.append(rotation_error_deg(gt, pose))
+        trans.append(translation_error_mm(gt, pose, reference.isocenter))
+    return float(np.mean(rot)), float(np.mean(trans))
+
+
+def short_of_usable(weights: torch.Tensor, mask: torch.Tensor) -> int:
+    """Samples of a batch (weights and mask ``[B, N]``) with fewer usable correspondences than a PPC update needs.
+
+    Usable: weighted above :data:`USABLE_WEIGHT`; needed: ``dppc.MIN_CONTOUR_POINTS``, or all of a sample's points
+    where it has fewer.
+    """
+    usable = ((weights > USABLE_WEIGHT) & mask).sum(1)
+    return int((usable < mask.sum(1).clamp(max=MIN_CONTOUR_POINTS)).sum())
+
+
+def collapse_reason(val: dict[str, float]) -> str | None:
+    """The ppc trainer's ``Trainer.collapsed``: why a validation (``short_of_usable`` of ``samples``) is a collapse."""
+    if val.get("short_of_usable", 0) == 0:
+        return None
+    return (f"the weighting network collapsed: {val['short_of_usable']} of {val['samples']} validation samples "
+            f"have fewer than {MIN_CONTOUR_POINTS} correspondences weighted above {USABLE_WEIGHT:g}")
+
+
 def build_ppc_net(options) -> PPCNet:
     """The untrained :class:`PPCNet` of ``training.TrainOptions`` with ``method="ppc"``."""
     return PPCNet(PPCConfig())
@@ -327,24 +360,14 @@ def make_trainer(ct_hu: Volume, camera: Camera, options, reference: ReferenceVie
             with torch.no_grad():
                 flows, targets, weights = self.net(drr, xray, batch)
                 epe = flow_error(flows[-1], true_flow(batch, self.source.low_camera), batch.mask)
-                usable = ((weights > USABLE_WEIGHT) & batch.mask).sum(1)
-                needed = batch.mask.sum(1).clamp(max=MIN_CONTOUR_POINTS)
                 x, c = solve_batch(batch, targets, weights, self.source.low_camera, self.net.config.reg)
                 m = motion_matrix(x, c).cpu().numpy()
-            rot, trans = [], []
-            for k in range(len(m)):
-                start, gt = self.reference.pose(params[k, :6].numpy()), self.reference.pose(params[k, 6:].numpy())
-                pose = start @ invert_rigid(m[k])
-                rot.append(rotation_error_deg(gt, pose))
-                trans.append(translation_error_mm(gt, pose, self.reference.isocenter))
-            return {"rot_deg": float(np.mean(rot)), "trans_mm": float(np.mean(trans)), "flow_px": epe,
-                    "short_of_usable": int((usable < needed).sum()), "samples": len(m)}
+            rot, trans = pose_errors(self.reference, params, m)
+            return {"rot_deg": rot, "trans_mm": trans, "flow_px": epe,
+                    "short_of_usable": short_of_usable(weights, batch.mask), "samples": len(m)}
 
         def collapsed(self, val: dict[str, float]) -> str | None:
-            if val.get("short_of_usable", 0) == 0:
-                return None
-            return (f"the weighting network collapsed: {val['short_of_usable']} of {val['samples']} validation "
-                    f"samples have fewer than {MIN_CONTOUR_POINTS} correspondences weighted above {USABLE_WEIGHT:g}")
+            return collapse_reason(val)
 
     return PPCTrainer()
 
