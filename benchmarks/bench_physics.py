@@ -389,8 +389,9 @@ NOTES = """## Notes
   `physics_scatter.md`, chest, 100 kVp, before the blur fit): 91.7 %. The fit at the true pose recovers
   0.299-0.301 of 0.3 (chest, 6 cases at 80 and 120 kVp); at the initial pose 0.30-0.39 on 8 of 12, 0.75-1.6 on the
   others, hence the refit. On the spine crop both renderers without scatter diverge (mTRE 62-107 mm mean): the
-  fog flattens the small crop's contrast. Still to do: the learned initialisers and stage-2 methods on physics
-  X-rays, the fit as a `register` option. Capture range on physics X-rays: `physics_hard.md`.
+  fog flattens the small crop's contrast. The fit is `register --renderer physics --fit-scatter`; the
+  learned initialisers and stage-2 methods on physics X-rays: `physics_trained.md`. Capture range on physics
+  X-rays: `physics_hard.md`.
 - **The learned point-to-plane method on physics X-rays** (`physics_ppc_hard.md`: the hard set, 24 cases per CT,
   100 kVp, scatter 0.3; `--ppc-model` with the models of `ppc.md`, trained on monochromatic DRRs of each CT).
   ppc alone succeeds in no case on any CT: it brings most far starts closer (13-16 of 24 cases end closer than
@@ -400,8 +401,8 @@ NOTES = """## Notes
   registration it still widens the capture range where the fog leaves the intensity registration a narrow basin:
   chest 100 % success and a capture range of at least 60 mm (the fitted-scatter registration alone: 79 %, 40 mm),
   spine crop 67 % and 30 mm (54 %, 25 mm); abdomen 58 % and 5 mm (54 %, 10 mm), though every abdomen case ends
-  within 5 mm (alone: up to 30 mm). Training the flow network on physics DRRs (domain randomisation over kVp and
-  scatter) is not done.
+  within 5 mm (alone: up to 30 mm). The flow network trained on physics X-rays (domain randomisation over kVp and
+  scatter): `physics_trained.md`.
 - **Registration times** (`physics_multict.md`) are from a machine with a load average of 3-5 on 2 cores (other
   work running), one numba / torch thread (`NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1`) and `nice -n 10`.
 - **DeepDRR 1.2.2** (the physics peer) does not install in a bench environment here: it pins numpy < 2 (this project
