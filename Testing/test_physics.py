@@ -250,3 +250,31 @@ def test_fitted_scatter_fraction_recovers_the_xrays_fog(phantom):
     assert fit_scatter_fraction(fit, off, xray) == pytest.approx(0.3, abs=0.1)
     with torch.no_grad():
         assert fit_scatter_fraction(fit, truth, fit(truth)) == pytest.approx(0.0, abs=0.01)
+
+
+def test_a_scatter_fit_at_its_bound_makes_the_registration_a_failure(phantom):
+    from functools import partial
+
+    from XRayCTRegistrationLib.physics import SCATTER_FIT_MAX, physics_renderer, register_fitting_scatter
+    from XRayCTRegistrationLib.pipeline import register_xray
+
+    ref = ReferenceView.ap(np.zeros(3), CAMERA.sdd)
+    sim = PhysicsProjector(phantom, CAMERA, scatter_fraction=0.3, blur_px=1.0, n_samples=128)
+    fit = PhysicsProjector(phantom, CAMERA, blur_px=1.0, n_samples=128)
+    carrier, renderer = physics_renderer(phantom, scatter_fraction=0.0)
+    truth = ref.pose(POSES[1])
+    start = ref.pose(np.add(POSES[1], (1, -1, 1, 3, -2, 4)))
+    with torch.no_grad():
+        xray = sim(torch.as_tensor(truth)).numpy()
+
+    def register_with(f, w):
+        return register_xray(None, xray_used, CAMERA, w, method="opt-lncc", volume_mu=carrier, reference=ref,
+                             renderer=partial(renderer, scatter_fraction=f), max_iterations=30)
+
+    xray_used = xray  # the phantom's fogged X-ray: a fraction inside the fit's range, the registration's verdict
+    out, f = register_fitting_scatter(xray_used, start, fit, register_with)
+    assert f == pytest.approx(0.3, abs=0.1) and "bound" not in out.result.message
+    xray_used = xray.mean() + 0.02 * (xray - xray.mean())  # flatter than any fog of the CT makes: fit at its bound
+    out, f = register_fitting_scatter(xray_used, start, fit, register_with)
+    assert f == pytest.approx(SCATTER_FIT_MAX)
+    assert out.result.success is False and out.result.message.startswith("the scatter fit ended at its bound")
