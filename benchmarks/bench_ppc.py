@@ -74,12 +74,12 @@ GENERAL_NOTES = [
     "commit 074328d the weighting network centres each contour's logits on their mean (no common shift is left to "
     "drift), and a training whose validation finds fewer than 12 usable correspondences in a sample goes back to "
     "the last healthy weights and records it (`collapses` in the model file). The spine rows are of a model trained "
-    "with that code (one thread, beside a benchmark on the other core): 4140 steps, 897.5 s by the command's clock, "
-    "no collapse; the shell around it measured 915.7 s. The 18 s outside the command's clock are not explained: "
-    "a 120 s training of the same command right after took 117.4 s by its clock and 119.2 s in the shell, and the "
-    "same code's 540 s sopi-fine training 537.4 and 539.5 s. The model before it (uncentred, trained before the "
-    "reserve) took 899.9 s by its clock and 902.2 s in the shell and gave the same ppc-opt success within one case "
-    "(83 % against 80 % at mRPD < 2 mm, capture range 25 mm both).",
+    "with that code, alone on the machine (one thread): 3935 steps, 897.3 s by the command's clock, 899.2 s in the "
+    "shell around it, under 15 minutes, no collapse. Two other spine trainings of the same options, for the spread: "
+    "one with the same code beside a benchmark (4140 steps, 897.5 s by its clock, 915.7 s in the shell: 18 s outside "
+    "the command's clock that a 120 s run right after did not show, 117.4 against 119.2 s; not explained) gave "
+    "ppc-opt 80 % at mRPD < 2 mm; the earlier uncentred model (3775 steps before the reserve, 902.2 s in the shell) "
+    "83 %; this one 73 %; all three a capture range of 25 mm.",
     "- The final intensity step was not bit-reproducible between runs of the earlier rows (the abdomen and spine "
     "ppc-opt rows measured twice on the same code: the final mRPD differed in every case, by at most 0.01 mm on "
     "the abdomen and up to 13.7 mm for one spine case). The cause was the numba kernels, whose last bits differed "
