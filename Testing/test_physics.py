@@ -267,13 +267,20 @@ def test_a_scatter_fit_at_its_bound_makes_the_registration_a_failure(phantom):
     with torch.no_grad():
         xray = sim(torch.as_tensor(truth)).numpy()
 
+    fractions = []
+
     def register_with(f, w):
+        fractions.append(f)
         return register_xray(None, xray_used, CAMERA, w, method="opt-lncc", volume_mu=carrier, reference=ref,
                              renderer=partial(renderer, scatter_fraction=f), max_iterations=30)
 
     xray_used = xray  # the phantom's fogged X-ray: a fraction inside the fit's range, the registration's verdict
     out, f = register_fitting_scatter(xray_used, start, fit, register_with)
     assert f == pytest.approx(0.3, abs=0.1) and "bound" not in out.result.message
+    # passes until the refitted fraction settles: at least two, at most four, the last one registered with f
+    assert 2 <= len(fractions) <= 4 and fractions[-1] == f and "did not settle" not in out.result.message
+    with pytest.raises(InputError, match="passes"):
+        register_fitting_scatter(xray_used, start, fit, register_with, passes=5, max_passes=4)
     xray_used = xray.mean() + 0.02 * (xray - xray.mean())  # flatter than any fog of the CT makes: fit at its bound
     out, f = register_fitting_scatter(xray_used, start, fit, register_with)
     assert f == pytest.approx(SCATTER_FIT_MAX)
