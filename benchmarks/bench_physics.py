@@ -230,11 +230,21 @@ def sopi_method(ct: Volume, cases, rtpi: str, fine: str):
     return fn
 
 
-def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None):
-    """opt-lncc with the physics renderer and the scatter fraction fitted to each X-ray (two passes).
+def sopi_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """``--sopi-model``: comma-separated ``RTPI.pt:FINE.pt`` pairs."""
+    pairs = tuple(tuple(p.split(":")) for p in text.split(",") if p)
+    for p in pairs:
+        if len(p) != 2 or not all(p):
+            raise SystemExit(f"--sopi-model: give RTPI.pt:FINE.pt pairs, got {':'.join(p)!r}")
+    return pairs
 
-    Pass 1 from the initial pose with ``f`` fitted there; pass 2 from pass 1's pose with ``f`` refitted
-    there (:func:`physics.fit_scatter_fraction`). The time counts both passes and both fits. ``start``: a
+
+def fitted_scatter_method(cases, mats, carrier, renderer, kvp: float, start=None):
+    """opt-lncc with the physics renderer and the scatter fraction fitted to each X-ray (two to four passes).
+
+    :func:`physics.register_fitting_scatter`: pass 1 from the initial pose with ``f`` fitted there, each next pass
+    from the last pose with ``f`` refitted there, until the fraction settles. The time counts every pass and fit.
+    ``start``: a
     ``register_fn`` whose pose replaces the case's initial pose (e.g. the learned ppc method), timed with the rest.
     """
     from functools import partial
@@ -285,24 +295,21 @@ def registration(ct: Volume, name: str, n_cases: int, kvps: list[float], seed: i
         fns = {k: f for k, f in fns.items() if k.split()[0] in renderers}
         if fitted:
             fns["physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer, kvp)
+        starts = []  # (label alone, label before "+ fitted scatter", register_fn) of each learned method
         for model in ppc_models:
-            ppc = ev.intensity_method("ppc", model=model)(cases)
             trained = training_words(model)
-            fns[f"ppc (learned, {trained})"] = ppc
-            fns[f"ppc ({trained}) + physics renderer, fitted scatter"] = fitted_scatter_method(
-                cases, mats, carrier, renderer, kvp, start=ppc)
+            starts.append((f"ppc (learned, {trained})", f"ppc ({trained})",
+                           ev.intensity_method("ppc", model=model)(cases)))
         for model in init_models:
-            init = initialiser_method(ct, cases, model)
             kind = f"{read_model_file(model)['method']} ({training_words(model)})"
-            fns[kind] = init
-            fns[f"{kind} + physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer,
-                                                                                      kvp, start=init)
+            starts.append((kind, kind, initialiser_method(ct, cases, model)))
         for rtpi, fine in sopi_models:
-            sopi = sopi_method(ct, cases, rtpi, fine)
             kind = f"SOPI: RTPI ({training_words(rtpi)}) + sopi-fine ({training_words(fine)})"
-            fns[kind] = sopi
-            fns[f"{kind} + physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer,
-                                                                                      kvp, start=sopi)
+            starts.append((kind, kind, sopi_method(ct, cases, rtpi, fine)))
+        for alone, prefix, fn in starts:
+            fns[alone] = fn
+            fns[f"{prefix} + physics renderer, fitted scatter"] = fitted_scatter_method(cases, mats, carrier, renderer,
+                                                                                        kvp, start=fn)
         for label in fns:
             rows[f"{name}, {kvp:g} kVp, {label}"] = []
         for k in range(len(cases)):  # interleaved per case
@@ -451,7 +458,8 @@ def write_report(path: Path, args, spd: dict | None, rows: dict | None, meta: di
                   f"X-rays: physics model, scatter {args.xray_scatter:g}, blur 1 px, 1e4 photons; physics renderer "
                   f"at the simulation's kVp, scatter {args.renderer_scatter:g}; \"fitted scatter\": the physics "
                   "renderer with the scatter fraction fitted to each X-ray (`physics.fit_scatter_fraction`, at the "
-                  "initial pose, then refitted at the first result and registered again from it; time of both). "
+                  "initial pose, then refitted at each result and registered again from it until it settles, "
+                  "`physics.register_fitting_scatter`; time of all passes). "
                   "Success: mTRE < 2 mm.",
                   "", ev.markdown_table([ev.summarize(r, name=n) for n, r in rows.items()],
                                         capture=args.init == "hard"), ""]
@@ -509,7 +517,7 @@ def main() -> None:
                                      not args.no_fit, args.init, tuple(args.renderers.split(",")),
                                      tuple(m for m in args.ppc_model.split(",") if m),
                                      tuple(m for m in args.init_model.split(",") if m),
-                                     tuple(tuple(p.split(":")) for p in args.sopi_model.split(",") if p)))
+                                     sopi_pairs(args.sopi_model)))
     env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                                                    "OMP_WAIT_POLICY"))
     meta = {"command": sys.argv, "machine": machine_info(), "environment": env,

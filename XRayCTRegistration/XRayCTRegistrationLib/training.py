@@ -470,7 +470,7 @@ class Trainer:
         last_ckpt = last_report = time.perf_counter()
         reported = 0
         val = clock.timed("validation", self.validate)
-        healthy = self._snapshot()
+        healthy = self._snapshot(val)
         loss_avg = None
         stopped = False
         while not self._finished(clock):
@@ -486,12 +486,12 @@ class Trainer:
                                            val["rot_deg"], val["trans_mm"]])
                 reason = self.collapsed(val)
                 if reason is None:
-                    healthy = self._snapshot()
+                    healthy = self._snapshot(val)
                 else:  # back to the last healthy validation's weights; give up after a few
                     self.state.collapses.append([self.state.step, reason])
                     self.net.load_state_dict(healthy[0])
                     self.optimizer.load_state_dict(healthy[1])
-                    val = healthy[2] if healthy[2] is not None else val
+                    val = healthy[2]
                     if progress is not None:
                         progress(self.fraction(), f"step {self.state.step}: {reason}; back to the weights of step "
                                                   f"{healthy[3]}")
@@ -522,11 +522,10 @@ class Trainer:
         """
         return None
 
-    def _snapshot(self) -> tuple[dict, dict, dict | None, int]:
-        """Copies of the weights and the optimiser state, the last validation and the step: a state to go back to."""
-        val = self.state.history[-1] if self.state.history else None
-        return (copy.deepcopy(self.net.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
-                None if val is None else {"rot_deg": val[3], "trans_mm": val[4]}, self.state.step)
+    def _snapshot(self, val: dict[str, float]) -> tuple[dict, dict, dict[str, float], int]:
+        """A state to go back to: copies of the weights and the optimiser state, their validation ``val``, the step."""
+        return (copy.deepcopy(self.net.state_dict()), copy.deepcopy(self.optimizer.state_dict()), val,
+                self.state.step)
 
     def _finished(self, clock: _Clock) -> bool:
         """True once the step limit is reached or the next step could not end, validated and written, in time."""
