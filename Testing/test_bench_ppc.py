@@ -41,7 +41,7 @@ def test_single_ct_rows_file_is_read_as_the_chest(bench, tmp_path):
     store = bench.load_store(tmp_path / "r.json")
     assert store == {"cts": {"chest": old}}
     store = bench.update_store(tmp_path / "r.json", lambda s: bench.ct_entry(s, "spine")["rows"].update(ppc=[]))
-    again = json.loads((tmp_path / "r.json").read_text())
+    again = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert again == store and again["cts"]["chest"] == old and again["cts"]["spine"]["rows"] == {"ppc": []}
     assert list(tmp_path.iterdir()) == [tmp_path / "r.json"]  # no lock or temporary file left
 
@@ -80,7 +80,7 @@ def test_report_has_a_section_per_ct_with_the_targets(bench, tmp_path):
                                "training": train},
                      "chest": {"runs": [], "rows": {"ppc": [{**r, "cpu_s": 0.8} for r in rows(0.2, 99.0, 0.9)]}}}}
     bench.write_report(tmp_path, store)
-    md = (tmp_path / "ppc.md").read_text()
+    md = (tmp_path / "ppc.md").read_text(encoding="utf-8")
     assert md.index("## Chest CT") < md.index("## Spine CT") and "## Abdomen CT" not in md
     top = md[:md.index("## Chest CT")]
     assert "| spine | ppc-opt | 12 | 60 / 60 | 0.30 | 100 % | - | 3.50 | 899 |" in top

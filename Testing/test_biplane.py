@@ -134,7 +134,7 @@ def test_cli_registers_two_views(scene, tmp_path, capsys, dicom):
                  str(relative), "--init", str(tmp_path / "start.json"), "--method", "opt-ncc", "--out", str(out),
                  "--crop", "1", "--quiet"])
     assert code == 0, capsys.readouterr()
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert result["views"] == 2 and result["success"]
     assert depth_error(mu, pose, load_pose(out)) < 1.0
 

@@ -109,7 +109,7 @@ def test_dicom_init_in_pipeline_and_cli(tmp_path, capsys):
     rc = main(["register", "--ct", str(tmp_path / "ct.nrrd"), "--xray", str(path), "--init", "dicom", "--no-refine",
                "--out", str(tmp_path / "r.json"), "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    result = json.loads((tmp_path / "r.json").read_text())
+    result = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert result["initialisation"]["method"] == "dicom"
     np.testing.assert_allclose(result["world_from_camera"], expected, atol=1e-9)
     # a DistanceSourceToDetector other than the geometry's is refused

@@ -54,7 +54,7 @@ def test_simulate_writes_xray_geometry_and_pose(case, tmp_path):
     xr = read_xray(out / "xray.nrrd")
     assert xr.camera == cam  # the sidecar next to the image is picked up
     assert xr.image.shape == (64, 56)
-    pose = json.loads((out / "pose.json").read_text())
+    pose = json.loads((out / "pose.json").read_text(encoding="utf-8"))
     params = np.array([pose["params"][k] for k in ("rx", "ry", "rz", "tx", "ty", "tz")])
     assert np.all(np.abs(params[:3]) <= 10) and np.all(np.abs(params[3:]) <= 20)
     assert ReferenceView.from_dict(pose["reference"]).pose(params) == pytest.approx(load_pose(out / "pose.json"))
@@ -134,7 +134,7 @@ def test_register_and_evaluate_round_trip(case, tmp_path, capsys):
                "--out", tmp_path / "r.json", "--fusion", tmp_path / "f.png", "--quiet",
                "--method", "opt-ncc")  # a 64-pixel detector: too small for local patches (opt-lncc)
     assert code == 0
-    result = json.loads((tmp_path / "r.json").read_text())
+    result = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     for key in ("world_from_camera", "similarity", "iterations", "wall_time_s", "method", "success"):
         assert key in result
     assert result["method"] == "opt-ncc" and result["success"] is True
@@ -143,7 +143,7 @@ def test_register_and_evaluate_round_trip(case, tmp_path, capsys):
     assert "uncertainty: depth +-" in capsys.readouterr().out
     assert run("evaluate", "--gt", d / "pose.json", "--est", tmp_path / "r.json", "--ct", d / "ct.nrrd",
                "--geometry", d / "geom.json", "--out", tmp_path / "m.json") == 0
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    metrics = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))
     assert metrics["mtre_mm"] < 2.0 and metrics["success_mtre_lt_2mm"] is True
     assert "mpd_mm" in metrics and "tz_error" in metrics
     assert "mtre_mm" in capsys.readouterr().out
@@ -159,7 +159,7 @@ def test_register_failure_and_missing_geometry(case, tmp_path, capsys):
     code = run("register", "--ct", d / "ct.nrrd", "--xray", sim / "xray.nrrd", "--init", tmp_path / "far.json",
                "--out", tmp_path / "r.json", "--quiet")
     assert code == 1
-    result = json.loads((tmp_path / "r.json").read_text())
+    result = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert result["success"] is False and result["message"]
     # no geometry anywhere: exit 2, no result file
     (sim / "xray.json").unlink()

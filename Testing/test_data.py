@@ -73,7 +73,7 @@ def test_fetch_extracts_checks_and_reuses_the_cache(fake, monkeypatch):
     paths = sample_data.fetch_sample_data(cache, "fake")
     assert paths == {"ct": cache / "fakepkg-1.0" / "ct.nii.gz", "mask": cache / "fakepkg-1.0" / "mask.nii.gz"}
     assert paths["ct"].read_bytes() == CT_BYTES and paths["mask"].read_bytes() == MASK_BYTES
-    args = log.read_text().split()
+    args = log.read_text(encoding="utf-8").split()
     assert args[:3] == ["download", "fakepkg==1.0", "--no-deps"]
     assert ("--no-binary" in args) == s.sdist and ("--only-binary" in args) == (not s.sdist)
     assert sorted(p.name for p in (cache / "fakepkg-1.0").iterdir()) == ["ct.nii.gz", "mask.nii.gz"]  # no leftovers
@@ -90,7 +90,7 @@ def test_truncated_cache_file_is_fetched_again(fake):
     ct = sample_data.sample_ct_path(cache, "fake")
     ct.write_bytes(CT_BYTES[:50])  # an interrupted copy
     assert sample_data.sample_ct_path(cache, "fake").read_bytes() == CT_BYTES
-    assert len(log.read_text().splitlines()) == 2
+    assert len(log.read_text(encoding="utf-8").splitlines()) == 2
 
 
 def test_altered_distribution_is_refused(tmp_path, monkeypatch):

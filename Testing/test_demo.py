@@ -11,10 +11,10 @@ def test_demo_registers_the_sample_ct(tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"fusion.png", "xray.nrrd", "xray.json", "pose_gt.json", "pose_init.json", "result.json",
             "metrics.json"} <= names
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     # the start is off by about 18 mm; the registration brings it within 2 mm (success)
     assert metrics["before"]["mtre_mm"] > 10
     assert metrics["after"]["mtre_mm"] < 2.0
     assert metrics["after"]["mtre_mm"] < 0.25 * metrics["before"]["mtre_mm"]
-    assert json.loads((out / "result.json").read_text())["success"] is True
+    assert json.loads((out / "result.json").read_text(encoding="utf-8"))["success"] is True
     assert "mTRE (mm)" in capsys.readouterr().out

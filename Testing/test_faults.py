@@ -363,7 +363,7 @@ def test_d3_render_writes_its_sidecar_and_no_leftovers(folder):
     before = set(snapshot(folder))
     assert run_cli(with_options(RENDER, png=f"{D}/p.png"), folder) == 0
     assert set(snapshot(folder)) - before == {"out.nrrd", "out.json", "p.png"}
-    assert json.loads((folder / "out.json").read_text()) == CAMERA.to_dict()
+    assert json.loads((folder / "out.json").read_text(encoding="utf-8")) == CAMERA.to_dict()
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
     # the DRR registers without --geometry: its sidecar is found
     assert run_cli(f"register --ct {D}/ct.nrrd --xray {D}/out.nrrd --init {D}/init.json --out {D}/r.json --quiet",
@@ -413,7 +413,7 @@ def test_d4_simulate_replaces_an_old_folder_whole_or_not_at_all(folder, monkeypa
 def test_d12_evaluate_writes_null_not_nan(folder):
     argv = with_options(EVALUATE, points=f"{D}/points_src.json", geometry=f"{D}/geom.json")
     assert run_cli(argv, folder) == 0
-    text = (folder / "m.json").read_text()
+    text = (folder / "m.json").read_text(encoding="utf-8")
     metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert metrics["mpd_mm"] is None and np.isfinite(metrics["mtre_mm"])
 
@@ -450,7 +450,7 @@ def test_d12_evaluate_into_a_closed_pipe_prints_no_traceback(folder):
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
-    assert json.loads((folder / "m.json").read_text())["n_points"] > 0  # the file was written first
+    assert json.loads((folder / "m.json").read_text(encoding="utf-8"))["n_points"] > 0  # the file was written first
 
 
 # A truncated or altered cached sample is fetched again: see Testing/test_data.py
@@ -865,7 +865,7 @@ def test_outputs_folder_is_swapped_whole_and_old_files_only_go_when_the_new_are_
     with Outputs() as out:
         new = out.folder(old, "--out-dir", ["a.txt", "b.txt"])
         (new / "a.txt").write_text("new a")
-        assert (old / "a.txt").read_text() == "old a"  # nothing moves before the end
+        assert (old / "a.txt").read_text(encoding="utf-8") == "old a"  # nothing moves before the end
     assert sorted(p.name for p in old.iterdir()) == ["a.txt"]  # the new folder, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     (old / "mine.txt").write_text("user's")
@@ -874,4 +874,4 @@ def test_outputs_folder_is_swapped_whole_and_old_files_only_go_when_the_new_are_
     with Outputs() as out:  # missing parents are made only when committing
         (out.folder(tmp_path / "x" / "y", "--out-dir", ["a.txt"], make_parents=True) / "a.txt").write_text("1")
         assert not (tmp_path / "x").exists()
-    assert (tmp_path / "x" / "y" / "a.txt").read_text() == "1"
+    assert (tmp_path / "x" / "y" / "a.txt").read_text(encoding="utf-8") == "1"

@@ -135,7 +135,7 @@ def test_camera_validation_and_files(tmp_path):
     path = tmp_path / "g.json"
     CAM.save(path)
     assert Camera.load(path) == CAM
-    assert json.loads(path.read_text())["x0"] == 3.0
+    assert json.loads(path.read_text(encoding="utf-8"))["x0"] == 3.0
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(InputError, match="broken.json"):
         Camera.load(tmp_path / "broken.json")
@@ -147,7 +147,7 @@ def test_pose_file_round_trip(tmp_path):
     ref = ReferenceView.ap(np.zeros(3), sdd=1000.0)
     w = ref.pose([1, 2, 3, 4, 5, 6])
     save_pose(tmp_path / "p.json", w, ref)
-    d = json.loads((tmp_path / "p.json").read_text())
+    d = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
     assert d["params"]["rz"] == pytest.approx(3) and d["params"]["tz"] == pytest.approx(6)
     assert load_pose(tmp_path / "p.json") == pytest.approx(w)
     (tmp_path / "q.json").write_text(json.dumps({"world_from_camera": (2 * np.eye(4)).tolist()}))

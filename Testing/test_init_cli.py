@@ -79,7 +79,7 @@ def test_register_with_init_model_no_refine(case, tmp_path, capsys):
     rc = main(["register", "--ct", str(d / "ct.nrrd"), "--xray", str(d / "xray.nrrd"), "--init-model", str(model),
                "--no-refine", "--out", str(out), "--quiet"])
     assert rc == 0
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(encoding="utf-8"))
     w = np.array(res["world_from_camera"])
     np.testing.assert_allclose(w[:3, :3].T @ w[:3, :3], np.eye(3), atol=1e-6)
     assert res["iterations"] == 0 and res["method"].startswith("init-model")
@@ -133,7 +133,7 @@ def test_register_with_init_model_then_refinement(case, tmp_path, capsys):
                "--out", str(out), "--quiet"])
     text = capsys.readouterr().out
     assert rc in (0, 1) and out.exists()  # an untrained model may leave the refinement unconverged
-    res = json.loads(out.read_text())
+    res = json.loads(out.read_text(encoding="utf-8"))
     assert res["method"] == "opt-lncc" and res["iterations"] > 0
     assert "initialised with" in text and "refinement" in text
 

@@ -69,7 +69,7 @@ def test_register_with_physics_renderer(case, tmp_path):
             tmp_path / "init.json", "--out", tmp_path / "result.json", "--renderer", "physics", "--kvp", "90",
             "--scatter", "0.2", "--quiet"]
     main([str(a) for a in args])
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))
     pts = target_points(ct, 60)
     before = mtre(pts, gt, load_pose(tmp_path / "init.json"))
     assert mtre(pts, gt, np.asarray(result["world_from_camera"])) < 0.5 * before
@@ -97,7 +97,7 @@ def test_register_fitting_the_scatter(case, tmp_path, capsys):
     main([str(a) for a in base + ["--renderer", "physics", "--kvp", "90", "--fit-scatter"]])
     fitted = float(re.search(r"scatter fraction fitted to the X-ray: ([\d.]+)", capsys.readouterr().out).group(1))
     assert fitted == pytest.approx(0.3, abs=0.05)
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))
     pts = target_points(ct, 60)
     before = mtre(pts, gt, load_pose(tmp_path / "init.json"))
     assert mtre(pts, gt, np.asarray(result["world_from_camera"])) < 0.5 * before

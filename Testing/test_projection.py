@@ -88,7 +88,7 @@ def test_cli_export_then_register_from_projection(tmp_path, capsys):
     rc = main(["register", "--ct", str(tmp_path / "ct.nrrd"), "--xray", str(tmp_path / "drr.nrrd"), "--projection",
                str(tmp_path / "P.json"), "--no-refine", "--out", str(tmp_path / "r.json"), "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    result = json.loads((tmp_path / "r.json").read_text())
+    result = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     np.testing.assert_allclose(result["world_from_camera"], pose, atol=1e-9)
     assert result["initialisation"]["similarity"] > 0.99  # the DRR seen again at its own pose
     rc = main(["register", "--ct", str(tmp_path / "ct.nrrd"), "--xray", str(tmp_path / "drr.nrrd"), "--projection",

@@ -1,13 +1,15 @@
 import json
+import math
 
 import numpy as np
 import pytest
+import torch
 from XRayCTRegistrationLib.carm import CArmPosition, relative_carm_view
 from XRayCTRegistrationLib.errors import InputError
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView
 from XRayCTRegistrationLib.metrics import mtre, target_points
 from XRayCTRegistrationLib.phantoms import chest_phantom
-from XRayCTRegistrationLib.projector import render
+from XRayCTRegistrationLib.projector import Projector, render
 from XRayCTRegistrationLib.registration import RegistrationResult, register
 from XRayCTRegistrationLib.volume import Volume, block_average, hu_to_mu, pad
 
@@ -290,3 +292,47 @@ def test_derived_volumes_are_made_once_per_key():
     first = v.derived(("level", (2, 2, 2)), make)
     assert v.derived(("level", (2, 2, 2)), make) is first and len(calls) == 1
     assert v.derived(("level", (1, 1, 1)), make) is not first and len(calls) == 2
+
+
+def test_value_and_grad_returns_value_aux_and_gradient_in_one_tensor():
+    from XRayCTRegistrationLib.devices import ValueAndGrad
+
+    c = torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64)
+    vg = ValueAndGrad(lambda p: ((c * p * p).sum(), p.max()), 3, torch.device("cpu"))
+    p = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    out = vg(p)
+    assert out.shape == (5,) and out.device.type == "cpu"
+    assert out[0].item() == pytest.approx(float((c * p * p).sum()))
+    assert out[1].item() == 2.0
+    torch.testing.assert_close(out[2:], 2 * c * p)
+    no_grad = vg(p, grad=False)
+    assert torch.equal(no_grad[2:], torch.zeros(3, dtype=torch.float64)) and no_grad[0] == out[0]
+    assert vg.graph is None and vg.calls == 2  # never captured on the CPU
+
+
+def test_level_similarity_and_its_gradient_match_the_eager_chain():
+    """The level evaluation (value and gradient in one round trip) equals pose -> DRR -> blur -> mncc by autograd."""
+    from XRayCTRegistrationLib import registration as R
+    from XRayCTRegistrationLib.filters import detector_blur
+
+    hu = chest_phantom((32, 32, 32), (4.0, 4.0, 4.0))
+    vol = Volume(hu_to_mu(hu.data), hu.ijk_to_ras)
+    cam = Camera(sdd=1000.0, rows=48, cols=48, row_spacing=4.0, col_spacing=4.0)
+    ref = ReferenceView.ap(vol.center, cam.sdd)
+    xray = render(vol, cam, ref.pose([2.0, -1.0, 3.0, 4.0, -2.0, 6.0]))
+    level = R._build_levels(vol, None, [xray], [cam], [None], [np.eye(4)], None, 700.0, torch.ones(6), True,
+                            Projector, torch.device("cpu"), [1.0], [10])[0]
+    sim_fn = R.get_similarity("mncc")
+    params = torch.tensor([1.0, 0.5, -1.0, 2.0, 1.0, -3.0, math.log(0.5)], dtype=torch.float64, requires_grad=True)
+    value, cov = R._similarity(level, ref, params, sim_fn)
+    (grad,) = torch.autograd.grad(value, params)
+    p = params.detach().clone().requires_grad_(True)
+    drr = level.views[0].projector(ref.pose_torch(p[:6]))
+    drr = detector_blur(drr, p[6].exp(), R.BLUR_PASSES)
+    expected = sim_fn(drr[None], level.views[0].image)[0].double()
+    (expected_grad,) = torch.autograd.grad(expected, p)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-9)
+    assert 0.5 < cov <= 1.0
+    with torch.no_grad():  # no gradient asked: the same value
+        assert R._similarity(level, ref, params, sim_fn)[0].item() == value.item()

@@ -22,21 +22,21 @@ SCHEMA = ROOT / "Testing" / "data" / "slicer-extension-catalog-entry-schema-v1.0
 
 
 def cmake_value(name: str) -> str:
-    match = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text())
+    match = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))
     assert match, name
     return match.group(1)
 
 
 def test_licence_is_the_one_pyproject_states():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["license"]["text"] == "BSD-3-Clause"
-    text = (ROOT / "LICENSE").read_text()
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert text.startswith("BSD 3-Clause License") and "Neither the name of the copyright holder" in text
 
 
 def test_extension_description_validates_against_the_index_schema():
-    schema = json.loads(SCHEMA.read_text())
-    entry = json.loads((ROOT / "XRayCTRegistration.json").read_text())
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    entry = json.loads((ROOT / "XRayCTRegistration.json").read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(entry, schema)
     assert entry["category"] == cmake_value("EXTENSION_CATEGORY") == "Registration"
@@ -49,13 +49,13 @@ def test_extension_description_validates_against_the_index_schema():
 
 
 def test_one_dependency_list_for_pip_and_slicer():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["dynamic"] == ["dependencies"]
     listed = pyproject["tool"]["setuptools"]["dynamic"]["dependencies"]["file"]
     assert [ROOT / p for p in listed] == [Path(dependencies.REQUIREMENTS_FILE)]
     requirements = readRequirements()
     assert Requirement("torch", "2.1") in requirements and Requirement("numba", "0.59") in requirements
-    assert "Resources/requirements.txt" in (ROOT / "XRayCTRegistration" / "CMakeLists.txt").read_text()
+    assert "Resources/requirements.txt" in (ROOT / "XRayCTRegistration" / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_version_floors_are_honoured():

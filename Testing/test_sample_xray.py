@@ -58,7 +58,7 @@ def test_made_once_at_the_stated_pose_with_geometry_and_ground_truth(chest, caps
     assert xray.camera == RECIPE.camera and xray.image.shape == (256, 256)
     reference = ReferenceView.ap(ct.center, RECIPE.camera.sdd)
     np.testing.assert_allclose(load_pose(paths["pose"]), reference.pose(RECIPE.params), atol=1e-12)
-    saved = json.loads(paths["pose"].read_text())
+    saved = json.loads(paths["pose"].read_text(encoding="utf-8"))
     np.testing.assert_allclose([saved["params"][k] for k in ("rx", "ry", "rz", "tx", "ty", "tz")], RECIPE.params,
                                atol=1e-9)
     # it is the CT seen at that pose: it matches the DRR there, and less the DRR 10 mm across the beam
@@ -83,7 +83,7 @@ def test_damaged_or_outdated_files_are_made_again(chest, capsys, monkeypatch):
     paths = sample_xray.simulated_xray_paths(cache)
     good = {role: paths[role].read_bytes() for role in sample_xray.FILE_ROLES}
     paths["xray"].write_bytes(good["xray"][:-100])  # truncated
-    paths["geometry"].write_text(paths["geometry"].read_text().replace("1020", "1000"))  # altered
+    paths["geometry"].write_text(paths["geometry"].read_text(encoding="utf-8").replace("1020", "1000"))  # altered
     capsys.readouterr()
     sample_xray.simulated_xray_paths(cache)
     assert "incomplete or altered" in capsys.readouterr().err
@@ -92,7 +92,7 @@ def test_damaged_or_outdated_files_are_made_again(chest, capsys, monkeypatch):
     monkeypatch.setitem(sample_xray.SIMULATED_XRAYS, "chest", dataclasses.replace(RECIPE, seed=RECIPE.seed + 1))
     sample_xray.simulated_xray_paths(cache)
     assert paths["xray"].read_bytes() != good["xray"]
-    assert json.loads(paths["manifest"].read_text())["recipe"]["seed"] == RECIPE.seed + 1
+    assert json.loads(paths["manifest"].read_text(encoding="utf-8"))["recipe"]["seed"] == RECIPE.seed + 1
     # a missing manifest too
     paths["manifest"].unlink()
     sample_xray.simulated_xray_paths(cache)
@@ -114,7 +114,7 @@ def test_cli_prints_it_and_registering_it_recovers_the_pose(chest, tmp_path, cap
     ct_path = data.sample_ct_path(cache)
     assert main(["register", "--ct", str(ct_path), "--xray", xray_path, "--init", str(tmp_path / "start.json"),
                  "--out", str(tmp_path / "result.json"), "--method", "opt-ncc", "--quiet"]) == 0
-    result = json.loads((tmp_path / "result.json").read_text())
+    result = json.loads((tmp_path / "result.json").read_text(encoding="utf-8"))
     points = ct.center + np.random.default_rng(0).uniform(-60, 60, (20, 3))
     before = evaluate_pose(points, gt, start, RECIPE.camera, reference)
     after = evaluate_pose(points, gt, np.asarray(result["world_from_camera"]), RECIPE.camera, reference)

@@ -43,9 +43,9 @@ def parameter_fields():
 
 
 def code_widget_names():
-    names = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    names = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
     # sliders reached as getattr(self.ui, f"{name}Slider") for each pose parameter
-    if 'getattr(self.ui, f"{name}Slider")' in MODULE.read_text():
+    if 'getattr(self.ui, f"{name}Slider")' in MODULE.read_text(encoding="utf-8"):
         names |= {f"{n}Slider" for n in ("rx", "ry", "rz", "tx", "ty", "tz")}
     return names
 
@@ -82,7 +82,7 @@ def test_parameter_names_match_parameter_node(ui_root):
 
 
 def test_refinement_model_field_is_labelled_for_translation_next_to_the_method():
-    text = UI.read_text()
+    text = UI.read_text(encoding="utf-8")
     label = text[text.index('name="refinementModelPathLineEditLabel"'):]
     assert "<string>Refinement model:</string>" in label[:label.index("</widget>")]
     field = text[text.index('name="refinementModelPathLineEdit"'):]
@@ -121,7 +121,7 @@ def test_choices_match_combo_boxes_and_library(ui_root):
 
 def test_pose_slider_ranges_match_parameter_ranges():
     # ranges in the .ui and in the parameter node's WithinRange must agree (checked on the XML text)
-    text = UI.read_text()
+    text = UI.read_text(encoding="utf-8")
     for name, lo, hi in [("rx", -180, 180), ("rz", -180, 180), ("tx", -300, 300), ("tz", -300, 300)]:
         block = text[text.index(f'name="{name}Slider"'):]
         block = block[:block.index("</widget>")]

@@ -203,7 +203,7 @@ def test_cli_train_and_register_round_trip(files, tmp_path, capsys):
     for name, extra in runs.items():
         out = tmp_path / f"{name}.json"
         assert main([*reg, *extra, "--model", str(fine), "--out", str(out)]) in (0, 1), name
-        result = json.loads(out.read_text())
+        result = json.loads(out.read_text(encoding="utf-8"))
         assert result["method"] == ("sopi-fine+opt-lncc" if name == "opt" else "sopi-fine") and result["iterations"] > 0
         assert result["initialisation"]["method"] == ("init-model (rtpi.pt)" if name == "after-rtpi" else "pose")
         if name != "opt":  # the learned distance alone cannot verify its pose

@@ -26,7 +26,7 @@ def imported(name: str, path: Path, known: set[str]) -> set[str]:
     """Project modules imported anywhere in a file (also inside functions), resolved to their full names."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -68,7 +68,7 @@ def test_no_import_cycle():
 def test_no_function_over_80_lines():
     long = []
     for name, path in modules().items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             decorators = {ast.unparse(d).split("(")[0].rpartition(".")[2] for d in node.decorator_list}
@@ -81,7 +81,7 @@ def test_no_function_over_80_lines():
 
 
 def test_slicer_module_is_thin():
-    assert len((MODULE_DIR / "XRayCTRegistration.py").read_text().splitlines()) < 950
+    assert len((MODULE_DIR / "XRayCTRegistration.py").read_text(encoding="utf-8").splitlines()) < 950
 
 
 def test_library_never_imports_slicer_qt_or_vtk():
@@ -89,7 +89,7 @@ def test_library_never_imports_slicer_qt_or_vtk():
     for name, path in modules().items():
         if not name.startswith("XRayCTRegistrationLib"):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             assert not {n.split(".")[0] for n in names} & banned, f"{name} imports {names}"
@@ -97,7 +97,7 @@ def test_library_never_imports_slicer_qt_or_vtk():
 
 def _blocks(path: Path, size: int) -> set[tuple[str, ...]]:
     """Every run of ``size`` consecutive non-blank, non-comment lines (stripped) of a file."""
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     return {tuple(lines[i:i + size]) for i in range(len(lines) - size + 1)}
 

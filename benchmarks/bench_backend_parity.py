@@ -20,26 +20,21 @@ default) it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
+from common import stand_in  # noqa: E402
+
 SDD, SIZE, PIXEL = 1020.0, 128, 4.0
-
-
-def _stand_in_simpleitk() -> None:
-    """Register an empty ``SimpleITK`` module when the real one is missing (nothing here reads files with it)."""
-    if importlib.util.find_spec("SimpleITK") is None:
-        sys.modules["SimpleITK"] = types.ModuleType("SimpleITK")
 
 
 def run(npz: Path, n_cases: int, seed: int, device: str) -> str:
@@ -107,7 +102,7 @@ def main() -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA GPU here: nothing to compare (run with --device cpu for the torch backend on the CPU)")
         return 0
-    _stand_in_simpleitk()
+    stand_in("SimpleITK")  # nothing here reads files with it
     t0 = time.time()
     text = run(args.ct, args.cases, args.seed, args.device)
     text += f"Wall time {time.time() - t0:.0f} s.\n"

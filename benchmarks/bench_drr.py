@@ -154,7 +154,7 @@ def errors(img: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
 def peak_rss_mib() -> float:
     """Peak resident memory of this process (MiB): VmHWM, which (unlike ru_maxrss) is not inherited across exec."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmHWM:"):
                 return float(line.split()[1]) / 1024
     except OSError:

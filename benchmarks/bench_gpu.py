@@ -40,7 +40,6 @@ if "--dry-run" in sys.argv:  # must precede the first import of triton
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
-import importlib.util  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -54,35 +53,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
+from common import stand_in  # noqa: E402
 
-def _stand_in(name: str, attrs: tuple[str, ...] = ()) -> None:
-    """Install an empty module ``name`` (with placeholder classes ``attrs``) when the real one is not installed."""
-    if importlib.util.find_spec(name) is not None:
-        return
-    mod = types.ModuleType(name)
-    for a in attrs:
-        setattr(mod, a, type(a, (), {"__init__": _unavailable(name)}))
-    def placeholder(attr: str):  # PEP 562: any public name is a class that fails when used
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        return type(attr, (), {"__init__": _unavailable(name)})
-
-    mod.__getattr__ = placeholder
-    sys.modules[name] = mod
-
-
-def _unavailable(name: str) -> Callable:
-    def fail(*_args, **_kwargs):
-        raise RuntimeError(f"{name} is not installed on this machine (a stand-in module was imported)")
-
-    return fail
-
-
-_stand_in("SimpleITK")  # the library reads files with it; this script builds volumes from arrays
+stand_in("SimpleITK")  # the library reads files with it; this script builds volumes from arrays
 
 from XRayCTRegistrationLib import metrics, projector  # noqa: E402
+from XRayCTRegistrationLib import registration as registration_module  # noqa: E402
+from XRayCTRegistrationLib.devices import ValueAndGrad  # noqa: E402
 from XRayCTRegistrationLib.geometry import Camera, ReferenceView  # noqa: E402
 from XRayCTRegistrationLib.projector import Projector  # noqa: E402
 from XRayCTRegistrationLib.registration import register  # noqa: E402
@@ -145,7 +125,7 @@ def import_nanodrr(wheels: Path | None) -> tuple[types.ModuleType | None, str]:
         with zipfile.ZipFile(whl) as z:
             z.extractall(target)
     sys.path.insert(0, str(target))
-    _stand_in("torchio", ("ScalarImage", "LabelMap"))  # file reading only; Subject is built from tensors
+    stand_in("torchio", ("ScalarImage", "LabelMap"))  # file reading only; Subject is built from tensors
     try:
         import nanodrr
         from nanodrr.data import Subject  # noqa: F401
@@ -367,60 +347,101 @@ def kernel_variants(mu: Volume, sizes: list[tuple[int, int]], device: torch.devi
 def registration_cpu_vs_gpu(ct_hu: Volume, mu: Volume, size: int, device: torch.device, cases: int) -> list[str]:
     """Registrations of ``cases`` DRRs at known poses on the CPU (numba) and on ``device``, interleaved.
 
-    Each case starts from the AP view; success: the library's verdict and an mTRE under 2 mm. The kernels
-    were compiled by the sections before.
+    On ``device`` twice: with the evaluations replayed from CUDA graphs (the default) and eager
+    (``registration.CUDA_GRAPHS = False``). Each case starts from the AP view; success: the library's verdict and
+    an mTRE under 2 mm. The kernels were compiled by the sections before.
     """
     cam = camera(size)
     ref = ReferenceView.ap(mu.center, cam.sdd)
     points = metrics.target_points(ct_hu)
     rng = np.random.default_rng(5)
     cpu = torch.device("cpu")
-    rows = {d: {"s": [], "ok": 0, "tre": []} for d in ("cpu", "gpu")}
+    variants = {"CPU": (cpu, True), f"{device} eager": (device, False), f"{device} graphs": (device, True)}
+    rows = {k: {"s": [], "ok": 0, "tre": [], "params": []} for k in variants}
+    capture_errors = _record_capture_errors()
     for _ in range(cases):
         params = np.concatenate([rng.uniform(-5, 5, 3), rng.uniform(-8, 8, 2), rng.uniform(-15, 15, 1)])
         truth = ref.pose(params)
         with torch.no_grad():
             xray = Projector(mu, cam, device=cpu)(torch.as_tensor(truth)).numpy()
-        for key, dev in (("cpu", cpu), ("gpu", device)):
+        for key, (dev, graphs) in variants.items():
+            registration_module.CUDA_GRAPHS = graphs
             res = register(mu, xray, cam, ref.pose(np.zeros(6)), reference=ref, device=str(dev))
             tre = metrics.mtre(points, truth, res.world_from_camera)
             rows[key]["s"].append(res.wall_time_s)
             rows[key]["ok"] += int(res.success and tre < 2.0)
             rows[key]["tre"].append(tre)
+            rows[key]["params"].append(res.params)
+    registration_module.CUDA_GRAPHS = True
     med = {k: statistics.median(v["s"]) for k, v in rows.items()}
-    return [f"{size}x{size}, {cases} DRRs at random poses (+-5 deg, +-8 mm, +-15 mm in depth) from the AP view, "
-            f"default method, CPU (numba, {__import__('numba').get_num_threads()} threads) and {device} interleaved",
-            f"CPU: median {med['cpu']:.3f} s, {rows['cpu']['ok']}/{cases} within 2 mm mTRE "
-            f"(median {statistics.median(rows['cpu']['tre']):.2f} mm)",
-            f"{device}: median {med['gpu']:.3f} s, {rows['gpu']['ok']}/{cases} within 2 mm mTRE "
-            f"(median {statistics.median(rows['gpu']['tre']):.2f} mm)",
-            f"CPU / {device} time: {med['cpu'] / med['gpu']:.2f}x (issue 15's target: >= 3x with the same success)"]
+    lines = [f"{size}x{size}, {cases} DRRs at random poses (+-5 deg, +-8 mm, +-15 mm in depth) from the AP view, "
+             f"default method, CPU (numba, {__import__('numba').get_num_threads()} threads) and {device} (triton; "
+             "evaluations eager, and replayed from CUDA graphs) interleaved"]
+    for key, r in rows.items():
+        lines.append(f"{key}: median {med[key]:.3f} s, {r['ok']}/{cases} within 2 mm mTRE "
+                     f"(median {statistics.median(r['tre']):.2f} mm)")
+    graphs, eager = f"{device} graphs", f"{device} eager"
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(rows[graphs]["params"], rows[eager]["params"],
+                                                            strict=True))
+    lines += [f"CPU / {graphs} time: {med['CPU'] / med[graphs]:.2f}x; CPU / {eager}: {med['CPU'] / med[eager]:.2f}x "
+              "(issue 15's target: >= 3x with the same success)",
+              f"largest difference of the parameters found, graphs vs eager: {diff:.3g} (deg or mm)",
+              "CUDA graph captures that failed: " + ("; ".join(sorted(set(capture_errors))) or "none")]
+    return lines
+
+
+def _record_capture_errors() -> list[str]:
+    """A list that collects the errors of failed CUDA graph captures (``ValueAndGrad.graph_error``) from now on."""
+    errors: list[str] = []
+    capture = ValueAndGrad._capture
+
+    def recording(self) -> None:
+        capture(self)
+        if self.graph_error:
+            errors.append(self.graph_error[:300])
+
+    ValueAndGrad._capture = recording
+    return errors
 
 
 def training(ct_hu: Volume, device: torch.device, seconds: float, dry: bool) -> list[str]:
-    """Steps per second of the regressor's training (default options) over ``seconds`` after the first step."""
-    options = TrainOptions(time_budget_s=max(seconds, 1.0), seed=0)
-    if dry:
-        options = TrainOptions(time_budget_s=max(seconds, 1.0), seed=0, pool_size=16, val_size=4, batch_size=4)
-    cam = camera(256)
-    t0 = time.perf_counter()
-    trainer = Trainer(ct_hu, cam, options, device=device)
-    rng, gen = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
-    trainer.step(rng, gen)  # fills the replay pool
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    setup_s = time.perf_counter() - t0
-    steps, t1 = 0, time.perf_counter()
-    while time.perf_counter() - t1 < seconds:
-        parts = trainer.step(rng, gen)
-        steps += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - t1
-    return [f"regressor, default options (batch {options.batch_size}, {options.render.detector_size}x"
-            f"{options.render.detector_size} DRRs, {trainer.source.projector.active_backend()} projector): "
-            f"{steps / elapsed:.1f} steps/s ({steps} steps in {elapsed:.1f} s after {setup_s:.1f} s of setup and "
-            f"the first step; last loss {parts['loss'] if steps else float('nan'):.3f})"]
+    """Steps per second of the regressor's training (default options) over ``seconds`` after the first step.
+
+    Twice, one after the other, from the same seed: with the network replayed from CUDA graphs (the default on
+    CUDA) and eager (``Trainer.cuda_graphs = False``).
+    """
+    lines = []
+    for graphs in (True, False):
+        options = TrainOptions(time_budget_s=max(seconds, 1.0), seed=0)
+        if dry:
+            options = TrainOptions(time_budget_s=max(seconds, 1.0), seed=0, pool_size=16, val_size=4, batch_size=4)
+        t0 = time.perf_counter()
+        trainer = Trainer(ct_hu, camera(256), options, device=device)
+        trainer.cuda_graphs = graphs
+        rng, gen = np.random.default_rng(0), torch.Generator(device=device).manual_seed(0)
+        for _ in range(2):  # fills the replay pool; the second step captures the network
+            trainer.step(rng, gen)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        setup_s = time.perf_counter() - t0
+        steps, t1 = 0, time.perf_counter()
+        while time.perf_counter() - t1 < seconds:
+            parts = trainer.step(rng, gen)
+            steps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t1
+        val = trainer.validate()
+        mode = "network replayed from CUDA graphs" if trainer.graph_shape else "eager"
+        if graphs and trainer.graph_error:
+            mode += f" (capture failed: {trainer.graph_error[:300]})"
+        lines.append(f"regressor, default options (batch {options.batch_size}, {options.render.detector_size}x"
+                     f"{options.render.detector_size} DRRs, {trainer.source.projector.active_backend()} projector), "
+                     f"{mode}: {steps / elapsed:.1f} steps/s ({steps} steps in {elapsed:.1f} s after {setup_s:.1f} s "
+                     f"of setup and two steps; last loss {parts['loss'] if steps else float('nan'):.3f}, validation "
+                     f"{val['rot_deg']:.1f} deg / {val['trans_mm']:.1f} mm)")
+        del trainer
+    return lines
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -470,7 +491,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--inner", type=int, default=10, help="back-to-back calls per timing")
     ap.add_argument("--train-seconds", type=float, default=20.0)
-    ap.add_argument("--reg-cases", type=int, default=5, help="registrations timed on the CPU and the GPU each")
+    ap.add_argument("--reg-cases", type=int, default=8, help="registrations timed on the CPU and the GPU each")
     ap.add_argument("--out", type=Path, default=None, help="markdown output (default $OUT/gpu.md when OUT is set)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny CT and sizes, Triton interpreter")
     args = ap.parse_args()

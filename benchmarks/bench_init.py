@@ -127,7 +127,7 @@ def evaluate(ct: Volume, work: Path, names: list[str], refine_names: list[str], 
         mpath = work / f"{stem}.pt"
         if not mpath.exists():
             continue
-        summary = json.loads((work / f"{stem}.json").read_text())
+        summary = json.loads((work / f"{stem}.json").read_text(encoding="utf-8"))
         model = load_initialiser(mpath)
         model.check_ct(ct)  # hashes the CT once (kept with it), outside the timings
         res = []
@@ -202,7 +202,7 @@ def write_report(rows: dict, args: argparse.Namespace, out: Path) -> None:
               "times vary with the load from other work on the shared cores."]
     notes = Path(__file__).with_name("bench_init_notes.md")
     if notes.exists():
-        lines += ["", notes.read_text().rstrip()]
+        lines += ["", notes.read_text(encoding="utf-8").rstrip()]
     out.write_text("\n".join(lines) + "\n")
 
 
@@ -242,7 +242,7 @@ def main() -> None:
         rows = evaluate(ct, work, names, ["main [A+B+C]*"], args.max_refine, fine)
         write_report(rows, args, Path(args.out))
     if "report" in stages:  # rewrite the report from the saved evaluation
-        write_report(json.loads((work / "eval.json").read_text()), args, Path(args.out))
+        write_report(json.loads((work / "eval.json").read_text(encoding="utf-8")), args, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def base_module(commit: str) -> ModuleType:
     folder = Path(tempfile.gettempdir()) / f"xrayctreg_raymarch_{commit}"
     folder.mkdir(exist_ok=True)
     path = folder / "raymarch_base.py"
-    if not path.exists() or path.read_text() != source:
+    if not path.exists() or path.read_text(encoding="utf-8") != source:
         path.write_text(source)
     sys.path.insert(0, str(folder))  # importable by name: numba's cache rebuilds environments by module name
     return importlib.import_module("raymarch_base")

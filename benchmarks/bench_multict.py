@@ -210,7 +210,7 @@ def parse_logs(paths: list[Path]) -> dict[tuple[str, str, str], dict[int, tuple[
     """Cases finished in run logs: ``(ct, renderer, set) -> {case: (initial mTRE, final mTRE, time s)}``."""
     out: dict = {}
     for path in paths:
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             m = LOG_LINE.match(line.strip())
             if m:
                 ct, r, kind, k, init, final, t = m.groups()
@@ -312,7 +312,7 @@ def main() -> None:
         (args.out / f"{args.tag}.md").write_text("\n".join(text))
         return
     if args.from_rows is not None:
-        runs = [json.loads(p.read_text()) for p in args.from_rows]
+        runs = [json.loads(p.read_text(encoding="utf-8")) for p in args.from_rows]
         metas = [r["meta"] for r in runs]
         cts = {n: res for r in runs for n, res in r["cts"].items()}
         if args.rows_scale is not None:
@@ -343,7 +343,7 @@ def load_before(path: Path | None) -> tuple[dict | None, str, set[str]]:
     """An earlier run's per-CT rows, label and tuning CTs (``None, "", set()`` without a path)."""
     if path is None:
         return None, "", set()
-    old = json.loads(path.read_text())
+    old = json.loads(path.read_text(encoding="utf-8"))
     return old["cts"], old["meta"]["label"], set(old["meta"]["tuning"])
 
 

@@ -35,7 +35,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "XRayCTRegistration"))
 
-from common import machine_info  # noqa: E402
+from common import machine_info, stand_in  # noqa: E402
+
+stand_in("SimpleITK")  # not on the GPU machine: there the CT comes as a .npz (--ct) and the tables as --tables
 from XRayCTRegistrationLib import _physics_cpu  # noqa: E402
 from XRayCTRegistrationLib import spectrum as sp  # noqa: E402
 from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
@@ -528,7 +530,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, "speed": spd, "rows": rows}, indent=1))
     write_report(args.out / f"{args.tag}.md", args, spd, rows, meta)
-    print((args.out / f"{args.tag}.md").read_text())
+    print((args.out / f"{args.tag}.md").read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

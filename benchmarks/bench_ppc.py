@@ -211,7 +211,7 @@ def load_store(path: Path) -> dict:
     """
     if not path.exists():
         return {"cts": {}}
-    store = json.loads(path.read_text())
+    store = json.loads(path.read_text(encoding="utf-8"))
     if "cts" not in store:
         store = {"cts": {"chest": store}}
     return store

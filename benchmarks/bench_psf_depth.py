@@ -115,7 +115,7 @@ def main() -> None:
     load0, t0 = os.getloadavg(), time.time()
     rows = {}
     for path in args.from_rows or []:
-        rows.update(json.loads(path.read_text()))
+        rows.update(json.loads(path.read_text(encoding="utf-8")))
     for name in [] if args.from_rows else [c for c in args.cts.split(",") if c]:
         cases = ev.make_cases(read_ct(sample_ct_path(name=name)), ct_camera(name), args.cases, seed=0, init="sopi")
         rows[name] = [run_case(cases, c) for c in cases]

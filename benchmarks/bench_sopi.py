@@ -174,7 +174,7 @@ def write_report(args, summaries, rows, train_info, load_start, load_end, wall) 
         for name in VARIANTS:
             f = args.work / f"train_info-{name}.json"
             if f.exists():
-                t = json.loads(f.read_text())
+                t = json.loads(f.read_text(encoding="utf-8"))
                 lines.append(f"- {name}: {t['steps']} steps in {t['train_time_s']:.0f} s of training time, "
                              f"{t['wall_s']:.0f} s wall")
         lines += ["", ev.markdown_table(ablation, capture=False), ""]
@@ -210,7 +210,7 @@ def main() -> None:
     if "ablation" in stages:
         ablation_stage(args, ct, ct_path)
     if not train_info and (args.work / "train_info.json").exists():
-        train_info = json.loads((args.work / "train_info.json").read_text())
+        train_info = json.loads((args.work / "train_info.json").read_text(encoding="utf-8"))
     if "eval" in stages:
         load_start, t0 = os.getloadavg(), time.time()
         summaries, rows = eval_stage(args, ct)

@@ -68,7 +68,7 @@ def run(cts: list[str], sizes: list[int], n: int, seed: int, out: Path) -> list[
 
 def multict_rows(path: Path, scale: float) -> list[dict]:
     """The multi-CT benchmark's SOPI-like rows (128 x 128) in this script's row format."""
-    d = json.loads(path.read_text())
+    d = json.loads(path.read_text(encoding="utf-8"))
     out = []
     for name, ct in d["cts"].items():
         for renderer, sets in ct["rows"].items():
@@ -126,14 +126,14 @@ def main() -> None:
     ap.add_argument("--report", type=Path, default=HERE / "results" / "uncertainty.md")
     args = ap.parse_args()
     if args.from_rows:
-        rows = sum((json.loads(p.read_text()) for p in args.from_rows), [])
+        rows = sum((json.loads(p.read_text(encoding="utf-8")) for p in args.from_rows), [])
     else:
         rows = run(args.cts.split(","), [int(s) for s in args.sizes.split(",")], args.cases, args.seed, args.out)
     if args.multict is not None:
         rows += multict_rows(args.multict, float(os.environ.get("MULTICT_SCALE", reg.UNCERTAINTY_SCALE)))
     command = "python benchmarks/bench_uncertainty.py " + " ".join(sys.argv[1:])
     args.report.write_text(report(rows, reg.UNCERTAINTY_SCALE, command))
-    print(args.report.read_text())
+    print(args.report.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         if projection_path is not None:
             from .projection import projection_dict
 
-            projection_path.write_text(json_text(projection_dict(camera, pose)))
+            projection_path.write_text(json_text(projection_dict(camera, pose)), encoding="utf-8")
     print(f"wrote {args.out} ({camera.rows}x{camera.cols}, {time.perf_counter() - t0:.2f} s) and its geometry "
           f"sidecar{f', {args.png}' if args.png else ''}")
     return 0
@@ -234,7 +234,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         out_json = staged.file(args.out, "--out", (".json",))
         out_fusion = staged.file(args.fusion, "--fusion", (".png",)) if args.fusion else None
         out, mu, xr = _register(args, init, init_method)
-        out_json.write_text(json_text(out.to_dict()))
+        out_json.write_text(json_text(out.to_dict()), encoding="utf-8")
         if out_fusion is not None:
             _write_fusion(mu, xr.image, xr.camera, out, out_fusion, args.device)
     _report_registration(args, out)
@@ -519,7 +519,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference = _reference(ct, camera, args) if camera else None
         metrics = evaluate_pose(points, gt, est, camera=camera, reference=reference)
         if out_json is not None:
-            out_json.write_text(json_text(metrics))
+            out_json.write_text(json_text(metrics), encoding="utf-8")
     for k, v in metrics.items():
         print(f"{k:>24}: {v:.4f}" if isinstance(v, float) else f"{k:>24}: {v}")
     if args.out:

@@ -72,9 +72,9 @@ def _demo_into(out: Path, seed: int, method: str, cache_dir: str | Path | None, 
     write_image(case.xray, out / "xray.nrrd", camera)
     save_pose(out / "pose_gt.json", gt, reference)
     save_pose(out / "pose_init.json", init, reference)
-    (out / "result.json").write_text(json_text(result.to_dict()))
+    (out / "result.json").write_text(json_text(result.to_dict()), encoding="utf-8")
     metrics = {"before": before, "after": after}
-    (out / "metrics.json").write_text(json_text(metrics))
+    (out / "metrics.json").write_text(json_text(metrics), encoding="utf-8")
     picture = before_after(case.xray, cases.render(init), cases.render(result.world_from_camera),
                            ("X-ray", "start", f"{method}"), zoom=2)
     save_rgb(picture, out / "fusion.png")

@@ -304,5 +304,6 @@ def write_atomic(image: sitk.Image, path: str | Path, compress: bool = True,
 
 
 def write_text_atomic(text: str | bytes, path: str | Path) -> None:
-    """Write a text file (or ``bytes`` as they are) atomically (see :class:`Outputs`)."""
-    replace_file(path, lambda tmp: tmp.write_bytes(text) if isinstance(text, bytes) else tmp.write_text(text))
+    """Write a text file (UTF-8; or ``bytes`` as they are) atomically (see :class:`Outputs`)."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8")
+    replace_file(path, lambda tmp: tmp.write_bytes(data))

@@ -74,11 +74,9 @@ def detector_blur(line: torch.Tensor, variance: torch.Tensor, passes: int = 4) -
     a = v / (2 * passes)
     shape = line.shape
     img = torch.exp(-line.clamp(max=80.0)).reshape(-1, 1, *shape[-2:])  # [N, 1, H, W]
-    rows = border_index(shape[-2], 1, "replicate").to(line.device)
-    cols = border_index(shape[-1], 1, "replicate").to(line.device)
-    for _ in range(passes):
-        p = img[..., rows, :]
+    for _ in range(passes):  # replicated borders by padding (no index tensors: capturable in a CUDA graph)
+        p = F.pad(img, (0, 0, 1, 1), mode="replicate")
         img = a * (p[..., :-2, :] + p[..., 2:, :]) + (1 - 2 * a) * p[..., 1:-1, :]
-        p = img[..., cols]
+        p = F.pad(img, (1, 1, 0, 0), mode="replicate")
         img = a * (p[..., :-2] + p[..., 2:]) + (1 - 2 * a) * p[..., 1:-1]
     return -torch.log(img.clamp(min=1e-35)).reshape(shape)

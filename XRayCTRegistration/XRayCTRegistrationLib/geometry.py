@@ -345,7 +345,7 @@ def read_json(path: str | Path) -> dict:
     if not p.is_file():
         raise InputError(f"{p}: file not found")
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{p}: not valid JSON ({e})") from None
 
@@ -378,7 +378,7 @@ def load_relative_view(path: str | Path) -> np.ndarray:
     if not p.is_file():
         raise InputError(f"{p}: file not found")
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{p}: cannot be read as text ({e})") from None
     words = " ".join(line.split("#")[0] for line in text.splitlines()).replace(",", " ").split()

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
+from .devices import ValueAndGrad
 from .errors import InputError
 from .filters import detector_blur
-from .geometry import PARAM_NAMES, Camera, ReferenceView, check_rigid, invert_rigid, transform_points
+from .geometry import PARAM_NAMES, Camera, ReferenceView, check_rigid, invert_rigid, motion_inverse, transform_points
 from .names import DEFAULT_METHOD
 from .projector import Projector
 from .similarity import get_similarity
@@ -273,6 +275,7 @@ class _Level:
     scales: torch.Tensor  # [6] or [7] parameter change (deg, mm; log blur variance) per unit step
     max_iterations: int
     sensitivity: torch.Tensor  # [6] mm at the detector per degree / mm of each parameter
+    evaluator: ValueAndGrad | None = None  # made at the level's first evaluation (:func:`_similarity`)
 
 
 # -- the optimiser ------------------------------------------------------------------------------------------
@@ -711,17 +714,68 @@ def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
                 similarity: Callable) -> tuple[torch.Tensor, float]:
     """Summed similarity over the views (differentiable, float64 on the CPU) and the smallest coverage of any view.
 
-    Both come to the host in one transfer (one wait for the device per call, whatever the number of views).
+    Value, coverage and gradient come to the host in one transfer (one wait for the device per call, whatever the
+    number of views); on CUDA the evaluation is one CUDA graph replay from the level's third call on
+    (:class:`devices.ValueAndGrad`, :func:`_level_evaluator`).
     """
-    sims, covs = [], []
-    for view, w in zip(level.views, _view_poses(level, reference, params), strict=True):
-        drr = view.projector(w)  # [rows, cols]
-        covs.append(_coverage(drr.detach(), view))
-        if params.numel() == 7:
-            drr = detector_blur(drr, params[6].exp().clamp(max=MAX_BLUR_VARIANCE), BLUR_PASSES)
-        sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
-    both = torch.stack([torch.stack(sims).sum(), torch.stack(covs).min().to(torch.float64)]).cpu()
-    return both[0], float(both[1].detach())
+    if level.evaluator is None:
+        level.evaluator = _level_evaluator(level, reference, similarity, params.numel())
+    sim, cov = _LevelValue.apply(params, level.evaluator, torch.is_grad_enabled() and params.requires_grad)
+    return sim, float(cov)
+
+
+GRAPH_SIMILARITIES = ("ncc", "mncc", "lncc")
+"""Similarities whose evaluation is captured as a CUDA graph (the others read constants from the host)."""
+
+CUDA_GRAPHS = True
+"""Whether evaluations on CUDA may be replayed from CUDA graphs (False: every evaluation eager, for comparisons)."""
+
+
+def _level_evaluator(level: _Level, reference: ReferenceView, similarity: Callable, n_params: int) -> ValueAndGrad:
+    """The evaluation of ``level`` at parameters on its device: the summed similarity and the smallest coverage.
+
+    A CUDA graph is used where everything in it is capturable: the library's projectors, no structure footprint
+    (it changes between calls) and a similarity of :data:`GRAPH_SIMILARITIES`.
+    """
+    dev = level.views[0].image.device
+    ref = torch.as_tensor(reference.world_from_camera, dtype=torch.float64).to(dev)  # [4, 4], once per level
+    iso = torch.as_tensor(reference.isocenter_camera, dtype=torch.float64).to(dev)  # [3]
+    relatives = [v.relative.to(dev) for v in level.views]
+
+    def terms(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w0 = ref @ motion_inverse(p[:6], iso)  # [4, 4] view 0
+        sims, covs = [], []
+        for view, rel in zip(level.views, relatives, strict=True):
+            drr = view.projector(w0 @ rel)  # [rows, cols]
+            covs.append(_coverage(drr.detach(), view))
+            if p.numel() == 7:
+                drr = detector_blur(drr, p[6].exp().clamp(max=MAX_BLUR_VARIANCE), BLUR_PASSES)
+            sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
+        return torch.stack(sims).sum(), torch.stack(covs).min()
+
+    graphable = all(type(v.projector) is Projector and v.label_projector is None for v in level.views) and \
+        any(similarity is get_similarity(name) for name in GRAPH_SIMILARITIES)
+    return ValueAndGrad(terms, n_params, dev, use_graph=graphable and CUDA_GRAPHS)
+
+
+class _LevelValue(torch.autograd.Function):
+    """A level's summed similarity (differentiable in the parameters) and smallest coverage, from one evaluation."""
+
+    @staticmethod
+    def forward(ctx, params: torch.Tensor, evaluator: ValueAndGrad, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Value and coverage (0-d float64, CPU) at ``params`` ``[n]``; the gradient (when ``grad``) is kept."""
+        out = evaluator(params, grad=grad)  # [2 + n]: value, coverage, gradient
+        ctx.save_for_backward(out[2:].reshape(params.shape))
+        cov = out[1].clone()
+        ctx.mark_non_differentiable(cov)
+        return out[0].clone(), cov
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_value: torch.Tensor, _grad_cov: torch.Tensor):
+        """The gradient with respect to the parameters, scaled by the incoming one."""
+        (grad,) = ctx.saved_tensors
+        return grad_value * grad, None, None
 
 
 def _evaluate(level: _Level, reference: ReferenceView, params: torch.Tensor,

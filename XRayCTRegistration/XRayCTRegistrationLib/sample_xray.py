@@ -124,7 +124,7 @@ def describe_simulated_xrays() -> list[str]:
 def _manifest_matches(sim: SimulatedXray, paths: dict[str, Path], ct_sha256: str) -> bool:
     """Whether the cached files were made by this recipe from this CT and are unchanged since."""
     try:
-        manifest = json.loads(paths["manifest"].read_text())
+        manifest = json.loads(paths["manifest"].read_text(encoding="utf-8"))
         if manifest.get("ct_sha256") != ct_sha256 or manifest.get("recipe") != sim.recipe():
             return False
         return all(paths[role].is_file() and sha256_of(paths[role]) == manifest["files"][role] for role in FILE_ROLES)

@@ -299,6 +299,9 @@ class Trainer:
         self.pool_size = min(options.pool_size, options.batch_size * options.iterations) if options.iterations \
             else options.pool_size
         self.half_widths = torch.as_tensor(options.pose_range.half_widths, dtype=torch.float32, device=self.device)
+        self.cuda_graphs = True  # see _network_forward; False keeps every step eager (for comparisons)
+        self.graph_shape: tuple[int, ...] | None = None  # the batch shape the network was captured for
+        self.graph_error = ""  # why a capture failed ("" when none failed)
         self._make_validation()
 
     def make_network(self) -> torch.nn.Module:
@@ -386,7 +389,7 @@ class Trainer:
         o = self.options
         if self.fine is not None:
             return self.fine.loss(self.net, x, params, self.state.step, self.range_scale(fraction))
-        out = self.net(x)
+        out = self._network_forward(x)
         parts: dict[str, torch.Tensor] = {}
         if o.method == "regressor":
             r_true = euler_xyz(params[:, :3])
@@ -405,6 +408,30 @@ class Trainer:
             parts["l2"] = o.lam * l2_weights(self.net)
         total = torch.stack(list(parts.values())).sum()
         return total, {k: v.detach() for k, v in parts.items()}
+
+    def _network_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network on a training batch ``x`` ``[B, 1, S, S]``.
+
+        On CUDA the regressor's forward and backward are replayed from CUDA graphs from the second step on
+        (``torch.cuda.make_graphed_callables``, captured once for the batch's shape; the host then launches two graphs
+        a step instead of about a thousand kernels). Its batch-norm statistics are put back after the capture's
+        warm-up runs. In evaluation mode, for other shapes, elsewhere, or when the capture failed, the network runs
+        eagerly.
+        """
+        if self.graph_shape is None and not self.graph_error and self.cuda_graphs and self.device.type == "cuda" \
+                and self.options.method == "regressor" and self.state.step >= 1:
+            buffers = [b.detach().clone() for b in self.net.buffers()]
+            try:
+                torch.cuda.make_graphed_callables(self.net, (x,), allow_unused_input=True)
+                self.graph_shape = tuple(x.shape)
+            except Exception as e:  # noqa: BLE001 - whatever stops the capture, the training stays eager
+                self.graph_error = f"{type(e).__name__}: {e}"
+            with torch.no_grad():
+                for b, saved in zip(self.net.buffers(), buffers, strict=True):
+                    b.copy_(saved)
+        if self.graph_shape == tuple(x.shape):
+            return self.net(x)  # the graphed forward in training mode, the module's own in evaluation mode
+        return type(self.net).forward(self.net, x)
 
     def fixed_batch_loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor) -> float:
         """Loss of a given batch (training-mode batch statistics, no update; for tests and diagnostics)."""

@@ -125,7 +125,7 @@ def loadSimulatedXray(name: str = "chest", cacheDir: str | os.PathLike | None = 
 
     paths = simulated_xray_paths(cacheDir, name)
     pose = load_pose(paths["pose"])
-    geometry = json.loads(paths["geometry"].read_text())
+    geometry = json.loads(paths["geometry"].read_text(encoding="utf-8"))
     node = _readVolume(paths["xray"], simulatedXrayName(name), f"simulated X-ray of {name!r}", scene)
     node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(geometry))
     scene = node.GetScene()
