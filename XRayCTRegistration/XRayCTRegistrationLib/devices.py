@@ -5,6 +5,9 @@ No library imports: any module may use it.
 
 from __future__ import annotations
 
+import traceback
+from pathlib import Path
+
 import torch
 
 __all__ = ["ValueAndGrad", "host_to_device"]
@@ -36,12 +39,15 @@ class ValueAndGrad:
     :attr:`graph_error` and the evaluations stay eager. Elsewhere every call is eager.
     """
 
+    capture_failed = False
+    """Set once a capture failed in this process: later instances do not try again (each try costs an evaluation)."""
+
     def __init__(self, fn, n: int, device: torch.device, eager_calls: int = 2, use_graph: bool = True) -> None:
         """Prepare the device input; nothing is run or captured yet."""
         self.fn = fn
         self.device = torch.device(device)
         self.p = torch.zeros(n, dtype=torch.float64, device=self.device, requires_grad=True)
-        self.use_graph = use_graph and self.device.type == "cuda"
+        self.use_graph = use_graph and self.device.type == "cuda" and not ValueAndGrad.capture_failed
         self.eager_calls = eager_calls
         self.calls = 0
         self.graph = None
@@ -70,7 +76,11 @@ class ValueAndGrad:
             with torch.cuda.graph(graph):
                 self._out = self._body(True)
         except Exception as e:  # noqa: BLE001 - whatever stops the capture, the evaluation stays eager
-            self.use_graph, self.graph_error, self._out = False, f"{type(e).__name__}: {e}", None
+            where = traceback.extract_tb(e.__traceback__)
+            last = next((f for f in reversed(where) if "XRayCTRegistrationLib" in f.filename), where[-1])
+            self.use_graph, self._out = False, None
+            self.graph_error = f"{type(e).__name__}: {e} (at {Path(last.filename).name}:{last.lineno})"
+            ValueAndGrad.capture_failed = True
             torch.cuda.synchronize(self.device)
             return
         self.graph = graph

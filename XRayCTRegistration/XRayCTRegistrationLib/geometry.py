@@ -278,11 +278,10 @@ def motion_inverse(params: torch.Tensor, iso_cam: torch.Tensor) -> torch.Tensor:
     rt = r.transpose(-1, -2)
     # M x = R (x - iso) + iso + t  =>  M^-1 y = R^T (y - iso - t) + iso
     trans = iso_cam - (rt @ (iso_cam + t).unsqueeze(-1)).squeeze(-1)
-    out = torch.zeros(params.shape[:-1] + (4, 4), dtype=params.dtype, device=params.device)
-    out[..., :3, :3] = rt
-    out[..., :3, 3] = trans
-    out[..., 3, 3] = 1
-    return out
+    top = torch.cat([rt, trans.unsqueeze(-1)], -1)  # [..., 3, 4]
+    # the row (0, 0, 0, 1) made on the device: no host-to-device copy (a CUDA graph can capture this function)
+    bottom = torch.eye(4, dtype=params.dtype, device=params.device)[3:].expand(*top.shape[:-2], 1, 4)
+    return torch.cat([top, bottom], -2)
 
 
 # -- rigid matrices -------------------------------------------------------------------------------

@@ -255,6 +255,20 @@ class _Clock:
         return self.after_s + sum(max(d[1:] or d) for d in self.recent.values() if d)
 
 
+class _Objective(torch.nn.Module):
+    """A training loss ``terms(x, params)`` as a module of the network it trains (what a CUDA graph captures)."""
+
+    def __init__(self, terms: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
+                 net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.terms = terms
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The loss and its parts on a batch."""
+        return self.terms(x, params)
+
+
 class Trainer:
     """One training run: data, network, optimiser, validation set and checkpoints.
 
@@ -299,8 +313,9 @@ class Trainer:
         self.pool_size = min(options.pool_size, options.batch_size * options.iterations) if options.iterations \
             else options.pool_size
         self.half_widths = torch.as_tensor(options.pose_range.half_widths, dtype=torch.float32, device=self.device)
-        self.cuda_graphs = True  # see _network_forward; False keeps every step eager (for comparisons)
-        self.graph_shape: tuple[int, ...] | None = None  # the batch shape the network was captured for
+        self.cuda_graphs = True  # see _regressor_objective; False keeps every step eager (for comparisons)
+        self.graph_shape: tuple[int, ...] | None = None  # the batch shape the objective was captured for
+        self._objective: _Objective | None = None
         self.graph_error = ""  # why a capture failed ("" when none failed)
         self._make_validation()
 
@@ -389,49 +404,57 @@ class Trainer:
         o = self.options
         if self.fine is not None:
             return self.fine.loss(self.net, x, params, self.state.step, self.range_scale(fraction))
-        out = self._network_forward(x)
-        parts: dict[str, torch.Tensor] = {}
         if o.method == "regressor":
-            r_true = euler_xyz(params[:, :3])
-            _, t_true = params_to_target(params, self.half_widths[3:])
-            parts["rot"] = o.rot_weight * rotation_loss(out["rot6d"], r_true).mean()
-            parts["trans"] = o.trans_weight * F.mse_loss(out["trans"], t_true)
-            if "recon" in out and o.ae_weight > 0:
-                parts["ae"] = o.ae_weight * F.mse_loss(out["recon"], F.avg_pool2d(x, 2))
-        else:
-            pred = out["params"]
-            parts["mse"] = o.beta * F.mse_loss(pred, params / self.half_widths)
-            if o.alpha > 0 and fraction >= o.gd_start:
-                moving = self.source.render(pred * self.half_widths, grad=True, physics=False)
-                fixed = to_input(drr, o.render.input_size)
-                parts["gd"] = o.alpha * gradient_difference_loss(fixed, to_input(moving, o.render.input_size)).mean()
-            parts["l2"] = o.lam * l2_weights(self.net)
+            total, *values = self._regressor_objective(x, params)
+            names = ["rot", "trans", "ae"][:len(values)]
+            return total, {k: v.detach() for k, v in zip(names, values, strict=True)}
+        out = self.net(x)
+        parts: dict[str, torch.Tensor] = {}
+        pred = out["params"]
+        parts["mse"] = o.beta * F.mse_loss(pred, params / self.half_widths)
+        if o.alpha > 0 and fraction >= o.gd_start:
+            moving = self.source.render(pred * self.half_widths, grad=True, physics=False)
+            fixed = to_input(drr, o.render.input_size)
+            parts["gd"] = o.alpha * gradient_difference_loss(fixed, to_input(moving, o.render.input_size)).mean()
+        parts["l2"] = o.lam * l2_weights(self.net)
         total = torch.stack(list(parts.values())).sum()
         return total, {k: v.detach() for k, v in parts.items()}
 
-    def _network_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network on a training batch ``x`` ``[B, 1, S, S]``.
+    def _regressor_terms(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The regressor's loss on a batch and its parts: ``(total, rot, trans[, ae])``, 0-d tensors."""
+        o = self.options
+        out = self.net(x)
+        r_true = euler_xyz(params[:, :3])
+        _, t_true = params_to_target(params, self.half_widths[3:])
+        parts = [o.rot_weight * rotation_loss(out["rot6d"], r_true).mean(),
+                 o.trans_weight * F.mse_loss(out["trans"], t_true)]
+        if "recon" in out and o.ae_weight > 0:
+            parts.append(o.ae_weight * F.mse_loss(out["recon"], F.avg_pool2d(x, 2)))
+        return (torch.stack(parts).sum(), *parts)
 
-        On CUDA the regressor's forward and backward are replayed from CUDA graphs from the second step on
-        (``torch.cuda.make_graphed_callables``, captured once for the batch's shape; the host then launches two graphs
-        a step instead of about a thousand kernels). Its batch-norm statistics are put back after the capture's
-        warm-up runs. In evaluation mode, for other shapes, elsewhere, or when the capture failed, the network runs
-        eagerly.
+    def _regressor_objective(self, x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`_regressor_terms`, on CUDA replayed from CUDA graphs from the second step on.
+
+        The network's forward and the loss, and their backward, are captured once for the batch's shape
+        (``torch.cuda.make_graphed_callables``): the host then launches two graphs a step instead of about a thousand
+        kernels. The batch-norm statistics are put back after the capture's warm-up runs. With the network in
+        evaluation mode, for other shapes, elsewhere, or when the capture failed, everything runs eagerly.
         """
         if self.graph_shape is None and not self.graph_error and self.cuda_graphs and self.device.type == "cuda" \
-                and self.options.method == "regressor" and self.state.step >= 1:
+                and self.state.step >= 1:
             buffers = [b.detach().clone() for b in self.net.buffers()]
+            objective = _Objective(self._regressor_terms, self.net)
             try:
-                torch.cuda.make_graphed_callables(self.net, (x,), allow_unused_input=True)
-                self.graph_shape = tuple(x.shape)
+                torch.cuda.make_graphed_callables(objective, (x, params), allow_unused_input=True)
+                self.graph_shape, self._objective = tuple(x.shape), objective
             except Exception as e:  # noqa: BLE001 - whatever stops the capture, the training stays eager
                 self.graph_error = f"{type(e).__name__}: {e}"
             with torch.no_grad():
                 for b, saved in zip(self.net.buffers(), buffers, strict=True):
                     b.copy_(saved)
-        if self.graph_shape == tuple(x.shape):
-            return self.net(x)  # the graphed forward in training mode, the module's own in evaluation mode
-        return type(self.net).forward(self.net, x)
+        if self.graph_shape == tuple(x.shape) and self.net.training:
+            return self._objective(x, params)
+        return self._regressor_terms(x, params)
 
     def fixed_batch_loss(self, x: torch.Tensor, params: torch.Tensor, drr: torch.Tensor) -> float:
         """Loss of a given batch (training-mode batch statistics, no update; for tests and diagnostics)."""
