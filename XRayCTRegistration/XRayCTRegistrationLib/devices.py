@@ -32,17 +32,18 @@ class ValueAndGrad:
     aux)``, two 0-d tensors on ``device``; ``value`` is differentiable in ``p``. A call returns ``[2 + n]`` float64
     on the CPU: value, aux, then ``d value / d p`` (zeros when ``grad`` is False).
 
-    On CUDA, from call ``eager_calls + 1`` on, the whole evaluation (forward and backward) is one CUDA graph, captured
-    once (after a warm-up run on a side stream) and replayed: the host launches one graph instead of hundreds of
-    small kernels. ``fn`` must then be capturable: no transfers to or from the host, no shapes or branches that
-    depend on values on the device, tensors it reads kept alive and in place. A capture that fails is reported in
-    :attr:`graph_error` and the evaluations stay eager. Elsewhere every call is eager.
+    On CUDA, from call ``eager_calls + 1`` on (by default the first), the whole evaluation (forward and backward) is
+    one CUDA graph, captured once (after a warm-up run on a side stream, which compiles what needs compiling) and
+    replayed: the host launches one graph instead of hundreds of small kernels. ``fn`` must then be capturable: no
+    transfers to or from the host, no shapes or branches that depend on values on the device, tensors it reads kept
+    alive and in place. A capture that fails is reported in :attr:`graph_error` and the evaluations stay eager.
+    Elsewhere every call is eager.
     """
 
     capture_failed = False
     """Set once a capture failed in this process: later instances do not try again (each try costs an evaluation)."""
 
-    def __init__(self, fn, n: int, device: torch.device, eager_calls: int = 2, use_graph: bool = True) -> None:
+    def __init__(self, fn, n: int, device: torch.device, eager_calls: int = 0, use_graph: bool = True) -> None:
         """Prepare the device input; nothing is run or captured yet."""
         self.fn = fn
         self.device = torch.device(device)
