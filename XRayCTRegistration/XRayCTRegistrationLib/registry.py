@@ -198,6 +198,10 @@ register_method("ppc-opt", f"{__package__}.ppc_learned:register_ppc", kind="refi
                 final="opt-lncc", own_schedule=True,
                 description="ppc, then an opt-lncc intensity step (needs --model)")
 
+register_method("search-opt", f"{__package__}.search:register_search", kind="refine",
+                description=f"an in-plane search of the start (rotations and shifts by FFT correlation), then "
+                            f"{DEFAULT_METHOD}")
+
 # SOPI's learned fine registration (stage 2); needs a model from 'xrayctreg train --model sopi-fine'
 register_method("sopi-fine", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine", needs_model=True,
                 description="SOPI's learned fine registration on embedded features (needs --model from "
