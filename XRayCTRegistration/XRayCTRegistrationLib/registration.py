@@ -940,7 +940,13 @@ def _scales(step_sizes, sensitivity: torch.Tensor, pixel_mm: float, coarse_facto
     return torch.tensor(s, dtype=torch.float64) * (factor / coarse_factor)
 
 
-def _level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
+def level_factors(volume: Volume, camera: Camera, sid: float) -> list[int]:
+    """Block-averaging factors along i, j, k that make the CT's voxels about one pixel of ``camera`` at ``sid`` mm."""
+    pix = min(camera.row_spacing, camera.col_spacing) * sid / camera.sdd  # detector pixel at the isocentre, mm
+    return [max(1, round(pix / s)) for s in volume.spacing]
+
+
+def level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
     """``volume`` block-averaged by ``factors_ijk`` and zero-padded, made once per volume and factors."""
     factors = tuple(int(f) for f in factors_ijk)
     return volume.derived(("registration level", factors), lambda: pad(block_average(volume, factors)))
@@ -963,9 +969,8 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
         views = []
         for img, cam, m, rel in zip(images, cameras, masks, relatives, strict=True):
             c = cam.downsampled(factor)
-            pix = min(c.row_spacing, c.col_spacing) * sid / c.sdd  # detector pixel at the isocentre, mm
-            vf = [max(1, round(pix / s)) for s in volume.spacing]
-            vol_l = _level_volume(volume, vf)
+            vf = level_factors(volume, c, sid)
+            vol_l = level_volume(volume, vf)
             n_samples = int(math.ceil(max(vol_l.shape_ijk) * SAMPLES_PER_VOXEL))
             proj = renderer(vol_l, c, n_samples=n_samples, device=dev)
             image = downsample_image(torch.as_tensor(np.asarray(img, dtype=np.float32)), c.rows, c.cols).to(dev)
@@ -974,7 +979,7 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
                 weight = downsample_image(torch.as_tensor(m), c.rows, c.cols).to(dev)
             label_proj = None
             if label_volume is not None:
-                lab = _level_volume(label_volume, vf)
+                lab = level_volume(label_volume, vf)
                 label_proj = Projector(lab, c, n_samples=n_samples, device=dev)
             views.append(_View(proj, image, weight, torch.as_tensor(rel, dtype=torch.float64), label_proj))
         pixel_det = min(cam0.row_spacing, cam0.col_spacing) * factor

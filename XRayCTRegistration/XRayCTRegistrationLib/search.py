@@ -34,7 +34,7 @@ SEARCH_PIXELS = 64
 """The coarse detector's shorter side, pixels."""
 
 SEARCH_SAMPLES = 128
-"""Samples per ray of the coarse DRRs."""
+"""Samples per ray of the coarse DRRs, at least (one per voxel of the block-averaged CT)."""
 
 
 @dataclass
@@ -118,7 +118,7 @@ def in_plane_search(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_wo
         size: the coarse detector's shorter side, pixels.
         device: torch device of the rendering.
     """
-    from .registration import downsample_image
+    from .registration import downsample_image, level_factors, level_volume
 
     t0 = time.perf_counter()
     init = check_rigid(init_world_from_camera, "init_world_from_camera")
@@ -131,7 +131,9 @@ def in_plane_search(volume_mu: Volume, xray: np.ndarray, camera: Camera, init_wo
     fixed = downsample_image(torch.as_tensor(image), coarse.rows, coarse.cols).numpy()
     centre = transform_points(invert_rigid(init), volume_mu.center[None])[0]  # the CT's centre, camera frame
     poses = np.stack([turned_in_plane(init, centre, a) for a in angles_deg])  # [A, 4, 4]
-    projector = Projector(volume_mu, coarse, n_samples=SEARCH_SAMPLES, device=device)
+    # the CT block-averaged to about a coarse pixel (made once per CT and size, shared with the registration's levels)
+    coarse_ct = level_volume(volume_mu, level_factors(volume_mu, coarse, float(centre[2])))
+    projector = Projector(coarse_ct, coarse, n_samples=max(SEARCH_SAMPLES, max(coarse_ct.shape_ijk)), device=device)
     with torch.no_grad():
         drrs = projector(torch.as_tensor(poses, device=device)).cpu().numpy()  # [A, rows, cols]
     peaks = [correlation_peak(d, fixed) for d in drrs]
