@@ -66,9 +66,9 @@ def check_options(args: argparse.Namespace) -> None:
         if pair[0] > pair[1]:
             raise InputError(f"{option}: LOW must not exceed HIGH, got {pair[0]:g} {pair[1]:g}")
     if getattr(args, "device", None) is not None:
-        from .projector import check_device
+        from .projector import resolve_device
 
-        check_device(args.device)
+        args.device = str(resolve_device(args.device))
 
 
 def check_source_outside(ct, pose: np.ndarray, where: str) -> None:
@@ -80,6 +80,8 @@ def check_source_outside(ct, pose: np.ndarray, where: str) -> None:
         raise InputError(f"{where}: the X-ray source ({x:.1f}, {y:.1f}, {z:.1f}) mm lies inside the CT volume; "
                          f"a radiograph needs the source outside the patient")
 
+
+DEVICE_HELP = "torch device: auto (CUDA when torch sees a GPU, else the CPU; the default), cpu, cuda, cuda:N"
 
 FINE_BATCH = 8
 """Default training batch of ``sopi-fine`` (each pair costs a differentiable render and a double backward)."""
@@ -553,7 +555,7 @@ def _add_render(sub) -> None:
     p.add_argument("--png", help="also write an 8-bit PNG preview")
     p.add_argument("--export-projection", metavar="P.json",
                    help="also write the 3x4 projection matrix P = K [R|t] of the geometry and pose (with K, R, t)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_common_render(p)
     p.set_defaults(func=cmd_render)
 
@@ -585,9 +587,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--scatter", type=float, default=0.0, help="--physics: scatter-to-primary ratio of the fog")
     p.add_argument("--electronic-noise", type=float, default=0.0, help="--physics: electronic noise, counts (std)")
     p.add_argument("--out-dir", required=True, help="output folder (created)")
-    p.add_argument("--device", default="cpu",
-                   help="torch device of the DRR (cpu, cuda; the noise is drawn on the CPU, so the X-ray is the same "
-                        "on either; --physics renders on the CPU)")
+    p.add_argument("--device", default="auto",
+                   help=f"{DEVICE_HELP}; for the DRR (the noise is drawn on the CPU, so the X-ray is the same on "
+                        "either; --physics renders on the CPU)")
     _add_common_render(p)
     p.set_defaults(func=cmd_simulate)
 
@@ -647,7 +649,7 @@ def _add_register(sub) -> None:
                         "angles (see docs/CONVENTIONS.md, Several views)")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
     p.add_argument("--renderer", choices=("mono", "physics"), default="mono",
@@ -683,7 +685,7 @@ def _add_train(sub) -> None:
                         "given)")
     p.add_argument("--iterations", type=int, default=None, help="total training steps")
     p.add_argument("--resume", action="store_true", help="continue the training in --out if it exists")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"DRRs per step (default 32; {FINE_BATCH} for {FINE_MODEL}, whose steps are double backward)")
     p.add_argument("--rot-range", type=float, default=30.0, help="training poses: rotations in +-this, degrees")

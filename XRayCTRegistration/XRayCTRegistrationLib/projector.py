@@ -97,6 +97,13 @@ def check_device(name: str | torch.device, option: str = "--device") -> torch.de
     raise InputError(f"{option}: device {str(name)!r} is not available here; available: {', '.join(known)}")
 
 
+def resolve_device(name: str | torch.device, option: str = "--device") -> torch.device:
+    """``"auto"``: CUDA when torch sees a GPU, else the CPU; any other name checked by :func:`check_device`."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(name, option)
+
+
 def check_request(camera: Camera, n_samples: int) -> None:
     """Refuse (:class:`InputError`) a render whose memory or time is beyond the bounds above, before allocating.
 

@@ -12,11 +12,12 @@ def resolveDevice(choice: str) -> str:
     """The torch device of a choice of :data:`DEVICES`; ``cuda`` without a GPU is an ``InputError``."""
     import torch
     from XRayCTRegistrationLib.errors import InputError
+    from XRayCTRegistrationLib.projector import resolve_device
 
     if choice not in DEVICES:
         raise InputError(f"device: {choice!r} is not one of {', '.join(DEVICES)}")
     if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(resolve_device(choice))
     if choice == "cuda" and not torch.cuda.is_available():
         raise InputError("device: cuda chosen but torch sees no CUDA GPU; choose cpu or auto")
     return choice
