@@ -66,7 +66,9 @@ MATRIX_BLUR_MAX = 256
 
 The same operator either way (to float32 rounding); the matrices make a handful of operations instead of about forty
 (a CUDA graph of the registration replays fewer kernels) and were faster on the CPU up to 256 pixels (0.4-3.1 ms
-against 0.9-4.1 ms, forward and backward); beyond, the dense product costs more than the passes."""
+against 0.9-4.1 ms, forward and backward); beyond, the dense product costs more than the passes. The matrices are
+summed in float64: their terms ``C(passes, k) a^k L^k`` are large and cancel, and summed in float32 the derivative by
+the variance lost enough precision to move the spine crop's registrations (`benchmarks/results/multict.md`)."""
 
 
 @functools.lru_cache(maxsize=16)
@@ -105,10 +107,11 @@ def detector_blur(line: torch.Tensor, variance: torch.Tensor, passes: int = 4) -
     h, w = shape[-2:]
     img = torch.exp(-line.clamp(max=80.0)).reshape(-1, h, w)  # [N, H, W]
     if max(h, w) <= MATRIX_BLUR_MAX:
-        ak = a ** torch.arange(passes + 1, dtype=line.dtype, device=line.device)  # [passes + 1]
-        rows = torch.tensordot(ak, _blur_powers(h, passes, line.dtype, line.device), 1)  # [H, H]
-        cols = rows if w == h else torch.tensordot(ak, _blur_powers(w, passes, line.dtype, line.device), 1)
-        img = rows @ img @ cols.T
+        f64 = torch.float64
+        ak = (variance.abs().to(f64) / (2 * passes)) ** torch.arange(passes + 1, dtype=f64, device=line.device)
+        rows = torch.tensordot(ak, _blur_powers(h, passes, f64, line.device), 1)  # [H, H]
+        cols = rows if w == h else torch.tensordot(ak, _blur_powers(w, passes, f64, line.device), 1)
+        img = rows.to(line.dtype) @ img @ cols.T.to(line.dtype)
     else:
         img = img[:, None]  # [N, 1, H, W]
         for _ in range(passes):
