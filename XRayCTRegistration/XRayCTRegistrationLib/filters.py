@@ -6,7 +6,6 @@ numpy arrays ``[rows, cols]``. Sigmas and radii are in pixels.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -61,34 +60,6 @@ def blur_image(image: np.ndarray, sigma: float, radius: int | None = None, borde
     return gaussian_blur(t, float(sigma), radius, border)[0, 0].numpy()
 
 
-MATRIX_BLUR_MAX = 256
-"""Largest image side (pixels) at which :func:`detector_blur` applies its passes as one matrix per axis.
-
-The same operator either way (to float32 rounding); the matrices make a handful of operations instead of about forty
-(a CUDA graph of the registration replays fewer kernels) and were faster on the CPU up to 256 pixels (0.4-3.1 ms
-against 0.9-4.1 ms, forward and backward); beyond, the dense product costs more than the passes. The matrices are
-summed in float64: their terms ``C(passes, k) a^k L^k`` are large and cancel, and summed in float32 the derivative by
-the variance lost enough precision to move the spine crop's registrations (`benchmarks/results/multict.md`)."""
-
-
-@functools.lru_cache(maxsize=16)
-def _blur_powers(n: int, passes: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``C(passes, k) L^k`` for ``k = 0..passes``, ``[passes + 1, n, n]``, ``L`` the second difference.
-
-    ``L`` has replicated borders: one pass of the 3-tap kernel is ``I + a L``, so ``passes`` passes are
-    ``sum_k C(passes, k) a^k L^k``. The entries are integers (exact in float32).
-    """
-    off = torch.ones(n - 1, dtype=torch.float64)
-    lap = torch.diag(torch.full((n,), -2.0, dtype=torch.float64)) + torch.diag(off, 1) + torch.diag(off, -1)
-    lap[0, 0] += 1.0
-    lap[-1, -1] += 1.0
-    terms = [torch.eye(n, dtype=torch.float64)]
-    for _ in range(passes):
-        terms.append(terms[-1] @ lap)
-    coef = torch.tensor([math.comb(passes, k) for k in range(passes + 1)], dtype=torch.float64)
-    return (torch.stack(terms) * coef[:, None, None]).to(dtype).to(device)
-
-
 def detector_blur(line: torch.Tensor, variance: torch.Tensor, passes: int = 4) -> torch.Tensor:
     """A detector's blur of a line-integral image ``[..., H, W]``, applied to the intensity ``exp(-line)``.
 
@@ -97,26 +68,15 @@ def detector_blur(line: torch.Tensor, variance: torch.Tensor, passes: int = 4) -
     its variance is exactly ``variance`` (pixels^2, per axis) and it is linear in ``variance`` near 0, so
     the blur can be fitted by gradient from no blur at all. ``variance`` (a 0-d tensor, differentiable) is
     used as ``|variance|`` and must stay at most ``passes`` pixels^2 (the kernel stays non-negative).
-    Borders are replicated. Up to :data:`MATRIX_BLUR_MAX` pixels a side the passes are applied as one matrix per
-    axis (:func:`_blur_powers`), beyond one by one; neither copies from the host once the matrices exist (a CUDA graph
-    can capture it).
+    Borders are replicated.
     """
     v = variance.abs().to(line.dtype)
     a = v / (2 * passes)
     shape = line.shape
-    h, w = shape[-2:]
-    img = torch.exp(-line.clamp(max=80.0)).reshape(-1, h, w)  # [N, H, W]
-    if max(h, w) <= MATRIX_BLUR_MAX:
-        f64 = torch.float64
-        ak = (variance.abs().to(f64) / (2 * passes)) ** torch.arange(passes + 1, dtype=f64, device=line.device)
-        rows = torch.tensordot(ak, _blur_powers(h, passes, f64, line.device), 1)  # [H, H]
-        cols = rows if w == h else torch.tensordot(ak, _blur_powers(w, passes, f64, line.device), 1)
-        img = rows.to(line.dtype) @ img @ cols.T.to(line.dtype)
-    else:
-        img = img[:, None]  # [N, 1, H, W]
-        for _ in range(passes):
-            p = F.pad(img, (0, 0, 1, 1), mode="replicate")
-            img = a * (p[..., :-2, :] + p[..., 2:, :]) + (1 - 2 * a) * p[..., 1:-1, :]
-            p = F.pad(img, (1, 1, 0, 0), mode="replicate")
-            img = a * (p[..., :-2] + p[..., 2:]) + (1 - 2 * a) * p[..., 1:-1]
+    img = torch.exp(-line.clamp(max=80.0)).reshape(-1, 1, *shape[-2:])  # [N, 1, H, W]
+    for _ in range(passes):  # replicated borders by padding (no index tensors: capturable in a CUDA graph)
+        p = F.pad(img, (0, 0, 1, 1), mode="replicate")
+        img = a * (p[..., :-2, :] + p[..., 2:, :]) + (1 - 2 * a) * p[..., 1:-1, :]
+        p = F.pad(img, (1, 1, 0, 0), mode="replicate")
+        img = a * (p[..., :-2] + p[..., 2:]) + (1 - 2 * a) * p[..., 1:-1]
     return -torch.log(img.clamp(min=1e-35)).reshape(shape)

@@ -243,36 +243,6 @@ class ReferenceView:
         iso = host_to_device(self.isocenter_camera, params.dtype, params.device)
         return ref @ motion_inverse(params, iso)
 
-    def pose_and_derivatives(self, params) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`pose` at ``params`` (6, degrees and mm) and its derivatives ``[6, 4, 4]``, in closed form (float64).
-
-        ``W = world_from_camera @ inv(T(t) T(iso) R T(-iso))`` with ``R = Rx(a) Ry(b) Rz(c)``; its derivative
-        by a translation ``t_j`` is ``-R^T e_j`` in the last column, by an angle ``dR^T`` and ``-dR^T (iso + t)``
-        (per degree). For optimisers that form the parameters' gradient on the host from a pose gradient.
-        """
-        p = np.asarray(params, dtype=np.float64).reshape(6)
-        a, b, c = np.radians(p[:3])
-        ca, sa, cb, sb, cc, sc = math.cos(a), math.sin(a), math.cos(b), math.sin(b), math.cos(c), math.sin(c)
-        rx = np.array([[1, 0, 0], [0, ca, -sa], [0, sa, ca]])
-        ry = np.array([[cb, 0, sb], [0, 1, 0], [-sb, 0, cb]])
-        rz = np.array([[cc, -sc, 0], [sc, cc, 0], [0, 0, 1]])
-        drx = np.array([[0, 0, 0], [0, -sa, -ca], [0, ca, -sa]])
-        dry = np.array([[-sb, 0, cb], [0, 0, 0], [-cb, 0, -sb]])
-        drz = np.array([[-sc, -cc, 0], [cc, -sc, 0], [0, 0, 0]])
-        r = rx @ ry @ rz
-        iso = self.isocenter_camera
-        shifted = iso + p[3:]
-        motion = np.eye(4)
-        motion[:3, :3] = r.T
-        motion[:3, 3] = iso - r.T @ shifted
-        d_motion = np.zeros((6, 4, 4))
-        for i, dr in enumerate((drx @ ry @ rz, rx @ dry @ rz, rx @ ry @ drz)):
-            dr_t = dr.T * (math.pi / 180.0)
-            d_motion[i, :3, :3] = dr_t
-            d_motion[i, :3, 3] = -dr_t @ shifted
-        d_motion[3:, :3, 3] = -r  # row j: -R^T e_j = -(row j of R)
-        return self.world_from_camera @ motion, self.world_from_camera @ d_motion
-
     def params(self, world_from_camera: np.ndarray) -> np.ndarray:
         """Pose parameters ``(rx, ry, rz, tx, ty, tz)`` (degrees, mm) of a ``world_from_camera`` matrix."""
         w = check_rigid(world_from_camera, "pose")

@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 from .devices import ValueAndGrad
 from .errors import InputError
 from .filters import detector_blur
-from .geometry import PARAM_NAMES, Camera, ReferenceView, check_rigid, invert_rigid, transform_points
+from .geometry import PARAM_NAMES, Camera, ReferenceView, check_rigid, invert_rigid, motion_inverse, transform_points
 from .names import DEFAULT_METHOD
 from .projector import Projector
 from .similarity import get_similarity
@@ -275,7 +275,7 @@ class _Level:
     scales: torch.Tensor  # [6] or [7] parameter change (deg, mm; log blur variance) per unit step
     max_iterations: int
     sensitivity: torch.Tensor  # [6] mm at the detector per degree / mm of each parameter
-    evaluator: _LevelEvaluator | None = None  # made at the level's first evaluation (:func:`_similarity`)
+    evaluator: ValueAndGrad | None = None  # made at the level's first evaluation (:func:`_similarity`)
 
 
 # -- the optimiser ------------------------------------------------------------------------------------------
@@ -716,10 +716,10 @@ def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
 
     Value, coverage and gradient come to the host in one transfer (one wait for the device per call, whatever the
     number of views); on CUDA the evaluation is one CUDA graph, captured at the level's first call and replayed
-    (:class:`_LevelEvaluator`).
+    (:class:`devices.ValueAndGrad`, :func:`_level_evaluator`).
     """
     if level.evaluator is None:
-        level.evaluator = _LevelEvaluator(level, reference, similarity, params.numel())
+        level.evaluator = _level_evaluator(level, reference, similarity, params.numel())
     sim, cov = _LevelValue.apply(params, level.evaluator, torch.is_grad_enabled() and params.requires_grad)
     return sim, float(cov)
 
@@ -731,51 +731,38 @@ CUDA_GRAPHS = True
 """Whether evaluations on CUDA may be replayed from CUDA graphs (False: every evaluation eager, for comparisons)."""
 
 
-class _LevelEvaluator:
-    """A level's summed similarity, smallest coverage and their gradient at pose parameters, in one device round trip.
+def _level_evaluator(level: _Level, reference: ReferenceView, similarity: Callable, n_params: int) -> ValueAndGrad:
+    """The evaluation of ``level`` at parameters on its device: the summed similarity and the smallest coverage.
 
-    The pose ``W`` (and its derivatives by the parameters, :meth:`ReferenceView.pose_and_derivatives`) is made on the
-    host; the device gets ``W`` and the blur parameter and returns the similarity's gradient with respect to them
-    (:class:`devices.ValueAndGrad`), which the host turns into the parameters' gradient. A CUDA graph is used where
-    everything in it is capturable: the library's projectors, no structure footprint (it changes between calls) and
-    a similarity of :data:`GRAPH_SIMILARITIES`.
+    A CUDA graph is used where everything in it is capturable: the library's projectors, no structure footprint
+    (it changes between calls) and a similarity of :data:`GRAPH_SIMILARITIES`.
     """
+    dev = level.views[0].image.device
+    ref = torch.as_tensor(reference.world_from_camera, dtype=torch.float64).to(dev)  # [4, 4], once per level
+    iso = torch.as_tensor(reference.isocenter_camera, dtype=torch.float64).to(dev)  # [3]
+    relatives = [v.relative.to(dev) for v in level.views]
 
-    def __init__(self, level: _Level, reference: ReferenceView, similarity: Callable, n_params: int) -> None:
-        """Device copies of the views' relative poses; nothing is evaluated yet."""
-        dev = level.views[0].image.device
-        relatives = [v.relative.to(dev) for v in level.views]
+    def terms(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w0 = ref @ motion_inverse(p[:6], iso)  # [4, 4] view 0
+        sims, covs = [], []
+        for view, rel in zip(level.views, relatives, strict=True):
+            drr = view.projector(w0 @ rel)  # [rows, cols]
+            covs.append(_coverage(drr.detach(), view))
+            if p.numel() == 7:
+                drr = detector_blur(drr, p[6].exp().clamp(max=MAX_BLUR_VARIANCE), BLUR_PASSES)
+            sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
+        return torch.stack(sims).sum(), torch.stack(covs).min()
 
-        def terms(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # q: W of view 0 (16), then the blur
-            w0 = q[:16].reshape(4, 4)
-            sims, covs = [], []
-            for view, rel in zip(level.views, relatives, strict=True):
-                drr = view.projector(w0 @ rel)  # [rows, cols]
-                covs.append(_coverage(drr.detach(), view))
-                if q.numel() == 17:
-                    drr = detector_blur(drr, q[16].exp().clamp(max=MAX_BLUR_VARIANCE), BLUR_PASSES)
-                sims.append(similarity(drr[None], view.image, _weight(view))[0].to(torch.float64))
-            return torch.stack(sims).sum(), torch.stack(covs).min()
-
-        graphable = all(type(v.projector) is Projector and v.label_projector is None for v in level.views) and \
-            any(similarity is get_similarity(name) for name in GRAPH_SIMILARITIES)
-        self.reference = reference
-        self.values = ValueAndGrad(terms, 16 + n_params - 6, dev, use_graph=graphable and CUDA_GRAPHS)
-
-    def __call__(self, params: torch.Tensor, grad: bool = True) -> torch.Tensor:
-        """Value, coverage and the gradient by ``params`` ``[n]`` (6 pose parameters, then the blur's): ``[2 + n]``."""
-        p = params.detach().to("cpu", torch.float64).numpy()
-        w, d_w = self.reference.pose_and_derivatives(p[:6])  # [4, 4], [6, 4, 4]
-        out = self.values(torch.from_numpy(np.concatenate([w.reshape(16), p[6:]])), grad)  # [2 + 16 + n - 6]
-        g = out[2:].numpy()
-        return torch.from_numpy(np.concatenate([out[:2].numpy(), d_w.reshape(6, 16) @ g[:16], g[16:]]))
+    graphable = all(type(v.projector) is Projector and v.label_projector is None for v in level.views) and \
+        any(similarity is get_similarity(name) for name in GRAPH_SIMILARITIES)
+    return ValueAndGrad(terms, n_params, dev, use_graph=graphable and CUDA_GRAPHS)
 
 
 class _LevelValue(torch.autograd.Function):
     """A level's summed similarity (differentiable in the parameters) and smallest coverage, from one evaluation."""
 
     @staticmethod
-    def forward(ctx, params: torch.Tensor, evaluator: _LevelEvaluator, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, params: torch.Tensor, evaluator: ValueAndGrad, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Value and coverage (0-d float64, CPU) at ``params`` ``[n]``; the gradient (when ``grad``) is kept."""
         out = evaluator(params, grad=grad)  # [2 + n]: value, coverage, gradient
         ctx.save_for_backward(out[2:].reshape(params.shape))
