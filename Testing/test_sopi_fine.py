@@ -127,6 +127,30 @@ def test_double_backward_trains_both_encoders_and_lowers_the_loss(ct):
     assert after < 0.85 * before, (before, after)
 
 
+def test_shared_encoder_and_the_planar_loss(ct, scene):
+    net = FineNet(CompositeConfig(input_size=32, channels=4, embed_channels=8, shared=True)).eval()
+    assert net.moving is net.fixed
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in net.moving.parameters())
+    # one encoder: L_N is at its floor (sqrt of the distance's epsilon) where the DRR is the X-ray, larger elsewhere
+    with torch.no_grad():
+        net.moving.embed.weight.mul_(1000.0)  # untrained features are tiny: make distances measurable
+    target = torch.tensor([[1.0, -2.0, 0.5, 3.0, -2.0, 4.0]], dtype=torch.float64)
+    with torch.no_grad():
+        e_f = net.encode_fixed(scene.moving(target))
+    at, _ = pose_gradient(net, scene, target, e_f)
+    off, _ = pose_gradient(net, scene, target + torch.tensor([[2.0, 0, 0, 6.0, 0, 0]], dtype=torch.float64), e_f)
+    at, off = float(at.detach()), float(off.detach())
+    assert at == pytest.approx(1e-4, rel=1e-3) and off > 10 * at
+    # the planar loss leaves the depth out: a network gradient wrong only in tz costs nothing
+    tr = tiny_trainer(ct, fine_planar=True)
+    assert tr.fine.planar
+    teacher = torch.tensor([[1.0, 0.5, -0.2, 2.0, -1.0, 5.0]], dtype=torch.float64)
+    wrong_depth = teacher.clone()
+    wrong_depth[0, 5] = -40.0
+    assert float(direction_loss(wrong_depth[:, :5], teacher[:, :5])) == pytest.approx(0.0, abs=1e-9)
+    assert float(direction_loss(wrong_depth, teacher)) > 0.5
+
+
 class ImageEmbedding(torch.nn.Module):
     """A hand-made 'encoder': the normalised image, block-averaged (L_N is then an image distance)."""
 
@@ -157,6 +181,12 @@ def test_iteration_reduces_the_pose_error_and_stops_on_small_updates(scene):
     frozen = iterate(ImageEmbedding(), scene, fixed, start, IterationSettings(max_iterations=5,
                                                                               freeze_rotation_after=0), use_mask=False)
     assert torch.equal(frozen.params[:, :3], start[:, :3]) and not torch.equal(frozen.params[:, 3:], start[:, 3:])
+    # the depth (tz) is held by default and moves towards the target when released
+    assert float(out.params[0, 5]) == float(start[0, 5])
+    free = iterate(ImageEmbedding(), scene, fixed, start, IterationSettings(max_iterations=120, rot_step_deg=1.0,
+                                                                            trans_step_mm=3.0, hold_depth=False),
+                   use_mask=False)
+    assert abs(float(free.params[0, 5] - target[0, 5])) < abs(float(start[0, 5] - target[0, 5]))
 
 
 @pytest.fixture(scope="module")

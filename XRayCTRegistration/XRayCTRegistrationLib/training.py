@@ -98,8 +98,11 @@ class TrainOptions:
         alpha, beta, lam: RTPI loss weights (gradient difference between the X-ray and the DRR at
             the predicted pose, MSE of normalised parameters, L2 of the weights).
         gd_start: fraction of training after which the RTPI's gradient-difference term is on.
-        fine_channels, fine_embed, composite, fine_norm: sopi-fine architecture (see :class:`CompositeConfig`).
+        fine_channels, fine_embed, composite, fine_norm, fine_shared: sopi-fine architecture (see
+            :class:`CompositeConfig`).
         mask_loss: sopi-fine: weight the embedded distance by the projected CT mask.
+        fine_planar: sopi-fine: teach the translation direction in the detector plane only (the
+            depth component of both gradients left out of eq. 7; see :class:`sopi_fine.FineObjective`).
         fine_rot_deg, fine_trans_mm: sopi-fine: standard deviations of the training starts' offsets
             from their targets (see :class:`sopi_fine.FineOffsets`).
         val_iterations: sopi-fine: fine-registration iterations of each validation.
@@ -140,7 +143,9 @@ class TrainOptions:
     fine_embed: int = 16
     composite: bool = True
     fine_norm: str = "none"
+    fine_shared: bool = False
     mask_loss: bool = True
+    fine_planar: bool = False
     fine_rot_deg: float = 5.0
     fine_trans_mm: float = 10.0
     val_iterations: int = 15
@@ -199,7 +204,7 @@ def build_network(options: TrainOptions) -> torch.nn.Module:
     if options.method == FINE_MODEL:
         return FineNet(CompositeConfig(input_size=size, channels=options.fine_channels,
                                        embed_channels=options.fine_embed, composite=options.composite,
-                                       norm=options.fine_norm))
+                                       norm=options.fine_norm, shared=options.fine_shared))
     return RTPI(RTPIConfig(input_size=size))
 
 
@@ -296,7 +301,7 @@ class Trainer:
             self.ct_info["mu_sha256"] = ct_hash(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras))
             scene = FineScene(self.source.volume, self.source.low_camera, self.reference, options.render, self.device)
             self.fine = FineObjective(scene, FineOffsets(options.fine_rot_deg, options.fine_trans_mm),
-                                      options.mask_loss, options.seed)
+                                      options.mask_loss, options.seed, planar=options.fine_planar)
         torch.manual_seed(options.seed)
         self.net = self.make_network().to(self.device)
         if isinstance(self.net, RTPI):

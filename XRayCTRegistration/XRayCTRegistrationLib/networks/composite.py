@@ -71,6 +71,7 @@ class CompositeConfig:
         embed_channels: channels ``C`` of the embedded features.
         composite: with the assistant branch and the composite connections (else the leader alone).
         norm: normalisation layers, ``"none"`` or ``"group"`` (see :class:`ConvNormAct`).
+        shared: one encoder for the DRR and the X-ray (a Siamese pair) instead of SOPI's two.
     """
 
     input_size: int = 48
@@ -78,6 +79,7 @@ class CompositeConfig:
     embed_channels: int = 16
     composite: bool = True
     norm: str = "none"
+    shared: bool = False
 
     def to_dict(self) -> dict:
         """Plain dictionary (saved in model files)."""
@@ -196,19 +198,25 @@ class FineNet(nn.Module):
     """The fine-registration network: two composite encoders of the same structure, weights not shared.
 
     Both start from the same random weights (the fixed encoder is a copy of the moving one).
+    With ``config.shared`` there is one encoder for both images (a Siamese pair): then ``L_N`` is
+    zero where the DRR equals the X-ray, so the distance's minimum lies at the true pose for X-rays
+    rendered as the DRRs are.
 
     ``encode_moving`` embeds the DRR at the current pose, ``encode_fixed`` the X-ray (SOPI Fig. 3).
     """
 
     def __init__(self, config: CompositeConfig | None = None) -> None:
-        """Build both encoders."""
+        """Build both encoders (one with ``config.shared``)."""
         super().__init__()
         self.config = config = config or CompositeConfig()
         self.moving = CompositeEncoder(config)
-        self.fixed = CompositeEncoder(config)
-        # same start, then trained apart: at initialisation L_N is a distance between the same random
-        # features of both images, whose pose gradient already points roughly the right way
-        self.fixed.load_state_dict(self.moving.state_dict())
+        if config.shared:
+            self.fixed = self.moving
+        else:
+            self.fixed = CompositeEncoder(config)
+            # same start, then trained apart: at initialisation L_N is a distance between the same random
+            # features of both images, whose pose gradient already points roughly the right way
+            self.fixed.load_state_dict(self.moving.state_dict())
 
     def encode_moving(self, x: torch.Tensor) -> torch.Tensor:
         """DRR inputs ``[B, 1, S, S]`` -> ``[B, C, S/4, S/4]``."""
