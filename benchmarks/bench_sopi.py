@@ -50,8 +50,7 @@ VARIANTS = {
     # name: (TrainOptions overrides, Table 2 label)
     "no-ce": (dict(composite=False), "without the composite encoder (leader branch alone)"),
     "no-el": (dict(mask_loss=False), "without the embedded-feature loss's projection mask"),
-    "shared": (dict(fine_shared=True), "with one encoder for the DRR and the X-ray (Siamese)"),
-    "planar": (dict(fine_planar=True), "taught the in-plane translation direction only"),
+    "two": (dict(fine_shared=False), "with SOPI's two encoders (weights not shared; depth held)"),
 }
 """SOPI's Table 2 ablation: sopi-fine variants trained with the same budget (``--stages ablation``)."""
 
@@ -197,7 +196,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="training device (cpu, cuda); evaluation runs on the CPU")
     ap.add_argument("--ct-npz", type=Path, default=None, help="the CT as an npz (data, ijk_to_ras) instead of the "
                                                             "sample data file (for a machine without SimpleITK)")
-    ap.add_argument("--variants", default="no-ce,no-el", help="ablation variants to train")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="ablation variants to train")
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--opt-methods", default="opt-ncc,opt-gc,opt-ngi,opt-lncc")

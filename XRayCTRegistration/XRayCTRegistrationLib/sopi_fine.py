@@ -22,11 +22,16 @@ rotation and the translation by their own step lengths along the normalised grad
 a step length halves when its direction reverses and grows by 10 % otherwise, and the iteration
 stops when both step lengths are below their minimum (the stopping rule on update size) or at
 ``max_iterations``. As SOPI does, the rotation can be frozen after some iterations while the
-translation goes on. The translation along the viewing axis (``tz``, the depth) is held by default:
-at this scale (48-pixel inputs, 12-pixel embeddings) the network does not see depth, whose effect is
-a magnification change well under an input pixel (on three CTs the learned depth component was
-5-7 % of the translation gradient against 52-57 % for the teacher, and its sign agreed with the
-teacher's in 40-60 % of the starts); the intensity step of ``sopi-fine-opt`` sets the depth.
+translation goes on.
+
+**Depth.** With SOPI's two encoders the translation along the viewing axis (``tz``, the depth) is
+held: at this scale (48-pixel inputs, 12-pixel embeddings) such a network does not learn the depth,
+whose effect is a magnification change well under an input pixel (on the three sample CTs its depth
+component was 5-7 % of the translation gradient against 52-57 % for the teacher, and its sign agreed
+with the teacher's in 40-60 % of the starts); the intensity step of ``sopi-fine-opt`` sets the depth.
+With one shared encoder (:class:`networks.composite.CompositeConfig` ``shared``) ``L_N`` is zero
+where the DRR is the X-ray, the learned field has its sink at the true pose, and the depth is
+walked as well (:attr:`IterationSettings.hold_depth` chooses; `benchmarks/results/sopi.md`).
 
 **Training** (:class:`FineObjective`, used by :class:`training.Trainer` for ``method='sopi-fine'``):
 ProST's double backward. For a target pose ``theta_t`` (a DRR of the CT, augmented as the
@@ -245,7 +250,8 @@ class IterationSettings:
         max_rot_step_deg, max_trans_step_mm: step lengths never grow past these.
         growth: factor of a step length whose direction did not reverse.
         freeze_rotation_after: keep the rotation fixed after this many iterations (None: never).
-        hold_depth: keep ``tz`` (the translation along the reference view's axis) fixed.
+        hold_depth: keep ``tz`` (the translation along the reference view's axis) fixed; None: for
+            a network of two encoders, not for one shared encoder (see the module docstring).
         time_budget_s: stop after this many seconds (None: no limit).
     """
 
@@ -258,7 +264,7 @@ class IterationSettings:
     max_trans_step_mm: float = 8.0
     growth: float = 1.1
     freeze_rotation_after: int | None = None
-    hold_depth: bool = True
+    hold_depth: bool | None = None
     time_budget_s: float | None = None
 
 
@@ -281,9 +287,10 @@ class IterationResult:
 class _Walk:
     """Per-case state of :func:`iterate`: the current pose, the last directions and the step lengths."""
 
-    def __init__(self, start: torch.Tensor, s: IterationSettings) -> None:
+    def __init__(self, start: torch.Tensor, s: IterationSettings, hold_depth: bool) -> None:
         n = start.shape[0]
         self.s = s
+        self.hold_depth = hold_depth
         self.pose = start.clone()
         self.d_r = torch.zeros(n, 3, dtype=torch.float64, device=start.device)
         self.d_t = torch.zeros_like(self.d_r)
@@ -293,7 +300,7 @@ class _Walk:
     def update(self, grad: torch.Tensor, first: bool) -> None:
         """Take the descent directions of ``grad`` ``[B, 6]``; halve a step whose direction reversed, else grow it."""
         grad = grad.detach().double()
-        if self.s.hold_depth:
+        if self.hold_depth:
             grad = torch.cat([grad[:, :5], torch.zeros_like(grad[:, 5:])], 1)
         d_r, d_t = unit(grad[:, :3]), unit(grad[:, 3:])
         if not first:
@@ -329,7 +336,8 @@ def iterate(net: FineNet, scene: FineScene, fixed: torch.Tensor, start: torch.Te
     t0 = time.perf_counter()
     with torch.no_grad():
         e_f = net.encode_fixed(fixed)
-    walk = _Walk(start.detach().to(scene.device, torch.float64), s)
+    hold = s.hold_depth if s.hold_depth is not None else not getattr(getattr(net, "config", None), "shared", False)
+    walk = _Walk(start.detach().to(scene.device, torch.float64), s, hold)
     initial = loss = None
     message, it = f"stopped after {s.max_iterations} iterations", 0
     for it in range(1, s.max_iterations + 1):
@@ -388,19 +396,14 @@ class FineObjective:
         offsets: how far the training starts are from their targets.
         use_mask: weight ``L_N`` by the projected CT mask (False: the ablation without it).
         seed: random seed of the offsets (the step number is mixed in, so resumed runs continue the sequence).
-        planar: leave the depth (``tz``) out of eq. 7's translation term, in the teacher's gradient
-            and the network's alike, so that training teaches the in-plane direction that
-            :func:`iterate` follows with the depth held (a departure from SOPI's loss).
     """
 
-    def __init__(self, scene: FineScene, offsets: FineOffsets, use_mask: bool = True, seed: int = 0,
-                 planar: bool = False) -> None:
+    def __init__(self, scene: FineScene, offsets: FineOffsets, use_mask: bool = True, seed: int = 0) -> None:
         """Keep the settings; the validation set is made by :meth:`make_validation`."""
         self.scene = scene
         self.offsets = offsets
         self.use_mask = use_mask
         self.seed = seed
-        self.planar = planar
         self.val_fixed: torch.Tensor | None = None
         self.val_start: torch.Tensor | None = None
         self.val_target: torch.Tensor | None = None
@@ -425,8 +428,6 @@ class FineObjective:
         e_f = net.encode_fixed(fixed)
         l_n, grad = pose_gradient(net, self.scene, start, e_f, use_mask=self.use_mask, create_graph=True)
         teacher = geodesic_gradient(start, t)
-        if self.planar:
-            grad, teacher = grad[:, :5], teacher[:, :5]
         loss = direction_loss(grad, teacher).mean()
         cos_r = F.cosine_similarity(grad[:, :3], teacher[:, :3], dim=-1).mean()
         cos_t = F.cosine_similarity(grad[:, 3:], teacher[:, 3:], dim=-1).mean()

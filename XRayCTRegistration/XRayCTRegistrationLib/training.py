@@ -99,10 +99,9 @@ class TrainOptions:
             the predicted pose, MSE of normalised parameters, L2 of the weights).
         gd_start: fraction of training after which the RTPI's gradient-difference term is on.
         fine_channels, fine_embed, composite, fine_norm, fine_shared: sopi-fine architecture (see
-            :class:`CompositeConfig`).
+            :class:`CompositeConfig`); one encoder shared by the DRR and the X-ray by default, SOPI's
+            two encoders with ``fine_shared=False`` (model files from before the option are read as two).
         mask_loss: sopi-fine: weight the embedded distance by the projected CT mask.
-        fine_planar: sopi-fine: teach the translation direction in the detector plane only (the
-            depth component of both gradients left out of eq. 7; see :class:`sopi_fine.FineObjective`).
         fine_rot_deg, fine_trans_mm: sopi-fine: standard deviations of the training starts' offsets
             from their targets (see :class:`sopi_fine.FineOffsets`).
         val_iterations: sopi-fine: fine-registration iterations of each validation.
@@ -143,9 +142,8 @@ class TrainOptions:
     fine_embed: int = 16
     composite: bool = True
     fine_norm: str = "none"
-    fine_shared: bool = False
+    fine_shared: bool = True
     mask_loss: bool = True
-    fine_planar: bool = False
     fine_rot_deg: float = 5.0
     fine_trans_mm: float = 10.0
     val_iterations: int = 15
@@ -184,6 +182,7 @@ class TrainOptions:
         """Inverse of :meth:`to_dict` (unknown keys are ignored)."""
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
+        kw.setdefault("fine_shared", False)  # files from before the option hold two encoders
         kw["pose_range"] = PoseRange.from_dict(d["pose_range"])
         kw["render"] = RenderSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["render"].items()})
         aug = dict(d["augmentation"])
@@ -301,7 +300,7 @@ class Trainer:
             self.ct_info["mu_sha256"] = ct_hash(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras))
             scene = FineScene(self.source.volume, self.source.low_camera, self.reference, options.render, self.device)
             self.fine = FineObjective(scene, FineOffsets(options.fine_rot_deg, options.fine_trans_mm),
-                                      options.mask_loss, options.seed, planar=options.fine_planar)
+                                      options.mask_loss, options.seed)
         torch.manual_seed(options.seed)
         self.net = self.make_network().to(self.device)
         if isinstance(self.net, RTPI):
