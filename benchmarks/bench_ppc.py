@@ -183,7 +183,7 @@ def bins_table(rows_by_method: dict[str, list[dict]]) -> list[str]:
 
 def make_fn(method: str, cases: ev.CaseSet, model: str | None):
     """``register_fn`` of a registered method; the learned ones get the model file."""
-    opts = {"model": model} if method.startswith("ppc") else {}
+    opts = {"model": model} if method.startswith(("ppc", "sopi-fine")) else {}
     return ev.intensity_method(method, **opts)(cases)
 
 
@@ -285,7 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--methods", default="opt-lncc,dppc,dppc-opt")
     ap.add_argument("--cases", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default=None, help="model file of the ppc methods (xrayctreg train --model ppc)")
+    ap.add_argument("--model", default=None, help="model file of the ppc or sopi-fine methods")
     ap.add_argument("--train-log", type=Path, default=None,
                     help="log of the CT's ppc training (stored with the CT's rows; see training_record)")
     ap.add_argument("--every", type=int, default=1,

@@ -26,9 +26,10 @@ translation goes on.
 
 **Depth.** With SOPI's two encoders the translation along the viewing axis (``tz``, the depth) is
 held: at this scale (48-pixel inputs, 12-pixel embeddings) such a network does not learn the depth,
-whose effect is a magnification change well under an input pixel (on the three sample CTs its depth
-component was 5-7 % of the translation gradient against 52-57 % for the teacher, and its sign agreed
-with the teacher's in 40-60 % of the starts); the intensity step of ``sopi-fine-opt`` sets the depth.
+whose effect is a magnification change well under an input pixel (its depth component was 5-7 % of
+the translation gradient against 52-57 % for the teacher on the abdomen and spine CTs, and its sign
+agreed with the teacher's in 40-60 % of the starts on all three sample CTs); the intensity step of
+``sopi-fine-opt`` sets the depth.
 With one shared encoder (:class:`networks.composite.CompositeConfig` ``shared``) ``L_N`` is zero
 where the DRR is the X-ray, the learned field has its sink at the true pose, and the depth is
 walked as well (:attr:`IterationSettings.hold_depth` chooses; `benchmarks/results/sopi.md`).

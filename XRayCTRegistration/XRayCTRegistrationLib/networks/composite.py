@@ -25,7 +25,8 @@ and a 1x1 convolution fuses them; a residual shortcut adds the block's input.
 Scaling (the paper's encoder works on 256x256 images on GPUs): 48x48 inputs, ``channels`` = 8
 (widths 8, 16, 32), 16 embedding channels at 12x12; about 30 000 parameters per encoder.
 ``composite=False`` drops the assistant branch and the CCUs (the leader alone: the ablation
-without the composite encoder).
+without the composite encoder). ``shared=True`` uses one encoder for the DRR and the X-ray instead
+of SOPI's two (what ``xrayctreg train --model sopi-fine`` trains; see :mod:`sopi_fine`).
 """
 
 from __future__ import annotations
