@@ -249,9 +249,11 @@ def test_cli_train_and_register_round_trip(files, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_training_shares_the_encoder_by_default_and_old_files_read_as_two():
+def test_training_defaults_and_old_files_read_as_two_encoders():
     options = TrainOptions(method="sopi-fine")
     assert options.fine_shared
+    # finer training DRRs than the initialisers' (the depth is not seen at 48 pixels)
+    assert options.render.input_size == 96 and TrainOptions(method="rtpi").render.input_size == 48
     d = options.to_dict()
     assert TrainOptions.from_dict(d).fine_shared
     del d["fine_shared"]  # a model file from before the option

@@ -25,14 +25,15 @@ stops when both step lengths are below their minimum (the stopping rule on updat
 translation goes on.
 
 **Depth.** With SOPI's two encoders the translation along the viewing axis (``tz``, the depth) is
-held: at this scale (48-pixel inputs, 12-pixel embeddings) such a network does not learn the depth,
+held: at 48-pixel inputs (12-pixel embeddings) such a network did not learn the depth,
 whose effect is a magnification change well under an input pixel (its depth component was 5-7 % of
 the translation gradient against 52-57 % for the teacher on the abdomen and spine CTs, and its sign
 agreed with the teacher's in 40-60 % of the starts on all three sample CTs); the intensity step of
 ``sopi-fine-opt`` sets the depth.
 With one shared encoder (:class:`networks.composite.CompositeConfig` ``shared``) ``L_N`` is zero
 where the DRR is the X-ray, the learned field has its sink at the true pose, and the depth is
-walked as well (:attr:`IterationSettings.hold_depth` chooses; `benchmarks/results/sopi.md`).
+walked as well (:attr:`IterationSettings.hold_depth` chooses); at 96-pixel inputs
+(:data:`training.FINE_RENDER`) it is found to about 1-2 mm (`benchmarks/results/sopi.md`).
 
 **Training** (:class:`FineObjective`, used by :class:`training.Trainer` for ``method='sopi-fine'``):
 ProST's double backward. For a target pose ``theta_t`` (a DRR of the CT, augmented as the

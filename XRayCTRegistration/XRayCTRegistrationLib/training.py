@@ -31,7 +31,7 @@ import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,11 @@ FILE_FORMAT = "xrayctreg-initialiser"
 FORMAT_VERSION = 1
 """``format_version`` entry of a model file."""
 
+FINE_RENDER = RenderSettings(ct_spacing_mm=3.0, detector_size=96, input_size=96)
+"""Training DRRs of ``sopi-fine``: finer than the initialisers' 48 pixels, at which its learned field does not
+see the depth (a 10 mm depth change is a third of a pixel at the image's edge); measured in
+``benchmarks/results/sopi.md``."""
+
 MAX_COLLAPSES = 3
 """Collapses (:meth:`Trainer.collapsed`) after which a training stops with the last healthy weights."""
 
@@ -87,7 +92,8 @@ class TrainOptions:
         batch_size: DRRs per step.
         lr, weight_decay: AdamW settings (the RTPI uses its explicit L2 term ``lam`` instead).
         pose_range: the full training range.
-        render: resolutions of the training DRRs.
+        render: resolutions of the training DRRs; None: :data:`FINE_RENDER` for ``sopi-fine``,
+            ``RenderSettings()`` for the others.
         augmentation: X-ray-likeness augmentation.
         incremental: grow the pose range over training (else the full range from the start).
         curriculum_start: initial fraction of the range.
@@ -122,7 +128,7 @@ class TrainOptions:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     pose_range: PoseRange = field(default_factory=PoseRange)
-    render: RenderSettings = field(default_factory=RenderSettings)
+    render: RenderSettings | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
     incremental: bool = True
     curriculum_start: float = 0.2
@@ -155,9 +161,11 @@ class TrainOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        """Check the method and the limits."""
+        """Check the method and the limits; choose the render settings when none are given."""
         if self.method not in MODEL_KINDS:
             raise InputError(f"--model: unknown model kind '{self.method}'; use one of {', '.join(MODEL_KINDS)}")
+        if self.render is None:
+            self.render = replace(FINE_RENDER) if self.method == FINE_MODEL else RenderSettings()
         if self.iterations is not None and self.iterations < 1:
             raise InputError(f"--iterations: must be at least 1, got {self.iterations}")
         if self.time_budget_s is not None and not (self.time_budget_s > 0 and math.isfinite(self.time_budget_s)):

@@ -22,8 +22,10 @@ A CF block here is two bottleneck units whose 3x3 convolution is a split-attenti
 (radix 2, as in ResNeSt); the first unit's output is concatenated with the second's (the cascade)
 and a 1x1 convolution fuses them; a residual shortcut adds the block's input.
 
-Scaling (the paper's encoder works on 256x256 images on GPUs): 48x48 inputs, ``channels`` = 8
-(widths 8, 16, 32), 16 embedding channels at 12x12; about 30 000 parameters per encoder.
+Scaling (the paper's encoder works on 256x256 images on GPUs): ``channels`` = 8 (widths 8, 16,
+32), 16 embedding channels at a quarter of the input's side; about 30 000 parameters per encoder.
+The default input here is 48x48; ``xrayctreg train --model sopi-fine`` uses 96x96
+(:data:`training.FINE_RENDER`).
 ``composite=False`` drops the assistant branch and the CCUs (the leader alone: the ablation
 without the composite encoder). ``shared=True`` uses one encoder for the DRR and the X-ray instead
 of SOPI's two (what ``xrayctreg train --model sopi-fine`` trains; see :mod:`sopi_fine`).
