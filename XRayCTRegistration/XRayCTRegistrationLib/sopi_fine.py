@@ -33,7 +33,8 @@ agreed with the teacher's in 40-60 % of the starts on all three sample CTs); the
 With one shared encoder (:class:`networks.composite.CompositeConfig` ``shared``) ``L_N`` is zero
 where the DRR is the X-ray, the learned field has its sink at the true pose, and the depth is
 walked as well (:attr:`IterationSettings.hold_depth` chooses); at 96-pixel inputs
-(:data:`training.FINE_RENDER`) it is found to about 1-2 mm (`benchmarks/results/sopi.md`).
+(:data:`training.FINE_RENDER`) the mean translation error after RTPI + sopi-fine, mostly depth, was
+1.3-2.7 mm on the three sample CTs (`benchmarks/results/sopi.md`).
 
 **Training** (:class:`FineObjective`, used by :class:`training.Trainer` for ``method='sopi-fine'``):
 ProST's double backward. For a target pose ``theta_t`` (a DRR of the CT, augmented as the
