@@ -181,6 +181,8 @@ def test_iteration_reduces_the_pose_error_and_stops_on_small_updates(scene):
     frozen = iterate(ImageEmbedding(), scene, fixed, start, IterationSettings(max_iterations=5,
                                                                               freeze_rotation_after=0), use_mask=False)
     assert torch.equal(frozen.params[:, :3], start[:, :3]) and not torch.equal(frozen.params[:, 3:], start[:, 3:])
+    with pytest.raises(ValueError, match="max_iterations"):
+        iterate(ImageEmbedding(), scene, fixed, start, IterationSettings(max_iterations=0), use_mask=False)
     # the depth (tz) is held by default and moves towards the target when released
     assert float(out.params[0, 5]) == float(start[0, 5])
     free = iterate(ImageEmbedding(), scene, fixed, start, IterationSettings(max_iterations=120, rot_step_deg=1.0,

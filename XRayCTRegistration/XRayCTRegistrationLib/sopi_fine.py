@@ -336,12 +336,14 @@ def iterate(net: FineNet, scene: FineScene, fixed: torch.Tensor, start: torch.Te
     (once both are below their minimum). The network should be in evaluation mode.
     """
     s = settings or IterationSettings()
+    if s.max_iterations < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {s.max_iterations}")
     t0 = time.perf_counter()
     with torch.no_grad():
         e_f = net.encode_fixed(fixed)
     hold = s.hold_depth if s.hold_depth is not None else not getattr(getattr(net, "config", None), "shared", False)
     walk = _Walk(start.detach().to(scene.device, torch.float64), s, hold)
-    initial = loss = None
+    initial = None
     message, it = f"stopped after {s.max_iterations} iterations", 0
     for it in range(1, s.max_iterations + 1):
         params = walk.pose
