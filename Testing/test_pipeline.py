@@ -43,6 +43,42 @@ def test_registry_holds_the_library_methods():
     assert set(METHODS) <= set(method_names("refine", needs_model=False))
 
 
+
+def test_a_learned_initialisers_schedule_reaches_only_the_methods_without_their_own(scene):
+    from XRayCTRegistrationLib.pipeline import Initialisation
+
+    hu, vol, ref, xray, pts = scene
+    seen = {}
+
+    def start(inputs, source):
+        return Initialisation(ref.pose(START), "spy-init", "a learned start",
+                              refine_options={"levels": (4.0, 2.0, 1.0)})
+
+    def refine(name):
+        def fn(volume_mu, image, camera, pose, **options):
+            seen[name] = options.get("levels")
+            return RegistrationResult(world_from_camera=pose, params=ref.params(pose), similarity=0.0,
+                                      initial_similarity=0.0, iterations=1, wall_time_s=0.0, method=name,
+                                      success=False, message="spy", reference=ref)
+        return fn
+
+    register_method("spy-init", start, kind="init")
+    register_method("spy-plain", refine("spy-plain"))
+    register_method("spy-own", refine("spy-own"), own_schedule=True)
+    try:
+        for name in ("spy-plain", "spy-own"):
+            register_xray(hu, xray, CAM, None, init_method="spy-init", method=name)
+        assert seen == {"spy-plain": (4.0, 2.0, 1.0), "spy-own": None}
+        register_xray(hu, xray, CAM, None, init_method="spy-init", method="spy-own", levels=(2.0,))
+        assert seen["spy-own"] == (2.0,)  # a caller's levels still reach it
+    finally:
+        for name, kind in (("spy-init", "init"), ("spy-plain", "refine"), ("spy-own", "refine")):
+            unregister_method(name, kind)
+    # the learned refiners end, if at all, with an intensity step on the registration's own levels (sopi.md,
+    # ppc_schedule.md); the intensity methods and the search take the finer schedule of a learned start
+    own = {m for m in method_names("refine") if get_method(m).own_schedule}
+    assert own == {"dppc", "dppc-opt", "ppc", "ppc-opt", "sopi-fine", "sopi-fine-opt"}
+
 def test_light_modules_load_neither_torch_nor_numpy():
     code = ("import sys; import XRayCTRegistrationLib.errors, XRayCTRegistrationLib.names, "
             "XRayCTRegistrationLib.registry; "

@@ -125,8 +125,9 @@ def register_sopi_fine(volume_mu: Volume, xray: np.ndarray, camera: Camera, init
         time_budget_s: stop the fine iterations after this many seconds.
         fine_iterations: most fine iterations (default :class:`sopi_fine.IterationSettings`).
         freeze_rotation_after: keep the rotation fixed after this many fine iterations.
-        **options: for ``polish``: the options of :data:`INTENSITY_OPTIONS` (others are ignored, e.g. a
-            learned initialiser's refinement schedule when there is no ``polish``).
+        **options: for ``polish``: the options of :data:`INTENSITY_OPTIONS` (others are ignored). Through the
+            pipeline ``polish`` runs on the registration's default levels (``own_schedule`` in :mod:`registry`),
+            not on a learned initialiser's finer refinement schedule.
 
     Returns:
         A ``registration.RegistrationResult``; ``similarity`` is ``-L_N`` (the embedded distance) for
