@@ -9,6 +9,7 @@ from XRayCTRegistrationLib.networks.composite import CompositeConfig, CompositeE
 from XRayCTRegistrationLib.networks.rotations import geodesic_deg
 from XRayCTRegistrationLib.phantoms import chest_phantom
 from XRayCTRegistrationLib.sopi_fine import (
+    FineOffsets,
     FineScene,
     IterationSettings,
     direction_loss,
@@ -78,6 +79,23 @@ def test_geodesic_gradient_points_away_from_the_target():
     assert F.cosine_similarity(g[:, :3], delta[:, :3]).item() > 0.99
     assert float(direction_loss(g, g)) == pytest.approx(0.0, abs=1e-6)
     assert float(direction_loss(-g, g)) == pytest.approx(4.0, abs=1e-6)
+
+
+
+def test_training_starts_near_the_target_in_the_share_asked():
+    rng = np.random.default_rng(0)
+    far = FineOffsets().sample(np.random.default_rng(0), 4000)
+    assert np.array_equal(far, FineOffsets(near_fraction=0.0).sample(rng, 4000))  # the default draws as before
+    mixed = FineOffsets(near_fraction=0.3).sample(np.random.default_rng(1), 4000)
+    sigma = np.array([5.0] * 3 + [10.0] * 3)
+
+    def close(offsets):  # the share of starts whose every offset is under half a standard deviation
+        return float((np.abs(offsets / sigma).max(1) < 0.5).mean())
+
+    # 30 % near pairs (s <= 0.2: nearly all close) on top of the 70 % drawn as before (18 % of them close)
+    assert close(mixed) == pytest.approx(0.3 + 0.7 * close(far), abs=0.04)
+    assert close(far) < 0.25
+    assert np.abs(FineOffsets(near_fraction=1.0).sample(rng, 500) / sigma).max() <= 0.2 * 6
 
 
 def test_jacobian_path_equals_autograd_and_the_torch_double_backward(scene):

@@ -180,8 +180,8 @@ def write_report(args, summaries, rows, train_info, load_start, load_end, wall) 
                              f"{t['wall_s']:.0f} s wall")
         lines += ["", ev.markdown_table(ablation, capture=False), ""]
     tag = "sopi" if args.ct == "chest" else f"sopi_{args.ct}"
-    (args.out / f"{tag}.md").write_text("\n".join(lines) + "\n")
-    (args.out / f"{tag}_rows.json").write_text(json.dumps(rows, indent=1))
+    (args.out / f"{tag}_rows.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    (args.out / f"{tag}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 
@@ -203,6 +203,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # before the hour of work whose report goes there
     torch.set_num_threads(1)
     ct_path = str(sample_ct_path(name=args.ct)) if args.ct_npz is None else str(args.ct_npz)
     ct = load_ct(args, ct_path)
