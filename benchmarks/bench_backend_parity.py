@@ -108,7 +108,7 @@ def main() -> int:
     text += f"Wall time {time.time() - t0:.0f} s.\n"
     print(text)
     if args.out is not None:
-        args.out.write_text(text)
+        args.out.write_text(text, encoding="utf-8")
     return 0
 
 

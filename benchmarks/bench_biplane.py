@@ -112,8 +112,8 @@ def main() -> None:
             "truth by this project's projector with the same noise model. Same starts for one and two views.", "",
             table(rows)]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "biplane.md").write_text("\n".join(text))
-    (args.out / "biplane_rows.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "biplane.md").write_text("\n".join(text), encoding="utf-8")
+    (args.out / "biplane_rows.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     print("\n".join(text))
 
 

@@ -177,7 +177,7 @@ def write(args, rows, air, chest, load0, load1, wall) -> None:
         lines.append(f"| {name} | {r['zero']:.1%} | {r['empty_blocks']:.1%} | {r['rrmse']:.2e} "
                      f"| {r['fwd'] * 1e3:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines + [""]))
+    args.out.write_text("\n".join(lines + [""]), encoding="utf-8")
     print(f"wrote {args.out}")
 
 

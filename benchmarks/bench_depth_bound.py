@@ -183,7 +183,7 @@ def main() -> None:
     load0, t0 = os.getloadavg(), time.time()
     rows = [r for name in cts for r in run_ct(name, args.cases, print)]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "depth_bound_rows.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "depth_bound_rows.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     lines = ["# How well one X-ray determines the pose: Cramér-Rao bounds per CT", "",
              f"Command: `PYTHONPATH=XRayCTRegistration python benchmarks/bench_depth_bound.py --cts {args.cts} "
              f"--cases {args.cases}`", "", f"Machine: {machine_info()}; load average {load0[0]:.2f} at the start, "
@@ -196,7 +196,7 @@ def main() -> None:
              f"The default similarity ({DEFAULT_METHOD}) along the depth through the true pose (one view; steps of "
              f"{PROFILE_MM[1] - PROFILE_MM[0]:g} mm over +-{PROFILE_MM[-1]:g} mm; the DRR blurred by the case's "
              "detector blur, `filters.detector_blur`):", "", *profile_table(rows, cts), ""]
-    (args.out / "depth_bound.md").write_text("\n".join(lines))
+    (args.out / "depth_bound.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
 
 

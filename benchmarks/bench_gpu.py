@@ -525,7 +525,7 @@ def main() -> None:
     out = args.out or (Path(os.environ["OUT"]) / "gpu.md" if os.environ.get("OUT") else None)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        out.write_text(text, encoding="utf-8")
     print(text)
 
 

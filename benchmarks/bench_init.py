@@ -97,7 +97,7 @@ def train_variant(ct: Volume, name: str, overrides: dict, minutes: float, work: 
     summary = train(ct, CAMERA, out, options, ct_source="cxr.nii.gz", progress=progress)
     summary["wall_s"] = time.perf_counter() - t0
     summary["model"] = str(out)
-    (work / f"{out.stem}.json").write_text(json.dumps(summary, indent=2))
+    (work / f"{out.stem}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print(f"{name}: {summary}", flush=True)
     log.append(name)
 
@@ -155,7 +155,7 @@ def evaluate(ct: Volume, work: Path, names: list[str], refine_names: list[str], 
             out.append({**errors(points, gt, r.world_from_camera, ref), "time": time.perf_counter() - t0})
         rows[f"opt-ncc from the AP reference view, refinement alone ({label})"] = {"refined": out}
         print(label, table_row(label, out), flush=True)
-    (work / "eval.json").write_text(json.dumps(rows))
+    (work / "eval.json").write_text(json.dumps(rows), encoding="utf-8")
     return rows
 
 
@@ -203,7 +203,7 @@ def write_report(rows: dict, args: argparse.Namespace, out: Path) -> None:
     notes = Path(__file__).with_name("bench_init_notes.md")
     if notes.exists():
         lines += ["", notes.read_text(encoding="utf-8").rstrip()]
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main() -> None:

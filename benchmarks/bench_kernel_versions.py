@@ -47,7 +47,7 @@ def base_module(commit: str) -> ModuleType:
     folder.mkdir(exist_ok=True)
     path = folder / "raymarch_base.py"
     if not path.exists() or path.read_text(encoding="utf-8") != source:
-        path.write_text(source)
+        path.write_text(source, encoding="utf-8")
     sys.path.insert(0, str(folder))  # importable by name: numba's cache rebuilds environments by module name
     return importlib.import_module("raymarch_base")
 
@@ -119,7 +119,7 @@ def main() -> None:
             f"{args.rounds} rounds x 5 poses per row, the versions alternating call by call.", "",
             "| volume | detector | call | base median (ms) | this median (ms) | base min (ms) | this min (ms) "
             "| median paired ratio this/base | load |", "|---|---|---|---|---|---|---|---|---|"]
-    args.out.write_text("\n".join(head + rows) + "\n")
+    args.out.write_text("\n".join(head + rows) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
 

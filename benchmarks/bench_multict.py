@@ -309,7 +309,7 @@ def main() -> None:
                 f"Command: `.venv-bench/bin/python benchmarks/bench_multict.py {' '.join(sys.argv[1:])}`", "",
                 partial_table(parse_logs(args.from_logs), before, before_label, label)]
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.tag}.md").write_text("\n".join(text))
+        (args.out / f"{args.tag}.md").write_text("\n".join(text), encoding="utf-8")
         return
     if args.from_rows is not None:
         runs = [json.loads(p.read_text(encoding="utf-8")) for p in args.from_rows]
@@ -324,7 +324,7 @@ def main() -> None:
                      max(m["load_end"] for m in metas), max(m["wall_s"] for m in metas), metas[0]["machine"])
         if len(runs) > 1:
             merged = {"meta": {**metas[0], "command": sys.argv, "parts": metas}, "cts": cts}
-            (args.out / f"{args.tag}_rows.json").write_text(json.dumps(merged, indent=1))
+            (args.out / f"{args.tag}_rows.json").write_text(json.dumps(merged, indent=1), encoding="utf-8")
         return
     load_start, t_start = os.getloadavg(), time.time()
     results = {n: run_ct(n, args.cases, args.hard_cases, args.seed, log=lambda s: print(s, flush=True),
@@ -335,7 +335,8 @@ def main() -> None:
             "method": DEFAULT_METHOD, "summaries": {n: {r: ct_summary(res["rows"][r]["sopi"], res["rows"][r]["hard"])
                                                         for r in RENDERERS} for n, res in results.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, "cts": results}, indent=1))
+    (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, "cts": results}, indent=1),
+                                                    encoding="utf-8")
     write_report(args, results, tuning, label, *load_before(args.before), load_start, load_end, wall, machine_info())
 
 
@@ -405,7 +406,7 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "## Files", "", f"- `{args.tag}_rows.json`: every case (errors, times, final pose), per-CT summaries and "
         "the run's command, machine and load.", ""]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.md").write_text("\n".join(lines))
+    (args.out / f"{args.tag}.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out / (args.tag + '.md')}")
 
 

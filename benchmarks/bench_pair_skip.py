@@ -116,7 +116,7 @@ def main() -> None:
                      f"{100 * r['empty_blocks']:.0f} % | {1e3 * f['skip_s']:.1f} / {1e3 * f['all_s']:.1f} | "
                      f"{f['paired_ratio']:.2f} | {1e3 * j['skip_s']:.1f} / {1e3 * j['all_s']:.1f} | "
                      f"{j['paired_ratio']:.2f} | {r['diff']['forward']:.1e}, {r['diff']['jacobian']:.1e} |")
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 

@@ -465,7 +465,7 @@ def write_report(path: Path, args, spd: dict | None, rows: dict | None, meta: di
                   "Success: mTRE < 2 mm.",
                   "", ev.markdown_table([ev.summarize(r, name=n) for n, r in rows.items()],
                                         capture=args.init == "hard"), ""]
-    path.write_text("\n".join(lines) + "\n" + NOTES)
+    path.write_text("\n".join(lines) + "\n" + NOTES, encoding="utf-8")
 
 
 def main() -> None:
@@ -528,7 +528,8 @@ def main() -> None:
     if args.device.startswith("cuda"):
         meta["machine"] += f"; GPU {torch.cuda.get_device_name()}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, "speed": spd, "rows": rows}, indent=1))
+    (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, "speed": spd, "rows": rows}, indent=1),
+                                                    encoding="utf-8")
     write_report(args.out / f"{args.tag}.md", args, spd, rows, meta)
     print((args.out / f"{args.tag}.md").read_text(encoding="utf-8"))
 

@@ -234,7 +234,7 @@ def update_store(path: Path, change) -> dict:
         store = load_store(path)
         change(store)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(store, indent=1))
+        tmp.write_text(json.dumps(store, indent=1), encoding="utf-8")
         os.replace(tmp, path)
     finally:
         os.close(fd)  # releases the lock
@@ -499,7 +499,7 @@ def write_report(out: Path, store: dict) -> None:
         if ct in store["cts"]:
             lines += ct_section(out, ct, store["cts"][ct])
     lines += ["## Notes", "", *GENERAL_NOTES, "", "### Chest CT", "", *CHEST_NOTES, ""]
-    (out / "ppc.md").write_text("\n".join(lines))
+    (out / "ppc.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {out / 'ppc.md'}")
 
 

@@ -49,7 +49,7 @@ def main() -> None:
             row = ev.run_method(cases.subset([k]), fn, name=s)[0]
             out[s].append({**row, "cpu_s": time.process_time() - c0})
             print(s, k, f"mRPD {row['mrpd']:.2f} mTRE {row['mtre']:.2f} cpu {out[s][-1]['cpu_s']:.2f}", flush=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    args.out.write_text(json.dumps(out, indent=1), encoding="utf-8")
     for s, rows in out.items():
         mrpd, mtre = np.array([r["mrpd"] for r in rows]), np.array([r["mtre"] for r in rows])
         cpu = np.array([r["cpu_s"] for r in rows])

@@ -135,8 +135,8 @@ def main() -> None:
         lines.append(f"| {name} | {len(r)} | {np.median([x['px_per_mm_depth'] for x in r]):.3f} | "
                      + " | ".join(cells) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "psf_depth_rows.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "psf_depth.md").write_text("\n".join(lines) + "\n")
+    (args.out / "psf_depth_rows.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    (args.out / "psf_depth.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
 

@@ -222,7 +222,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"command": sys.argv, "machine": machine_info(), "load_start": load_start, "load_end": load_end,
             "wall_s": wall, "camera": cam.to_dict(), "seed": args.seed}
-    (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, **rows}, indent=1))
+    (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, **rows}, indent=1), encoding="utf-8")
     plot_rows = {f"{m} (hard)": r for m, r in rows["hard"].items()}
     plot_rows.update({f"{m} (SOPI-like)": r for m, r in rows["sopi"].items() if m in methods[:1]})
     png = ev.plot_success_vs_initial_mtre(plot_rows, args.out / f"{args.tag}_success_vs_mtre.png",
@@ -331,7 +331,7 @@ def write_report(args, rows, methods, cam, ct: Volume, ct_path, sopi, hard, load
               f"- `{args.tag}_rows.json`: every case of every method (errors, times, final pose) and the run's "
               "command, machine and load averages.",
               f"- `{png.name}`: success rate against the initial mTRE (5 mm bins).", ""]
-    (args.out / f"{args.tag}.md").write_text("\n".join(lines))
+    (args.out / f"{args.tag}.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {args.out / (args.tag + '.md')}")
 
 

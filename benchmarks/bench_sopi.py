@@ -82,7 +82,7 @@ def train_stage(args: argparse.Namespace, ct: Volume, ct_path: str) -> dict:
         info[kind] = {"device": str(args.device), "batch": options.batch_size, "budget_s": budget,
                       "wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg(), **summary}
         print(info[kind], flush=True)
-    (work / "train_info.json").write_text(json.dumps(info, indent=2))
+    (work / "train_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
 
 
@@ -96,7 +96,7 @@ def ablation_stage(args: argparse.Namespace, ct: Volume, ct_path: str) -> None:
         summary = train(ct, ct_camera(args.ct), args.work / f"fine-{name}.pt", options, device=args.device,
                         ct_source=ct_path)
         info = {"wall_s": time.time() - t0, "load_start": load0, "load_end": os.getloadavg(), **summary}
-        (args.work / f"train_info-{name}.json").write_text(json.dumps(info, indent=2))
+        (args.work / f"train_info-{name}.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         print(name, info, flush=True)
 
 

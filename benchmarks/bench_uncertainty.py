@@ -62,7 +62,7 @@ def run(cts: list[str], sizes: list[int], n: int, seed: int, out: Path) -> list[
                              "detector_blur_px": res.detector_blur_px, "time_s": time.perf_counter() - t0})
                 print(f"{name} {size} {c.index}: mTRE {e['mtre']:.2f} depth error {e['param_errors'][5]:.2f} "
                       f"sd {rows[-1]['depth_sd_mm'] or float('nan'):.2f}", flush=True)
-                out.write_text(json.dumps(rows))
+                out.write_text(json.dumps(rows), encoding="utf-8")
     return rows
 
 
@@ -132,7 +132,7 @@ def main() -> None:
     if args.multict is not None:
         rows += multict_rows(args.multict, float(os.environ.get("MULTICT_SCALE", reg.UNCERTAINTY_SCALE)))
     command = "python benchmarks/bench_uncertainty.py " + " ".join(sys.argv[1:])
-    args.report.write_text(report(rows, reg.UNCERTAINTY_SCALE, command))
+    args.report.write_text(report(rows, reg.UNCERTAINTY_SCALE, command), encoding="utf-8")
     print(args.report.read_text(encoding="utf-8"))
 
 
