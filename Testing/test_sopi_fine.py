@@ -82,7 +82,7 @@ def test_geodesic_gradient_points_away_from_the_target():
 
 
 
-def test_training_starts_near_the_target_in_the_share_asked():
+def test_training_starts_near_the_target_or_off_in_depth_in_the_shares_asked():
     rng = np.random.default_rng(0)
     far = FineOffsets().sample(np.random.default_rng(0), 4000)
     assert np.array_equal(far, FineOffsets(near_fraction=0.0).sample(rng, 4000))  # the default draws as before
@@ -96,6 +96,12 @@ def test_training_starts_near_the_target_in_the_share_asked():
     assert close(mixed) == pytest.approx(0.3 + 0.7 * close(far), abs=0.04)
     assert close(far) < 0.25
     assert np.abs(FineOffsets(near_fraction=1.0).sample(rng, 500) / sigma).max() <= 0.2 * 6
+    # depth pairs: off in tz, the other five offsets scaled by 0.05
+    depth = FineOffsets(depth_fraction=1.0).sample(np.random.default_rng(2), 500) / sigma
+    assert np.abs(depth[:, :5]).max() <= 0.05 * 1.5 * 6 and np.abs(depth[:, 5]).mean() > 0.3
+    half = FineOffsets(depth_fraction=0.5).sample(np.random.default_rng(3), 4000) / sigma
+    share = float((np.abs(half[:, :5]).max(1) < 0.05 * 1.5 * 6).mean())
+    assert share == pytest.approx(0.5 + 0.5 * float((np.abs(far[:, :5] / sigma[:5]).max(1) < 0.45).mean()), abs=0.04)
 
 
 def test_jacobian_path_equals_autograd_and_the_torch_double_backward(scene):

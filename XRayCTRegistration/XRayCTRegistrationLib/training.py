@@ -112,6 +112,7 @@ class TrainOptions:
             from their targets (see :class:`sopi_fine.FineOffsets`).
         fine_near: sopi-fine: the share of training starts about a millimetre from their targets
             (``FineOffsets.near_fraction``).
+        fine_depth: sopi-fine: the share of training starts off in depth alone (``FineOffsets.depth_fraction``).
         val_iterations: sopi-fine: fine-registration iterations of each validation.
         pool_size: DRRs kept in the replay pool that batches are drawn from (each is augmented anew
             every time it is drawn).
@@ -155,6 +156,7 @@ class TrainOptions:
     fine_rot_deg: float = 5.0
     fine_trans_mm: float = 10.0
     fine_near: float = 0.0
+    fine_depth: float = 0.0
     val_iterations: int = 15
     pool_size: int = 512
     fresh_per_step: int = 4
@@ -311,7 +313,8 @@ class Trainer:
             self.ct_info["mu_sha256"] = ct_hash(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras))
             scene = FineScene(self.source.volume, self.source.low_camera, self.reference, options.render, self.device)
             self.fine = FineObjective(scene, FineOffsets(options.fine_rot_deg, options.fine_trans_mm,
-                                                               near_fraction=options.fine_near),
+                                                               near_fraction=options.fine_near,
+                                                               depth_fraction=options.fine_depth),
                                       options.mask_loss, options.seed)
         torch.manual_seed(options.seed)
         self.net = self.make_network().to(self.device)
