@@ -156,6 +156,22 @@ def test_augmentations_keep_shape_finite_and_change_image(source):
     assert torch.allclose(inv, 1 - clean, atol=1e-5)
 
 
+
+def test_blur_on_photons_records_an_edge_as_a_detector_does():
+    # a step from air (line integral 0) to 5: blurred as photons, the edge's transmission mixes in the bright air
+    drr = torch.zeros(1, 1, 32)
+    drr[..., 16:] = 5.0
+    drr = drr.expand(1, 8, 32).contiguous()
+    base = dict(p_noise=0, gamma=(1, 1), p_invert=0, p_erase=0, p_collimate=0, blur_px=1.5)
+    log_blur = augment(drr, torch.Generator().manual_seed(3), Augmentation(**base))[0, 4]
+    photons = augment(drr, torch.Generator().manual_seed(3), Augmentation(**base, blur_on_photons=True))[0, 4]
+    assert float((log_blur - photons).abs().max()) > 0.1  # the same sigma drawn, a different edge
+    # on the attenuating side of the edge the transmission is mostly the air's: it reads much lower as photons,
+    # where the log-domain blur is symmetric about the edge
+    assert float(photons[16]) < float(log_blur[16]) - 0.1
+    assert float(log_blur[15] + log_blur[16]) == pytest.approx(1.0, abs=1e-4)
+    assert float(photons[0]) == pytest.approx(0.0, abs=1e-6) and float(photons[-1]) == pytest.approx(1.0, abs=1e-5)
+
 def test_inputs_normalised_per_image_and_xray_preparation(source):
     drr = source.render(np.zeros((3, 6)))
     x = to_input(drr * torch.tensor([1.0, 3.0, 10.0])[:, None, None], 16)

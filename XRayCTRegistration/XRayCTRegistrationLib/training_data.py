@@ -251,6 +251,8 @@ class Augmentation:
         p_erase: probability of one random erased rectangle (2-15 % of the image, random value).
         p_collimate: probability of collimation edges (a random margin on each side set to a constant).
         max_collimation: largest margin, as a fraction of the image side.
+        blur_on_photons: blur the photon counts before the log, as a detector's point spread acts (and as
+            :func:`simulate.xray_from_drr` does); False blurs the attenuation image after the log.
     """
 
     photons: tuple[float, float] = (3e2, 3e4)
@@ -261,6 +263,7 @@ class Augmentation:
     p_erase: float = 0.3
     p_collimate: float = 0.3
     max_collimation: float = 0.15
+    blur_on_photons: bool = False
 
 
 def augment(drr: torch.Tensor, generator: torch.Generator, aug: Augmentation | None = None) -> torch.Tensor:
@@ -280,10 +283,18 @@ def augment(drr: torch.Tensor, generator: torch.Generator, aug: Augmentation | N
     lo, hi = math.log(aug.photons[0]), math.log(aug.photons[1])
     n0 = torch.exp(lo + (hi - lo) * rand(b))[:, None, None, None]
     counts = torch.poisson(n0 * torch.exp(-x), generator=generator)
-    noisy = -torch.log(counts.clamp(min=0.5) / n0)
-    x = torch.where((rand(b) < aug.p_noise)[:, None, None, None], noisy, x)
+    with_noise = (rand(b) < aug.p_noise)[:, None, None, None]
     # the radius from the largest possible sigma, not this batch's (which would wait for the device)
-    x = gaussian_blur(x, aug.blur_px * rand(b), radius=max(1, math.ceil(3 * aug.blur_px)), border="replicate")
+    sigma, radius = aug.blur_px * rand(b), max(1, math.ceil(3 * aug.blur_px))
+    if aug.blur_on_photons:
+        # counts (or the noise-free transmission) blurred, then the log: an edge's profile as a detector records it
+        seen = torch.where(with_noise, counts / n0, torch.exp(-x))
+        seen = gaussian_blur(seen, sigma, radius=radius, border="replicate")
+        floor = torch.where(with_noise, 0.5 / n0, torch.full_like(n0, 1e-30))
+        x = -torch.log(torch.maximum(seen, floor))
+    else:
+        x = torch.where(with_noise, -torch.log(counts.clamp(min=0.5) / n0), x)
+        x = gaussian_blur(x, sigma, radius=radius, border="replicate")
     x_min = x.amin((2, 3), keepdim=True)
     x_max = x.amax((2, 3), keepdim=True)
     x = ((x - x_min) / (x_max - x_min).clamp(min=1e-6)).clamp(0, 1)
