@@ -284,3 +284,8 @@ def test_training_defaults_and_old_files_read_as_two_encoders():
     assert TrainOptions.from_dict(d).fine_shared
     del d["fine_shared"]  # a model file from before the option
     assert not TrainOptions.from_dict(d).fine_shared
+    # the blur's domain is kept in the file; files from before the option blurred after the log
+    d["augmentation"]["blur_on_photons"] = True
+    assert TrainOptions.from_dict(d).augmentation.blur_on_photons
+    del d["augmentation"]["blur_on_photons"]
+    assert not TrainOptions.from_dict(d).augmentation.blur_on_photons

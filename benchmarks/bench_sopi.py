@@ -41,7 +41,7 @@ from XRayCTRegistrationLib.data import sample_ct_path  # noqa: E402
 from XRayCTRegistrationLib.pipeline import register_xray  # noqa: E402
 from XRayCTRegistrationLib.sopi_refine import load_fine_model  # noqa: E402
 from XRayCTRegistrationLib.training import TrainOptions, load_initialiser, read_model_file, train  # noqa: E402
-from XRayCTRegistrationLib.training_data import PoseRange  # noqa: E402
+from XRayCTRegistrationLib.training_data import Augmentation, PoseRange  # noqa: E402
 from XRayCTRegistrationLib.volume import Volume, read_ct  # noqa: E402
 
 OUT = HERE / "results"
@@ -76,7 +76,8 @@ def train_stage(args: argparse.Namespace, ct: Volume, ct_path: str) -> dict:
         if budget <= 0:
             continue
         options = TrainOptions(method=kind, time_budget_s=budget, batch_size=args.fine_batch if kind == "sopi-fine"
-                               else 32, pose_range=PoseRange(10.0, 20.0))
+                               else 32, pose_range=PoseRange(10.0, 20.0),
+                               augmentation=Augmentation(blur_on_photons=args.blur_on_photons))
         load0, t0 = os.getloadavg(), time.time()
         summary = train(ct, ct_camera(args.ct), work / name, options, device=args.device, ct_source=ct_path)
         info[kind] = {"device": str(args.device), "batch": options.batch_size, "budget_s": budget,
@@ -91,7 +92,8 @@ def ablation_stage(args: argparse.Namespace, ct: Volume, ct_path: str) -> None:
     for name in args.variants.split(","):
         overrides, _ = VARIANTS[name]
         options = TrainOptions(method="sopi-fine", time_budget_s=args.fine_budget, batch_size=args.fine_batch,
-                               pose_range=PoseRange(10.0, 20.0), **overrides)
+                               pose_range=PoseRange(10.0, 20.0),
+                               augmentation=Augmentation(blur_on_photons=args.blur_on_photons), **overrides)
         t0, load0 = time.time(), os.getloadavg()
         summary = train(ct, ct_camera(args.ct), args.work / f"fine-{name}.pt", options, device=args.device,
                         ct_source=ct_path)
@@ -200,6 +202,8 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--opt-methods", default="opt-ncc,opt-gc,opt-ngi,opt-lncc")
+    ap.add_argument("--blur-on-photons", action="store_true", help="train with the augmentation's blur on the "
+                                                                      "photons (Augmentation.blur_on_photons)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

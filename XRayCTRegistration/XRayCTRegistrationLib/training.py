@@ -199,6 +199,7 @@ class TrainOptions:
         kw["pose_range"] = PoseRange.from_dict(d["pose_range"])
         kw["render"] = RenderSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["render"].items()})
         aug = dict(d["augmentation"])
+        aug.setdefault("blur_on_photons", False)  # files from before the option blurred after the log
         kw["augmentation"] = Augmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
         return cls(**kw)
 
