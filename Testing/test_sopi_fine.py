@@ -84,8 +84,11 @@ def test_geodesic_gradient_points_away_from_the_target():
 
 def test_training_starts_near_the_target_or_off_in_depth_in_the_shares_asked():
     rng = np.random.default_rng(0)
-    far = FineOffsets().sample(np.random.default_rng(0), 4000)
-    assert np.array_equal(far, FineOffsets(near_fraction=0.0).sample(rng, 4000))  # the default draws as before
+    far = FineOffsets().sample(rng, 4000)
+    # the default draws as before the options: s uniform in 0.1-1.5 times N(0, sigma), one stream of draws
+    ref = np.random.default_rng(0)
+    scale = ref.uniform(0.1, 1.5, size=(4000, 1))
+    assert np.array_equal(far, scale * ref.normal(size=(4000, 6)) * np.array([5.0] * 3 + [10.0] * 3))
     mixed = FineOffsets(near_fraction=0.3).sample(np.random.default_rng(1), 4000)
     sigma = np.array([5.0] * 3 + [10.0] * 3)
 

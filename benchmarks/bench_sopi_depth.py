@@ -39,23 +39,27 @@ from XRayCTRegistrationLib.training_data import prepare_image  # noqa: E402
 from XRayCTRegistrationLib.volume import read_ct  # noqa: E402
 
 
-def depth_profile(model, cases: ev.CaseSet, offsets: np.ndarray, moving_blur: float) -> np.ndarray:
-    """``L_N`` ``[offsets, cases]`` along ``tz`` through each case's true pose."""
+def depth_profiles(model, cases: ev.CaseSet, offsets: np.ndarray, moving_blurs: list[float]) -> np.ndarray:
+    """``L_N`` ``[blurs, offsets, cases]`` along ``tz`` through each case's true pose, per moving-DRR blur.
+
+    Each depth's DRRs and mask are rendered once and blurred for every ``moving_blurs`` value.
+    """
     scene = FineScene.from_mu(cases.volume_mu, cases.camera, model.reference, model.render)
     fixed = torch.cat([prepare_image(c.xray, cases.camera, model.render) for c in cases.cases])
     truth = torch.as_tensor(np.stack([model.reference.params(c.world_from_camera_gt) for c in cases.cases]))
-    out = np.zeros((len(offsets), len(cases.cases)))
+    out = np.zeros((len(moving_blurs), len(offsets), len(cases.cases)))
     with torch.no_grad():
         e_f = model.net.encode_fixed(fixed)
         for i, o in enumerate(offsets):
             p = truth.clone()
             p[:, 5] += float(o)
             img = scene.moving(p)  # [B, 1, S, S]
-            if moving_blur > 0:
-                img = gaussian_blur(img, moving_blur, border="replicate")
-            e_m = model.net.encode_moving(img)
-            mask = scene.mask(p, tuple(e_m.shape[-2:])) if model.use_mask else None
-            out[i] = embedded_distance(e_m, e_f, mask).numpy()
+            mask = None
+            for j, blur in enumerate(moving_blurs):
+                e_m = model.net.encode_moving(gaussian_blur(img, blur, border="replicate") if blur > 0 else img)
+                if model.use_mask and mask is None:
+                    mask = scene.mask(p, tuple(e_m.shape[-2:]))
+                out[j, i] = embedded_distance(e_m, e_f, mask).numpy()
     return out
 
 
@@ -74,14 +78,14 @@ def main() -> None:
     t0, load0 = time.time(), os.getloadavg()[0]
     ct = read_ct(str(sample_ct_path(name=args.ct)))
     offsets = np.arange(-args.offsets, args.offsets + 0.5, 1.0)
-    models = dict(item.split("=", 1) for item in args.model.split(","))
+    models = {label: (path, load_fine_model(path)) for label, path in (m.split("=", 1) for m in args.model.split(","))}
+    blurs = [float(b) for b in args.moving_blurs.split(",")]
     rows, lines = [], []
     for xray_blur in (float(b) for b in args.xray_blurs.split(",")):
         cases = ev.make_cases(ct, ct_camera(args.ct), args.cases, seed=0, init="sopi", blur_px=xray_blur)
-        for label, path in models.items():
-            model = load_fine_model(path)
-            for moving_blur in (float(b) for b in args.moving_blurs.split(",")):
-                argmin = offsets[depth_profile(model, cases, offsets, moving_blur).argmin(0)]
+        for label, (path, model) in models.items():
+            for moving_blur, profile in zip(blurs, depth_profiles(model, cases, offsets, blurs), strict=True):
+                argmin = offsets[profile.argmin(0)]
                 rows.append({"ct": args.ct, "model": label, "file": path, "xray_blur_px": xray_blur,
                              "moving_blur_px": moving_blur, "argmin_mm": argmin.tolist()})
                 lines.append(f"| {args.ct} | {label} | {xray_blur:g} | {moving_blur:g} | {np.median(argmin):+.1f} | "

@@ -208,7 +208,8 @@ register_method("sopi-fine", f"{__package__}.sopi_refine:register_sopi_fine", ki
                 description="SOPI's learned fine registration on embedded features (needs --model from "
                             "'train --model sopi-fine')")
 # its intensity step runs on the registration's own levels: after RTPI + sopi-fine the finer level of a learned
-# initialiser's schedule doubled the time (about 1.9 against 0.9 s) for no fewer failures (sopi.md, "The final step")
+# initialiser's schedule doubled the time (about 2 against 0.9 s) for no fewer failures (sopi.md, "SOPI + opt on
+# the registration's own levels")
 register_method("sopi-fine-opt", f"{__package__}.sopi_refine:register_sopi_fine", kind="refine", needs_model=True,
                 polish=DEFAULT_METHOD, own_schedule=True,
                 description=f"sopi-fine, then {DEFAULT_METHOD} from its result (needs --model)")

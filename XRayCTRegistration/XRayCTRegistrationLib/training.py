@@ -313,10 +313,9 @@ class Trainer:
         if options.method == FINE_MODEL:
             self.ct_info["mu_sha256"] = ct_hash(Volume(hu_to_mu(ct_hu.data), ct_hu.ijk_to_ras))
             scene = FineScene(self.source.volume, self.source.low_camera, self.reference, options.render, self.device)
-            self.fine = FineObjective(scene, FineOffsets(options.fine_rot_deg, options.fine_trans_mm,
-                                                               near_fraction=options.fine_near,
-                                                               depth_fraction=options.fine_depth),
-                                      options.mask_loss, options.seed)
+            offsets = FineOffsets(options.fine_rot_deg, options.fine_trans_mm, near_fraction=options.fine_near,
+                                  depth_fraction=options.fine_depth)
+            self.fine = FineObjective(scene, offsets, options.mask_loss, options.seed)
         torch.manual_seed(options.seed)
         self.net = self.make_network().to(self.device)
         if isinstance(self.net, RTPI):
