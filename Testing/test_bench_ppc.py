@@ -29,7 +29,7 @@ def test_ct_option_and_camera(bench):
     assert bench.parse_args(["--ct", "spine"]).ct == "spine"
     with pytest.raises(SystemExit):
         bench.parse_args(["--ct", "knee"])
-    assert set(bench.CTS) == {"chest", "abdomen", "spine"}
+    assert set(bench.CTS) == {"chest", "abdomen", "spine", "lung"}
     spine, abdomen = bench.ct_camera("spine"), bench.ct_camera("abdomen")
     assert (spine.col_spacing, spine.row_spacing, spine.cols, spine.sdd) == (1.5, 1.5, 128, 1020.0)
     assert (abdomen.col_spacing, abdomen.rows) == (4.0, 128)

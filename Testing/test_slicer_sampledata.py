@@ -32,7 +32,7 @@ def test_registered_at_startup_with_the_library_checksums(ns, module, stand_in):
     assert sampledata.registerSampleData in slots
     slots[-1]()  # Slicer emits startupCompleted()
     sources = stand_in[sampledata.CATEGORY]
-    assert [s.sampleName for s in sources] == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine",
+    assert [s.sampleName for s in sources] == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine", "XRayCTLung",
                                                "XRayCTChestSimulatedXray"]
     # the simulated X-ray: made from the chest CT's source, no checksum of its own (made on this machine)
     simulated = sources.pop()
@@ -46,7 +46,7 @@ def test_registered_at_startup_with_the_library_checksums(ns, module, stand_in):
         assert source.uris == f"https://pypi.org/project/{sample.requirement.replace('==', '/')}/"
         assert source.customDownloader is sampledata.downloadSource and Path(source.thumbnailFileName).is_file()
     sampledata.registerSampleData()  # registering twice adds nothing
-    assert len(stand_in[sampledata.CATEGORY]) == 4
+    assert len(stand_in[sampledata.CATEGORY]) == len(data.SAMPLES) + 1
 
 
 def test_button_loads_the_sha256_checked_sample(ns, module, stand_in, tmp_path, monkeypatch):
@@ -140,4 +140,5 @@ def test_registered_at_startup_before_torch_is_installed():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine", "XRayCTChestSimulatedXray"]
+    assert out.stdout.split() == ["XRayCTChest", "XRayCTAbdomen", "XRayCTSpine", "XRayCTLung",
+                                 "XRayCTChestSimulatedXray"]

@@ -45,7 +45,7 @@ from XRayCTRegistrationLib.volume import Volume, read_ct  # noqa: E402
 
 SDD = 1020.0
 SIZE = 128
-PIXEL_MM = {"chest": 4.0, "abdomen": 4.0, "spine": 1.5}
+PIXEL_MM = {"chest": 4.0, "abdomen": 4.0, "spine": 1.5, "lung": 4.0}
 """Detector pixel (mm) per CT: the CT's width magnified by 1 / 0.7 fits the 128-pixel detector."""
 
 

