@@ -400,8 +400,11 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "bin (e.g. a 2 mm start that ends at 2.1 mm) makes it 0. The \"< 5 mm\" value (the right basin reached, "
         "whatever the final accuracy) and the hard set's success rate show the rest.",
         "- The spine CT is a crop (110 x 110 x 70 mm) around one vertebra: its X-rays show the crop's box; it is "
-        "the hardest of the three. Its photons carry the depth to a few hundredths of a millimetre (Cramér-Rao "
+        "the hardest of the CTs. Its photons carry the depth to a few hundredths of a millimetre (Cramér-Rao "
         "bound, `depth_bound.md`): what limits it is the similarity, not the single view.",
+        "- The lung CT (another patient's chest, 5 mm slices, the body within the field) was added after the method's "
+        "settings were fixed; its first run chose the success bound on the depth (`registration.UNDETERMINED_DEPTH_MM`"
+        "), nothing else.",
         "- Sample data and what else was searched: `benchmarks/multict_data_notes.md`.", *rescore_note(args), "",
         "## Files", "", f"- `{args.tag}_rows.json`: every case (errors, times, final pose), per-CT summaries and "
         "the run's command, machine and load.", ""]
