@@ -126,10 +126,12 @@ def with_siddon_xrays(cases: ev.CaseSet, make_siddon, seed: int, cache: Path | N
 
 
 # -- one CT ---------------------------------------------------------------------------------------------------
-def run_ct(name: str, n_sopi: int, n_hard: int, seed: int, log, cache_dir: Path | None = None) -> dict:
+def run_ct(name: str, n_sopi: int, n_hard: int, seed: int, log, cache_dir: Path | None = None,
+           options: dict | None = None) -> dict:
     """Rows of the default registration on one CT: ``{renderer: {"sopi": rows, "hard": rows}}`` plus facts.
 
-    ``cache_dir``: where Siddon's X-rays are kept between runs (they depend on the cases only).
+    ``cache_dir``: where Siddon's X-rays are kept between runs (they depend on the cases only); ``options``: keyword
+    arguments of ``registration.register`` that replace its defaults.
     """
     ct = read_ct(sample_ct_path(name=name))
     cam = ct_camera(name)
@@ -149,7 +151,7 @@ def run_ct(name: str, n_sopi: int, n_hard: int, seed: int, log, cache_dir: Path 
         sets["siddon"][kind], corr[kind] = with_siddon_xrays(cases, make_siddon, seed, cache)
     log(f"{name}: cases drawn in {time.time() - t0:.1f} s; Siddon vs ours DRR correlation >= "
         f"{min(corr.values()):.5f}")
-    fn = ev.intensity_method()  # registration.register with every default
+    fn = ev.intensity_method(**(options or {}))  # registration.register with its defaults but ``options``
     ev.run_method(sets["ours"]["sopi"].subset([0]), fn(sets["ours"]["sopi"]), name="warm-up")  # compile, pyramid
     rows: dict = {}
     for r in RENDERERS:
@@ -298,6 +300,8 @@ def main() -> None:
                          "library's current scale and depth bound (see rescore)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tag", default="multict", help="stem of the output files")
+    ap.add_argument("--finish-fit", action="store_true", help="register with finish_fit=True (a last level on local "
+                    "NCC + intensity fit)")
     args = ap.parse_args()
     names = [n for n in args.cts.split(",") if n]
     tuning = {n for n in args.tuning.split(",") if n}
@@ -328,11 +332,13 @@ def main() -> None:
         return
     load_start, t_start = os.getloadavg(), time.time()
     results = {n: run_ct(n, args.cases, args.hard_cases, args.seed, log=lambda s: print(s, flush=True),
+                         options={"finish_fit": True} if args.finish_fit else None,
                          cache_dir=args.xray_cache) for n in names}
     load_end, wall = os.getloadavg(), time.time() - t_start
     meta = {"command": sys.argv, "label": label, "machine": machine_info(), "load_start": load_start,
             "load_end": load_end, "wall_s": wall, "seed": args.seed, "tuning": sorted(tuning),
-            "method": DEFAULT_METHOD, "summaries": {n: {r: ct_summary(res["rows"][r]["sopi"], res["rows"][r]["hard"])
+            "method": DEFAULT_METHOD, "finish_fit": bool(args.finish_fit),
+            "summaries": {n: {r: ct_summary(res["rows"][r]["sopi"], res["rows"][r]["hard"])
                                                         for r in RENDERERS} for n, res in results.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tag}_rows.json").write_text(json.dumps({"meta": meta, "cts": results}, indent=1),

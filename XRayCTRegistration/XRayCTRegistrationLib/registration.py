@@ -293,6 +293,7 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
              tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
              backend: str = "auto", fit_blur: bool = True, refine_undetermined: bool = True,
+             finish_fit: bool = False,
              renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
@@ -331,6 +332,10 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
             unmodelled it makes the CT look smaller and biases the depth (``benchmarks/results/multict.md``).
         refine_undetermined: when the last level is downsampled and leaves the depth undetermined, optimise once
             more on a level of twice its resolution (:func:`_refine_finer`).
+        finish_fit: end with one more level on the full detector that maximises
+            :func:`similarity.local_ncc_fit` (local NCC plus the global intensity fit, which sees the depth where
+            local NCC is flat along it) from the pose found; the uncertainty is then that level's. About one more
+            second on this project's 2-core CPU; off by default (``benchmarks/results/multict.md``, "finish").
         renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
             builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
@@ -361,7 +366,7 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     pyramid = build(levels, _iterations(max_iterations, len(levels)))
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
-    return _optimise(run, pyramid, build, p0, method, refine_undetermined)
+    return _optimise(run, pyramid, build, p0, method, refine_undetermined, finish_fit)
 
 
 @dataclass
@@ -424,11 +429,12 @@ class _Run:
 
 
 def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level]], p0: torch.Tensor,
-              method: str, refine_undetermined: bool) -> RegistrationResult:
+              method: str, refine_undetermined: bool, finish_fit: bool = False) -> RegistrationResult:
     """Coarse-to-fine optimisation from ``p0``: Adam on every level, then L-BFGS to convergence on the last.
 
     ``build(factors, iterations)`` makes further levels: the full-resolution one the final similarity is scored
-    on, and the finer one of :func:`_refine_finer` when the last level leaves the depth undetermined.
+    on, the finer one of :func:`_refine_finer` when the last level leaves the depth undetermined, and with
+    ``finish_fit`` the full-resolution level of :func:`_finish_fit`.
     """
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else build([1], [0])[0]
     _update_label_weights(final_level, run.reference, p0)
@@ -464,6 +470,9 @@ def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level
         finer = replace(final_level, max_iterations=last.max_iterations) if factor == final_level.factor \
             else build([factor], [last.max_iterations])[0]  # the full-resolution level exists already: reused
         last, params, unc = _refine_finer(run, len(pyramid), finer, last, params, unc)
+    if finish_fit and unc is not None and not (run.failed or run.stop_msg):
+        last, params, unc = _finish_fit(run, len(pyramid) + 1, build([1], [last.max_iterations])[0], last, params,
+                                        unc)
     params = _rescale_blur(params, last.factor, final_level.factor)
     _update_label_weights(final_level, run.reference, params)
     with torch.no_grad():
@@ -492,9 +501,30 @@ def _refine_finer(run: _Run, li: int, level: _Level, previous: _Level, params: t
     Returns ``(level, params, uncertainty)``: the previous ones when the finer level diverges or is interrupted
     (an interruption is still reported: ``run.stop_msg`` stays).
     """
+    return _extra_level(run, li, level, previous, params, unc,
+                        f"depth undetermined ({unc.summary()}): refining on the detector x1/{level.factor:g}")
+
+
+def _finish_fit(run: _Run, li: int, level: _Level, previous: _Level, params: torch.Tensor,
+                unc: PoseUncertainty) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
+    """One more level on the full detector that maximises :func:`similarity.local_ncc_fit` from ``params``.
+
+    ``level`` must be a level of its own (its evaluator is made for this similarity at its first call). The
+    verdict's similarity stays the registration's (``run.similarity`` is restored); the uncertainty is this level's.
+    """
+    similarity = run.similarity
+    run.similarity = get_similarity("lncc+fit")
+    try:
+        return _extra_level(run, li, level, previous, params, unc, "finishing on local NCC + intensity fit")
+    finally:
+        run.similarity = similarity
+
+
+def _extra_level(run: _Run, li: int, level: _Level, previous: _Level, params: torch.Tensor,
+                 unc: PoseUncertainty, note: str) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
+    """Adam then L-BFGS on one level after the pyramid (see :func:`_refine_finer`); ``note`` goes to the progress."""
     run.total_budget += level.max_iterations
-    run.report(len(run.history) / run.total_budget,
-               f"depth undetermined ({unc.summary()}): refining on the detector x1/{level.factor:g}")
+    run.report(len(run.history) / run.total_budget, note)
     start = _rescale_blur(params, previous.factor, level.factor)
     converged, last_step = run.converged, run.last_step_mm
     run.converged = False

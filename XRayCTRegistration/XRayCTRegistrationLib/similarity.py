@@ -224,6 +224,17 @@ def intensity_fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None 
     return 1.0 - (wf * resid * resid).sum(1) / sst
 
 
+def local_ncc_fit(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of :func:`local_ncc` and :func:`intensity_fit`, in [-1, 1].
+
+    Local patches keep the measure robust to the contrast change; the global fit adds the large-scale
+    intensities that carry the depth (the magnification) where local NCC is flat along it. Scored on the full
+    detector from local NCC's result (``registration.register(..., finish_fit=True)``): with a global term it has
+    local optima far from the truth.
+    """
+    return 0.5 * (local_ncc(x, y, weight) + intensity_fit(x, y, weight))
+
+
 # -- gradient measures ------------------------------------------------------------------------------------
 def gradient_correlation(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Gradient correlation (GC): the mean of the NCCs of the x- and y-Sobel derivatives, in [-1, 1]."""
@@ -300,6 +311,7 @@ SIMILARITIES: dict[str, Similarity] = {
     "ngi": ngi,
     "gd": gradient_difference,
     "fit": intensity_fit,
+    "lncc+fit": local_ncc_fit,
 }
 """Similarity functions by name; each ``f(x, y, weight=None) -> [B]``, higher is better."""
 
