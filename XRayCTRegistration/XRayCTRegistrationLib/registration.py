@@ -292,8 +292,7 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              progress: Callable[[float, str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
              tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
-             backend: str = "auto", fit_blur: bool = True, refine_undetermined: bool = True,
-             finish_fit: bool = False,
+             backend: str = "auto", fit_blur: bool = True, refine_undetermined: bool = True, finish_fit: bool = False,
              renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
@@ -302,22 +301,18 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         xray: X-ray image ``[rows, cols]`` (larger = more attenuating), or one per view.
         camera: intrinsics of the X-ray, or one per view.
         init_world_from_camera: 4x4 initial pose of view 0 (world RAS from camera).
-        reference: view the parameters are relative to; default the AP view of the CT's centre at
-            the camera's ``sdd``.
-        method: one of :data:`METHODS` (``opt-ncc``, ``opt-mncc``, ``opt-lncc``, ``opt-gc``,
-            ``opt-ngi``, ``opt-gd``).
-        levels: detector downsampling factors, coarse to fine (a factor is lowered where the
-            detector would have fewer than :data:`MIN_LEVEL_PIXELS` pixels); default
-            :func:`default_levels` of the first camera.
-        max_iterations: iteration budget per level (one number for all, or one per level);
-            default :data:`DEFAULT_MAX_ITERATIONS`.
+        reference: view the parameters are relative to; default the AP view of the CT's centre at the camera's ``sdd``.
+        method: one of :data:`METHODS` (``opt-ncc``, ``opt-mncc``, ``opt-lncc``, ``opt-gc``, ``opt-ngi``, ``opt-gd``).
+        levels: detector downsampling factors, coarse to fine (a factor is lowered where the detector would have
+            fewer than :data:`MIN_LEVEL_PIXELS` pixels); default :func:`default_levels` of the first camera.
+        max_iterations: iteration budget per level (one number for all, or one per level); default
+            :data:`DEFAULT_MAX_ITERATIONS`.
         time_budget_s: stop optimising after this many seconds (the result says so).
-        step_sizes: Adam step of each parameter at the coarsest level, either ``(deg, mm)`` or
-            six values (deg, deg, deg, mm, mm, mm); finer levels scale them with the detector
-            factor. Default: from the detector pixel size at the isocentre.
+        step_sizes: Adam step of each parameter at the coarsest level, either ``(deg, mm)`` or six values (deg, deg,
+            deg, mm, mm, mm); finer levels scale them with the detector factor. Default: from the detector pixel size.
         mask: similarity weight ``[rows, cols]`` (0 = ignore the pixel) or one per view.
-        relative_views: ``camera0_from_camera_v`` 4x4 for each view (required with several views;
-            the first must be the identity).
+        relative_views: ``camera0_from_camera_v`` 4x4 for each view (required with several views; the first must
+            be the identity).
         labels: label map on the CT's grid; with ``label_ids``, only those structures are rendered
             and the similarity is restricted to the dilated footprint of their projection.
         label_ids: label values of the structures to keep.
@@ -332,10 +327,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
             unmodelled it makes the CT look smaller and biases the depth (``benchmarks/results/multict.md``).
         refine_undetermined: when the last level is downsampled and leaves the depth undetermined, optimise once
             more on a level of twice its resolution (:func:`_refine_finer`).
-        finish_fit: end with one more level on the full detector that maximises
-            :func:`similarity.local_ncc_fit` (local NCC plus the global intensity fit, which sees the depth where
-            local NCC is flat along it) from the pose found; the uncertainty is then that level's. About one more
-            second on this project's 2-core CPU; off by default (``benchmarks/results/multict.md``, "finish").
+        finish_fit: end with a level on the full detector maximising :func:`similarity.local_ncc_fit` (its global
+            term sees the depth where local NCC is flat) from the pose found (:func:`_finish_fit`).
         renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
             builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
 
@@ -511,6 +504,7 @@ def _finish_fit(run: _Run, li: int, level: _Level, previous: _Level, params: tor
 
     ``level`` must be a level of its own (its evaluator is made for this similarity at its first call). The
     verdict's similarity stays the registration's (``run.similarity`` is restored); the uncertainty is this level's.
+    About one second more on this project's 2-core CPU; off by default (``benchmarks/results/multict.md``).
     """
     similarity = run.similarity
     run.similarity = get_similarity("lncc+fit")
