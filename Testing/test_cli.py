@@ -149,6 +149,27 @@ def test_register_and_evaluate_round_trip(case, tmp_path, capsys):
     assert "mtre_mm" in capsys.readouterr().out
 
 
+def test_register_finish_fit_adds_a_level_and_is_refused_where_it_cannot_run(case, tmp_path, capsys):
+    d, ct, cam, ref = case
+    sim = tmp_path / "sim"
+    assert run("simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--pose", d / "pose.json",
+               "--out-dir", sim, "--noise", "0") == 0
+    save_pose(tmp_path / "init.json", ref.pose(ref.params(load_pose(d / "pose.json")) + [3, -2, 2, 4, -3, 5]), ref)
+    common = ("--ct", d / "ct.nrrd", "--xray", sim / "xray.nrrd", "--init", tmp_path / "init.json", "--quiet",
+              "--method", "opt-ncc")
+    results = {}
+    for name, extra in (("plain", ()), ("finish", ("--finish-fit",))):
+        run("register", *common, *extra, "--out", tmp_path / f"{name}.json")
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
+    assert results["finish"]["iterations"] > results["plain"]["iterations"]
+    assert results["finish"]["success"] or "the pose is not determined" in results["finish"]["message"]
+    for bad in (("--method", "dppc"), ("--no-refine", "--init", "dicom")):
+        assert "--finish-fit ends an intensity registration" in _bad(
+            capsys, "register", "--ct", d / "ct.nrrd", "--xray", sim / "xray.nrrd", "--finish-fit",
+            "--out", tmp_path / "bad.json", "--quiet", *bad)
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_register_failure_and_missing_geometry(case, tmp_path, capsys):
     d, ct, cam, ref = case
     sim = tmp_path / "sim"

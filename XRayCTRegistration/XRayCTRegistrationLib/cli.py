@@ -270,6 +270,8 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
     options: dict = {} if args.time_budget is None else {"time_budget_s": args.time_budget}
     if args.model:
         options["model"] = args.model
+    if args.finish_fit:
+        options["finish_fit"] = True
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
     if args.mask or args.mask_range or args.crop:
@@ -380,6 +382,10 @@ def _check_register_args(args: argparse.Namespace) -> None:
     if args.projection and (args.geometry or args.init or args.init_model):
         raise InputError("--projection gives the geometry and the initial pose: give no --geometry, --init or "
                          "--init-model with it")
+    intensity = [m for m in method_names("refine") if m.startswith("opt-")]
+    if args.finish_fit and (args.method not in intensity or args.no_refine or args.fit_scatter):
+        raise InputError(f"--finish-fit ends an intensity registration ({', '.join(intensity)}): not with "
+                         f"--method {args.method}, --no-refine or --fit-scatter")
 
 
 def _projection(args: argparse.Namespace) -> tuple | None:
@@ -649,6 +655,9 @@ def _add_register(sub) -> None:
                         "angles (see docs/CONVENTIONS.md, Several views)")
     p.add_argument("--label-ids", type=int, nargs="+", help="label values to register on")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--finish-fit", action="store_true",
+                   help="end with a level on the full detector on local NCC + intensity fit: a more accurate depth "
+                        "on the benchmark's CTs, about 1 s more (benchmarks/results/multict_finish_fit.md)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
