@@ -45,6 +45,24 @@ def test_register_recovers_pose_and_writes_scene(ns, module, inputs):
     assert np.corrcoef(drr.ravel(), image.ravel())[0, 1] > 0.99
 
 
+def test_finish_fit_option_reaches_the_library_and_is_refused_with_other_methods(ns, module, inputs):
+    ct, xray, volume, camera, image, pose = inputs
+    logic = module.XRayCTRegistrationLogic()
+    before = scene_state(ns.scene)
+    with pytest.raises(InputError, match="only with an intensity method \\(opt-\\*\\), not dppc"):
+        logic.register(ct, xray, START, method="dppc", finish_fit=True)
+    assert scene_state(ns.scene) == before  # refused before any work
+    seen = []
+    try:  # on this small phantom the finishing level may leave the depth too uncertain to call it a success
+        out = logic.register(ct, xray, START, method="opt-ncc", finish_fit=True, progress=lambda f, m: seen.append(m),
+                             **FAST)
+        assert out.result.success and mtre_of(volume, camera, pose, out.params) < 2.0
+    except RuntimeError as e:
+        assert "the pose is not determined" in str(e)
+        assert scene_state(ns.scene) == before
+    assert any("finishing on local NCC + intensity fit" in m for m in seen)  # the finishing level ran
+
+
 def test_register_raw_xray_is_converted(ns, module, inputs):
     ct, xray, volume, camera, image, pose = inputs
     logic = module.XRayCTRegistrationLogic()

@@ -90,8 +90,10 @@ def test_refinement_model_field_is_labelled_for_translation_next_to_the_method()
     assert "<string>Model file (.pt) of a learned refinement method" in field and 'notr="true"' not in field
     rows = re.findall(r'<item row="(\d+)" column="1">\s*<widget class="\w+" name="(\w+)"', text)
     rows = {name: int(row) for row, name in rows}
-    assert rows["refinementModelPathLineEdit"] == rows["methodComboBox"] + 1
-    assert rows["initialiserModelPathLineEdit"] == rows["methodComboBox"] + 2
+    # under the method: its finishing option, then the refinement model, then the initialiser model
+    assert rows["finishFitCheckBox"] == rows["methodComboBox"] + 1
+    assert rows["refinementModelPathLineEdit"] == rows["methodComboBox"] + 2
+    assert rows["initialiserModelPathLineEdit"] == rows["methodComboBox"] + 3
 
 
 def test_choices_match_combo_boxes_and_library(ui_root):

@@ -126,6 +126,8 @@ class XRayCTRegistrationParameterNode:
         the X-ray's geometry attribute's value, if any.
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
     method: registration method (a name of :func:`registrationMethods`, checked by the logic); device: see DEVICES.
+    finishFit: intensity methods only: end with a level on the full detector on local NCC + intensity fit
+        (``register(finish_fit=True)``, ``xrayctreg register --finish-fit``).
     outputTransform: receives world_from_camera (matrix to parent).
     outputDrr: receives the DRR at the current pose, placed on the detector.
     fusionOpacity: opacity of the DRR over the X-ray in the fusion view.
@@ -155,6 +157,7 @@ class XRayCTRegistrationParameterNode:
     ty: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
     tz: Annotated[float, WithinRange(-300.0, 300.0)] = 0.0
     method: Annotated[str, RegisteredMethod()] = DEFAULT_METHOD
+    finishFit: bool = False
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     outputTransform: vtkMRMLLinearTransformNode
     outputDrr: vtkMRMLScalarVolumeNode
@@ -500,7 +503,8 @@ class XRayCTRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                     outputTransform=p.outputTransform, device=resolveDevice(p.device),
                     outputDrr=p.outputDrr, progress=self._progress, shouldStop=lambda: self._cancelRequested,
                     initialiserModel=initialiserModel, refinementModel=modelPath(p, "refinementModel") or None,
-                    registrationOptions=registration_options.optionsFromParameterNode(p))
+                    registrationOptions=registration_options.optionsFromParameterNode(p),
+                    **({"finish_fit": True} if p.finishFit else {}))
             finally:
                 self._busy = False
                 self.ui.progressBar.setVisible(False)
@@ -817,6 +821,9 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         from XRayCTRegistrationLib.geometry import source_inside_volume
 
         check_method_model(method, refinementModel, "refinement model")  # unknown method, missing model: no work
+        if options.get("finish_fit") and not method.startswith("opt-"):
+            raise InputError(_("Finish on local NCC + intensity fit: only with an intensity method (opt-*), not "
+                               "{method}").format(method=method))
         options = {**options, "model": str(refinementModel)} if refinementModel else options
         self.checkOutputNodes(outputTransform, outputDrr)
         volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
