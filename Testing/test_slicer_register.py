@@ -49,7 +49,7 @@ def test_finish_fit_option_reaches_the_library_and_is_refused_with_other_methods
     ct, xray, volume, camera, image, pose = inputs
     logic = module.XRayCTRegistrationLogic()
     before = scene_state(ns.scene)
-    with pytest.raises(InputError, match="only with an intensity method \\(opt-\\*\\), not dppc"):
+    with pytest.raises(InputError, match="finish_fit: only with an intensity method .* that refines, not dppc"):
         logic.register(ct, xray, START, method="dppc", finish_fit=True)
     assert scene_state(ns.scene) == before  # refused before any work
     seen = []

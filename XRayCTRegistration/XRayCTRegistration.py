@@ -126,8 +126,7 @@ class XRayCTRegistrationParameterNode:
         the X-ray's geometry attribute's value, if any.
     rx, ry, rz, tx, ty, tz: pose parameters (degrees, mm) relative to the CT's AP reference view.
     method: registration method (a name of :func:`registrationMethods`, checked by the logic); device: see DEVICES.
-    finishFit: intensity methods only: end with a level on the full detector on local NCC + intensity fit
-        (``register(finish_fit=True)``, ``xrayctreg register --finish-fit``).
+    finishFit: end an intensity method with a level on local NCC + intensity fit (``register(finish_fit=True)``).
     outputTransform: receives world_from_camera (matrix to parent).
     outputDrr: receives the DRR at the current pose, placed on the detector.
     fusionOpacity: opacity of the DRR over the X-ray in the fusion view.
@@ -821,9 +820,6 @@ class XRayCTRegistrationLogic(ScriptedLoadableModuleLogic):
         from XRayCTRegistrationLib.geometry import source_inside_volume
 
         check_method_model(method, refinementModel, "refinement model")  # unknown method, missing model: no work
-        if options.get("finish_fit") and not method.startswith("opt-"):
-            raise InputError(_("Finish on local NCC + intensity fit: only with an intensity method (opt-*), not "
-                               "{method}").format(method=method))
         options = {**options, "model": str(refinementModel)} if refinementModel else options
         self.checkOutputNodes(outputTransform, outputDrr)
         volume, image, camera, conversion = self._registrationInputs(ctNode, xrayNode, xrayKind, sdd, rowSpacing,
