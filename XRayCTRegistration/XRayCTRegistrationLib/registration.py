@@ -504,25 +504,30 @@ def _finish_fit(run: _Run, li: int, level: _Level, previous: _Level, params: tor
 
     ``level`` must be a level of its own (its evaluator is made for this similarity at its first call). The
     verdict's similarity stays the registration's (``run.similarity`` is restored); the uncertainty is this level's.
-    About one second more on this project's 2-core CPU; off by default (``benchmarks/results/multict.md``).
+    L-BFGS alone (the start is near the optimum; Adam first cost 0.5 s more at the same accuracy on 12 chest cases):
+    about 0.5-0.7 s more on this project's 2-core CPU; off by default (``benchmarks/results/multict_finish_fit.md``).
     """
     similarity = run.similarity
     run.similarity = get_similarity("lncc+fit")
     try:
-        return _extra_level(run, li, level, previous, params, unc, "finishing on local NCC + intensity fit")
+        return _extra_level(run, li, level, previous, params, unc, "finishing on local NCC + intensity fit",
+                            adam=False)
     finally:
         run.similarity = similarity
 
 
-def _extra_level(run: _Run, li: int, level: _Level, previous: _Level, params: torch.Tensor,
-                 unc: PoseUncertainty, note: str) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
-    """Adam then L-BFGS on one level after the pyramid (see :func:`_refine_finer`); ``note`` goes to the progress."""
+def _extra_level(run: _Run, li: int, level: _Level, previous: _Level, params: torch.Tensor, unc: PoseUncertainty,
+                 note: str, adam: bool = True) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
+    """Adam (unless ``adam`` is False) then L-BFGS on one level after the pyramid (see :func:`_refine_finer`).
+
+    ``note`` goes to the progress.
+    """
     run.total_budget += level.max_iterations
     run.report(len(run.history) / run.total_budget, note)
     start = _rescale_blur(params, previous.factor, level.factor)
     converged, last_step = run.converged, run.last_step_mm
     run.converged = False
-    p = _adam_level(run, li, level, start, level.max_iterations // 2)
+    p = _adam_level(run, li, level, start, level.max_iterations // 2) if adam else start
     if not (run.failed or run.stop_msg):
         p = _lbfgs_level(run, li, level, p)
     if run.failed or run.stop_msg:
