@@ -657,7 +657,7 @@ def _add_register(sub) -> None:
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--finish-fit", action="store_true",
                    help="end with a level on the full detector on local NCC + intensity fit: a more accurate depth "
-                        "on the benchmark's CTs, about 1 s more (benchmarks/results/multict_finish_fit.md)")
+                        "on the benchmark's CTs, about 0.5 s more (benchmarks/results/multict_finish_fit.md)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")
