@@ -4,7 +4,7 @@ Run in the bench environment (``bash benchmarks/setup_bench_env.sh``):
 
     nohup .venv-bench/bin/python benchmarks/bench_multict.py > /tmp/bench_multict.log 2>&1 &
 
-For each sample CT (``XRayCTRegistrationLib.data.SAMPLES``: chest, abdomen, spine) the cases of
+For each sample CT (``XRayCTRegistrationLib.data.SAMPLES``: chest, abdomen, spine, lung) the cases of
 ``evaluation.make_cases`` are drawn twice over the same ground truths, starts and imaging models: once with
 the X-ray rendered by this project's projector (one sample per voxel), once re-rendered by DiffDRR 0.6.1's
 Siddon renderer (the exact line integral through the voxel grid, an independent code) with the same photon

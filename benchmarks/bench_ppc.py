@@ -7,7 +7,7 @@
 Protocol (``XRayCTRegistrationLib.evaluation``, as ``bench_registration.py``): the hard set, ground truth
 uniform in +-10 deg / +-20 mm around the AP view, initial mTRE uniform in 0-60 mm, X-ray = DRR + Poisson
 noise + blur + random contrast change; the CT's camera of ``bench_multict.py`` (128 x 128 detector, 4 mm
-pixels for chest and abdomen, 1.5 mm for the spine crop). Each finished method's rows go into the CT's
+pixels for chest, abdomen and lung, 1.5 mm for the spine crop). Each finished method's rows go into the CT's
 entry of ``results/ppc_rows.json`` at once (earlier rows of other methods are kept, the same cases: same
 seed and count; the file is locked, so runs on different CTs may go in parallel), then ``results/ppc.md``
 and ``results/ppc_success_vs_mtre_<ct>.png`` are written from every row there. ``--train-log`` stores the

@@ -3,7 +3,7 @@
     PYTHONPATH=XRayCTRegistration NUMBA_NUM_THREADS=1 python benchmarks/bench_sopi.py --stages train,eval \
         --fine-budget 540 --rtpi-budget 180 --cases 20
 
-``--ct`` picks the sample CT (``data.SAMPLES``: chest, the default, abdomen, spine) and its detector
+``--ct`` picks the sample CT (``data.SAMPLES``: chest, the default, abdomen, spine, lung) and its detector
 (``bench_multict.ct_camera``: 128 x 128 pixels of 4 mm, 1.5 mm for the spine crop).
 
 Stages (``--stages``): ``train`` trains the sopi-fine model and an RTPI initialiser on the CT

@@ -24,7 +24,7 @@ from .data import DEFAULT_SAMPLE, SAMPLES
 from .errors import InputError
 from .files import SINGLE_FILE_SUFFIXES, Outputs, json_text
 from .names import DEFAULT_METHOD, FINE_MODEL, MODEL_KINDS
-from .registry import check_method_model, describe, get_method, method_names
+from .registry import INTENSITY_METHODS, check_method_model, describe, get_method, method_names
 
 # -- option checks --------------------------------------------------------------------------------
 OPTION_RULES = (
@@ -382,9 +382,8 @@ def _check_register_args(args: argparse.Namespace) -> None:
     if args.projection and (args.geometry or args.init or args.init_model):
         raise InputError("--projection gives the geometry and the initial pose: give no --geometry, --init or "
                          "--init-model with it")
-    intensity = [m for m in method_names("refine") if m.startswith("opt-")]
-    if args.finish_fit and (args.method not in intensity or args.no_refine or args.fit_scatter):
-        raise InputError(f"--finish-fit ends an intensity registration ({', '.join(intensity)}): not with "
+    if args.finish_fit and (args.method not in INTENSITY_METHODS or args.no_refine or args.fit_scatter):
+        raise InputError(f"--finish-fit ends an intensity registration ({', '.join(INTENSITY_METHODS)}): not with "
                          f"--method {args.method}, --no-refine or --fit-scatter")
 
 

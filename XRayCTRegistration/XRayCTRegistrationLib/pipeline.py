@@ -36,7 +36,7 @@ import numpy as np
 from .errors import InputError
 from .geometry import Camera, ReferenceView, check_rigid, load_pose
 from .names import DEFAULT_METHOD
-from .registry import Method, get_method, method_names, register_method
+from .registry import INTENSITY_METHODS, Method, get_method, method_names, register_method
 from .volume import Volume, hu_to_mu
 
 __all__ = ["DEFAULT_METHOD", "Initialisation", "Inputs", "PipelineResult", "View", "register_method", "method_names",
@@ -306,7 +306,7 @@ def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: obj
     """
     t0 = time.perf_counter()
     refiner = get_method(method, "refine") if refine else None
-    if options.get("finish_fit") and (refiner is None or not refiner.name.startswith("opt-")):
+    if options.get("finish_fit") and (refiner is None or refiner.name not in INTENSITY_METHODS):
         raise InputError(f"finish_fit: only with an intensity method (opt-*) that refines, not {method}"
                          + ("" if refine else " without refinement"))
     initialiser = get_method(init_method or init_kind(init), "init")

@@ -178,6 +178,8 @@ _INTENSITY = {
     "opt-gd": "gradient difference",
 }
 """The intensity-based methods of :func:`registration.register` (its ``METHODS``), in the order offered."""
+INTENSITY_METHODS = tuple(_INTENSITY)
+"""Names of the intensity-based refine methods (the ones ``finish_fit`` can end)."""
 for _name, _text in _INTENSITY.items():
     register_method(_name, f"{__package__}.registration:register", kind="refine", method=_name, multi_view=True,
                     description=f"intensity-based, maximises {_text}")
