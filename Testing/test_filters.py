@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from XRayCTRegistrationLib.filters import blur_image, border_index, detector_blur, gaussian_blur
+from XRayCTRegistrationLib.filters import (
+    MIN_FOREGROUND,
+    background_weight,
+    blur_image,
+    border_index,
+    detector_blur,
+    gaussian_blur,
+)
 
 
 def kernel(sigma, radius):
@@ -97,3 +104,27 @@ def test_detector_blur_gradient_is_linear_in_the_variance_near_zero():
         detector_blur(line, v).sum().backward()
         grads.append(float(v.grad))
     assert abs(grads[0]) > 0 and grads[0] == pytest.approx(grads[1], rel=1e-2)
+
+
+def test_background_weight_leaves_out_the_empty_detector_and_keeps_the_edges():
+    """A blurred, noise-free box on an empty detector: the far tails are background, the edge and box are kept."""
+    line = np.zeros((64, 64))
+    line[20:44, 16:48] = 2.0
+    xray = -np.log(blur_image(np.exp(-line), 1.5, dtype=np.float64))  # blurred on the photons, as a detector does
+    xray = 0.8 * xray + 0.3  # any gain and offset
+    w = background_weight(xray)
+    assert w.dtype == np.float32 and set(np.unique(w)) == {0.0, 1.0}
+    assert w[20:44, 16:48].min() == 1.0  # the box
+    assert w[19, 30] == 1.0 and w[44, 30] == 1.0 and w[30, 15] == 1.0  # the first pixel of each blurred edge
+    assert w[:16].max() == 0.0 and w[:, :12].max() == 0.0  # the empty detector, far tails included
+    assert xray[15:17, 30].min() > xray.min()  # ... which are not exactly empty
+
+
+def test_background_weight_without_background_keeps_nearly_everything():
+    ramp = np.tile(np.linspace(1.0, 3.0, 50), (40, 1))  # tissue everywhere: no air
+    assert background_weight(ramp).mean() > 0.97
+    speck = np.zeros((40, 40))
+    speck[0, :20] = 1.0  # 20 of 1600 pixels: below MIN_FOREGROUND, the image is taken whole
+    assert 20 / speck.size < MIN_FOREGROUND
+    assert background_weight(speck).min() == 1.0
+    assert background_weight(np.full((8, 8), 2.0)).min() == 1.0  # constant: nothing to tell apart

@@ -73,7 +73,8 @@ def test_search_opt_registers_from_a_start_the_plain_registration_does_not_reach
     searched = register_xray(hu, xray, CAM, init=start, method="search-opt", reference=ref)
     assert mtre(pts, truth, plain.world_from_camera) > 5.0  # the local optimiser alone stays in the wrong basin
     # (the verdict is the registration's: on this small noise-free phantom local NCC leaves the depth undetermined)
-    assert mtre(pts, truth, searched.world_from_camera) < 1.0
+    # 1.5 mm: leaving the empty detector out of local NCC (the default) moved this phantom's result from 0.9 to 1.2 mm
+    assert mtre(pts, truth, searched.world_from_camera) < 1.5
     assert searched.result.message.startswith("in-plane search: turned -20 deg")
 
 

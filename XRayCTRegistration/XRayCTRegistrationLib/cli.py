@@ -272,6 +272,8 @@ def _register(args: argparse.Namespace, init: object, init_method: str | None) -
         options["model"] = args.model
     if args.finish_fit:
         options["finish_fit"] = True
+    if args.keep_background:
+        options["ignore_background"] = False
     if args.labels:
         options.update(labels=read_ct(args.labels), label_ids=args.label_ids)
     if args.mask or args.mask_range or args.crop:
@@ -382,9 +384,10 @@ def _check_register_args(args: argparse.Namespace) -> None:
     if args.projection and (args.geometry or args.init or args.init_model):
         raise InputError("--projection gives the geometry and the initial pose: give no --geometry, --init or "
                          "--init-model with it")
-    if args.finish_fit and (args.method not in INTENSITY_METHODS or args.no_refine or args.fit_scatter):
-        raise InputError(f"--finish-fit ends an intensity registration ({', '.join(INTENSITY_METHODS)}): not with "
-                         f"--method {args.method}, --no-refine or --fit-scatter")
+    for flag, given in (("--finish-fit", args.finish_fit), ("--keep-background", args.keep_background)):
+        if given and (args.method not in INTENSITY_METHODS or args.no_refine or args.fit_scatter):
+            raise InputError(f"{flag} changes an intensity registration ({', '.join(INTENSITY_METHODS)}): not with "
+                             f"--method {args.method}, --no-refine or --fit-scatter")
 
 
 def _projection(args: argparse.Namespace) -> tuple | None:
@@ -657,6 +660,10 @@ def _add_register(sub) -> None:
     p.add_argument("--finish-fit", action="store_true",
                    help="end with a level on the full detector on local NCC + intensity fit: a more accurate depth "
                         "on the benchmark's CTs, about 0.5 s more (benchmarks/results/multict_finish_fit.md)")
+    p.add_argument("--keep-background", action="store_true",
+                   help="opt-lncc: keep the pixels that are air in both the X-ray and the DRR in the similarity; by "
+                        "default they are left out, which removes a depth bias where the CT does not fill the field "
+                        "(benchmarks/results/multict.md)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sid", type=float, default=None, help="source-to-isocentre distance of the reference view, mm")

@@ -1,4 +1,4 @@
-"""Image filters shared by the library: the one separable Gaussian blur.
+"""Image filters shared by the library: the one separable Gaussian blur, the detector's blur, the background weight.
 
 Images are ``[B, 1, H, W]`` tensors (any float dtype, any device) or, through :func:`blur_image`, 2D
 numpy arrays ``[rows, cols]``. Sigmas and radii are in pixels.
@@ -80,3 +80,27 @@ def detector_blur(line: torch.Tensor, variance: torch.Tensor, passes: int = 4) -
         p = F.pad(img, (1, 1, 0, 0), mode="replicate")
         img = a * (p[..., :-2] + p[..., 2:]) + (1 - 2 * a) * p[..., 1:-1]
     return -torch.log(img.clamp(min=1e-35)).reshape(shape)
+
+
+BACKGROUND_FRACTION = 0.01
+""":func:`background_weight` drops the pixels within this fraction of the X-ray's range of its background level."""
+
+MIN_FOREGROUND = 0.05
+"""Fewest fraction of pixels :func:`background_weight` keeps; below it the image is taken to have no background."""
+
+
+def background_weight(image: np.ndarray, fraction: float = BACKGROUND_FRACTION) -> np.ndarray:
+    """Similarity weight ``[rows, cols]`` (0 or 1) that leaves out an X-ray's empty detector.
+
+    The background level is the image's 1st percentile and its range runs from there to the 99.5th
+    percentile (an attenuation-bright X-ray: air is darkest). A pixel is background, weight 0, when its
+    attenuation is within ``fraction`` of that range of the background level. When fewer than
+    :data:`MIN_FOREGROUND` of the pixels would be kept, every weight is 1. The registration counts a
+    background pixel again where the DRR is not background (``registration._weight``).
+    """
+    a = np.asarray(image, dtype=np.float64)
+    lo, hi = np.percentile(a, [1.0, 99.5])
+    keep = a > lo + float(fraction) * (hi - lo)
+    if hi <= lo or keep.mean() < MIN_FOREGROUND:
+        return np.ones(a.shape, dtype=np.float32)
+    return keep.astype(np.float32)

