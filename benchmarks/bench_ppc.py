@@ -85,12 +85,14 @@ GENERAL_NOTES = [
     "the abdomen and up to 13.7 mm for one spine case). The cause was the numba kernels, whose last bits differed "
     "between a process that compiled them and one that loaded them from numba's cache (`multict.md`); they are "
     "bit-identical since commit bfce861, before the ppc and ppc-opt rows above.",
-    "- On the spine crop (110 mm around one vertebra, 1.5 mm pixels) no method reaches 95 % beyond 20-30 mm; "
-    "ppc-opt has the highest success, 83 % at mRPD < 2 mm but 50 % at mTRE < 2 mm: mRPD does not see the depth, "
-    "and the crop's depth from one view is off by 1-3 mm for every method (`psf_depth.md`, `multict.md`).",
-    "- Each run above names the commit of its code. The opt-lncc, dppc and dppc-opt rows are older than the ppc "
-    "and ppc-opt rows: they predate the registration's finer level when the depth is undetermined (f4e4228) and "
-    "the deterministic kernels (bfce861), so their final steps can differ case by case from today's code.",
+    "- On the spine crop (110 mm around one vertebra, 1.5 mm pixels) no method reaches 95 % beyond 20-25 mm. Its "
+    "ppc model was trained again (the earlier one, 3935 steps, was not kept; this one 4272 steps, validation 6.95 "
+    "deg / 18.2 mm against 5.86 deg / 13.8 mm) and its rows re-run with local NCC leaving the empty detector out "
+    "(commit 174db5d, same cases): ppc alone reaches mRPD < 2 mm in none of the 30 cases (17 % with the earlier "
+    "model); ppc-opt 50 % at mTRE < 2 mm (47 %), capture range 25 mm (0); opt-lncc 40 % (10 %); dppc-opt 53 % (33 %). "
+    "mRPD does not see the depth, and the crop's depth from one view stays off by 1-3 mm (`psf_depth.md`).",
+    "- Each run above names the commit of its code. The dppc rows are older than the others: they predate the "
+    "registration's finer level when the depth is undetermined (f4e4228) and the deterministic kernels (bfce861).",
     "- ppc-opt's final opt-lncc step runs on the registration's own levels (since commit 6ddabcb; before, on the "
     "finer refine schedule of a learned initialiser): on the chest its CPU time fell from 3.24 to 1.66 s and its "
     "median mRPD rose from 0.15 to 0.39 mm, both within issue 12's targets; on the abdomen and spine the two "
