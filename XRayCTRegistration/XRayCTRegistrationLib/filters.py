@@ -96,7 +96,7 @@ def background_weight(image: np.ndarray, fraction: float = BACKGROUND_FRACTION) 
     percentile (an attenuation-bright X-ray: air is darkest). A pixel is background, weight 0, when its
     attenuation is within ``fraction`` of that range of the background level. When fewer than
     :data:`MIN_FOREGROUND` of the pixels would be kept, every weight is 1. The registration counts a
-    background pixel again where the DRR is not background (``registration._weight``).
+    background pixel again where the DRR is not background (``registration._update_weights``).
     """
     a = np.asarray(image, dtype=np.float64)
     lo, hi = np.percentile(a, [1.0, 99.5])

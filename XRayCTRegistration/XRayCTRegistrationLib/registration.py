@@ -365,9 +365,9 @@ def register(volume_mu: Volume, xray: np.ndarray | Sequence[np.ndarray], camera:
     levels = default_levels(cameras[0]) if levels is None else levels
     sid = float(np.linalg.norm(transform_points(invert_rigid(init), volume.center)))
     sens = torch.as_tensor(detector_sensitivity(reference, cameras[0], volume, p0[:6].numpy()))
-    render = renderer or functools.partial(Projector, backend=backend)
+    renderer = renderer or functools.partial(Projector, backend=backend)
     build = functools.partial(_build_levels, volume, label_volume, images, cameras, masks, backgrounds, relatives,
-                              step_sizes, sid, sens, fit_blur, render, torch.device(device))
+                              step_sizes, sid, sens, fit_blur, renderer, torch.device(device))
     pyramid = build(levels, _iterations(max_iterations, len(levels)))
     run = _Run(reference, similarity, t_start, time_budget_s, should_stop, progress,
                sum(lv.max_iterations for lv in pyramid) or 1, tolerance, patience, max_shrinks, volume_mu, relatives)
@@ -1019,9 +1019,8 @@ def level_volume(volume: Volume, factors_ijk: Sequence[int]) -> Volume:
 
 def _build_levels(volume: Volume, label_volume: Volume | None, images: list, cameras: list[Camera],
                   masks: list, backgrounds: list, relatives: list[np.ndarray], step_sizes, sid: float,
-                  sensitivity: torch.Tensor,
-                  fit_blur: bool, renderer: Callable[..., torch.nn.Module], dev: torch.device,
-                  levels: Sequence[float], iterations: list[int]) -> list[_Level]:
+                  sensitivity: torch.Tensor, fit_blur: bool, renderer: Callable[..., torch.nn.Module],
+                  dev: torch.device, levels: Sequence[float], iterations: list[int]) -> list[_Level]:
     """The pyramid: per level, each view's downsampled X-ray, renderer of the block-averaged CT, and the scales."""
     out = []
     coarse = None
