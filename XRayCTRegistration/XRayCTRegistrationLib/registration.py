@@ -289,6 +289,7 @@ class _Level:
     max_iterations: int
     sensitivity: torch.Tensor  # [6] mm at the detector per degree / mm of each parameter
     evaluator: ValueAndGrad | None = None  # made at the level's first evaluation (:func:`_similarity`)
+    similarity: Callable | None = None  # what this level maximises when not the registration's (``finish_fit``)
 
 
 # -- the optimiser ------------------------------------------------------------------------------------------
@@ -438,8 +439,8 @@ def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level
     """Coarse-to-fine optimisation from ``p0``: Adam on every level, then L-BFGS to convergence on the last.
 
     ``build(factors, iterations)`` makes further levels: the full-resolution one the final similarity is scored
-    on, the finer one of :func:`_refine_finer` when the last level leaves the depth undetermined, and with
-    ``finish_fit`` the full-resolution level of :func:`_finish_fit`.
+    on (:func:`_finish_fit`'s, with ``finish_fit``, shares its views) and the finer one of :func:`_refine_finer`
+    when the last level leaves the depth undetermined.
     """
     final_level = pyramid[-1] if pyramid[-1].factor == 1 else build([1], [0])[0]
     _update_weights(final_level, run.reference, p0)
@@ -476,8 +477,8 @@ def _optimise(run: _Run, pyramid: list[_Level], build: Callable[..., list[_Level
             else build([factor], [last.max_iterations])[0]  # the full-resolution level exists already: reused
         last, params, unc = _refine_finer(run, len(pyramid), finer, last, params, unc)
     if finish_fit and unc is not None and not (run.failed or run.stop_msg):
-        last, params, unc = _finish_fit(run, len(pyramid) + 1, build([1], [last.max_iterations])[0], last, params,
-                                        unc)
+        finish = replace(final_level, max_iterations=last.max_iterations, evaluator=None)  # its views are shared
+        last, params, unc = _finish_fit(run, len(pyramid) + 1, finish, last, params, unc)
     params = _rescale_blur(params, last.factor, final_level.factor)
     _update_weights(final_level, run.reference, params)
     with torch.no_grad():
@@ -499,10 +500,12 @@ def _refine_finer(run: _Run, li: int, level: _Level, previous: _Level, params: t
                   unc: PoseUncertainty) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
     """One more level, finer than the last, after the last left the depth undetermined.
 
-    Adam then L-BFGS as on the last level; the convergence test and the uncertainty are then this level's. A
-    downsampled level averages away the fine edges whose magnification gives the depth: on the held-out spine crop
-    (1.5 mm pixels) the X-ray's photons carry its depth to a few hundredths of a millimetre
-    (``benchmarks/results/depth_bound.md``) where the 2x-downsampled level left it undetermined.
+    L-BFGS alone from the pose found (it is near the optimum in every parameter but the depth); the convergence
+    test and the uncertainty are then this level's. A downsampled level averages away the fine edges whose
+    magnification gives the depth: on the held-out spine crop (1.5 mm pixels) the X-ray's photons carry its depth to
+    a few hundredths of a millimetre (``benchmarks/results/depth_bound.md``) where the 2x-downsampled level left it
+    undetermined. An Adam phase first (as on the pyramid's last level) cost the lung CT 0.2 s more per registration
+    for no gain (``benchmarks/results/multict.md``).
     Returns ``(level, params, uncertainty)``: the previous ones when the finer level diverges or is interrupted
     (an interruption is still reported: ``run.stop_msg`` stays).
     """
@@ -514,23 +517,18 @@ def _finish_fit(run: _Run, li: int, level: _Level, previous: _Level, params: tor
                 unc: PoseUncertainty) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
     """One more level on the full detector that maximises :func:`similarity.local_ncc_fit` from ``params``.
 
-    ``level`` must be a level of its own (its evaluator is made for this similarity at its first call). The
-    verdict's similarity stays the registration's (``run.similarity`` is restored); the uncertainty is this level's.
+    ``level`` must have no evaluator yet (it is made for this similarity at its first call). The
+    verdict's similarity stays the registration's (the final level's); the uncertainty is this level's.
     L-BFGS alone (the start is near the optimum; Adam first cost 0.5 s more at the same accuracy on 12 chest cases):
     about 0.5-0.7 s more on this project's 2-core CPU; off by default (``benchmarks/results/multict_finish_fit.md``).
     """
-    similarity = run.similarity
-    run.similarity = get_similarity("lncc+fit")
-    try:
-        return _extra_level(run, li, level, previous, params, unc, "finishing on local NCC + intensity fit",
-                            adam=False)
-    finally:
-        run.similarity = similarity
+    level.similarity = get_similarity("lncc+fit")
+    return _extra_level(run, li, level, previous, params, unc, "finishing on local NCC + intensity fit")
 
 
 def _extra_level(run: _Run, li: int, level: _Level, previous: _Level, params: torch.Tensor, unc: PoseUncertainty,
-                 note: str, adam: bool = True) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
-    """Adam (unless ``adam`` is False) then L-BFGS on one level after the pyramid (see :func:`_refine_finer`).
+                 note: str) -> tuple[_Level, torch.Tensor, PoseUncertainty | None]:
+    """L-BFGS on one level after the pyramid, from the pose found (see :func:`_refine_finer`, :func:`_finish_fit`).
 
     ``note`` goes to the progress.
     """
@@ -540,9 +538,7 @@ def _extra_level(run: _Run, li: int, level: _Level, previous: _Level, params: to
     _update_weights(level, run.reference, start)
     converged, last_step = run.converged, run.last_step_mm
     run.converged = False
-    p = _adam_level(run, li, level, start, level.max_iterations // 2) if adam else start
-    if not (run.failed or run.stop_msg):
-        p = _lbfgs_level(run, li, level, p)
+    p = _lbfgs_level(run, li, level, start)
     if run.failed or run.stop_msg:
         run.failed, run.converged, run.last_step_mm = "", converged, last_step
         return previous, params, unc
@@ -769,12 +765,14 @@ def _similarity(level: _Level, reference: ReferenceView, params: torch.Tensor,
                 similarity: Callable) -> tuple[torch.Tensor, float]:
     """Summed similarity over the views (differentiable, float64 on the CPU) and the smallest coverage of any view.
 
+    The similarity is ``level.similarity`` where the level has its own, else ``similarity``.
+
     Value, coverage and gradient come to the host in one transfer (one wait for the device per call, whatever the
     number of views); on CUDA the evaluation is one CUDA graph, captured at the level's first call and replayed
     (:class:`devices.ValueAndGrad`, :func:`_level_evaluator`).
     """
     if level.evaluator is None:
-        level.evaluator = _level_evaluator(level, reference, similarity, params.numel())
+        level.evaluator = _level_evaluator(level, reference, level.similarity or similarity, params.numel())
     sim, cov = _LevelValue.apply(params, level.evaluator, torch.is_grad_enabled() and params.requires_grad)
     return sim, float(cov)
 
