@@ -96,6 +96,19 @@ def test_detector_blur_is_not_a_blur_of_the_line_integrals():
     assert torch.equal(detector_blur(line, torch.tensor(0.0, dtype=torch.float64)), line)
 
 
+def test_detector_blur_takes_one_variance_per_image_of_a_batch():
+    line = 3.0 * torch.rand(3, 12, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    v = torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    out = detector_blur(line, v)  # [3, 12, 10]
+    assert out.shape == line.shape
+    for i in range(3):
+        torch.testing.assert_close(out[i], detector_blur(line[i], v[i].detach()), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out[0], line[0], rtol=0, atol=1e-12)  # no blur
+    assert not torch.allclose(out[1], out[2])
+    (g,) = torch.autograd.grad(out[2].sum(), v)
+    assert g[0] == 0 and g[1] == 0 and g[2] != 0  # each image depends on its own variance only
+
+
 def test_detector_blur_gradient_is_linear_in_the_variance_near_zero():
     line = 3.0 * torch.rand(1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     grads = []

@@ -59,12 +59,33 @@ def test_other_methods_improve(scene, method):
     assert mtre(pts, w_gt, res.world_from_camera) < 0.5 * mtre(pts, w_gt, w0)
 
 
+def test_the_coarsest_level_goes_on_from_the_best_of_its_starts(scene, monkeypatch):
+    from XRayCTRegistrationLib import registration
+
+    hu, vol, ref, xray, pts = scene
+    offsets = registration.start_offsets(7)
+    assert offsets.shape == (5, 7) and not offsets[0].any()
+    assert sorted(offsets[1:, :2].abs().sum(1).tolist()) == [registration.START_OFFSET_DEG] * 4
+    assert not offsets[:, 2:].any()  # out-of-plane rotations only
+    w_gt, far = ref.pose(GT), np.array([0.0, 90.0, 0.0, 0.0, 0.0, 0.0])  # turned a quarter turn about the detector's y
+    w0 = ref.pose(GT + far)
+    single = register(vol, xray, CAM, w0, reference=ref, multi_start=False, **FAST)
+    assert mtre(pts, w_gt, single.world_from_camera) > 20  # a wrong basin
+    # one more start at the truth: the batch of starts finds it and the registration goes on from it
+    with_truth = torch.cat([offsets, -torch.as_tensor(np.r_[far, 0.0])[None]])
+    monkeypatch.setattr(registration, "start_offsets", lambda n: with_truth[:, :n])
+    multi = register(vol, xray, CAM, w0, reference=ref, **FAST)
+    assert mtre(pts, w_gt, multi.world_from_camera) < 2.0
+    assert multi.similarity > single.similarity + registration.START_MARGIN
+    assert {lv for lv, _, _ in multi.history} == {0, 1}
+
+
 def test_refines_on_a_finer_level_when_the_depth_is_undetermined(scene):
     hu, vol, ref, _, pts = scene
     cam = Camera(SDD, 64, 64, 4.5, 4.5)
     xray = render(vol, cam, ref.pose(GT), n_samples=160)
     start = ref.pose(GT + np.array([1.0, -1.0, 1.0, 3.0, -3.0, 10.0]))  # 10 mm off in depth
-    kw = dict(reference=ref, levels=(4, 2))
+    kw = dict(reference=ref, levels=(4, 2), multi_start=False)  # one start: what is tested is the finer level
     coarse = register(vol, xray, cam, start, refine_undetermined=False, **kw)
     # a last level of 32 pixels of 9 mm leaves this phantom's depth undetermined: reported, not called a success
     assert not coarse.success and "the pose is not determined" in coarse.message, coarse.message

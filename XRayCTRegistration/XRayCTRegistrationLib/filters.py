@@ -67,11 +67,12 @@ def detector_blur(line: torch.Tensor, variance: torch.Tensor, passes: int = 4) -
     ``passes`` passes per axis of the 3-tap kernel ``[a, 1 - 2a, a]`` with ``a = variance / (2 passes)``:
     its variance is exactly ``variance`` (pixels^2, per axis) and it is linear in ``variance`` near 0, so
     the blur can be fitted by gradient from no blur at all. ``variance`` (a 0-d tensor, differentiable) is
-    used as ``|variance|`` and must stay at most ``passes`` pixels^2 (the kernel stays non-negative).
+    used as ``|variance|`` and must stay at most ``passes`` pixels^2 (the kernel stays non-negative); a tensor ``[N]``
+    gives each of the ``N`` images of a batch ``[N, H, W]`` its own.
     Borders are replicated.
     """
     v = variance.abs().to(line.dtype)
-    a = v / (2 * passes)
+    a = (v / (2 * passes)).reshape(-1, 1, 1, 1)  # [1 or N, 1, 1, 1]
     shape = line.shape
     img = torch.exp(-line.clamp(max=80.0)).reshape(-1, 1, *shape[-2:])  # [N, 1, H, W]
     for _ in range(passes):  # replicated borders by padding (no index tensors: capturable in a CUDA graph)
