@@ -392,9 +392,11 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "Method: `registration.register` with every default of the commit named in the Run column (method "
         "opt-lncc, two levels: detectors of 32 and 64 pixels; from commit 28a0a2e on, the detector blur is fitted "
         "with the pose; from commit f4e4228 on, a third level on the 128-pixel detector when the second leaves the "
-        "depth undetermined), numba projector; time = wall time of the "
-        "call after one warm-up call per CT (kernel compilation and the CT's pyramid). Depth error Δtz = the absolute "
-        "error of the translation along the reference view's principal ray (pose parameters of CONVENTIONS.md).",
+        "depth undetermined, from commit 003276e on L-BFGS alone on that level; from commit d012718 on, the coarsest "
+        "level from five starts at once), numba projector; time = wall time "
+        "of the call after one warm-up call per CT (kernel compilation and the CT's pyramid). Depth error Δtz = the "
+        "absolute error of the translation along the reference view's principal ray (pose parameters of "
+        "CONVENTIONS.md).",
         "", "## Results per CT", "", markdown(results, tuning, label, before, before_label, before_tuning),
         "Issue 10's targets per CT: SOPI-like success >= 97 %, median mTRE <= 0.7 mm, median depth error <= 1 mm, "
         "median time < 1 s; capture range >= 55 mm.", "",
@@ -412,7 +414,9 @@ def write_report(args, results, tuning, label, before, before_label, before_tuni
         "settings were fixed; its first run chose the success bound on the depth (`registration.UNDETERMINED_DEPTH_MM`"
         "). The background weight (`filters.background_weight`, `register(ignore_background=None)`: on for local "
         "NCC) and its threshold were then chosen by looking at the lung and the spine crop as well as the chest: for "
-        "that setting neither is strictly held out any more.",
+        "that setting neither is strictly held out any more; nor for L-BFGS alone on the finer level (commit "
+        "003276e), chosen by its time on the lung, and the five starts of the coarsest level (commit d012718), "
+        "whose offsets and margin were chosen looking at the spine crop and the chest.",
         "- Sample data and what else was searched: `benchmarks/multict_data_notes.md`.", *rescore_note(args), "",
         "## Files", "", f"- `{args.tag}_rows.json`: every case (errors, times, final pose), per-CT summaries and "
         "the run's command, machine and load.", ""]
