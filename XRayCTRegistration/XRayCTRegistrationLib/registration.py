@@ -602,13 +602,35 @@ def _result(run: _Run, params: torch.Tensor, sim: float, init_sim: float, method
                               time.perf_counter() - run.t_start, method, ok, msg, list(run.history), run.reference)
 
 
+class _StepSchedule:
+    """Adam's step on a level: halved after ``run.patience`` evaluations without improvement.
+
+    The level's Adam phase ends at the halving after ``run.max_shrinks`` of them.
+    """
+
+    def __init__(self, run: _Run, opt: torch.optim.Optimizer) -> None:
+        self.run, self.opt = run, opt
+        self.since_best, self.shrinks = 0, 0
+
+    def goes_on(self, improved: bool) -> bool:
+        """Count one evaluation; False when the level's Adam phase is over."""
+        self.since_best = 0 if improved else self.since_best + 1
+        if self.since_best >= self.run.patience:
+            self.shrinks += 1
+            if self.shrinks > self.run.max_shrinks:
+                return False
+            self.opt.param_groups[0]["lr"] *= 0.5
+            self.since_best = 0
+        return True
+
+
 def _adam_level(run: _Run, li: int, level: _Level, params: torch.Tensor, max_iterations: int) -> torch.Tensor:
     """Adam ascent on one level from ``params``; the step halves on every plateau; returns the best pose seen."""
     u = torch.zeros_like(params, requires_grad=True)
     opt = torch.optim.Adam([u], lr=1.0, eps=1e-12, maximize=True)
     base = params.clone()
     best_sim, best_params = -math.inf, params.clone()
-    since_best, shrinks = 0, 0
+    schedule = _StepSchedule(run, opt)
     for it in range(max_iterations):
         if run.interrupted():
             break
@@ -618,16 +640,11 @@ def _adam_level(run: _Run, li: int, level: _Level, params: torch.Tensor, max_ite
         value = float(sim.detach())
         if not run.record(li, it, level, value, p, cov):
             break
-        if value > best_sim + run.tolerance:
-            best_sim, best_params, since_best = value, p.detach().clone(), 0
-        else:
-            since_best += 1
-            if since_best >= run.patience:
-                shrinks += 1
-                if shrinks > run.max_shrinks:
-                    break
-                opt.param_groups[0]["lr"] *= 0.5
-                since_best = 0
+        improved = value > best_sim + run.tolerance
+        if improved:
+            best_sim, best_params = value, p.detach().clone()
+        if not schedule.goes_on(improved):
+            break
         sim.backward()
         opt.step()
     return best_params
@@ -660,7 +677,7 @@ def _adam_starts(run: _Run, li: int, level: _Level, params: torch.Tensor, max_it
     best_sim = torch.full((starts.shape[0],), -math.inf, dtype=torch.float64)
     best_params = starts.clone()
     alive = torch.ones(starts.shape[0], dtype=torch.bool)
-    since_best, shrinks = 0, 0
+    schedule = _StepSchedule(run, opt)
     for it in range(max_iterations):
         if run.interrupted():
             break
@@ -678,13 +695,8 @@ def _adam_starts(run: _Run, li: int, level: _Level, params: torch.Tensor, max_it
         k = int(torch.argmax(torch.where(alive, values, -math.inf)))
         if not run.record(li, it, level, float(values[k]), p.detach()[k], float(covs[k])):
             break
-        since_best = 0 if float(best_sim.max()) > top + run.tolerance else since_best + 1
-        if since_best >= run.patience:
-            shrinks += 1
-            if shrinks > run.max_shrinks:
-                break
-            opt.param_groups[0]["lr"] *= 0.5
-            since_best = 0
+        if not schedule.goes_on(float(best_sim.max()) > top + run.tolerance):
+            break
         torch.where(alive.to(sims.device), sims, torch.zeros_like(sims)).sum().backward()
         opt.step()
     if not bool(torch.isfinite(best_sim).any()):
