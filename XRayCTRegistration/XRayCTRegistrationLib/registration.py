@@ -670,8 +670,9 @@ def _adam_starts(run: _Run, li: int, level: _Level, params: torch.Tensor, max_it
     is dropped. The initial pose's result is kept unless another start's is better by more than
     :data:`START_MARGIN`.
     """
-    starts = params[None] + start_offsets(params.numel())  # [K, n]
+    starts = params[None] + start_offsets(params.numel())  # [K, n] on the host, as the one-start levels' parameters
     terms = _batch_terms(level, run.reference, run.similarity)
+    dev = level.views[0].image.device
     u = torch.zeros_like(starts, requires_grad=True)
     opt = torch.optim.Adam([u], lr=1.0, eps=1e-12, maximize=True)
     best_sim = torch.full((starts.shape[0],), -math.inf, dtype=torch.float64)
@@ -683,7 +684,7 @@ def _adam_starts(run: _Run, li: int, level: _Level, params: torch.Tensor, max_it
             break
         opt.zero_grad()
         p = starts + u * level.scales  # [K, n]
-        sims, covs = terms(p)
+        sims, covs = terms(p.to(dev))  # [K] each, on the level's device
         values = sims.detach().cpu()
         alive &= torch.isfinite(values) & (covs.cpu() >= MIN_COVERAGE) & torch.all(torch.isfinite(p.detach()), 1)
         if not bool(alive.any()):
