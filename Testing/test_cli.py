@@ -149,7 +149,7 @@ def test_register_and_evaluate_round_trip(case, tmp_path, capsys):
     assert "mtre_mm" in capsys.readouterr().out
 
 
-def test_register_finish_fit_and_keep_background_change_the_result_and_are_refused_elsewhere(case, tmp_path, capsys):
+def test_register_intensity_flags_change_the_result_and_are_refused_elsewhere(case, tmp_path, capsys):
     d, ct, cam, ref = case
     sim = tmp_path / "sim"
     assert run("simulate", "--ct", d / "ct.nrrd", "--geometry", d / "geom.json", "--pose", d / "pose.json",
@@ -163,17 +163,18 @@ def test_register_finish_fit_and_keep_background_change_the_result_and_are_refus
         results[name] = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
     assert results["finish"]["iterations"] > results["plain"]["iterations"]
     assert results["finish"]["success"] or "the pose is not determined" in results["finish"]["message"]
-    for flag in ("--finish-fit", "--keep-background"):
+    for flag in ("--finish-fit", "--keep-background", "--single-start"):
         for bad in (("--method", "dppc"), ("--no-refine", "--init", "dicom")):
             assert f"{flag} changes an intensity registration" in _bad(
                 capsys, "register", "--ct", d / "ct.nrrd", "--xray", sim / "xray.nrrd", flag,
                 "--out", tmp_path / "bad.json", "--quiet", *bad)
     assert not (tmp_path / "bad.json").exists()
     poses = []
-    for extra in ((), ("--keep-background",)):  # local NCC leaves the air around the phantom out unless kept
+    # local NCC leaves the air around the phantom out unless kept; the coarsest level starts from five poses unless one
+    for extra in ((), ("--keep-background",), ("--single-start",)):
         run("register", *common[:-1], "opt-lncc", *extra, "--out", tmp_path / "lncc.json")
         poses.append(json.loads((tmp_path / "lncc.json").read_text(encoding="utf-8"))["world_from_camera"])
-    assert poses[0] != poses[1]
+    assert poses[0] != poses[1] and poses[0] != poses[2]
 
 
 def test_register_failure_and_missing_geometry(case, tmp_path, capsys):

@@ -306,7 +306,7 @@ def register_xray(ct: Volume | None, xray: np.ndarray, camera: Camera, init: obj
     """
     t0 = time.perf_counter()
     refiner = get_method(method, "refine") if refine else None
-    for key in ("finish_fit", "ignore_background"):
+    for key in ("finish_fit", "ignore_background", "multi_start"):
         if key in options and (refiner is None or refiner.name not in INTENSITY_METHODS):
             raise InputError(f"{key}: only with an intensity method (opt-*) that refines, not {method}"
                              + ("" if refine else " without refinement"))
