@@ -191,11 +191,13 @@ class PoseUncertainty:
         depth_mm: one standard deviation of the distance of the CT's centre (the reference isocentre) from
             the source along the principal ray of view 0, mm: the direction a single view sees least.
         covariance: ``[6, 6]`` covariance of the parameters (degrees, mm).
+        views: how many X-rays the registration used.
     """
 
     std: np.ndarray
     depth_mm: float
     covariance: np.ndarray
+    views: int = 1
 
     def to_dict(self) -> dict:
         """JSON-ready: ``std`` by parameter name, ``depth_mm``, ``covariance`` (row-major lists)."""
@@ -207,7 +209,8 @@ class PoseUncertainty:
         text = (f"depth +-{2 * self.depth_mm:.1f} mm, rotation +-{2 * float(np.max(self.std[:3])):.2f} deg, "
                 f"in-plane +-{2 * float(np.max(self.std[3:5])):.2f} mm (2 sd)")
         if 2 * self.depth_mm > WEAK_DEPTH_MM:
-            text += ": depth weakly determined from one view; add a second view"
+            text += ": depth weakly determined from one view; add a second view" if self.views == 1 else \
+                f": depth weakly determined from these {self.views} views"
         return text
 
 
@@ -810,7 +813,7 @@ def _uncertainty(run: _Run, level: _Level, params: torch.Tensor) -> PoseUncertai
         return float(transform_points(invert_rigid(run.reference.pose(p)), iso[None])[0, 2])
 
     jac = np.array([(depth(p0 + 1e-3 * e) - depth(p0 - 1e-3 * e)) / 2e-3 for e in np.eye(6)])
-    return PoseUncertainty(np.sqrt(np.diag(cov)), float(np.sqrt(jac @ cov @ jac)), cov)
+    return PoseUncertainty(np.sqrt(np.diag(cov)), float(np.sqrt(jac @ cov @ jac)), cov, len(level.views))
 
 
 def detector_sensitivity(reference: ReferenceView, camera: Camera, volume: Volume,
