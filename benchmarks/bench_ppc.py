@@ -90,9 +90,13 @@ GENERAL_NOTES = [
     "deg / 18.2 mm against 5.86 deg / 13.8 mm) and its rows re-run with local NCC leaving the empty detector out "
     "(commit 174db5d, same cases): ppc alone reaches mRPD < 2 mm in none of the 30 cases (17 % with the earlier "
     "model); ppc-opt 50 % at mTRE < 2 mm (47 %), capture range 25 mm (0); opt-lncc 40 % (10 %); dppc-opt 53 % (33 %). "
-    "mRPD does not see the depth, and the crop's depth from one view stays off by 1-3 mm (`psf_depth.md`).",
+    "mRPD does not see the depth, and the crop's depth from one view stays off by 1-3 mm (`psf_depth.md`). The "
+    "ppc-opt and opt-lncc rows were then run again with the coarsest level of the intensity registration started "
+    "from five poses (commit d012718 and after; same model and cases): ppc-opt 50 -> 57 % at mTRE < 2 mm, capture "
+    "range 25 mm as before; opt-lncc 40 -> 47 %, 20 -> 25 mm (the rows above).",
     "- Each run above names the commit of its code. The dppc rows are older than the others: they predate the "
-    "registration's finer level when the depth is undetermined (f4e4228) and the deterministic kernels (bfce861).",
+    "registration's finer level when the depth is undetermined (f4e4228) and the deterministic kernels (bfce861). "
+    "Only the spine crop's ppc-opt and opt-lncc rows are of the registration with five starts (commit d012718).",
     "- ppc-opt's final opt-lncc step runs on the registration's own levels (since commit 6ddabcb; before, on the "
     "finer refine schedule of a learned initialiser): on the chest its CPU time fell from 3.24 to 1.66 s and its "
     "median mRPD rose from 0.15 to 0.39 mm, both within issue 12's targets; on the abdomen and spine the two "
